@@ -1,0 +1,1 @@
+//! Supervision of a cluster of worker processes.

@@ -1,0 +1,1 @@
+//! The `#[cluster::main]` attribute (see issue 4).
