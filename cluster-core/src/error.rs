@@ -55,6 +55,9 @@ pub enum Error {
     /// The peer (master or worker) is gone.
     #[error("the {0} is gone")]
     Disconnected(&'static str),
+    /// No worker (or group) by that name.
+    #[error("no worker in {0}")]
+    NoWorker(String),
     /// A worker function returned an error or panicked.
     #[error("worker failed: {0}")]
     Worker(String),

@@ -1,6 +1,32 @@
-//! Supervision of a cluster of worker processes.
+//! Supervision of a cluster of worker processes: options, role dispatch, restarts, signals,
+//! typed messaging between master and workers.
+//!
+//! A program builds a [`Cluster`] at the top of `main` and calls [`Cluster::run`]. Started by
+//! hand, the process is the **master**: it re-executes its own binary `count` times as
+//! **workers** (spawned, not forked: `fork` is unsafe in a multi-threaded tokio process),
+//! restarts those that crash within `max_restarts` per `max_restarts_interval`, and on a
+//! shutdown signal asks every worker to stop, killing what is left after `grace`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod cluster;
 mod error;
+mod identity;
+mod master;
+mod messaging;
+mod options;
+mod protocol;
+mod restart;
+mod signals;
+mod spawner;
+mod supervisor;
+mod sys;
+mod worker;
 
+pub use cluster::{BoxError, Cluster, IntoOutcome, Master, Message, Runtime, Worker};
 pub use error::{Error, Result};
+pub use identity::{Role, WorkerId, role};
+pub use master::{Event, ExitKind, MasterContext, SlotKey, WorkerInfo, WorkerState};
+pub use messaging::Request;
+pub use options::{Backoff, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal, parse_signal};
+pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
+pub use worker::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext};

@@ -1,0 +1,131 @@
+//! Typed app messages and request/response on top of the control protocol.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cluster_ipc::{Codec, DefaultCodec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{ToMaster, ToWorker};
+use crate::supervisor::{Command, SlotKey};
+use crate::{Error, Result};
+
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    DefaultCodec::default().encode(value, &mut out)?;
+    Ok(out)
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    Ok(DefaultCodec::default().decode(bytes)?)
+}
+
+/// Requests waiting for their response, by correlation id.
+#[derive(Default)]
+pub(crate) struct Pending {
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
+}
+
+impl Pending {
+    /// Registers a new request; the guard forgets it again if the caller gives up.
+    pub(crate) fn register(self: &Arc<Self>) -> (PendingGuard, oneshot::Receiver<Vec<u8>>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
+        (PendingGuard { pending: self.clone(), id }, rx)
+    }
+
+    /// Delivers a response; responses nobody waits for any more (timed out) are dropped.
+    pub(crate) fn complete(&self, id: u64, payload: Vec<u8>) {
+        let waiter = self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(payload);
+        }
+    }
+}
+
+pub(crate) struct PendingGuard {
+    pending: Arc<Pending>,
+    pub(crate) id: u64,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.pending.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+    }
+}
+
+/// Waits for the response of a registered request, up to `timeout`.
+pub(crate) async fn await_response<A: DeserializeOwned>(
+    guard: PendingGuard,
+    rx: oneshot::Receiver<Vec<u8>>,
+    timeout: Duration,
+    peer: &'static str,
+) -> Result<A> {
+    let payload = match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(payload)) => payload,
+        Ok(Err(_)) => return Err(Error::Disconnected(peer)),
+        Err(_) => return Err(Error::Timeout { timeout_ms: timeout.as_millis() }),
+    };
+    drop(guard);
+    decode(&payload)
+}
+
+/// Where the answer to a [`Request`] goes.
+pub(crate) enum ReplyTo {
+    /// A worker answers the master over its channel.
+    Master(cluster_ipc::Sender<ToMaster>),
+    /// The master answers a worker through the supervisor.
+    Worker { to: SlotKey, commands: mpsc::UnboundedSender<Command> },
+}
+
+/// A request that expects one answer of type `A`. Dropping it without answering makes the
+/// asker time out.
+pub struct Request<Q, A> {
+    msg: Q,
+    id: u64,
+    reply: ReplyTo,
+    _answer: PhantomData<fn(A)>,
+}
+
+impl<Q: fmt::Debug, A> fmt::Debug for Request<Q, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request").field("id", &self.id).field("msg", &self.msg).finish()
+    }
+}
+
+impl<Q, A> Request<Q, A> {
+    pub(crate) fn new(msg: Q, id: u64, reply: ReplyTo) -> Self {
+        Request { msg, id, reply, _answer: PhantomData }
+    }
+}
+
+impl<Q, A: Serialize> Request<Q, A> {
+    /// The request's message.
+    pub fn message(&self) -> &Q {
+        &self.msg
+    }
+
+    /// Sends the answer.
+    pub async fn respond(self, answer: &A) -> Result<()> {
+        let payload = encode(answer)?;
+        match self.reply {
+            ReplyTo::Master(sender) => Ok(sender.send(&ToMaster::Response { id: self.id, payload }).await?),
+            ReplyTo::Worker { to, commands } => {
+                let (reply, done) = oneshot::channel();
+                let msg = ToWorker::Response { id: self.id, payload };
+                commands
+                    .send(Command::Send { to, msg, reply })
+                    .map_err(|_| Error::Disconnected("supervisor"))?;
+                done.await.map_err(|_| Error::Disconnected("supervisor"))?
+            }
+        }
+    }
+}

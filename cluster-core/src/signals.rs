@@ -1,0 +1,28 @@
+//! The master's signal handling.
+//!
+//! Handlers are installed once at start and kept for the master's life: tokio never restores a
+//! signal's default action, and deliveries coalesce, so each notification means "at least one".
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use crate::options::Signal;
+use crate::{Error, Result};
+
+/// Starts forwarding each signal in `signals` to the returned queue.
+pub(crate) fn listen(signals: &[Signal]) -> Result<mpsc::UnboundedReceiver<Signal>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for &sig in signals {
+        let mut stream = signal(SignalKind::from_raw(sig as i32))
+            .map_err(|e| Error::io(format!("cannot handle {}", sig.as_str()), e))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}

@@ -1,0 +1,716 @@
+//! The master's supervision loop: spawns workers, watches them, restarts them within limits,
+//! routes messages, and shuts the cluster down.
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_ipc::{Channel, Config, bootstrap};
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep_until;
+
+use crate::identity::{ENV_GENERATION, ENV_GROUP, ENV_IPC_FD, ENV_SLOT, WorkerId};
+use crate::master::{ExitKind, WorkerInfo, WorkerState};
+pub(crate) use crate::master::SlotKey;
+use crate::messaging::Pending;
+use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
+use crate::protocol::{ToMaster, ToWorker};
+use crate::restart::{Decision, Exit as RestartExit, Intensity, SlotBackoff, decide};
+use crate::spawner::Spawner;
+use crate::{Error, Result, sys};
+
+/// Exit code of a master that gave up after too many restarts (EX_TEMPFAIL), distinct from a
+/// crash of the master itself (101 for a Rust panic, 128+n for a signal).
+pub const EXIT_RESTART_LIMIT: i32 = 75;
+/// Exit code of a master whose workers did not all stop within `grace`.
+pub const EXIT_KILLED_AFTER_GRACE: i32 = 1;
+
+/// Requests from the master's code.
+pub(crate) enum Command {
+    Send { to: SlotKey, msg: ToWorker, reply: oneshot::Sender<Result<()>> },
+    Broadcast { group: Option<String>, msg: ToWorker, reply: oneshot::Sender<usize> },
+    Scale { group: String, count: usize, reply: oneshot::Sender<Result<()>> },
+    Workers { reply: oneshot::Sender<Vec<WorkerInfo>> },
+    Shutdown,
+}
+
+/// Events for the master's code, before decoding app payloads.
+pub(crate) enum RawEvent {
+    Spawned { id: WorkerId, pid: u32 },
+    Online { id: WorkerId },
+    Ready { id: WorkerId },
+    Exit { id: WorkerId, exit: ExitKind, expected: bool, restarting: bool },
+    RestartLimit { id: WorkerId, exit: ExitKind },
+    Message { from: WorkerId, payload: Vec<u8> },
+    Request { from: WorkerId, id: u64, payload: Vec<u8> },
+}
+
+/// What the per-worker watch tasks report.
+enum Internal {
+    Online { id: WorkerId, sender: cluster_ipc::Sender<ToWorker> },
+    FromWorker { id: WorkerId, msg: ToMaster },
+    Exited { id: WorkerId, exit: ExitKind },
+}
+
+/// Lets the master's code adjust one worker's command line and environment.
+#[derive(Debug, Default)]
+pub struct SpawnSettings {
+    /// Extra arguments, after the master's own.
+    pub args: Vec<OsString>,
+    /// Extra environment variables.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// Called before each worker is spawned.
+pub type SpawnHook = Arc<dyn Fn(&WorkerId, &mut SpawnSettings) + Send + Sync>;
+
+struct Running {
+    id: WorkerId,
+    pid: Option<u32>,
+    state: WorkerState,
+    sender: Option<cluster_ipc::Sender<ToWorker>>,
+    kill: Option<oneshot::Sender<()>>,
+    started: Instant,
+    /// Deadline to become ready; then it is killed as a failed start.
+    ready_by: Option<Instant>,
+    /// Deadline to exit after being asked to stop; then it is killed.
+    kill_at: Option<Instant>,
+    /// The master asked it to stop: its exit is expected.
+    stop_requested: bool,
+    /// What the worker said when it exited on its own (`Some(failed)`).
+    exiting: Option<bool>,
+    /// It was killed for not becoming ready.
+    failed_start: bool,
+}
+
+struct SlotState {
+    generation: u64,
+    running: Option<Running>,
+    backoff: SlotBackoff,
+    restart_at: Option<Instant>,
+    restarts: u64,
+    /// Removed by a scale-down: not restarted, dropped once exited.
+    retired: bool,
+}
+
+struct Group {
+    name: Arc<str>,
+    options: GroupOptions,
+    policy: RestartPolicy,
+    intensity: Intensity,
+    slots: Vec<SlotState>,
+}
+
+/// Why the cluster is stopping.
+enum Stopping {
+    Requested,
+    RestartLimit(Error),
+    MasterFailed,
+}
+
+pub(crate) struct Supervisor {
+    exe: PathBuf,
+    args: Vec<OsString>,
+    pid: i32,
+    options: Options,
+    groups: Vec<Group>,
+    spawner: Spawner,
+    spawn_hook: Option<SpawnHook>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    commands_rx: mpsc::UnboundedReceiver<Command>,
+    events: Option<mpsc::Sender<RawEvent>>,
+    pending: Arc<Pending>,
+    stopping: Option<Stopping>,
+    killed_after_grace: bool,
+}
+
+fn exit_kind(status: std::io::Result<std::process::ExitStatus>) -> ExitKind {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => ExitKind::Code(code),
+            (None, Some(sig)) => ExitKind::Signal(sig),
+            (None, None) => ExitKind::Code(-1),
+        },
+        // wait() itself failed: report it as a failure.
+        Err(_) => ExitKind::Code(-1),
+    }
+}
+
+impl Supervisor {
+    pub(crate) fn new(
+        options: Options,
+        groups: Vec<GroupOptions>,
+        spawn_hook: Option<SpawnHook>,
+        commands_rx: mpsc::UnboundedReceiver<Command>,
+        events: Option<mpsc::Sender<RawEvent>>,
+        pending: Arc<Pending>,
+    ) -> Result<Self> {
+        // Remembered now, so that a binary replaced on disk later is what new workers run.
+        let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this program's path", e))?;
+        let args = std::env::args_os().skip(1).collect();
+        let spawner = Spawner::start(tokio::runtime::Handle::current())
+            .map_err(|e| Error::io("cannot start the spawner thread", e))?;
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let groups = groups
+            .into_iter()
+            .map(|group| {
+                let policy = group.get_restart().cloned().unwrap_or_else(|| options.get_restart().clone());
+                Group {
+                    name: group.get_name().into(),
+                    intensity: Intensity::from_policy(&policy),
+                    options: group,
+                    policy,
+                    slots: Vec::new(),
+                }
+            })
+            .collect();
+        Ok(Supervisor {
+            exe,
+            args,
+            pid: std::process::id() as i32,
+            options,
+            groups,
+            spawner,
+            spawn_hook,
+            internal_tx,
+            internal_rx,
+            commands_rx,
+            events,
+            pending,
+            stopping: None,
+            killed_after_grace: false,
+        })
+    }
+
+    fn emit(&self, event: RawEvent) {
+        if let Some(events) = &self.events {
+            if events.try_send(event).is_err() {
+                tracing::warn!("the master's event queue is full; an event was dropped");
+            }
+        }
+    }
+
+    /// Runs the cluster until it has stopped; returns the master's exit code and, when it gave
+    /// up, why. `master_done` reports whether the master's own function failed.
+    pub(crate) async fn run(
+        mut self,
+        mut signals: mpsc::UnboundedReceiver<Signal>,
+        mut master_done: oneshot::Receiver<bool>,
+    ) -> (i32, Option<Error>) {
+        for g in 0..self.groups.len() {
+            let count = self.groups[g].options.get_count().resolve();
+            self.resize(g, count).await;
+        }
+        let mut master_running = true;
+        loop {
+            if self.stopping.is_some() && self.running_count() == 0 {
+                break;
+            }
+            let deadline = self.next_deadline();
+            tokio::select! {
+                Some(sig) = signals.recv() => self.on_signal(sig).await,
+                Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
+                Some(cmd) = self.commands_rx.recv() => self.on_command(cmd).await,
+                failed = &mut master_done, if master_running => {
+                    master_running = false;
+                    if matches!(failed, Ok(true)) {
+                        self.begin_stop(Stopping::MasterFailed).await;
+                    }
+                }
+                () = sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    self.on_timers().await
+                }
+            }
+        }
+        match self.stopping.take() {
+            Some(Stopping::RestartLimit(e)) => (EXIT_RESTART_LIMIT, Some(e)),
+            Some(Stopping::MasterFailed) => (1, None),
+            _ if self.killed_after_grace => (EXIT_KILLED_AFTER_GRACE, None),
+            _ => (0, None),
+        }
+    }
+
+    fn running_count(&self) -> usize {
+        self.groups.iter().flat_map(|g| &g.slots).filter(|s| s.running.is_some()).count()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for slot in self.groups.iter().flat_map(|g| &g.slots) {
+            if self.stopping.is_none() {
+                consider(slot.restart_at);
+            }
+            if let Some(r) = &slot.running {
+                consider(r.ready_by);
+                consider(r.kill_at);
+            }
+        }
+        next
+    }
+
+    fn slot_mut(&mut self, key: &SlotKey) -> Option<&mut SlotState> {
+        self.groups.iter_mut().find(|g| g.name == key.group)?.slots.get_mut(key.slot)
+    }
+
+    /// The running worker `id`, if it is still the one in its slot.
+    fn running_mut(&mut self, id: &WorkerId) -> Option<&mut Running> {
+        let running = self.slot_mut(&id.key())?.running.as_mut()?;
+        (running.id.generation == id.generation).then_some(running)
+    }
+
+    async fn on_signal(&mut self, sig: Signal) {
+        if self.stopping.is_some() {
+            tracing::warn!("{} again: killing the remaining workers without waiting", sig.as_str());
+            let now = Instant::now();
+            for r in self.groups.iter_mut().flat_map(|g| &mut g.slots).filter_map(|s| s.running.as_mut()) {
+                r.kill_at = Some(now);
+            }
+            return;
+        }
+        tracing::info!("{}: shutting down gracefully", sig.as_str());
+        self.begin_stop(Stopping::Requested).await;
+    }
+
+    async fn begin_stop(&mut self, why: Stopping) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.stopping = Some(why);
+        let deadline = Instant::now() + self.options.get_grace();
+        for g in 0..self.groups.len() {
+            for s in 0..self.groups[g].slots.len() {
+                self.groups[g].slots[s].restart_at = None;
+                self.request_stop(g, s, deadline).await;
+            }
+        }
+    }
+
+    /// Asks the worker in a slot to stop, and to be killed at `deadline` if it has not.
+    async fn request_stop(&mut self, g: usize, s: usize, deadline: Instant) {
+        let Some(r) = self.groups[g].slots[s].running.as_mut() else { return };
+        if r.stop_requested {
+            return;
+        }
+        r.stop_requested = true;
+        r.state = WorkerState::Stopping;
+        r.ready_by = None;
+        r.kill_at = Some(deadline);
+        match &r.sender {
+            Some(sender) => {
+                if send_bounded(sender, &ToWorker::Shutdown).await.is_err() {
+                    kill(r);
+                }
+            }
+            // Not online yet: it cannot be asked, and has no work to finish.
+            None => kill(r),
+        }
+    }
+
+    async fn on_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Online { id, sender } => {
+                let Some(r) = self.running_mut(&id) else { return };
+                if r.stop_requested {
+                    let _ = send_bounded(&sender, &ToWorker::Shutdown).await;
+                } else if r.state == WorkerState::Starting {
+                    r.state = WorkerState::Online;
+                }
+                r.sender = Some(sender);
+                tracing::debug!("worker {id} online");
+                self.emit(RawEvent::Online { id });
+            }
+            Internal::FromWorker { id, msg } => match msg {
+                ToMaster::Ready => {
+                    let Some(r) = self.running_mut(&id) else { return };
+                    if r.state == WorkerState::Stopping {
+                        return;
+                    }
+                    r.state = WorkerState::Ready;
+                    r.ready_by = None;
+                    tracing::debug!("worker {id} ready");
+                    self.emit(RawEvent::Ready { id });
+                }
+                ToMaster::User(payload) => self.emit(RawEvent::Message { from: id, payload }),
+                ToMaster::Request { id: request, payload } => {
+                    self.emit(RawEvent::Request { from: id, id: request, payload })
+                }
+                ToMaster::Response { id, payload } => self.pending.complete(id, payload),
+                ToMaster::Exiting { failed } => {
+                    if let Some(r) = self.running_mut(&id) {
+                        r.exiting = Some(failed);
+                    }
+                }
+            },
+            Internal::Exited { id, exit } => self.on_exit(id, exit).await,
+        }
+    }
+
+    async fn on_exit(&mut self, id: WorkerId, exit: ExitKind) {
+        let Some(g) = self.groups.iter().position(|g| g.name == id.group) else { return };
+        let s = id.slot;
+        let Some(slot) = self.groups[g].slots.get_mut(s) else { return };
+        if slot.running.as_ref().is_none_or(|r| r.id.generation != id.generation) {
+            return;
+        }
+        let Some(r) = slot.running.take() else { return };
+        let clean = r.exiting == Some(false) || (r.exiting.is_none() && exit == ExitKind::Code(0));
+        let kind = if r.stop_requested {
+            RestartExit::Deliberate
+        } else if clean && !r.failed_start {
+            RestartExit::Clean
+        } else {
+            RestartExit::Failure
+        };
+        self.after_exit(g, s, id, exit, kind).await;
+    }
+
+    /// Decides what follows a worker's exit (or failed spawn): restart, leave the slot empty,
+    /// or give up on the whole cluster.
+    async fn after_exit(&mut self, g: usize, s: usize, id: WorkerId, exit: ExitKind, kind: RestartExit) {
+        let now = Instant::now();
+        let expected = kind != RestartExit::Failure;
+        let failure = kind == RestartExit::Failure;
+        let stopping = self.stopping.is_some();
+        let group = &mut self.groups[g];
+        let retired = group.slots[s].retired;
+        let mut restarting = false;
+        if !stopping && !retired {
+            let slot = &mut group.slots[s];
+            match decide(group.policy.get_mode(), kind, now, &mut group.intensity, &mut slot.backoff) {
+                Decision::Restart { after } => {
+                    slot.restarts += u64::from(failure);
+                    slot.restart_at = Some(now + after);
+                    restarting = true;
+                }
+                Decision::DoNotRestart => {}
+                Decision::GiveUp { count } => {
+                    let error = Error::RestartLimit {
+                        group: id.group.to_string(),
+                        slot: id.slot,
+                        last_exit: exit.to_string(),
+                        restarts: count,
+                        max_restarts: group.policy.get_max_restarts(),
+                        window_ms: group.policy.get_max_restarts_interval().as_millis(),
+                    };
+                    tracing::error!("{error}");
+                    self.emit(RawEvent::Exit { id: id.clone(), exit, expected, restarting: false });
+                    self.emit(RawEvent::RestartLimit { id, exit });
+                    self.begin_stop(Stopping::RestartLimit(error)).await;
+                    return;
+                }
+            }
+        }
+        if expected {
+            tracing::info!("worker {id} {exit}");
+        } else {
+            tracing::warn!("worker {id} {exit} unexpectedly{}", if restarting { ", restarting" } else { "" });
+        }
+        self.emit(RawEvent::Exit { id, exit, expected, restarting });
+        if retired {
+            let slots = &mut self.groups[g].slots;
+            while slots.last().is_some_and(|s| s.retired && s.running.is_none()) {
+                slots.pop();
+            }
+        }
+        if restarting && self.groups[g].slots[s].restart_at.is_some_and(|t| t <= now) {
+            self.groups[g].slots[s].restart_at = None;
+            self.spawn(g, s).await;
+        }
+    }
+
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        let stopping = self.stopping.is_some();
+        let mut due = Vec::new();
+        for g in 0..self.groups.len() {
+            for s in 0..self.groups[g].slots.len() {
+                let slot = &mut self.groups[g].slots[s];
+                if !stopping && slot.restart_at.is_some_and(|t| t <= now) {
+                    slot.restart_at = None;
+                    due.push((g, s));
+                }
+                let Some(r) = slot.running.as_mut() else { continue };
+                if r.ready_by.is_some_and(|t| t <= now) {
+                    tracing::warn!("worker {} did not become ready in time: killing it", r.id);
+                    r.ready_by = None;
+                    r.failed_start = true;
+                    kill(r);
+                }
+                if r.kill_at.is_some_and(|t| t <= now) {
+                    tracing::warn!("worker {} did not stop within the grace period: killing it", r.id);
+                    r.kill_at = None;
+                    if stopping {
+                        self.killed_after_grace = true;
+                    }
+                    kill(r);
+                }
+            }
+        }
+        for (g, s) in due {
+            self.spawn(g, s).await;
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { to, msg, reply } => {
+                let sender = self
+                    .slot_mut(&to)
+                    .and_then(|slot| slot.running.as_ref())
+                    .and_then(|r| r.sender.clone());
+                let result = match sender {
+                    Some(sender) => send_bounded(&sender, &msg).await,
+                    None => Err(Error::NoWorker(format!("{}/{}", to.group, to.slot))),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Broadcast { group, msg, reply } => {
+                let senders: Vec<_> = self
+                    .groups
+                    .iter()
+                    .filter(|g| group.as_deref().is_none_or(|name| *g.name == *name))
+                    .flat_map(|g| &g.slots)
+                    .filter_map(|s| s.running.as_ref())
+                    .filter(|r| r.state != WorkerState::Stopping)
+                    .filter_map(|r| r.sender.clone())
+                    .collect();
+                let mut sent = 0;
+                for sender in senders {
+                    sent += usize::from(send_bounded(&sender, &msg).await.is_ok());
+                }
+                let _ = reply.send(sent);
+            }
+            Command::Scale { group, count, reply } => {
+                let result = match self.groups.iter().position(|g| *g.name == *group) {
+                    Some(g) => {
+                        self.resize(g, count).await;
+                        Ok(())
+                    }
+                    None => Err(Error::NoWorker(format!("no group named {group:?}"))),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Workers { reply } => {
+                let workers = self
+                    .groups
+                    .iter()
+                    .flat_map(|g| &g.slots)
+                    .filter_map(|s| s.running.as_ref().map(|r| (s, r)))
+                    .map(|(s, r)| WorkerInfo {
+                        id: r.id.clone(),
+                        pid: r.pid,
+                        state: r.state,
+                        started: r.started,
+                        restarts: s.restarts,
+                    })
+                    .collect();
+                let _ = reply.send(workers);
+            }
+            Command::Shutdown => self.begin_stop(Stopping::Requested).await,
+        }
+    }
+
+    /// Grows a group to `count` slots, or retires its highest slots.
+    async fn resize(&mut self, g: usize, count: usize) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let live = self.groups[g].slots.iter().filter(|s| !s.retired).count();
+        if count > live {
+            // Reuse retired slots still draining only after they are gone: new slots go after.
+            for _ in live..count {
+                let s = self.groups[g].slots.len();
+                let backoff = SlotBackoff::new(self.groups[g].policy.get_backoff());
+                self.groups[g].slots.push(SlotState {
+                    generation: 0,
+                    running: None,
+                    backoff,
+                    restart_at: None,
+                    restarts: 0,
+                    retired: false,
+                });
+                self.spawn(g, s).await;
+            }
+        } else {
+            let deadline = Instant::now() + self.options.get_grace();
+            let mut to_retire = live - count;
+            for s in (0..self.groups[g].slots.len()).rev() {
+                if to_retire == 0 {
+                    break;
+                }
+                if self.groups[g].slots[s].retired {
+                    continue;
+                }
+                to_retire -= 1;
+                let slot = &mut self.groups[g].slots[s];
+                slot.retired = true;
+                slot.restart_at = None;
+                self.request_stop(g, s, deadline).await;
+            }
+            let slots = &mut self.groups[g].slots;
+            while slots.last().is_some_and(|s| s.retired && s.running.is_none()) {
+                slots.pop();
+            }
+        }
+    }
+
+    /// Starts a new process in a slot.
+    async fn spawn(&mut self, g: usize, s: usize) {
+        let group = &mut self.groups[g];
+        let slot = &mut group.slots[s];
+        slot.generation += 1;
+        let id = WorkerId { group: group.name.clone(), slot: s, generation: slot.generation };
+        match self.start_process(g, &id).await {
+            Ok((child, stream)) => {
+                let pid = child.id();
+                let (kill_tx, kill_rx) = oneshot::channel();
+                let now = Instant::now();
+                let slot = &mut self.groups[g].slots[s];
+                slot.backoff.on_start(now);
+                slot.running = Some(Running {
+                    id: id.clone(),
+                    pid,
+                    state: WorkerState::Starting,
+                    sender: None,
+                    kill: Some(kill_tx),
+                    started: now,
+                    ready_by: Some(now + self.options.get_ready_timeout()),
+                    kill_at: None,
+                    stop_requested: false,
+                    exiting: None,
+                    failed_start: false,
+                });
+                let watch = watch(id.clone(), child, stream, self.options.get_ready_timeout(), self.internal_tx.clone(), kill_rx);
+                tokio::spawn(watch);
+                tracing::debug!("spawned worker {id} (pid {})", pid.unwrap_or(0));
+                if let Some(pid) = pid {
+                    self.emit(RawEvent::Spawned { id, pid });
+                }
+            }
+            Err(e) => {
+                tracing::error!("cannot spawn worker {id}: {e}");
+                // A spawn that fails is a failed start: it counts, and backs off.
+                Box::pin(self.after_exit(g, s, id, ExitKind::Code(-1), RestartExit::Failure)).await;
+            }
+        }
+    }
+
+    async fn start_process(&mut self, g: usize, id: &WorkerId) -> Result<(Child, std::os::unix::net::UnixStream)> {
+        let mut settings = SpawnSettings::default();
+        if let Some(hook) = &self.spawn_hook {
+            hook(id, &mut settings);
+        }
+        let (ours, child_end) = bootstrap::socketpair()?;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(&self.args)
+            .args(&settings.args)
+            .env(ENV_GROUP, &*id.group)
+            .env(ENV_SLOT, id.slot.to_string())
+            .env(ENV_GENERATION, id.generation.to_string())
+            .envs(self.groups[g].options.get_env().iter().map(|(k, v)| (k, v)))
+            .envs(settings.env)
+            // The terminal's input stays with the master.
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        child_end.pass_to(cmd.as_std_mut(), ENV_IPC_FD);
+        sys::kill_with_parent(&mut cmd, self.pid);
+        let child = self
+            .spawner
+            .spawn(cmd)
+            .await
+            .map_err(|e| Error::io(format!("cannot start {}", self.exe.display()), e))?;
+        drop(child_end);
+        Ok((child, ours))
+    }
+}
+
+/// Sends to a worker without letting one worker that stopped reading stall the supervisor.
+async fn send_bounded(sender: &cluster_ipc::Sender<ToWorker>, msg: &ToWorker) -> Result<()> {
+    match tokio::time::timeout(Duration::from_secs(1), sender.send(msg)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Error::Timeout { timeout_ms: 1000 }),
+    }
+}
+
+fn kill(r: &mut Running) {
+    if let Some(kill) = r.kill.take() {
+        let _ = kill.send(());
+    }
+}
+
+/// Watches one worker process: its handshake, its messages, its exit. The `Child` lives here,
+/// so it is always reaped (no zombies) and its pid is never signalled after being reaped.
+async fn watch(
+    id: WorkerId,
+    mut child: Child,
+    stream: std::os::unix::net::UnixStream,
+    ready_timeout: Duration,
+    internal: mpsc::UnboundedSender<Internal>,
+    mut kill: oneshot::Receiver<()>,
+) {
+    let mut killed = false;
+    let mut receiver = None;
+    let handshake = tokio::time::timeout(ready_timeout, Channel::<ToWorker, ToMaster>::from_std(stream, Config::default()));
+    tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(channel)) => {
+                let (sender, rx) = channel.split();
+                receiver = Some(rx);
+                let _ = internal.send(Internal::Online { id: id.clone(), sender });
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("worker {id}: handshake failed: {e}");
+                let _ = child.start_kill();
+                killed = true;
+            }
+            Err(_) => {
+                tracing::warn!("worker {id}: no handshake within {} ms", ready_timeout.as_millis());
+                let _ = child.start_kill();
+                killed = true;
+            }
+        },
+        status = child.wait() => {
+            let _ = internal.send(Internal::Exited { id, exit: exit_kind(status) });
+            return;
+        }
+        _ = &mut kill => {
+            let _ = child.start_kill();
+            killed = true;
+        }
+    }
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                // Deliver what the worker sent before it exited (its `Exiting` message).
+                if let Some(rx) = receiver.as_mut() {
+                    while let Ok(Ok(Some(msg))) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                        let _ = internal.send(Internal::FromWorker { id: id.clone(), msg });
+                    }
+                }
+                let _ = internal.send(Internal::Exited { id, exit: exit_kind(status) });
+                return;
+            }
+            msg = async { match receiver.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match msg {
+                Ok(Some(msg)) => { let _ = internal.send(Internal::FromWorker { id: id.clone(), msg }); }
+                Ok(None) => receiver = None,
+                Err(e) => {
+                    tracing::warn!("worker {id}: {e}");
+                    receiver = None;
+                }
+            },
+            _ = &mut kill, if !killed => {
+                let _ = child.start_kill();
+                killed = true;
+            }
+        }
+    }
+}
