@@ -27,6 +27,8 @@ pub use error::{Error, Result};
 pub use identity::{Role, WorkerId, role};
 pub use master::{Event, ExitKind, MasterContext, SlotKey, WorkerInfo, WorkerState};
 pub use messaging::Request;
-pub use options::{Backoff, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal, parse_signal};
+pub use options::{
+    Backoff, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal, parse_signal,
+};
 pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
 pub use worker::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext};

@@ -39,7 +39,11 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// ```
 pub fn parse_signal(name: &str) -> Result<Signal, Error> {
     let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     full.parse::<Signal>().map_err(|_| Error::InvalidOption {
         option: "signals",
         reason: format!(
@@ -57,9 +61,9 @@ fn unfit_signal(signal: Signal) -> Option<&'static str> {
         Signal::SIGILL | Signal::SIGFPE | Signal::SIGSEGV | Signal::SIGBUS | Signal::SIGTRAP => {
             Some("it reports a synchronous fault (crash) and cannot be handled asynchronously")
         }
-        Signal::SIGCHLD => {
-            Some("the master receives it every time a worker exits, so it would stop the cluster at the first exit")
-        }
+        Signal::SIGCHLD => Some(
+            "the master receives it every time a worker exits, so it would stop the cluster at the first exit",
+        ),
         Signal::SIGPIPE => Some(
             "it is raised by writes to a closed pipe or socket (the Rust runtime ignores it), not sent by operators",
         ),
@@ -302,7 +306,12 @@ impl Backoff {
     ///
     /// [`Error::InvalidOption`] with option `backoff`; the reason names the field.
     pub fn validate(&self) -> Result<(), Error> {
-        let err = |reason: String| Err(Error::InvalidOption { option: "backoff", reason });
+        let err = |reason: String| {
+            Err(Error::InvalidOption {
+                option: "backoff",
+                reason,
+            })
+        };
         if !self.factor.is_finite() || self.factor < 1.0 {
             return err(format!(
                 "factor {} is invalid; use a finite factor >= 1.0 (1.0 keeps the delay constant)",
@@ -323,7 +332,9 @@ impl Backoff {
         }
         for (field, value) in [("cap", self.cap), ("reset_after", self.reset_after)] {
             if value > MAX_DURATION {
-                return err(format!("{field} {value:?} is too long; use at most 365 days"));
+                return err(format!(
+                    "{field} {value:?} is too long; use at most 365 days"
+                ));
             }
         }
         Ok(())
@@ -443,9 +454,10 @@ impl RestartPolicy {
         if self.max_restarts_interval.is_zero() {
             return Err(Error::InvalidOption {
                 option: "max_restarts_interval",
-                reason: "zero would never count two exits together, so the limit could never trigger; \
+                reason:
+                    "zero would never count two exits together, so the limit could never trigger; \
                          use a positive duration such as 10 s"
-                    .to_owned(),
+                        .to_owned(),
             });
         }
         validate_not_huge("max_restarts_interval", self.max_restarts_interval)?;
@@ -706,7 +718,11 @@ impl Options {
         }
         validate_signal_list("signals", &self.signals)?;
         validate_signal_list("reload_signals", &self.reload_signals)?;
-        if let Some(signal) = self.reload_signals.iter().find(|s| self.signals.contains(s)) {
+        if let Some(signal) = self
+            .reload_signals
+            .iter()
+            .find(|s| self.signals.contains(s))
+        {
             return Err(Error::InvalidOption {
                 option: "reload_signals",
                 reason: format!(
@@ -766,7 +782,12 @@ impl GroupOptions {
     /// cluster's restart policy.
     #[must_use]
     pub fn new(name: impl Into<String>) -> Self {
-        GroupOptions { name: name.into(), count: Count::default(), env: Vec::new(), restart: None }
+        GroupOptions {
+            name: name.into(),
+            count: Count::default(),
+            env: Vec::new(),
+            restart: None,
+        }
     }
 
     /// How many workers this group runs.
@@ -842,7 +863,10 @@ impl GroupOptions {
     /// policy's options.
     pub fn validate(&self) -> Result<(), Error> {
         if self.name.is_empty()
-            || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return Err(Error::InvalidOption {
                 option: "name",
@@ -855,12 +879,18 @@ impl GroupOptions {
         validate_count("count", self.count, Some(&self.name))?;
         for (key, value) in &self.env {
             let reason = if key.is_empty() || key.contains('=') || key.contains('\0') {
-                Some(format!("key {key:?} is not a valid variable name; use a non-empty name without `=` or NUL"))
+                Some(format!(
+                    "key {key:?} is not a valid variable name; use a non-empty name without `=` or NUL"
+                ))
             } else if key.starts_with("CLUSTER_WORKER_") || key.starts_with("CLUSTER_IPC_") {
                 // The master uses these to tell a worker who it is (see identity.rs).
-                Some(format!("key {key:?} is reserved for the cluster itself; use another name"))
+                Some(format!(
+                    "key {key:?} is reserved for the cluster itself; use another name"
+                ))
             } else if value.contains('\0') {
-                Some(format!("the value of {key:?} contains a NUL byte, which no environment can hold"))
+                Some(format!(
+                    "the value of {key:?} contains a NUL byte, which no environment can hold"
+                ))
             } else {
                 None
             };
@@ -944,15 +974,22 @@ mod tests {
         assert_eq!(o.get_restart_mode(), RestartMode::Transient);
         assert!(o.validate().is_ok());
 
-        let ms = Options::new().grace_ms(3000).max_restarts_interval_ms(15_000);
+        let ms = Options::new()
+            .grace_ms(3000)
+            .max_restarts_interval_ms(15_000);
         assert_eq!(ms.get_grace(), Duration::from_secs(3));
         assert_eq!(ms.get_max_restarts_interval(), Duration::from_secs(15));
 
-        let policy = RestartPolicy::new().max_restarts(0).mode(RestartMode::Temporary);
+        let policy = RestartPolicy::new()
+            .max_restarts(0)
+            .mode(RestartMode::Temporary);
         let o = Options::new().restart(policy).count_cpus();
         assert_eq!(o.get_restart(), &policy);
         assert_eq!(o.get_count(), Count::Cpus);
-        assert!(o.validate().is_ok(), "max_restarts 0 means give up at the first crash");
+        assert!(
+            o.validate().is_ok(),
+            "max_restarts 0 means give up at the first crash"
+        );
     }
 
     #[test]
@@ -1009,7 +1046,11 @@ mod tests {
         let (option, reason) = option_of(Options::new().max_restarts_interval_ms(0).validate());
         assert_eq!(option, "max_restarts_interval");
         assert!(reason.contains("positive"), "{reason}");
-        let (option, _) = option_of(RestartPolicy::new().max_restarts_interval(Duration::ZERO).validate());
+        let (option, _) = option_of(
+            RestartPolicy::new()
+                .max_restarts_interval(Duration::ZERO)
+                .validate(),
+        );
         assert_eq!(option, "max_restarts_interval");
     }
 
@@ -1017,7 +1058,10 @@ mod tests {
     fn huge_durations_are_rejected() {
         let huge = Duration::from_secs(u64::MAX);
         assert_eq!(option_of(Options::new().grace(huge).validate()).0, "grace");
-        assert_eq!(option_of(Options::new().ready_timeout(huge).validate()).0, "ready_timeout");
+        assert_eq!(
+            option_of(Options::new().ready_timeout(huge).validate()).0,
+            "ready_timeout"
+        );
         assert_eq!(
             option_of(Options::new().max_restarts_interval(huge).validate()).0,
             "max_restarts_interval"
@@ -1048,7 +1092,9 @@ mod tests {
 
     #[test]
     fn unfit_signals_are_rejected_in_both_lists() {
-        for bad in [SIGKILL, SIGSTOP, SIGILL, SIGFPE, SIGSEGV, SIGBUS, SIGTRAP, SIGCHLD, SIGPIPE] {
+        for bad in [
+            SIGKILL, SIGSTOP, SIGILL, SIGFPE, SIGSEGV, SIGBUS, SIGTRAP, SIGCHLD, SIGPIPE,
+        ] {
             let (option, reason) = option_of(Options::new().signals([SIGTERM, bad]).validate());
             assert_eq!(option, "signals");
             assert!(reason.contains(bad.as_str()), "{reason}");
@@ -1063,7 +1109,8 @@ mod tests {
 
     #[test]
     fn duplicated_signals_are_rejected() {
-        let (option, reason) = option_of(Options::new().signals([SIGINT, SIGTERM, SIGINT]).validate());
+        let (option, reason) =
+            option_of(Options::new().signals([SIGINT, SIGTERM, SIGINT]).validate());
         assert_eq!(option, "signals");
         assert!(reason.contains("twice"), "{reason}");
         let (option, _) = option_of(Options::new().reload_signals([SIGUSR2, SIGUSR2]).validate());
@@ -1072,7 +1119,9 @@ mod tests {
 
     #[test]
     fn a_signal_cannot_both_stop_and_reload() {
-        let o = Options::new().signals([SIGINT, SIGHUP]).reload_signals([SIGHUP]);
+        let o = Options::new()
+            .signals([SIGINT, SIGHUP])
+            .reload_signals([SIGHUP]);
         let (option, reason) = option_of(o.validate());
         assert_eq!(option, "reload_signals");
         assert!(reason.contains("SIGHUP"), "{reason}");
@@ -1091,17 +1140,31 @@ mod tests {
             assert_eq!(option, "backoff");
             assert!(reason.contains(field), "{reason}");
         }
-        let constant = Backoff::new().factor(1.0).base(Duration::ZERO).cap(Duration::ZERO);
+        let constant = Backoff::new()
+            .factor(1.0)
+            .base(Duration::ZERO)
+            .cap(Duration::ZERO);
         assert!(constant.validate().is_ok());
     }
 
     #[test]
     fn group_builder_and_defaults() {
         let policy = RestartPolicy::new().max_restarts(9);
-        let g = GroupOptions::new("web").count(3).env("K", "V").env("A", "1").env("K", "W").restart(policy);
+        let g = GroupOptions::new("web")
+            .count(3)
+            .env("K", "V")
+            .env("A", "1")
+            .env("K", "W")
+            .restart(policy);
         assert_eq!(g.get_name(), "web");
         assert_eq!(g.get_count(), Count::Fixed(3));
-        assert_eq!(g.get_env(), [("K".to_owned(), "W".to_owned()), ("A".to_owned(), "1".to_owned())]);
+        assert_eq!(
+            g.get_env(),
+            [
+                ("K".to_owned(), "W".to_owned()),
+                ("A".to_owned(), "1".to_owned())
+            ]
+        );
         assert_eq!(g.get_restart(), Some(&policy));
         assert!(g.validate().is_ok());
         let cluster = Options::new();

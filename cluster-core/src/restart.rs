@@ -38,11 +38,18 @@ pub(crate) struct Intensity {
 impl Intensity {
     pub(crate) fn new(max_restarts: u32, window: Duration) -> Self {
         // Capacity is not reserved up front: max_restarts may be u32::MAX.
-        Intensity { max_restarts, window, exits: VecDeque::new() }
+        Intensity {
+            max_restarts,
+            window,
+            exits: VecDeque::new(),
+        }
     }
 
     pub(crate) fn from_policy(policy: &RestartPolicy) -> Self {
-        Self::new(policy.get_max_restarts(), policy.get_max_restarts_interval())
+        Self::new(
+            policy.get_max_restarts(),
+            policy.get_max_restarts_interval(),
+        )
     }
 
     /// Records one unexpected exit at `now`.
@@ -58,7 +65,11 @@ impl Intensity {
             self.exits.pop_front();
         }
         let count = self.exits.len();
-        if u32::try_from(count).map_or(true, |c| c > self.max_restarts) { Err(count) } else { Ok(count) }
+        if u32::try_from(count).map_or(true, |c| c > self.max_restarts) {
+            Err(count)
+        } else {
+            Ok(count)
+        }
     }
 
     /// The number of exits within the window ending at `now`.
@@ -107,7 +118,12 @@ pub(crate) struct SlotBackoff {
 
 impl SlotBackoff {
     pub(crate) fn new(backoff: Backoff) -> Self {
-        SlotBackoff { backoff, started_at: None, failures: 0, quick_clean_exits: 0 }
+        SlotBackoff {
+            backoff,
+            started_at: None,
+            failures: 0,
+            quick_clean_exits: 0,
+        }
     }
 
     /// A worker process started in this slot at `now`.
@@ -124,10 +140,9 @@ impl SlotBackoff {
     /// streak; so does a clean exit. Quick clean exits follow the same curve on a streak of
     /// their own. An exit with no recorded start (the spawn itself failed) counts as quick.
     pub(crate) fn on_exit(&mut self, now: Instant, failure: bool) -> Duration {
-        let stable = self
-            .started_at
-            .take()
-            .is_some_and(|start| now.saturating_duration_since(start) >= self.backoff.get_reset_after());
+        let stable = self.started_at.take().is_some_and(|start| {
+            now.saturating_duration_since(start) >= self.backoff.get_reset_after()
+        });
         if stable {
             self.failures = 0;
             self.quick_clean_exits = 0;
@@ -159,7 +174,11 @@ impl SlotBackoff {
 
     /// The delay for the `n`-th exit of a streak: 0 for the first, then base, base*factor, ...
     fn delay(&self, n: u32) -> Duration {
-        let (base, cap, factor) = (self.backoff.get_base(), self.backoff.get_cap(), self.backoff.get_factor());
+        let (base, cap, factor) = (
+            self.backoff.get_base(),
+            self.backoff.get_cap(),
+            self.backoff.get_factor(),
+        );
         if n <= 1 || base.is_zero() {
             return Duration::ZERO;
         }
@@ -214,12 +233,12 @@ pub(crate) fn decide(
     if !mode.restarts_after(failure) {
         return Decision::DoNotRestart;
     }
-    if failure {
-        if let Err(count) = intensity.record(now) {
-            return Decision::GiveUp { count };
-        }
+    if failure && let Err(count) = intensity.record(now) {
+        return Decision::GiveUp { count };
     }
-    Decision::Restart { after: slot.on_exit(now, failure) }
+    Decision::Restart {
+        after: slot.on_exit(now, failure),
+    }
 }
 
 #[cfg(test)]
@@ -329,8 +348,10 @@ mod tests {
             delays.push(d);
             t = next;
         }
-        let expected: Vec<Duration> =
-            [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000].iter().map(|&ms| MS * ms).collect();
+        let expected: Vec<Duration> = [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]
+            .iter()
+            .map(|&ms| MS * ms)
+            .collect();
         assert_eq!(delays, expected);
         assert_eq!(slot.failures(), 10);
     }
@@ -415,16 +436,26 @@ mod tests {
 
     fn fresh() -> (Intensity, SlotBackoff) {
         let policy = RestartPolicy::new();
-        (Intensity::from_policy(&policy), SlotBackoff::new(policy.get_backoff()))
+        (
+            Intensity::from_policy(&policy),
+            SlotBackoff::new(policy.get_backoff()),
+        )
     }
 
     #[test]
     fn deliberate_exits_are_never_restarted_nor_counted() {
         let t = Instant::now();
-        for mode in [RestartMode::Permanent, RestartMode::Transient, RestartMode::Temporary] {
+        for mode in [
+            RestartMode::Permanent,
+            RestartMode::Transient,
+            RestartMode::Temporary,
+        ] {
             let (mut i, mut s) = fresh();
             for k in 0..10 {
-                assert_eq!(decide(mode, Exit::Deliberate, t + MS * k, &mut i, &mut s), Decision::DoNotRestart);
+                assert_eq!(
+                    decide(mode, Exit::Deliberate, t + MS * k, &mut i, &mut s),
+                    Decision::DoNotRestart
+                );
             }
             assert_eq!(i.count(t + MS * 10), 0);
             assert_eq!(s.failures(), 0);
@@ -438,14 +469,31 @@ mod tests {
         let p = RestartMode::Permanent;
         // Clean exits: restarted, never counted, however many.
         for k in 0..10 {
-            assert!(matches!(decide(p, Exit::Clean, t + MS * k, &mut i, &mut s), Decision::Restart { .. }));
+            assert!(matches!(
+                decide(p, Exit::Clean, t + MS * k, &mut i, &mut s),
+                Decision::Restart { .. }
+            ));
         }
         assert_eq!(i.count(t + MS * 10), 0);
         // Failures: the first restarts at once, then backoff; the fourth within 10 s gives up.
-        assert_eq!(decide(p, Exit::Failure, t + MS * 20, &mut i, &mut s), Decision::Restart { after: Duration::ZERO });
-        assert_eq!(decide(p, Exit::Failure, t + MS * 30, &mut i, &mut s), Decision::Restart { after: MS * 100 });
-        assert_eq!(decide(p, Exit::Failure, t + MS * 40, &mut i, &mut s), Decision::Restart { after: MS * 200 });
-        assert_eq!(decide(p, Exit::Failure, t + MS * 50, &mut i, &mut s), Decision::GiveUp { count: 4 });
+        assert_eq!(
+            decide(p, Exit::Failure, t + MS * 20, &mut i, &mut s),
+            Decision::Restart {
+                after: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            decide(p, Exit::Failure, t + MS * 30, &mut i, &mut s),
+            Decision::Restart { after: MS * 100 }
+        );
+        assert_eq!(
+            decide(p, Exit::Failure, t + MS * 40, &mut i, &mut s),
+            Decision::Restart { after: MS * 200 }
+        );
+        assert_eq!(
+            decide(p, Exit::Failure, t + MS * 50, &mut i, &mut s),
+            Decision::GiveUp { count: 4 }
+        );
     }
 
     #[test]
@@ -453,8 +501,16 @@ mod tests {
         let t = Instant::now();
         let (mut i, mut s) = fresh();
         let m = RestartMode::Transient;
-        assert_eq!(decide(m, Exit::Clean, t, &mut i, &mut s), Decision::DoNotRestart);
-        assert_eq!(decide(m, Exit::Failure, t, &mut i, &mut s), Decision::Restart { after: Duration::ZERO });
+        assert_eq!(
+            decide(m, Exit::Clean, t, &mut i, &mut s),
+            Decision::DoNotRestart
+        );
+        assert_eq!(
+            decide(m, Exit::Failure, t, &mut i, &mut s),
+            Decision::Restart {
+                after: Duration::ZERO
+            }
+        );
         assert_eq!(i.count(t), 1);
     }
 
@@ -464,8 +520,14 @@ mod tests {
         let (mut i, mut s) = fresh();
         let m = RestartMode::Temporary;
         for k in 0..10 {
-            assert_eq!(decide(m, Exit::Failure, t + MS * k, &mut i, &mut s), Decision::DoNotRestart);
-            assert_eq!(decide(m, Exit::Clean, t + MS * k, &mut i, &mut s), Decision::DoNotRestart);
+            assert_eq!(
+                decide(m, Exit::Failure, t + MS * k, &mut i, &mut s),
+                Decision::DoNotRestart
+            );
+            assert_eq!(
+                decide(m, Exit::Clean, t + MS * k, &mut i, &mut s),
+                Decision::DoNotRestart
+            );
         }
         assert_eq!(i.count(t + MS * 10), 0);
     }
@@ -477,7 +539,10 @@ mod tests {
         let p = RestartMode::Permanent;
         for k in [0.0, 1.0, 2.0, 10.001, 11.5, 12.5] {
             assert!(
-                matches!(decide(p, Exit::Failure, t + secs(k), &mut i, &mut s), Decision::Restart { .. }),
+                matches!(
+                    decide(p, Exit::Failure, t + secs(k), &mut i, &mut s),
+                    Decision::Restart { .. }
+                ),
                 "exit at {k} s"
             );
         }
