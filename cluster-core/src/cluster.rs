@@ -192,7 +192,14 @@ impl<D, U> fmt::Debug for Cluster<D, U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cluster")
             .field("options", &self.options)
-            .field("groups", &self.groups.iter().map(|g| g.options.get_name()).collect::<Vec<_>>())
+            .field(
+                "groups",
+                &self
+                    .groups
+                    .iter()
+                    .map(|g| g.options.get_name())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -305,7 +312,11 @@ impl<D: Message, U: Message> Cluster<D, U> {
         if self.groups.iter().any(|g| g.inherits_count) {
             self.duplicate_worker = true;
         }
-        self.groups.push(GroupEntry { options: GroupOptions::new("worker"), inherits_count: true, run: boxed_worker(f) });
+        self.groups.push(GroupEntry {
+            options: GroupOptions::new("worker"),
+            inherits_count: true,
+            run: boxed_worker(f),
+        });
         self
     }
 
@@ -316,7 +327,11 @@ impl<D: Message, U: Message> Cluster<D, U> {
         Fut: Future + Send + 'static,
         Fut::Output: IntoOutcome,
     {
-        self.groups.push(GroupEntry { options, inherits_count: false, run: boxed_worker(f) });
+        self.groups.push(GroupEntry {
+            options,
+            inherits_count: false,
+            run: boxed_worker(f),
+        });
         self
     }
 
@@ -327,7 +342,9 @@ impl<D: Message, U: Message> Cluster<D, U> {
         Fut: Future + Send + 'static,
         Fut::Output: IntoOutcome,
     {
-        self.master = Some(Box::new(move |ctx| Box::pin(async move { f(ctx).await.into_outcome() })));
+        self.master = Some(Box::new(move |ctx| {
+            Box::pin(async move { f(ctx).await.into_outcome() })
+        }));
         self
     }
 
@@ -339,13 +356,18 @@ impl<D: Message, U: Message> Cluster<D, U> {
         Fut: Future + Send + 'static,
         Fut::Output: IntoOutcome,
     {
-        self.before_fork = Some(Box::new(move || Box::pin(async move { f().await.into_outcome() })));
+        self.before_fork = Some(Box::new(move || {
+            Box::pin(async move { f().await.into_outcome() })
+        }));
         self
     }
 
     /// Called in the master before each worker is spawned, to add arguments or environment
     /// variables to that one worker.
-    pub fn on_spawn(mut self, hook: impl Fn(&WorkerId, &mut SpawnSettings) + Send + Sync + 'static) -> Self {
+    pub fn on_spawn(
+        mut self,
+        hook: impl Fn(&WorkerId, &mut SpawnSettings) + Send + Sync + 'static,
+    ) -> Self {
         self.spawn_hook = Some(Arc::new(hook));
         self
     }
@@ -361,15 +383,28 @@ impl<D: Message, U: Message> Cluster<D, U> {
         let invalid = |option, reason: String| Err(Error::InvalidOption { option, reason });
         self.options.validate()?;
         if self.groups.is_empty() {
-            return invalid("worker", "no worker function was given: call `.worker(...)` or `.group(...)`".into());
+            return invalid(
+                "worker",
+                "no worker function was given: call `.worker(...)` or `.group(...)`".into(),
+            );
         }
         if self.duplicate_worker {
-            return invalid("worker", "`.worker(...)` was called twice; use `.group(...)` for more kinds of worker".into());
+            return invalid(
+                "worker",
+                "`.worker(...)` was called twice; use `.group(...)` for more kinds of worker"
+                    .into(),
+            );
         }
         for (i, g) in self.groups.iter().enumerate() {
             g.options.validate()?;
-            if self.groups[..i].iter().any(|h| h.options.get_name() == g.options.get_name()) {
-                return invalid("group", format!("two groups are named {:?}", g.options.get_name()));
+            if self.groups[..i]
+                .iter()
+                .any(|h| h.options.get_name() == g.options.get_name())
+            {
+                return invalid(
+                    "group",
+                    format!("two groups are named {:?}", g.options.get_name()),
+                );
             }
         }
         Ok(())
@@ -390,13 +425,24 @@ impl<D: Message, U: Message> Cluster<D, U> {
     }
 
     fn run_worker(self, id: WorkerId) -> i32 {
-        let Some(entry) = self.groups.into_iter().find(|g| *g.options.get_name() == *id.group) else {
-            eprintln!("cluster worker {id}: this program has no worker group {:?}", id.group);
+        let Some(entry) = self
+            .groups
+            .into_iter()
+            .find(|g| *g.options.get_name() == *id.group)
+        else {
+            eprintln!(
+                "cluster worker {id}: this program has no worker group {:?}",
+                id.group
+            );
             return worker::EXIT_BOOTSTRAP;
         };
         let runtime = match self.runtime {
-            Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
-            Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build(),
+            Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
         };
         let runtime = match runtime {
             Ok(runtime) => runtime,
@@ -418,7 +464,10 @@ impl<D: Message, U: Message> Cluster<D, U> {
             return 2;
         }
         // The master only routes and supervises: one thread is plenty, and keeps it small.
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime,
             Err(e) => {
                 eprintln!("cluster: cannot start the tokio runtime: {e}");
@@ -427,7 +476,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
         };
         for g in &mut self.groups {
             if g.inherits_count {
-                g.options = g.options.clone().count(self.options.get_count().clone());
+                g.options = g.options.clone().count(self.options.get_count());
             }
         }
         runtime.block_on(self.supervise())
@@ -457,7 +506,14 @@ impl<D: Message, U: Message> Cluster<D, U> {
             None => (None, None),
         };
         let groups = self.groups.into_iter().map(|g| g.options).collect();
-        let supervisor = match Supervisor::new(self.options, groups, self.spawn_hook, commands_rx, events_tx, pending.clone()) {
+        let supervisor = match Supervisor::new(
+            self.options,
+            groups,
+            self.spawn_hook,
+            commands_rx,
+            events_tx,
+            pending.clone(),
+        ) {
             Ok(supervisor) => supervisor,
             Err(e) => {
                 eprintln!("cluster: {e}");
@@ -495,7 +551,10 @@ impl<D: Message, U: Message> Cluster<D, U> {
         }
         if let Some(task) = master_task {
             // The event queue is closed: a master loop on `next_event` ends by itself.
-            if tokio::time::timeout(Duration::from_secs(1), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("the master function did not return after the cluster stopped");
             }
         }

@@ -17,7 +17,6 @@
 
 // The supervision engine is the consumer of this module; until it is wired in, only the tests
 // call these items.
-#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -73,20 +72,24 @@ impl Intensity {
     }
 
     /// The number of exits within the window ending at `now`.
+    #[cfg(test)]
     pub(crate) fn count(&mut self, now: Instant) -> usize {
         self.prune(now);
         self.exits.len()
     }
 
     /// Forgets every recorded exit (e.g. after the operator changed the policy).
+    #[cfg(test)]
     pub(crate) fn clear(&mut self) {
         self.exits.clear();
     }
 
+    #[cfg(test)]
     pub(crate) fn window(&self) -> Duration {
         self.window
     }
 
+    #[cfg(test)]
     pub(crate) fn max_restarts(&self) -> u32 {
         self.max_restarts
     }
@@ -161,6 +164,7 @@ impl SlotBackoff {
     }
 
     /// Forgets the streaks, e.g. when a reload puts new code in the slot.
+    #[cfg(test)]
     pub(crate) fn reset(&mut self) {
         self.started_at = None;
         self.failures = 0;
@@ -168,6 +172,7 @@ impl SlotBackoff {
     }
 
     /// The current failure streak.
+    #[cfg(test)]
     pub(crate) fn failures(&self) -> u32 {
         self.failures
     }

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::identity::{ENV_GENERATION, ENV_GROUP, ENV_IPC_FD, ENV_SLOT, WorkerId};
-use crate::master::{ExitKind, WorkerInfo, WorkerState};
 pub(crate) use crate::master::SlotKey;
+use crate::master::{ExitKind, WorkerInfo, WorkerState};
 use crate::messaging::Pending;
 use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
 use crate::protocol::{ToMaster, ToWorker};
@@ -30,29 +30,74 @@ pub const EXIT_KILLED_AFTER_GRACE: i32 = 1;
 
 /// Requests from the master's code.
 pub(crate) enum Command {
-    Send { to: SlotKey, msg: ToWorker, reply: oneshot::Sender<Result<()>> },
-    Broadcast { group: Option<String>, msg: ToWorker, reply: oneshot::Sender<usize> },
-    Scale { group: String, count: usize, reply: oneshot::Sender<Result<()>> },
-    Workers { reply: oneshot::Sender<Vec<WorkerInfo>> },
+    Send {
+        to: SlotKey,
+        msg: ToWorker,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Broadcast {
+        group: Option<String>,
+        msg: ToWorker,
+        reply: oneshot::Sender<usize>,
+    },
+    Scale {
+        group: String,
+        count: usize,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Workers {
+        reply: oneshot::Sender<Vec<WorkerInfo>>,
+    },
     Shutdown,
 }
 
 /// Events for the master's code, before decoding app payloads.
 pub(crate) enum RawEvent {
-    Spawned { id: WorkerId, pid: u32 },
-    Online { id: WorkerId },
-    Ready { id: WorkerId },
-    Exit { id: WorkerId, exit: ExitKind, expected: bool, restarting: bool },
-    RestartLimit { id: WorkerId, exit: ExitKind },
-    Message { from: WorkerId, payload: Vec<u8> },
-    Request { from: WorkerId, id: u64, payload: Vec<u8> },
+    Spawned {
+        id: WorkerId,
+        pid: u32,
+    },
+    Online {
+        id: WorkerId,
+    },
+    Ready {
+        id: WorkerId,
+    },
+    Exit {
+        id: WorkerId,
+        exit: ExitKind,
+        expected: bool,
+        restarting: bool,
+    },
+    RestartLimit {
+        id: WorkerId,
+        exit: ExitKind,
+    },
+    Message {
+        from: WorkerId,
+        payload: Vec<u8>,
+    },
+    Request {
+        from: WorkerId,
+        id: u64,
+        payload: Vec<u8>,
+    },
 }
 
 /// What the per-worker watch tasks report.
 enum Internal {
-    Online { id: WorkerId, sender: cluster_ipc::Sender<ToWorker> },
-    FromWorker { id: WorkerId, msg: ToMaster },
-    Exited { id: WorkerId, exit: ExitKind },
+    Online {
+        id: WorkerId,
+        sender: cluster_ipc::Sender<ToWorker>,
+    },
+    FromWorker {
+        id: WorkerId,
+        msg: ToMaster,
+    },
+    Exited {
+        id: WorkerId,
+        exit: ExitKind,
+    },
 }
 
 /// Lets the master's code adjust one worker's command line and environment.
@@ -150,7 +195,8 @@ impl Supervisor {
         pending: Arc<Pending>,
     ) -> Result<Self> {
         // Remembered now, so that a binary replaced on disk later is what new workers run.
-        let exe = std::env::current_exe().map_err(|e| Error::io("cannot find this program's path", e))?;
+        let exe =
+            std::env::current_exe().map_err(|e| Error::io("cannot find this program's path", e))?;
         let args = std::env::args_os().skip(1).collect();
         let spawner = Spawner::start(tokio::runtime::Handle::current())
             .map_err(|e| Error::io("cannot start the spawner thread", e))?;
@@ -158,7 +204,10 @@ impl Supervisor {
         let groups = groups
             .into_iter()
             .map(|group| {
-                let policy = group.get_restart().cloned().unwrap_or_else(|| options.get_restart().clone());
+                let policy = group
+                    .get_restart()
+                    .copied()
+                    .unwrap_or_else(|| *options.get_restart());
                 Group {
                     name: group.get_name().into(),
                     intensity: Intensity::from_policy(&policy),
@@ -235,7 +284,11 @@ impl Supervisor {
     }
 
     fn running_count(&self) -> usize {
-        self.groups.iter().flat_map(|g| &g.slots).filter(|s| s.running.is_some()).count()
+        self.groups
+            .iter()
+            .flat_map(|g| &g.slots)
+            .filter(|s| s.running.is_some())
+            .count()
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -258,7 +311,11 @@ impl Supervisor {
     }
 
     fn slot_mut(&mut self, key: &SlotKey) -> Option<&mut SlotState> {
-        self.groups.iter_mut().find(|g| g.name == key.group)?.slots.get_mut(key.slot)
+        self.groups
+            .iter_mut()
+            .find(|g| g.name == key.group)?
+            .slots
+            .get_mut(key.slot)
     }
 
     /// The running worker `id`, if it is still the one in its slot.
@@ -269,9 +326,17 @@ impl Supervisor {
 
     async fn on_signal(&mut self, sig: Signal) {
         if self.stopping.is_some() {
-            tracing::warn!("{} again: killing the remaining workers without waiting", sig.as_str());
+            tracing::warn!(
+                "{} again: killing the remaining workers without waiting",
+                sig.as_str()
+            );
             let now = Instant::now();
-            for r in self.groups.iter_mut().flat_map(|g| &mut g.slots).filter_map(|s| s.running.as_mut()) {
+            for r in self
+                .groups
+                .iter_mut()
+                .flat_map(|g| &mut g.slots)
+                .filter_map(|s| s.running.as_mut())
+            {
                 r.kill_at = Some(now);
             }
             return;
@@ -296,7 +361,9 @@ impl Supervisor {
 
     /// Asks the worker in a slot to stop, and to be killed at `deadline` if it has not.
     async fn request_stop(&mut self, g: usize, s: usize, deadline: Instant) {
-        let Some(r) = self.groups[g].slots[s].running.as_mut() else { return };
+        let Some(r) = self.groups[g].slots[s].running.as_mut() else {
+            return;
+        };
         if r.stop_requested {
             return;
         }
@@ -318,7 +385,9 @@ impl Supervisor {
     async fn on_internal(&mut self, internal: Internal) {
         match internal {
             Internal::Online { id, sender } => {
-                let Some(r) = self.running_mut(&id) else { return };
+                let Some(r) = self.running_mut(&id) else {
+                    return;
+                };
                 if r.stop_requested {
                     let _ = send_bounded(&sender, &ToWorker::Shutdown).await;
                 } else if r.state == WorkerState::Starting {
@@ -330,7 +399,9 @@ impl Supervisor {
             }
             Internal::FromWorker { id, msg } => match msg {
                 ToMaster::Ready => {
-                    let Some(r) = self.running_mut(&id) else { return };
+                    let Some(r) = self.running_mut(&id) else {
+                        return;
+                    };
                     if r.state == WorkerState::Stopping {
                         return;
                     }
@@ -340,9 +411,14 @@ impl Supervisor {
                     self.emit(RawEvent::Ready { id });
                 }
                 ToMaster::User(payload) => self.emit(RawEvent::Message { from: id, payload }),
-                ToMaster::Request { id: request, payload } => {
-                    self.emit(RawEvent::Request { from: id, id: request, payload })
-                }
+                ToMaster::Request {
+                    id: request,
+                    payload,
+                } => self.emit(RawEvent::Request {
+                    from: id,
+                    id: request,
+                    payload,
+                }),
                 ToMaster::Response { id, payload } => self.pending.complete(id, payload),
                 ToMaster::Exiting { failed } => {
                     if let Some(r) = self.running_mut(&id) {
@@ -355,10 +431,18 @@ impl Supervisor {
     }
 
     async fn on_exit(&mut self, id: WorkerId, exit: ExitKind) {
-        let Some(g) = self.groups.iter().position(|g| g.name == id.group) else { return };
+        let Some(g) = self.groups.iter().position(|g| g.name == id.group) else {
+            return;
+        };
         let s = id.slot;
-        let Some(slot) = self.groups[g].slots.get_mut(s) else { return };
-        if slot.running.as_ref().is_none_or(|r| r.id.generation != id.generation) {
+        let Some(slot) = self.groups[g].slots.get_mut(s) else {
+            return;
+        };
+        if slot
+            .running
+            .as_ref()
+            .is_none_or(|r| r.id.generation != id.generation)
+        {
             return;
         }
         let Some(r) = slot.running.take() else { return };
@@ -375,7 +459,14 @@ impl Supervisor {
 
     /// Decides what follows a worker's exit (or failed spawn): restart, leave the slot empty,
     /// or give up on the whole cluster.
-    async fn after_exit(&mut self, g: usize, s: usize, id: WorkerId, exit: ExitKind, kind: RestartExit) {
+    async fn after_exit(
+        &mut self,
+        g: usize,
+        s: usize,
+        id: WorkerId,
+        exit: ExitKind,
+        kind: RestartExit,
+    ) {
         let now = Instant::now();
         let expected = kind != RestartExit::Failure;
         let failure = kind == RestartExit::Failure;
@@ -385,7 +476,13 @@ impl Supervisor {
         let mut restarting = false;
         if !stopping && !retired {
             let slot = &mut group.slots[s];
-            match decide(group.policy.get_mode(), kind, now, &mut group.intensity, &mut slot.backoff) {
+            match decide(
+                group.policy.get_mode(),
+                kind,
+                now,
+                &mut group.intensity,
+                &mut slot.backoff,
+            ) {
                 Decision::Restart { after } => {
                     slot.restarts += u64::from(failure);
                     slot.restart_at = Some(now + after);
@@ -402,7 +499,12 @@ impl Supervisor {
                         window_ms: group.policy.get_max_restarts_interval().as_millis(),
                     };
                     tracing::error!("{error}");
-                    self.emit(RawEvent::Exit { id: id.clone(), exit, expected, restarting: false });
+                    self.emit(RawEvent::Exit {
+                        id: id.clone(),
+                        exit,
+                        expected,
+                        restarting: false,
+                    });
                     self.emit(RawEvent::RestartLimit { id, exit });
                     self.begin_stop(Stopping::RestartLimit(error)).await;
                     return;
@@ -412,12 +514,23 @@ impl Supervisor {
         if expected {
             tracing::info!("worker {id} {exit}");
         } else {
-            tracing::warn!("worker {id} {exit} unexpectedly{}", if restarting { ", restarting" } else { "" });
+            tracing::warn!(
+                "worker {id} {exit} unexpectedly{}",
+                if restarting { ", restarting" } else { "" }
+            );
         }
-        self.emit(RawEvent::Exit { id, exit, expected, restarting });
+        self.emit(RawEvent::Exit {
+            id,
+            exit,
+            expected,
+            restarting,
+        });
         if retired {
             let slots = &mut self.groups[g].slots;
-            while slots.last().is_some_and(|s| s.retired && s.running.is_none()) {
+            while slots
+                .last()
+                .is_some_and(|s| s.retired && s.running.is_none())
+            {
                 slots.pop();
             }
         }
@@ -438,7 +551,9 @@ impl Supervisor {
                     slot.restart_at = None;
                     due.push((g, s));
                 }
-                let Some(r) = slot.running.as_mut() else { continue };
+                let Some(r) = slot.running.as_mut() else {
+                    continue;
+                };
                 if r.ready_by.is_some_and(|t| t <= now) {
                     tracing::warn!("worker {} did not become ready in time: killing it", r.id);
                     r.ready_by = None;
@@ -446,7 +561,10 @@ impl Supervisor {
                     kill(r);
                 }
                 if r.kill_at.is_some_and(|t| t <= now) {
-                    tracing::warn!("worker {} did not stop within the grace period: killing it", r.id);
+                    tracing::warn!(
+                        "worker {} did not stop within the grace period: killing it",
+                        r.id
+                    );
                     r.kill_at = None;
                     if stopping {
                         self.killed_after_grace = true;
@@ -489,7 +607,11 @@ impl Supervisor {
                 }
                 let _ = reply.send(sent);
             }
-            Command::Scale { group, count, reply } => {
+            Command::Scale {
+                group,
+                count,
+                reply,
+            } => {
                 let result = match self.groups.iter().position(|g| *g.name == *group) {
                     Some(g) => {
                         self.resize(g, count).await;
@@ -557,7 +679,10 @@ impl Supervisor {
                 self.request_stop(g, s, deadline).await;
             }
             let slots = &mut self.groups[g].slots;
-            while slots.last().is_some_and(|s| s.retired && s.running.is_none()) {
+            while slots
+                .last()
+                .is_some_and(|s| s.retired && s.running.is_none())
+            {
                 slots.pop();
             }
         }
@@ -568,7 +693,11 @@ impl Supervisor {
         let group = &mut self.groups[g];
         let slot = &mut group.slots[s];
         slot.generation += 1;
-        let id = WorkerId { group: group.name.clone(), slot: s, generation: slot.generation };
+        let id = WorkerId {
+            group: group.name.clone(),
+            slot: s,
+            generation: slot.generation,
+        };
         match self.start_process(g, &id).await {
             Ok((child, stream)) => {
                 let pid = child.id();
@@ -589,7 +718,14 @@ impl Supervisor {
                     exiting: None,
                     failed_start: false,
                 });
-                let watch = watch(id.clone(), child, stream, self.options.get_ready_timeout(), self.internal_tx.clone(), kill_rx);
+                let watch = watch(
+                    id.clone(),
+                    child,
+                    stream,
+                    self.options.get_ready_timeout(),
+                    self.internal_tx.clone(),
+                    kill_rx,
+                );
                 tokio::spawn(watch);
                 tracing::debug!("spawned worker {id} (pid {})", pid.unwrap_or(0));
                 if let Some(pid) = pid {
@@ -604,7 +740,11 @@ impl Supervisor {
         }
     }
 
-    async fn start_process(&mut self, g: usize, id: &WorkerId) -> Result<(Child, std::os::unix::net::UnixStream)> {
+    async fn start_process(
+        &mut self,
+        g: usize,
+        id: &WorkerId,
+    ) -> Result<(Child, std::os::unix::net::UnixStream)> {
         let mut settings = SpawnSettings::default();
         if let Some(hook) = &self.spawn_hook {
             hook(id, &mut settings);
@@ -659,7 +799,10 @@ async fn watch(
 ) {
     let mut killed = false;
     let mut receiver = None;
-    let handshake = tokio::time::timeout(ready_timeout, Channel::<ToWorker, ToMaster>::from_std(stream, Config::default()));
+    let handshake = tokio::time::timeout(
+        ready_timeout,
+        Channel::<ToWorker, ToMaster>::from_std(stream, Config::default()),
+    );
     tokio::select! {
         result = handshake => match result {
             Ok(Ok(channel)) => {
