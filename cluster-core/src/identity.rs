@@ -53,10 +53,14 @@ pub fn role() -> Result<Role, crate::Error> {
              (unset {ENV_GROUP} to run it as a master)"
         ))
     };
-    let group = group.into_string().map_err(|v| bad(ENV_GROUP, format!("not UTF-8: {v:?}")))?;
+    let group = group
+        .into_string()
+        .map_err(|v| bad(ENV_GROUP, format!("not UTF-8: {v:?}")))?;
     let number = |var: &str| -> Result<u64, crate::Error> {
         let value = std::env::var(var).map_err(|e| bad(var, e.to_string()))?;
-        value.parse().map_err(|_| bad(var, format!("expected a number, found {value:?}")))
+        value
+            .parse()
+            .map_err(|_| bad(var, format!("expected a number, found {value:?}")))
     };
     let slot = number(ENV_SLOT)?;
     let generation = number(ENV_GENERATION)?;

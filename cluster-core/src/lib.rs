@@ -6,7 +6,10 @@
 //! **workers** (spawned, not forked: `fork` is unsafe in a multi-threaded tokio process),
 //! restarts those that crash within `max_restarts` per `max_restarts_interval`, and on a
 //! shutdown signal asks every worker to stop, killing what is left after `grace`.
-#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 mod cluster;
 mod error;

@@ -27,14 +27,20 @@ pub struct SlotKey {
 impl SlotKey {
     /// The key of `slot` in `group`.
     pub fn new(group: &str, slot: usize) -> Self {
-        SlotKey { group: group.into(), slot }
+        SlotKey {
+            group: group.into(),
+            slot,
+        }
     }
 }
 
 impl WorkerId {
     /// The slot this worker occupies.
     pub fn key(&self) -> SlotKey {
-        SlotKey { group: self.group.clone(), slot: self.slot }
+        SlotKey {
+            group: self.group.clone(),
+            slot: self.slot,
+        }
     }
 }
 
@@ -184,34 +190,59 @@ where
 {
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.commands.send(make(reply)).map_err(|_| Error::Disconnected("supervisor"))?;
+        self.commands
+            .send(make(reply))
+            .map_err(|_| Error::Disconnected("supervisor"))?;
         rx.await.map_err(|_| Error::Disconnected("supervisor"))
     }
 
     /// Sends a message to the worker currently in `to`.
     pub async fn send(&self, to: &SlotKey, msg: &D) -> Result<()> {
         let msg = ToWorker::User(messaging::encode(msg)?);
-        self.ask(|reply| Command::Send { to: to.clone(), msg, reply }).await?
+        self.ask(|reply| Command::Send {
+            to: to.clone(),
+            msg,
+            reply,
+        })
+        .await?
     }
 
     /// Sends a message to every worker that is online; returns how many it went to.
     pub async fn broadcast(&self, msg: &D) -> Result<usize> {
         let msg = ToWorker::User(messaging::encode(msg)?);
-        self.ask(|reply| Command::Broadcast { group: None, msg, reply }).await
+        self.ask(|reply| Command::Broadcast {
+            group: None,
+            msg,
+            reply,
+        })
+        .await
     }
 
     /// Sends a message to every online worker of one group.
     pub async fn broadcast_group(&self, group: &str, msg: &D) -> Result<usize> {
         let msg = ToWorker::User(messaging::encode(msg)?);
-        self.ask(|reply| Command::Broadcast { group: Some(group.into()), msg, reply }).await
+        self.ask(|reply| Command::Broadcast {
+            group: Some(group.into()),
+            msg,
+            reply,
+        })
+        .await
     }
 
     /// Asks the worker in `to` and waits up to `timeout` for its answer.
     pub async fn request(&self, to: &SlotKey, msg: &D, timeout: Duration) -> Result<U> {
         let payload = messaging::encode(msg)?;
         let (guard, rx) = self.pending.register();
-        let msg = ToWorker::Request { id: guard.id, payload };
-        self.ask(|reply| Command::Send { to: to.clone(), msg, reply }).await??;
+        let msg = ToWorker::Request {
+            id: guard.id,
+            payload,
+        };
+        self.ask(|reply| Command::Send {
+            to: to.clone(),
+            msg,
+            reply,
+        })
+        .await??;
         messaging::await_response(guard, rx, timeout, "worker").await
     }
 
@@ -222,18 +253,40 @@ where
             RawEvent::Spawned { id, pid } => Event::Spawned { id, pid },
             RawEvent::Online { id } => Event::Online { id },
             RawEvent::Ready { id } => Event::Ready { id },
-            RawEvent::Exit { id, exit, expected, restarting } => Event::Exit { id, exit, expected, restarting },
+            RawEvent::Exit {
+                id,
+                exit,
+                expected,
+                restarting,
+            } => Event::Exit {
+                id,
+                exit,
+                expected,
+                restarting,
+            },
             RawEvent::RestartLimit { id, exit } => Event::RestartLimit { id, exit },
             RawEvent::Message { from, payload } => match messaging::decode::<U>(&payload) {
                 Ok(msg) => Event::Message { from, msg },
-                Err(e) => Event::BadMessage { from, error: e.to_string() },
+                Err(e) => Event::BadMessage {
+                    from,
+                    error: e.to_string(),
+                },
             },
             RawEvent::Request { from, id, payload } => match messaging::decode::<U>(&payload) {
                 Ok(msg) => {
-                    let reply = ReplyTo::Worker { to: from.key(), commands: self.commands.clone() };
-                    Event::Request { from, request: Request::new(msg, id, reply) }
+                    let reply = ReplyTo::Worker {
+                        to: from.key(),
+                        commands: self.commands.clone(),
+                    };
+                    Event::Request {
+                        from,
+                        request: Request::new(msg, id, reply),
+                    }
                 }
-                Err(e) => Event::BadMessage { from, error: e.to_string() },
+                Err(e) => Event::BadMessage {
+                    from,
+                    error: e.to_string(),
+                },
             },
         })
     }
@@ -246,7 +299,12 @@ where
     /// Sets the number of workers of `group`: new slots start at once; removed slots (the
     /// highest) stop gracefully.
     pub async fn scale(&self, group: &str, count: usize) -> Result<()> {
-        self.ask(|reply| Command::Scale { group: group.into(), count, reply }).await?
+        self.ask(|reply| Command::Scale {
+            group: group.into(),
+            count,
+            reply,
+        })
+        .await?
     }
 
     /// Starts a graceful shutdown of the cluster, as a shutdown signal would.

@@ -38,13 +38,26 @@ impl Pending {
     pub(crate) fn register(self: &Arc<Self>) -> (PendingGuard, oneshot::Receiver<Vec<u8>>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner).insert(id, tx);
-        (PendingGuard { pending: self.clone(), id }, rx)
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        (
+            PendingGuard {
+                pending: self.clone(),
+                id,
+            },
+            rx,
+        )
     }
 
     /// Delivers a response; responses nobody waits for any more (timed out) are dropped.
     pub(crate) fn complete(&self, id: u64, payload: Vec<u8>) {
-        let waiter = self.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        let waiter = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
         if let Some(waiter) = waiter {
             let _ = waiter.send(payload);
         }
@@ -58,7 +71,11 @@ pub(crate) struct PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.pending.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+        self.pending
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
     }
 }
 
@@ -72,7 +89,11 @@ pub(crate) async fn await_response<A: DeserializeOwned>(
     let payload = match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(payload)) => payload,
         Ok(Err(_)) => return Err(Error::Disconnected(peer)),
-        Err(_) => return Err(Error::Timeout { timeout_ms: timeout.as_millis() }),
+        Err(_) => {
+            return Err(Error::Timeout {
+                timeout_ms: timeout.as_millis(),
+            });
+        }
     };
     drop(guard);
     decode(&payload)
@@ -83,7 +104,10 @@ pub(crate) enum ReplyTo {
     /// A worker answers the master over its channel.
     Master(cluster_ipc::Sender<ToMaster>),
     /// The master answers a worker through the supervisor.
-    Worker { to: SlotKey, commands: mpsc::UnboundedSender<Command> },
+    Worker {
+        to: SlotKey,
+        commands: mpsc::UnboundedSender<Command>,
+    },
 }
 
 /// A request that expects one answer of type `A`. Dropping it without answering makes the
@@ -97,13 +121,21 @@ pub struct Request<Q, A> {
 
 impl<Q: fmt::Debug, A> fmt::Debug for Request<Q, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Request").field("id", &self.id).field("msg", &self.msg).finish()
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .field("msg", &self.msg)
+            .finish()
     }
 }
 
 impl<Q, A> Request<Q, A> {
     pub(crate) fn new(msg: Q, id: u64, reply: ReplyTo) -> Self {
-        Request { msg, id, reply, _answer: PhantomData }
+        Request {
+            msg,
+            id,
+            reply,
+            _answer: PhantomData,
+        }
     }
 }
 
@@ -117,10 +149,18 @@ impl<Q, A: Serialize> Request<Q, A> {
     pub async fn respond(self, answer: &A) -> Result<()> {
         let payload = encode(answer)?;
         match self.reply {
-            ReplyTo::Master(sender) => Ok(sender.send(&ToMaster::Response { id: self.id, payload }).await?),
+            ReplyTo::Master(sender) => Ok(sender
+                .send(&ToMaster::Response {
+                    id: self.id,
+                    payload,
+                })
+                .await?),
             ReplyTo::Worker { to, commands } => {
                 let (reply, done) = oneshot::channel();
-                let msg = ToWorker::Response { id: self.id, payload };
+                let msg = ToWorker::Response {
+                    id: self.id,
+                    payload,
+                };
                 commands
                     .send(Command::Send { to, msg, reply })
                     .map_err(|_| Error::Disconnected("supervisor"))?;

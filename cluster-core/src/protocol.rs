@@ -56,18 +56,46 @@ mod tests {
     fn pinned_bytes() {
         assert_eq!(bytes(&ToWorker::Shutdown), [0]);
         assert_eq!(bytes(&ToWorker::User(vec![7, 8])), [1, 2, 7, 8]);
-        assert_eq!(bytes(&ToWorker::Request { id: 5, payload: vec![9] }), [2, 5, 1, 9]);
-        assert_eq!(bytes(&ToWorker::Response { id: 300, payload: vec![] }), [3, 251, 44, 1, 0]);
+        assert_eq!(
+            bytes(&ToWorker::Request {
+                id: 5,
+                payload: vec![9]
+            }),
+            [2, 5, 1, 9]
+        );
+        assert_eq!(
+            bytes(&ToWorker::Response {
+                id: 300,
+                payload: vec![]
+            }),
+            [3, 251, 44, 1, 0]
+        );
         assert_eq!(bytes(&ToMaster::Ready), [0]);
         assert_eq!(bytes(&ToMaster::User(vec![1])), [1, 1, 1]);
-        assert_eq!(bytes(&ToMaster::Request { id: 1, payload: vec![2] }), [2, 1, 1, 2]);
-        assert_eq!(bytes(&ToMaster::Response { id: 2, payload: vec![3] }), [3, 2, 1, 3]);
+        assert_eq!(
+            bytes(&ToMaster::Request {
+                id: 1,
+                payload: vec![2]
+            }),
+            [2, 1, 1, 2]
+        );
+        assert_eq!(
+            bytes(&ToMaster::Response {
+                id: 2,
+                payload: vec![3]
+            }),
+            [3, 2, 1, 3]
+        );
         assert_eq!(bytes(&ToMaster::Exiting { failed: true }), [4, 1]);
     }
 
     #[test]
     fn round_trip() {
-        for msg in [ToMaster::Ready, ToMaster::Exiting { failed: false }, ToMaster::User(vec![1, 2, 3])] {
+        for msg in [
+            ToMaster::Ready,
+            ToMaster::Exiting { failed: false },
+            ToMaster::User(vec![1, 2, 3]),
+        ] {
             assert_eq!(Bincode.decode::<ToMaster>(&bytes(&msg)).unwrap(), msg);
         }
     }

@@ -25,18 +25,20 @@ impl Spawner {
     /// Starts the thread; `handle` is the runtime that will wait for the children.
     pub(crate) fn start(handle: tokio::runtime::Handle) -> io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new().name("cluster-spawner".into()).spawn(move || {
-            // tokio's Command registers the child with the runtime that reaps it.
-            let _runtime = handle.enter();
-            while let Ok(mut job) = rx.recv() {
-                let _ = job.reply.send(job.cmd.spawn());
-            }
-            // Every handle is gone: the master is exiting. Stay alive until the process ends so
-            // that no worker still being reaped is killed by the parent-death signal early.
-            loop {
-                std::thread::park();
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("cluster-spawner".into())
+            .spawn(move || {
+                // tokio's Command registers the child with the runtime that reaps it.
+                let _runtime = handle.enter();
+                while let Ok(mut job) = rx.recv() {
+                    let _ = job.reply.send(job.cmd.spawn());
+                }
+                // Every handle is gone: the master is exiting. Stay alive until the process ends so
+                // that no worker still being reaped is killed by the parent-death signal early.
+                loop {
+                    std::thread::park();
+                }
+            })?;
         Ok(Spawner { jobs })
     }
 
@@ -46,6 +48,7 @@ impl Spawner {
         self.jobs
             .send(Job { cmd, reply })
             .map_err(|_| io::Error::other("the cluster spawner thread is gone"))?;
-        rx.await.map_err(|_| io::Error::other("the cluster spawner thread is gone"))?
+        rx.await
+            .map_err(|_| io::Error::other("the cluster spawner thread is gone"))?
     }
 }

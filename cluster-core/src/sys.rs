@@ -11,7 +11,16 @@ use nix::libc;
 pub(crate) fn kill_with_parent(cmd: &mut tokio::process::Command, parent: libc::pid_t) {
     let hook = move || {
         // SAFETY: prctl and getppid are async-signal-safe and allocate nothing.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } < 0 {
+        if unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: as above.

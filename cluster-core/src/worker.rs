@@ -59,7 +59,9 @@ impl<D, U> Clone for WorkerContext<D, U> {
 
 impl<D, U> fmt::Debug for WorkerContext<D, U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerContext").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("WorkerContext")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,7 +95,12 @@ where
     pub async fn request(&self, msg: &U, timeout: Duration) -> Result<D> {
         let payload = messaging::encode(msg)?;
         let (guard, rx) = self.pending.register();
-        self.sender.send(&ToMaster::Request { id: guard.id, payload }).await?;
+        self.sender
+            .send(&ToMaster::Request {
+                id: guard.id,
+                payload,
+            })
+            .await?;
         messaging::await_response(guard, rx, timeout, "master").await
     }
 
@@ -142,7 +149,10 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
             Ok(Some(msg)) => msg,
             Ok(None) | Err(_) => {
                 // The master died (its parent-death signal normally gets here first).
-                eprintln!("cluster worker {}: the master is gone, exiting", std::process::id());
+                eprintln!(
+                    "cluster worker {}: the master is gone, exiting",
+                    std::process::id()
+                );
                 std::process::exit(EXIT_MASTER_GONE);
             }
         };
@@ -224,7 +234,13 @@ where
     let pending = Arc::new(Pending::default());
     let (queue, incoming) = mpsc::channel(1024);
     handle_signals(shutdown.clone());
-    tokio::spawn(read_master(receiver, sender.clone(), queue, shutdown.clone(), pending.clone()));
+    tokio::spawn(read_master(
+        receiver,
+        sender.clone(),
+        queue,
+        shutdown.clone(),
+        pending.clone(),
+    ));
     if auto_ready && sender.send(&ToMaster::Ready).await.is_err() {
         return EXIT_MASTER_GONE;
     }
@@ -260,8 +276,11 @@ async fn connect() -> Result<Channel<ToMaster, ToWorker>> {
             "{ENV_IPC_FD} is not set: this process has the cluster worker variables but no channel to a master"
         ))
     })?;
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, Channel::from_std(stream, Config::default()))
-        .await
-        .map_err(|_| Error::Bootstrap("the master did not answer the handshake within 10 s".into()))?
-        .map_err(Error::from)
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        Channel::from_std(stream, Config::default()),
+    )
+    .await
+    .map_err(|_| Error::Bootstrap("the master did not answer the handshake within 10 s".into()))?
+    .map_err(Error::from)
 }
