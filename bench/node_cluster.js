@@ -10,7 +10,8 @@ if (cluster.isPrimary) {
   let killedAt = null;
   let replaced = 0;
   const killOne = () => {
-    const w = Object.values(cluster.workers)[0];
+    // Kill each original worker once, as the Rust side does.
+    const w = Object.values(cluster.workers)[replaced];
     killedAt = process.hrtime.bigint();
     w.process.kill('SIGKILL');
   };
