@@ -26,8 +26,13 @@ pub trait Codec: Clone + Default + fmt::Debug + Send + Sync + 'static {
     /// the caller truncates it.
     fn encode<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), Error>;
 
-    /// Decodes a whole payload. Trailing bytes are an error. Decoding never allocates much
-    /// more than `bytes.len()`, whatever lengths the bytes claim.
+    /// Decodes a whole payload. Trailing bytes are an error.
+    ///
+    /// A claimed length never allocates beyond what the payload could hold, with one bound
+    /// left to serde: a sequence or map preallocates at most 1 MiB from its claimed length
+    /// before its elements are read. Decoding recurses once per nesting level, so a
+    /// *recursive* message type (`enum Tree { Node(Box<Tree>) }`) fed a payload nested
+    /// millions deep can exhaust the stack; cluster's own messages are not recursive.
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, Error>;
 }
 
