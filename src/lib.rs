@@ -28,9 +28,65 @@
 //!         .run()
 //! }
 //! ```
+//!
+//! # `#[cluster::main]`
+//!
+//! The same cluster with the attribute: the app's functions go in `main`'s body, each marked
+//! with its role, and the options are the attribute's arguments (see [`macro@main`] for the
+//! grammar and why the functions sit inside `main`).
+//!
+//! ```no_run
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! enum Cmd { Ping }
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! enum Report { Pong }
+//!
+//! #[cluster::main(count = 4, max_restarts = 5, max_restarts_interval = 15000, grace = 3000,
+//!                 signals = [SIGINT, SIGTERM, SIGHUP])]
+//! fn main() {
+//!     #[cluster::master]
+//!     async fn master(_ctx: cluster::MasterContext<Cmd, Report>) {
+//!         println!("Master process running");
+//!     }
+//!
+//!     #[cluster::worker]
+//!     async fn worker(ctx: cluster::WorkerContext<Cmd, Report>) {
+//!         println!("Worker process running");
+//!         ctx.shutdown_requested().await;
+//!     }
+//!
+//!     #[cluster::before_fork]
+//!     async fn before_fork() -> Result<(), std::io::Error> {
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! An app written as [`Master`] and [`Worker`] types names values of them instead:
+//!
+//! ```no_run
+//! use cluster::{BoxError, Worker, WorkerContext};
+//!
+//! struct App;
+//!
+//! #[cluster::async_trait]
+//! impl Worker for App {
+//!     type Down = ();
+//!     type Up = ();
+//!     async fn run(&self, ctx: WorkerContext) -> Result<(), BoxError> {
+//!         ctx.shutdown_requested().await;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[cluster::main(worker = App, count = cpus, grace = "3s")]
+//! fn main() {}
+//! ```
 
 pub use cluster_core::*;
 pub use cluster_ipc as ipc;
+/// The `#[cluster::main]` attribute and the markers of its functions.
+pub use cluster_macros::{before_fork, main, master, worker};
 
 /// Crates the generated code and apps use, re-exported so `cluster` is the only dependency.
 #[doc(hidden)]

@@ -1,0 +1,141 @@
+//! Runs the programs built by `#[cluster::main]` (examples/macro_fns.rs and
+//! examples/macro_traits.rs) as real processes: both workers come up and talk to the master
+//! over the typed channel, and SIGINT stops the cluster with exit code 0.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Long enough for a loaded CI machine to start a master and two workers.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The examples' grace is 3 s; the rest is slack.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Kills the master if the test fails before it exits, so no process outlives the test (its
+/// workers follow through their parent-death signal).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `target/<profile>/examples/<name>`, next to this test's `target/<profile>/deps/`; built
+/// here when `cargo test` was filtered to this test and did not build the examples.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join("examples").join(name);
+    if !path.exists() {
+        let target_dir = profile_dir.parent().expect("target/<profile>");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build --example");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    path
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// Starts the example, waits until every line in `expected` has been printed, sends SIGINT
+/// and expects exit code 0.
+fn run_until_printed_then_interrupt(name: &str, expected: &[&str]) {
+    let child = Command::new(example(name))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    let mut guard = Guard(child);
+    let stdout = guard.0.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut missing: Vec<&str> = expected.to_vec();
+    let mut seen = Vec::new();
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                missing.retain(|m| *m != line);
+                seen.push(line);
+            }
+            Err(_) => panic!(
+                "{name}: still waiting for {missing:?} after {START_TIMEOUT:?}; printed: {seen:#?}"
+            ),
+        }
+    }
+
+    let pid = Pid::from_raw(i32::try_from(guard.0.id()).expect("pid"));
+    kill(pid, Signal::SIGINT).expect("send SIGINT to the master");
+    let status = wait_with_timeout(&mut guard.0, STOP_TIMEOUT).unwrap_or_else(|| {
+        panic!("{name}: the master did not exit within {STOP_TIMEOUT:?} of SIGINT")
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{name}: exit status after SIGINT: {status}"
+    );
+}
+
+#[test]
+fn function_style_cluster_runs_and_stops_on_sigint() {
+    run_until_printed_then_interrupt(
+        "macro_fns",
+        &[
+            "master: about to start the workers",
+            "Master process running",
+            "master: worker 0 is up",
+            "master: worker 1 is up",
+            "Worker process running",
+        ],
+    );
+}
+
+#[test]
+fn type_style_cluster_runs_and_stops_on_sigint() {
+    run_until_printed_then_interrupt(
+        "macro_traits",
+        &[
+            "master: about to start the workers",
+            "master: hello from worker 0",
+            "master: hello from worker 1",
+        ],
+    );
+}

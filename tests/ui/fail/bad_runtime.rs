@@ -1,0 +1,5 @@
+#[cluster::main(runtime = "multi-thread")]
+fn main() {
+    #[cluster::worker]
+    async fn worker() {}
+}

@@ -1,0 +1,8 @@
+#[cluster::main]
+fn main() {
+    #[cluster::worker]
+    fn worker(_ctx: cluster::WorkerContext) {}
+
+    #[cluster::before_fork]
+    fn before_fork() {}
+}

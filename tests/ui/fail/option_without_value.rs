@@ -1,0 +1,5 @@
+#[cluster::main(count)]
+fn main() {
+    #[cluster::worker]
+    async fn worker() {}
+}

@@ -1,0 +1,8 @@
+#[cluster::main]
+fn main() {
+    #[cluster::worker]
+    async fn web(_ctx: cluster::WorkerContext) {}
+
+    #[cluster::worker]
+    async fn jobs(_ctx: cluster::WorkerContext) {}
+}

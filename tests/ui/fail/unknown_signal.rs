@@ -1,0 +1,5 @@
+#[cluster::main(signals = [SIGINT, SIGFOO, "TERMINATE"])]
+fn main() {
+    #[cluster::worker]
+    async fn worker() {}
+}
