@@ -253,28 +253,44 @@ impl<T: Serialize, C: Codec> Sender<T, C> {
         }
         let shared = &self.handle.shared;
         let mut fds = Some(fds);
+        // Fast path: room in the buffer, so no waiter needs registering.
+        if let Some(done) = self.try_enqueue(msg, &mut fds) {
+            return done;
+        }
         loop {
+            // Register for progress before checking again, so a wake-up between the check and
+            // the wait is not lost.
             let progress = shared.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
-            {
-                let mut st = shared.lock();
-                if st.closed {
-                    return Err(Shared::closed_error(&st));
-                }
-                if st.buf.is_empty() || st.buf.len() < self.write_buffer {
-                    let fds = fds.take().unwrap_or_default();
-                    let was_empty = st.buf.is_empty();
-                    self.encode_into(&mut st, msg, fds)?;
-                    drop(st);
-                    if was_empty {
-                        shared.wake_writer.notify_one();
-                    }
-                    return Ok(());
-                }
+            if let Some(done) = self.try_enqueue(msg, &mut fds) {
+                return done;
             }
             progress.await;
         }
+    }
+
+    /// Queues `msg` if the channel is closed (an error) or has room; `None` when the buffer is
+    /// full and the caller must wait. `fds` is taken only when the message is queued.
+    fn try_enqueue(&self, msg: &T, fds: &mut Option<Vec<OwnedFd>>) -> Option<Result<()>> {
+        let shared = &self.handle.shared;
+        let mut st = shared.lock();
+        if st.closed {
+            return Some(Err(Shared::closed_error(&st)));
+        }
+        if !st.buf.is_empty() && st.buf.len() >= self.write_buffer {
+            return None;
+        }
+        let fds = fds.take().unwrap_or_default();
+        let was_empty = st.buf.is_empty();
+        if let Err(e) = self.encode_into(&mut st, msg, fds) {
+            return Some(Err(e));
+        }
+        drop(st);
+        if was_empty {
+            shared.wake_writer.notify_one();
+        }
+        Some(Ok(()))
     }
 
     fn encode_into(&self, st: &mut WriteState, msg: &T, fds: Vec<OwnedFd>) -> Result<()> {
@@ -567,14 +583,22 @@ impl<T, C> Receiver<T, C> {
             if self.buf.len() > 4 * READ_GROWTH {
                 self.buf = Vec::new();
             }
-        } else if self.start > 0 && self.buf.len() - self.start < need {
+        } else if self.start > 0
+            && (self.buf.len() - self.start < need || self.buf.len() - self.end < READ_WINDOW)
+        {
+            // Move the partial frame to the front rather than growing the buffer: a stream of
+            // small frames rarely ends a read on a frame boundary, and growing would zero fresh
+            // memory on every such read. This copies less than one frame's worth in that case.
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
+        // Rounded up so the buffer settles at a fixed size instead of creeping up by a partial
+        // frame's length at a time.
         let target = (self.start + need)
             .min(self.end + READ_GROWTH)
-            .max(self.end + READ_WINDOW);
+            .max(self.end + READ_WINDOW)
+            .next_multiple_of(READ_WINDOW);
         if self.buf.len() < target {
             self.buf.resize(target, 0);
         }
