@@ -61,14 +61,15 @@ fn encode_error<T: ?Sized>(codec: &'static str, reason: impl fmt::Display) -> Er
     }
 }
 
-/// bincode's decode limit is a const generic, but it must follow the payload's length: a
-/// payload of `n` bytes cannot legitimately claim more than `n` bytes of strings and buffers,
-/// so the limit is the next power of two at or above `n` (at least 4 KiB). Without a limit,
+/// bincode's decode limit is a const generic, but it must follow the payload's length.
+/// bincode counts claims in memory bytes, not wire bytes: a varint `u64` of one wire byte
+/// claims 8, a `u128` 16. So a payload of `n` bytes can legitimately claim up to `16 n`, and the
+/// limit is the next power of two at or above that (at least 4 KiB). Without a limit,
 /// bincode allocates a claimed `Vec<u8>` length before reading it.
 macro_rules! bincode_decode_limited {
     ($bytes:expr; $($exp:literal)*) => {{
         let bytes: &[u8] = $bytes;
-        let exp = bytes.len().max(1 << 12).next_power_of_two().trailing_zeros();
+        let exp = bytes.len().saturating_mul(16).max(1 << 12).next_power_of_two().trailing_zeros();
         match exp {
             $( $exp => bincode::serde::decode_from_slice(
                 bytes,
@@ -76,7 +77,7 @@ macro_rules! bincode_decode_limited {
             ), )*
             _ => bincode::serde::decode_from_slice(
                 bytes,
-                bincode::config::standard().with_limit::<{ 1usize << 32 }>(),
+                bincode::config::standard().with_limit::<{ 1usize << 36 }>(),
             ),
         }
     }};
@@ -93,7 +94,7 @@ impl Codec for Bincode {
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, Error> {
         let (value, used): (T, usize) = bincode_decode_limited!(bytes;
-            12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31)
+            12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35)
         .map_err(|e| decode_error::<T>(Self::NAME, bytes.len(), e))?;
         if used != bytes.len() {
             return Err(decode_error::<T>(

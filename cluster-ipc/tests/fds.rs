@@ -229,6 +229,9 @@ async fn too_many_fds_for_sender<C: Codec>() {
     let (msg, fds) = within("recv", b.recv_with_fds()).await.unwrap().unwrap();
     assert_eq!((msg, fds.len()), (Msg::Plain(1), 1));
     drop(fds);
+    // The writer task closes its copy just after `sendmsg` returns, maybe on another thread;
+    // `flush` returns only after that.
+    a.flush().await.unwrap();
     assert!(writers_closed(&r));
     let (msg, fds) = within("recv", b.recv_with_fds()).await.unwrap().unwrap();
     assert_eq!((msg, fds.len()), (Msg::Plain(2), 0));

@@ -386,7 +386,30 @@ async fn encode_error_sends_nothing<C: Codec>() {
     assert_eq!(within("end of stream", b.recv()).await.unwrap(), None);
 }
 
+/// Payloads whose decoded size is many times their wire size: bincode counts a one-byte
+/// varint `u64` as 8 claimed bytes, so a limit tied too closely to the payload length
+/// rejected these valid messages.
+fn expanding_payloads_decode<C: Codec>() {
+    let small_u64s: Vec<u64> = (0..4000).map(|i| i % 200).collect();
+    let mut buf = Vec::new();
+    C::default().encode(&small_u64s, &mut buf).unwrap();
+    assert_eq!(C::default().decode::<Vec<u64>>(&buf).unwrap(), small_u64s);
+    let wide: Vec<u128> = (0..5000).map(|i| i % 100).collect();
+    buf.clear();
+    C::default().encode(&wide, &mut buf).unwrap();
+    assert_eq!(C::default().decode::<Vec<u128>>(&buf).unwrap(), wide);
+    let bytes = vec![7u8; 32762];
+    buf.clear();
+    C::default().encode(&bytes, &mut buf).unwrap();
+    assert_eq!(C::default().decode::<Vec<u8>>(&buf).unwrap(), bytes);
+}
+
+async fn expanding_payloads<C: Codec>() {
+    expanding_payloads_decode::<C>();
+}
+
 codec_tests!(
+    expanding_payloads,
     nested_values_both_ways,
     asymmetric_types,
     one_mib_messages,
