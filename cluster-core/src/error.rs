@@ -55,6 +55,9 @@ pub enum Error {
     /// The peer (master or worker) is gone.
     #[error("the {0} is gone")]
     Disconnected(&'static str),
+    /// The master could not listen on an address a worker asked for.
+    #[error("{0}")]
+    Listen(String),
     /// No worker (or group) by that name.
     #[error("no worker in {0}")]
     NoWorker(String),

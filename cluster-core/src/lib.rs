@@ -14,6 +14,7 @@
 mod cluster;
 mod error;
 mod identity;
+mod listener;
 mod master;
 mod messaging;
 mod options;
@@ -28,10 +29,12 @@ mod worker;
 pub use cluster::{BoxError, Cluster, IntoOutcome, Master, Message, Runtime, Worker};
 pub use error::{Error, Result};
 pub use identity::{Role, WorkerId, role};
+pub use listener::{Connection, Listener};
 pub use master::{Event, ExitKind, MasterContext, SlotKey, WorkerInfo, WorkerState};
 pub use messaging::Request;
 pub use options::{
-    Backoff, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal, parse_signal,
+    Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal,
+    parse_signal,
 };
 pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
 pub use worker::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext};

@@ -92,6 +92,8 @@ pub struct WorkerInfo {
     pub started: Instant,
     /// How many times its slot was restarted after an unexpected exit.
     pub restarts: u64,
+    /// Connections the master handed it that are still open (master-accept policies).
+    pub connections: usize,
 }
 
 /// What the master's code sees happen in the cluster.

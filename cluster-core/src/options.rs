@@ -13,6 +13,8 @@ use crate::Error;
 /// The signal type used throughout the public API (re-exported from `nix`).
 pub use nix::sys::signal::Signal;
 
+pub use crate::protocol::Balance;
+
 /// The longest duration accepted for any option. The engine adds these durations to
 /// `Instant`s, which panics on overflow; a year is far beyond any sensible timeout.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -499,6 +501,8 @@ pub struct Options {
     reload_signals: Vec<Signal>,
     ready_timeout: Duration,
     worker_prefix_logs: bool,
+    balance: Balance,
+    reload_parallelism: usize,
 }
 
 impl Default for Options {
@@ -511,6 +515,8 @@ impl Default for Options {
             reload_signals: vec![Signal::SIGUSR2],
             ready_timeout: Duration::from_secs(30),
             worker_prefix_logs: true,
+            balance: Balance::Shared,
+            reload_parallelism: 1,
         }
     }
 }
@@ -686,6 +692,31 @@ impl Options {
         self.ready_timeout
     }
 
+    /// How connections of the addresses workers `listen` on are spread over them (default
+    /// [`Balance::Shared`]); a worker can override it per address with `listen_with`.
+    #[must_use]
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// See [`Options::balance`].
+    pub fn get_balance(&self) -> Balance {
+        self.balance
+    }
+
+    /// How many slots a rolling reload replaces at once (default 1).
+    #[must_use]
+    pub fn reload_parallelism(mut self, slots: usize) -> Self {
+        self.reload_parallelism = slots;
+        self
+    }
+
+    /// See [`Options::reload_parallelism`].
+    pub fn get_reload_parallelism(&self) -> usize {
+        self.reload_parallelism
+    }
+
     /// See [`Options::worker_prefix_logs`].
     #[must_use]
     pub fn get_worker_prefix_logs(&self) -> bool {
@@ -705,6 +736,13 @@ impl Options {
     /// The first problem found, as [`Error::InvalidOption`] naming the option as the builder
     /// spells it, with a reason that says what would be accepted.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.reload_parallelism == 0 {
+            return Err(Error::InvalidOption {
+                option: "reload_parallelism",
+                reason: "must be at least 1 (slots replaced at once during a rolling reload)"
+                    .into(),
+            });
+        }
         validate_count("count", self.count, None)?;
         self.restart.validate()?;
         validate_not_huge("grace", self.grace)?;

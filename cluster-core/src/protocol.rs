@@ -8,7 +8,41 @@
 //! message types differ from the master's fails to decode only those messages and the control
 //! traffic keeps working.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+
+/// An address a worker asks to listen on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ListenAddr {
+    /// A TCP address (port 0 picks a free port, shared by every worker asking for it).
+    Tcp(SocketAddr),
+    /// A Unix stream socket path.
+    Unix(PathBuf),
+}
+
+/// How the connections of one listening address are spread over the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Balance {
+    /// Every worker accepts from the one kernel queue of the socket the master passed
+    /// (the default: no hop through the master, and a dying worker never loses queued
+    /// connections).
+    #[default]
+    Shared,
+    /// The master accepts and hands each connection to the next ready worker in turn
+    /// (Node's default).
+    RoundRobin,
+    /// The master hands each connection to the ready worker with the fewest open connections
+    /// it has handed out; workers report closes.
+    LeastConnections,
+    /// The same client IP goes to the same worker slot while that worker lives.
+    Sticky,
+    /// Each worker binds its own `SO_REUSEPORT` socket and the kernel spreads connections.
+    /// Connections queued on a worker's socket are lost when that worker exits, which is
+    /// why this is not the default.
+    ReusePort,
+}
 
 /// Master to worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +55,30 @@ pub(crate) enum ToWorker {
     Request { id: u64, payload: Vec<u8> },
     /// The answer to a worker's `ToMaster::Request`.
     Response { id: u64, payload: Vec<u8> },
+    /// The answer to `ToMaster::Listen`. With `Balance::Shared` the listening socket rides
+    /// along as a descriptor.
+    Listening {
+        id: u64,
+        result: Result<ListenerInfo, String>,
+    },
+    /// A connection the master accepted for this worker, riding along as a descriptor.
+    /// Acknowledge it with `ToMaster::Accepted`.
+    Connection {
+        listener: u32,
+        conn: u64,
+        peer: Option<SocketAddr>,
+    },
+}
+
+/// What a worker learns about a listener it asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ListenerInfo {
+    /// The master's id for the listener, used by `Connection` and `Closed`.
+    pub(crate) listener: u32,
+    /// The bound address (the real port when 0 was asked for).
+    pub(crate) local: Option<SocketAddr>,
+    /// The policy in force.
+    pub(crate) balance: Balance,
 }
 
 /// Worker to master.
@@ -37,6 +95,16 @@ pub(crate) enum ToMaster {
     /// The worker is exiting on its own (its function returned, or it got SIGTERM):
     /// `failed` says whether it returned an error.
     Exiting { failed: bool },
+    /// Bind (or reuse) a listening address; answered by `ToWorker::Listening`.
+    Listen {
+        id: u64,
+        addr: ListenAddr,
+        balance: Option<Balance>,
+    },
+    /// The worker took the connection `conn`: the master may forget it.
+    Accepted { conn: u64 },
+    /// A connection handed out by `listener` was closed (for `LeastConnections`).
+    Closed { listener: u32 },
 }
 
 #[cfg(test)]
@@ -87,6 +155,44 @@ mod tests {
             [3, 2, 1, 3]
         );
         assert_eq!(bytes(&ToMaster::Exiting { failed: true }), [4, 1]);
+        let addr: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        assert_eq!(
+            bytes(&ToMaster::Listen {
+                id: 1,
+                addr: ListenAddr::Tcp(addr),
+                balance: Some(Balance::Sticky)
+            }),
+            [5, 1, 0, 0, 127, 0, 0, 1, 80, 1, 3]
+        );
+        assert_eq!(bytes(&ToMaster::Accepted { conn: 7 }), [6, 7]);
+        assert_eq!(bytes(&ToMaster::Closed { listener: 2 }), [7, 2]);
+        let info = ListenerInfo {
+            listener: 1,
+            local: Some(addr),
+            balance: Balance::Shared,
+        };
+        assert_eq!(
+            bytes(&ToWorker::Listening {
+                id: 3,
+                result: Ok(info)
+            }),
+            [4, 3, 0, 1, 1, 0, 127, 0, 0, 1, 80, 0]
+        );
+        assert_eq!(
+            bytes(&ToWorker::Listening {
+                id: 3,
+                result: Err("x".into())
+            }),
+            [4, 3, 1, 1, b'x']
+        );
+        assert_eq!(
+            bytes(&ToWorker::Connection {
+                listener: 1,
+                conn: 2,
+                peer: None
+            }),
+            [5, 1, 2, 0]
+        );
     }
 
     #[test]

@@ -13,11 +13,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::identity::{ENV_GENERATION, ENV_GROUP, ENV_IPC_FD, ENV_SLOT, WorkerId};
+use crate::listener::MasterListeners;
 pub(crate) use crate::master::SlotKey;
 use crate::master::{ExitKind, WorkerInfo, WorkerState};
 use crate::messaging::Pending;
 use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
-use crate::protocol::{ToMaster, ToWorker};
+use crate::protocol::{Balance, ListenAddr, ToMaster, ToWorker};
 use crate::restart::{Decision, Exit as RestartExit, Intensity, SlotBackoff, decide};
 use crate::spawner::Spawner;
 use crate::{Error, Result, sys};
@@ -171,6 +172,25 @@ pub(crate) struct Supervisor {
     pending: Arc<Pending>,
     stopping: Option<Stopping>,
     killed_after_grace: bool,
+    listeners: MasterListeners,
+    /// When the shutdown began: a repeat of the signal within `SIGNAL_DEBOUNCE` is the same
+    /// request (GNU `timeout`, for one, signals the master and then its whole group).
+    stop_signalled_at: Option<Instant>,
+}
+
+/// A shutdown signal repeated within this is not "a second signal".
+const SIGNAL_DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Lifecycle notices go through `tracing`; without a subscriber they would vanish, and an
+/// operator must still see why workers were killed or restarted.
+macro_rules! notice {
+    ($level:ident, $($arg:tt)*) => {{
+        if tracing::dispatcher::has_been_set() {
+            tracing::$level!($($arg)*);
+        } else {
+            eprintln!("cluster: {}", format_args!($($arg)*));
+        }
+    }};
 }
 
 fn exit_kind(status: std::io::Result<std::process::ExitStatus>) -> ExitKind {
@@ -232,13 +252,21 @@ impl Supervisor {
             pending,
             stopping: None,
             killed_after_grace: false,
+            listeners: MasterListeners::default(),
+            stop_signalled_at: None,
         })
     }
 
-    fn emit(&self, event: RawEvent) {
-        if let Some(events) = &self.events {
-            if events.try_send(event).is_err() {
-                tracing::warn!("the master's event queue is full; an event was dropped");
+    fn emit(&mut self, event: RawEvent) {
+        let Some(events) = &self.events else { return };
+        match events.try_send(event) {
+            Ok(()) => {}
+            // The master's function returned: nobody reads events any more.
+            Err(mpsc::error::TrySendError::Closed(_)) => self.events = None,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    "the master's event queue is full (its function does not read events); an event was dropped"
+                )
             }
         }
     }
@@ -326,7 +354,14 @@ impl Supervisor {
 
     async fn on_signal(&mut self, sig: Signal) {
         if self.stopping.is_some() {
-            tracing::warn!(
+            if self
+                .stop_signalled_at
+                .is_some_and(|t| t.elapsed() < SIGNAL_DEBOUNCE)
+            {
+                return;
+            }
+            notice!(
+                warn,
                 "{} again: killing the remaining workers without waiting",
                 sig.as_str()
             );
@@ -341,7 +376,8 @@ impl Supervisor {
             }
             return;
         }
-        tracing::info!("{}: shutting down gracefully", sig.as_str());
+        notice!(info, "{}: shutting down gracefully", sig.as_str());
+        self.stop_signalled_at = Some(Instant::now());
         self.begin_stop(Stopping::Requested).await;
     }
 
@@ -425,6 +461,13 @@ impl Supervisor {
                         r.exiting = Some(failed);
                     }
                 }
+                ToMaster::Listen {
+                    id: request,
+                    addr,
+                    balance,
+                } => self.on_listen(id, request, addr, balance).await,
+                ToMaster::Accepted { conn } => self.listeners.accepted(conn),
+                ToMaster::Closed { listener } => self.listeners.closed(&id, listener),
             },
             Internal::Exited { id, exit } => self.on_exit(id, exit).await,
         }
@@ -446,6 +489,7 @@ impl Supervisor {
             return;
         }
         let Some(r) = slot.running.take() else { return };
+        self.listeners.remove(&r.id);
         let clean = r.exiting == Some(false) || (r.exiting.is_none() && exit == ExitKind::Code(0));
         let kind = if r.stop_requested {
             RestartExit::Deliberate
@@ -514,7 +558,8 @@ impl Supervisor {
         if expected {
             tracing::info!("worker {id} {exit}");
         } else {
-            tracing::warn!(
+            notice!(
+                warn,
                 "worker {id} {exit} unexpectedly{}",
                 if restarting { ", restarting" } else { "" }
             );
@@ -540,6 +585,45 @@ impl Supervisor {
         }
     }
 
+    async fn on_listen(
+        &mut self,
+        id: WorkerId,
+        request: u64,
+        addr: ListenAddr,
+        balance: Option<Balance>,
+    ) {
+        let default = self.options.get_balance();
+        let Some(r) = self.running_mut(&id) else {
+            return;
+        };
+        let Some(sender) = r.sender.clone() else {
+            return;
+        };
+        let stopping = r.stop_requested;
+        let balance = balance.unwrap_or(default);
+        let (result, fds) = match self.listeners.listen(&id, &sender, addr, balance) {
+            Ok((info, fd)) => (Ok(info), fd.into_iter().collect()),
+            Err(e) => {
+                notice!(warn, "worker {id}: {e}");
+                (Err(e), Vec::new())
+            }
+        };
+        if stopping {
+            // Asked to stop while its request was in flight: it gets no connections.
+            self.listeners.remove(&id);
+        }
+        let msg = ToWorker::Listening {
+            id: request,
+            result,
+        };
+        if tokio::time::timeout(Duration::from_secs(1), sender.send_with_fds(&msg, fds))
+            .await
+            .is_err()
+        {
+            tracing::warn!("worker {id} does not read its channel");
+        }
+    }
+
     async fn on_timers(&mut self) {
         let now = Instant::now();
         let stopping = self.stopping.is_some();
@@ -555,13 +639,18 @@ impl Supervisor {
                     continue;
                 };
                 if r.ready_by.is_some_and(|t| t <= now) {
-                    tracing::warn!("worker {} did not become ready in time: killing it", r.id);
+                    notice!(
+                        warn,
+                        "worker {} did not become ready in time: killing it",
+                        r.id
+                    );
                     r.ready_by = None;
                     r.failed_start = true;
                     kill(r);
                 }
                 if r.kill_at.is_some_and(|t| t <= now) {
-                    tracing::warn!(
+                    notice!(
+                        warn,
                         "worker {} did not stop within the grace period: killing it",
                         r.id
                     );
@@ -633,6 +722,7 @@ impl Supervisor {
                         state: r.state,
                         started: r.started,
                         restarts: s.restarts,
+                        connections: self.listeners.open_connections(&r.id),
                     })
                     .collect();
                 let _ = reply.send(workers);
@@ -733,7 +823,7 @@ impl Supervisor {
                 }
             }
             Err(e) => {
-                tracing::error!("cannot spawn worker {id}: {e}");
+                notice!(error, "cannot spawn worker {id}: {e}");
                 // A spawn that fails is a failed start: it counts, and backs off.
                 Box::pin(self.after_exit(g, s, id, ExitKind::Code(-1), RestartExit::Failure)).await;
             }
@@ -811,12 +901,12 @@ async fn watch(
                 let _ = internal.send(Internal::Online { id: id.clone(), sender });
             }
             Ok(Err(e)) => {
-                tracing::warn!("worker {id}: handshake failed: {e}");
+                notice!(warn, "worker {id}: handshake failed: {e}");
                 let _ = child.start_kill();
                 killed = true;
             }
             Err(_) => {
-                tracing::warn!("worker {id}: no handshake within {} ms", ready_timeout.as_millis());
+                notice!(warn, "worker {id}: no handshake within {} ms", ready_timeout.as_millis());
                 let _ = child.start_kill();
                 killed = true;
             }

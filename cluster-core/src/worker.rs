@@ -1,19 +1,27 @@
 //! The worker side: its context, and the process's life from bootstrap to exit.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use cluster_ipc::{Channel, Config, bootstrap};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::{ENV_IPC_FD, WorkerId};
+use crate::listener::{self, Handed, Listener, WorkerListeners};
 use crate::messaging::{self, Pending, ReplyTo, Request};
-use crate::protocol::{ToMaster, ToWorker};
+use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
 use crate::{Error, Result};
 
 /// Exit code of a worker whose environment names no usable channel (EX_CONFIG).
@@ -41,7 +49,43 @@ pub struct WorkerContext<D = (), U = ()> {
     incoming: Arc<Mutex<mpsc::Receiver<Incoming<D, U>>>>,
     shutdown: CancellationToken,
     pending: Arc<Pending>,
+    shared: Arc<WorkerShared>,
     _up: PhantomData<fn(U)>,
+}
+
+type ListenReply = (Result<ListenerInfo, String>, Vec<OwnedFd>);
+
+/// Worker state shared by the context, the reader of the master's messages and listeners.
+struct WorkerShared {
+    sender: cluster_ipc::Sender<ToMaster>,
+    listeners: WorkerListeners,
+    listen_waiters: std::sync::Mutex<HashMap<u64, oneshot::Sender<ListenReply>>>,
+    next_listen: AtomicU64,
+    /// `listen` calls under way: readiness waits for them.
+    listens_in_flight: AtomicUsize,
+    /// The worker function has been polled once: listens it started are known.
+    first_poll_done: AtomicBool,
+    ready_sent: AtomicBool,
+    closes: mpsc::UnboundedSender<u32>,
+}
+
+impl WorkerShared {
+    async fn send_ready(&self) -> Result<()> {
+        if !self.ready_sent.swap(true, Ordering::SeqCst) {
+            self.sender.send(&ToMaster::Ready).await?;
+        }
+        Ok(())
+    }
+
+    /// Ready once the first poll is done and no listen is under way.
+    async fn maybe_ready(&self) -> Result<()> {
+        if self.first_poll_done.load(Ordering::SeqCst)
+            && self.listens_in_flight.load(Ordering::SeqCst) == 0
+        {
+            self.send_ready().await?;
+        }
+        Ok(())
+    }
 }
 
 impl<D, U> Clone for WorkerContext<D, U> {
@@ -52,6 +96,7 @@ impl<D, U> Clone for WorkerContext<D, U> {
             incoming: self.incoming.clone(),
             shutdown: self.shutdown.clone(),
             pending: self.pending.clone(),
+            shared: self.shared.clone(),
             _up: PhantomData,
         }
     }
@@ -110,10 +155,138 @@ where
         self.incoming.lock().await.recv().await
     }
 
-    /// Tells the master this worker is ready (only needed when the group's readiness is
-    /// manual).
+    /// Tells the master this worker is ready now.
+    ///
+    /// Without it, a worker is ready as soon as every `listen` its function started before
+    /// its first `await` that did not complete at once has finished (a worker that listens on
+    /// nothing is ready at once). A worker that does slow setup before listening should call
+    /// `ready()` itself once it can serve.
     pub async fn ready(&self) -> Result<()> {
-        Ok(self.sender.send(&ToMaster::Ready).await?)
+        self.shared.send_ready().await
+    }
+
+    /// Listens on a TCP address shared by the whole cluster, with the cluster's balance
+    /// policy. The master binds it once and keeps it for the cluster's life; an address it
+    /// cannot bind is an error naming the cause (address in use, permission denied).
+    ///
+    /// ```no_run
+    /// # async fn demo(ctx: cluster_core::WorkerContext) -> cluster_core::Result<()> {
+    /// let listener = ctx.listen("127.0.0.1:8000".parse().unwrap()).await?;
+    /// loop {
+    ///     let (conn, peer) = listener.accept().await.map_err(|e| cluster_core::Error::Worker(e.to_string()))?;
+    ///     // serve `conn` (AsyncRead + AsyncWrite), e.g. with hyper
+    /// #   drop((conn, peer));
+    /// }
+    /// # }
+    /// ```
+    pub async fn listen(&self, addr: SocketAddr) -> Result<Listener> {
+        self.listen_inner(ListenAddr::Tcp(addr), None).await
+    }
+
+    /// [`WorkerContext::listen`] with a balance policy for this address.
+    pub async fn listen_with(&self, addr: SocketAddr, balance: Balance) -> Result<Listener> {
+        self.listen_inner(ListenAddr::Tcp(addr), Some(balance))
+            .await
+    }
+
+    /// Listens on a Unix stream socket path shared by the whole cluster (`Shared` policy).
+    pub async fn listen_unix(&self, path: &Path) -> Result<tokio::net::UnixListener> {
+        self.shared.listens_in_flight.fetch_add(1, Ordering::SeqCst);
+        let result = self
+            .ask_listen(ListenAddr::Unix(path.to_path_buf()), Some(Balance::Shared))
+            .await;
+        let result = result.and_then(|(_, mut fds)| {
+            let fd = fds
+                .pop()
+                .ok_or_else(|| Error::Worker("the master sent no socket".into()))?;
+            let socket = std::os::unix::net::UnixListener::from(fd);
+            socket
+                .set_nonblocking(true)
+                .map_err(|e| Error::io("cannot set the socket non-blocking", e))?;
+            tokio::net::UnixListener::from_std(socket)
+                .map_err(|e| Error::io("cannot register the socket", e))
+        });
+        self.listen_done().await;
+        result
+    }
+
+    async fn listen_done(&self) {
+        self.shared.listens_in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = self.shared.maybe_ready().await;
+    }
+
+    async fn ask_listen(
+        &self,
+        addr: ListenAddr,
+        balance: Option<Balance>,
+    ) -> Result<(ListenerInfo, Vec<OwnedFd>)> {
+        let id = self.shared.next_listen.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .listen_waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        self.sender
+            .send(&ToMaster::Listen { id, addr, balance })
+            .await?;
+        let (result, fds) = rx.await.map_err(|_| Error::Disconnected("master"))?;
+        Ok((result.map_err(Error::Listen)?, fds))
+    }
+
+    async fn listen_inner(&self, addr: ListenAddr, balance: Option<Balance>) -> Result<Listener> {
+        self.shared.listens_in_flight.fetch_add(1, Ordering::SeqCst);
+        let result = self.listen_tcp(addr, balance).await;
+        self.listen_done().await;
+        result
+    }
+
+    async fn listen_tcp(&self, addr: ListenAddr, balance: Option<Balance>) -> Result<Listener> {
+        // The master's id is registered before the answer is read, so no handed connection
+        // can arrive for an unknown listener: it sends them after the answer, in order.
+        let (info, mut fds) = self.ask_listen(addr.clone(), balance).await?;
+        let io = |what: &'static str| move |e| Error::io(what, e);
+        match info.balance {
+            Balance::Shared => {
+                let fd = fds
+                    .pop()
+                    .ok_or_else(|| Error::Worker("the master sent no listening socket".into()))?;
+                let socket = std::net::TcpListener::from(fd);
+                socket
+                    .set_nonblocking(true)
+                    .map_err(io("cannot set the socket non-blocking"))?;
+                let socket = tokio::net::TcpListener::from_std(socket)
+                    .map_err(io("cannot register the socket"))?;
+                Ok(Listener::socket(
+                    info.listener,
+                    info.local,
+                    info.balance,
+                    socket,
+                ))
+            }
+            Balance::ReusePort => {
+                let ListenAddr::Tcp(sock) = addr else {
+                    return Err(Error::Listen("ReusePort needs a TCP address".into()));
+                };
+                let socket = listener::bind_tcp(sock, true).map_err(|e| {
+                    Error::Listen(format!("cannot listen on {sock} with SO_REUSEPORT: {e}"))
+                })?;
+                let local = socket.local_addr().ok();
+                let socket = tokio::net::TcpListener::from_std(socket)
+                    .map_err(io("cannot register the socket"))?;
+                Ok(Listener::socket(info.listener, local, info.balance, socket))
+            }
+            _ => {
+                let queue = self.shared.listeners.register(info.listener);
+                Ok(Listener::handed(
+                    info.listener,
+                    info.local,
+                    info.balance,
+                    queue,
+                    self.shared.closes.clone(),
+                ))
+            }
+        }
     }
 
     /// A token cancelled when the master asks this worker to stop (shutdown, reload,
@@ -142,10 +315,11 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
     incoming: mpsc::Sender<Incoming<D, U>>,
     shutdown: CancellationToken,
     pending: Arc<Pending>,
+    shared: Arc<WorkerShared>,
 ) {
     let mut incoming = Some(incoming);
     loop {
-        let msg = match rx.recv().await {
+        let (msg, mut fds) = match rx.recv_with_fds().await {
             Ok(Some(msg)) => msg,
             Ok(None) | Err(_) => {
                 // The master died (its parent-death signal normally gets here first).
@@ -174,8 +348,41 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
                 Err(e) => tracing::warn!("dropped a request from the master: {e}"),
             },
             ToWorker::Response { id, payload } => pending.complete(id, payload),
+            ToWorker::Listening { id, result } => {
+                let waiter = shared
+                    .listen_waiters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send((result, fds));
+                }
+            }
+            ToWorker::Connection {
+                listener,
+                conn,
+                peer,
+            } => {
+                // Acknowledge first: from here on the connection is this worker's, and the
+                // master stops keeping a copy to hand elsewhere.
+                let _ = reply.send(&ToMaster::Accepted { conn }).await;
+                let Some(fd) = fds.pop() else { continue };
+                if let Some(handed) = handed(fd, peer) {
+                    if !shared.listeners.deliver(listener, handed) {
+                        tracing::warn!("dropped a connection for unknown listener {listener}");
+                    }
+                }
+            }
         }
     }
+}
+
+fn handed(fd: OwnedFd, peer: Option<SocketAddr>) -> Option<Handed> {
+    let stream = std::net::TcpStream::from(fd);
+    let peer = peer.or_else(|| stream.peer_addr().ok())?;
+    stream.set_nonblocking(true).ok()?;
+    let stream = tokio::net::TcpStream::from_std(stream).ok()?;
+    Some(Handed { stream, peer })
 }
 
 async fn deliver<D, U>(queue: &Option<mpsc::Sender<Incoming<D, U>>>, item: Incoming<D, U>) {
@@ -220,7 +427,7 @@ where
     D: DeserializeOwned + Send + 'static,
     U: Serialize + Send + 'static,
     F: FnOnce(WorkerContext<D, U>) -> Fut,
-    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
 {
     let channel = match connect().await {
         Ok(channel) => channel,
@@ -233,30 +440,52 @@ where
     let shutdown = CancellationToken::new();
     let pending = Arc::new(Pending::default());
     let (queue, incoming) = mpsc::channel(1024);
+    let (closes, closes_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(WorkerShared {
+        sender: sender.clone(),
+        listeners: WorkerListeners::default(),
+        listen_waiters: std::sync::Mutex::new(HashMap::new()),
+        next_listen: AtomicU64::new(0),
+        listens_in_flight: AtomicUsize::new(0),
+        first_poll_done: AtomicBool::new(false),
+        ready_sent: AtomicBool::new(!auto_ready),
+        closes,
+    });
     handle_signals(shutdown.clone());
+    tokio::spawn(listener::report_closes(closes_rx, sender.clone()));
     tokio::spawn(read_master(
         receiver,
         sender.clone(),
         queue,
         shutdown.clone(),
         pending.clone(),
+        shared.clone(),
     ));
-    if auto_ready && sender.send(&ToMaster::Ready).await.is_err() {
-        return EXIT_MASTER_GONE;
-    }
     let ctx = WorkerContext {
         id: id.clone(),
         sender: sender.clone(),
         incoming: Arc::new(Mutex::new(incoming)),
         shutdown,
         pending,
+        shared: shared.clone(),
         _up: PhantomData,
     };
-    // A panic in the worker's function is a failure like any other, reported to the master.
-    let outcome = match tokio::spawn(f(ctx)).await {
-        Ok(outcome) => outcome,
-        Err(e) if e.is_panic() => Outcome::Failed("the worker function panicked".into()),
-        Err(e) => Outcome::Failed(e.to_string()),
+    // Poll the worker's function once here, so the listens it starts before its first real
+    // wait are known: the worker is ready when they are done, or now if there are none.
+    let mut work = Box::pin(f(ctx));
+    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+    shared.first_poll_done.store(true, Ordering::SeqCst);
+    if shared.maybe_ready().await.is_err() {
+        return EXIT_MASTER_GONE;
+    }
+    let outcome = match first {
+        Poll::Ready(outcome) => outcome,
+        // A panic in the worker's function is a failure like any other, reported to the master.
+        Poll::Pending => match tokio::spawn(work).await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => Outcome::Failed("the worker function panicked".into()),
+            Err(e) => Outcome::Failed(e.to_string()),
+        },
     };
     let failed = match &outcome {
         Outcome::Ok => false,

@@ -1,0 +1,688 @@
+//! Shared server ports: the master binds each address once and keeps the socket for the
+//! cluster's whole life, so a worker that dies or is replaced never closes the port.
+//!
+//! With [`Balance::Shared`] the master passes the listening socket itself and every worker
+//! accepts from its one kernel queue. With the master-accept policies (`RoundRobin`,
+//! `LeastConnections`, `Sticky`) the master accepts and hands each connection's descriptor
+//! to a worker; it keeps its own copy until the worker acknowledges it, so a connection
+//! handed to a worker that dies first goes to another worker instead of hanging unanswered.
+//! With `ReusePort` each worker binds its own socket and the master is not involved.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc};
+
+use crate::identity::WorkerId;
+use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
+
+/// Connections waiting for a ready worker beyond this many stay in the kernel's queue.
+const MAX_WAITING: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Binds a TCP listening socket the way servers expect: SO_REUSEADDR (a restarted master can
+/// rebind at once), a deep backlog, non-blocking, CLOEXEC.
+pub(crate) fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+// ---------------------------------------------------------------------------------------
+// Master side
+// ---------------------------------------------------------------------------------------
+
+/// A worker that receives connections of one listener.
+struct Member {
+    id: WorkerId,
+    sender: cluster_ipc::Sender<ToWorker>,
+    /// Connections handed out and not yet reported closed.
+    open: usize,
+}
+
+/// A connection handed to a worker that has not acknowledged it yet.
+struct InFlight {
+    fd: OwnedFd,
+    peer: SocketAddr,
+    to: WorkerId,
+}
+
+#[derive(Default)]
+struct DispatchState {
+    members: Vec<Member>,
+    next: usize,
+    next_conn: u64,
+    in_flight: HashMap<u64, InFlight>,
+    /// Accepted while no worker was ready.
+    waiting: VecDeque<(OwnedFd, SocketAddr)>,
+}
+
+/// The master's accept loop and worker set for one master-accept listener.
+struct Dispatch {
+    listener: u32,
+    balance: Balance,
+    state: Mutex<DispatchState>,
+    /// Wakes the accept loop when a worker joins and the waiting queue can drain.
+    joined: Notify,
+}
+
+impl Dispatch {
+    /// Picks the worker for a connection from `peer`.
+    fn pick(&self, st: &mut DispatchState, peer: &SocketAddr) -> Option<usize> {
+        if st.members.is_empty() {
+            return None;
+        }
+        Some(match self.balance {
+            Balance::LeastConnections => {
+                // Ties go round-robin, so idle workers share new connections evenly.
+                let n = st.members.len();
+                let start = st.next % n;
+                let best = (0..n)
+                    .map(|k| (start + k) % n)
+                    .min_by_key(|&i| st.members[i].open)
+                    .unwrap_or(start);
+                st.next = best + 1;
+                best
+            }
+            Balance::Sticky => {
+                // Rendezvous hashing on (client IP, slot): an IP keeps its worker slot while
+                // that slot is in the set; removing a slot moves only that slot's IPs.
+                let ip = peer.ip();
+                (0..st.members.len())
+                    .max_by_key(|&i| {
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        ip.hash(&mut h);
+                        st.members[i].id.key().hash(&mut h);
+                        h.finish()
+                    })
+                    .unwrap_or(0)
+            }
+            _ => {
+                let i = st.next % st.members.len();
+                st.next = i + 1;
+                i
+            }
+        })
+    }
+
+    /// Hands a connection to a worker, retrying on another one if the send fails. A
+    /// connection with no worker to go to waits for one.
+    async fn hand_out(self: &Arc<Self>, fd: OwnedFd, peer: SocketAddr) {
+        let mut fd = fd;
+        loop {
+            let (conn, target, copy) = {
+                let mut st = lock(&self.state);
+                let Some(i) = self.pick(&mut st, &peer) else {
+                    st.waiting.push_back((fd, peer));
+                    return;
+                };
+                let copy = match fd.try_clone() {
+                    Ok(copy) => copy,
+                    Err(e) => {
+                        tracing::warn!("cannot duplicate an accepted connection: {e}");
+                        return;
+                    }
+                };
+                let conn = st.next_conn;
+                st.next_conn += 1;
+                let member = &mut st.members[i];
+                member.open += 1;
+                let target = (member.id.clone(), member.sender.clone());
+                st.in_flight.insert(
+                    conn,
+                    InFlight {
+                        fd,
+                        peer,
+                        to: target.0.clone(),
+                    },
+                );
+                (conn, target, copy)
+            };
+            let msg = ToWorker::Connection {
+                listener: self.listener,
+                conn,
+                peer: Some(peer),
+            };
+            match target.1.send_with_fds(&msg, vec![copy]).await {
+                Ok(()) => return,
+                Err(_) => {
+                    // The worker is gone: take the connection back and try another.
+                    let mut st = lock(&self.state);
+                    st.members.retain(|m| m.id != target.0);
+                    match st.in_flight.remove(&conn) {
+                        Some(back) => fd = back.fd,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            // Leave connections in the kernel's queue while too many wait for a worker.
+            loop {
+                let joined = self.joined.notified();
+                if lock(&self.state).waiting.len() < MAX_WAITING {
+                    break;
+                }
+                joined.await;
+            }
+            match listener.accept().await {
+                Ok((stream, peer)) => match stream.into_std() {
+                    Ok(stream) => self.hand_out(OwnedFd::from(stream), peer).await,
+                    Err(e) => tracing::warn!("cannot take an accepted connection: {e}"),
+                },
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+struct Bound {
+    info: ListenerInfo,
+    socket: Option<std::net::TcpListener>,
+    unix: Option<std::os::unix::net::UnixListener>,
+    dispatch: Option<Arc<Dispatch>>,
+}
+
+/// Every address the master has bound, by the address workers asked for.
+#[derive(Default)]
+pub(crate) struct MasterListeners {
+    by_addr: HashMap<ListenAddr, u32>,
+    bound: Vec<Bound>,
+}
+
+impl MasterListeners {
+    /// Binds `addr` (or reuses it) for worker `id`; returns what to answer and the descriptor
+    /// to pass along (the listening socket, for `Shared`).
+    pub(crate) fn listen(
+        &mut self,
+        id: &WorkerId,
+        sender: &cluster_ipc::Sender<ToWorker>,
+        addr: ListenAddr,
+        balance: Balance,
+    ) -> Result<(ListenerInfo, Option<OwnedFd>), String> {
+        let index = match self.by_addr.get(&addr) {
+            Some(&index) => index,
+            None => {
+                let index = u32::try_from(self.bound.len())
+                    .map_err(|_| "too many listeners".to_string())?;
+                let bound = bind(index, &addr, balance)?;
+                self.bound.push(bound);
+                self.by_addr.insert(addr.clone(), index);
+                index
+            }
+        };
+        let bound = &self.bound[index as usize];
+        if bound.info.balance != balance {
+            return Err(format!(
+                "{addr:?} is already listened on with {:?}; every worker must ask for the same policy",
+                bound.info.balance
+            ));
+        }
+        let fd = match (&bound.socket, &bound.unix, balance) {
+            (Some(socket), _, Balance::Shared) => {
+                Some(socket.try_clone().map_err(|e| e.to_string())?.into())
+            }
+            (_, Some(socket), _) => Some(socket.try_clone().map_err(|e| e.to_string())?.into()),
+            _ => None,
+        };
+        if let Some(dispatch) = &bound.dispatch {
+            let mut st = lock(&dispatch.state);
+            if !st.members.iter().any(|m| m.id == *id) {
+                st.members.push(Member {
+                    id: id.clone(),
+                    sender: sender.clone(),
+                    open: 0,
+                });
+            }
+            let waiting: Vec<_> = st.waiting.drain(..).collect();
+            drop(st);
+            dispatch.joined.notify_waiters();
+            let dispatch = dispatch.clone();
+            tokio::spawn(async move {
+                for (fd, peer) in waiting {
+                    dispatch.hand_out(fd, peer).await;
+                }
+            });
+        }
+        Ok((bound.info.clone(), fd))
+    }
+
+    /// Stops handing connections to `id` (it is stopping or gone); connections it had not
+    /// acknowledged go to other workers.
+    pub(crate) fn remove(&mut self, id: &WorkerId) {
+        for bound in &self.bound {
+            let Some(dispatch) = &bound.dispatch else {
+                continue;
+            };
+            let orphans: Vec<_> = {
+                let mut st = lock(&dispatch.state);
+                st.members.retain(|m| m.id != *id);
+                let lost: Vec<u64> = st
+                    .in_flight
+                    .iter()
+                    .filter(|(_, f)| f.to == *id)
+                    .map(|(c, _)| *c)
+                    .collect();
+                lost.into_iter()
+                    .filter_map(|c| st.in_flight.remove(&c))
+                    .map(|f| (f.fd, f.peer))
+                    .collect()
+            };
+            if !orphans.is_empty() {
+                tracing::debug!(
+                    "{} unacknowledged connections of worker {id} go to other workers",
+                    orphans.len()
+                );
+                let dispatch = dispatch.clone();
+                tokio::spawn(async move {
+                    for (fd, peer) in orphans {
+                        dispatch.hand_out(fd, peer).await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Worker `id` acknowledged connection `conn`.
+    pub(crate) fn accepted(&mut self, conn: u64) {
+        for bound in &self.bound {
+            if let Some(dispatch) = &bound.dispatch {
+                if lock(&dispatch.state).in_flight.remove(&conn).is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Worker `id` closed a connection of `listener`.
+    pub(crate) fn closed(&mut self, id: &WorkerId, listener: u32) {
+        if let Some(dispatch) = self
+            .bound
+            .get(listener as usize)
+            .and_then(|b| b.dispatch.as_ref())
+        {
+            let mut st = lock(&dispatch.state);
+            if let Some(m) = st.members.iter_mut().find(|m| m.id == *id) {
+                m.open = m.open.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Open connections each worker has, by listener, for status.
+    pub(crate) fn open_connections(&self, id: &WorkerId) -> usize {
+        self.bound
+            .iter()
+            .filter_map(|b| b.dispatch.as_ref())
+            .map(|d| {
+                lock(&d.state)
+                    .members
+                    .iter()
+                    .filter(|m| m.id == *id)
+                    .map(|m| m.open)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+fn bind(index: u32, addr: &ListenAddr, balance: Balance) -> Result<Bound, String> {
+    let describe = |e: io::Error| match e.kind() {
+        io::ErrorKind::AddrInUse => format!("cannot listen on {addr:?}: address in use ({e})"),
+        io::ErrorKind::PermissionDenied => {
+            format!("cannot listen on {addr:?}: permission denied ({e})")
+        }
+        _ => format!("cannot listen on {addr:?}: {e}"),
+    };
+    match addr {
+        ListenAddr::Tcp(sock) => {
+            if balance == Balance::ReusePort {
+                // Each worker binds its own socket; the master only hands out the address.
+                return Ok(Bound {
+                    info: ListenerInfo {
+                        listener: index,
+                        local: Some(*sock),
+                        balance,
+                    },
+                    socket: None,
+                    unix: None,
+                    dispatch: None,
+                });
+            }
+            let socket = bind_tcp(*sock, false).map_err(describe)?;
+            let local = socket.local_addr().map_err(describe)?;
+            let info = ListenerInfo {
+                listener: index,
+                local: Some(local),
+                balance,
+            };
+            if balance == Balance::Shared {
+                return Ok(Bound {
+                    info,
+                    socket: Some(socket),
+                    unix: None,
+                    dispatch: None,
+                });
+            }
+            let accepting = socket.try_clone().map_err(describe)?;
+            let accepting = tokio::net::TcpListener::from_std(accepting).map_err(describe)?;
+            let dispatch = Arc::new(Dispatch {
+                listener: index,
+                balance,
+                state: Mutex::new(DispatchState::default()),
+                joined: Notify::new(),
+            });
+            tokio::spawn(dispatch.clone().accept_loop(accepting));
+            Ok(Bound {
+                info,
+                socket: Some(socket),
+                unix: None,
+                dispatch: Some(dispatch),
+            })
+        }
+        ListenAddr::Unix(path) => {
+            if balance != Balance::Shared {
+                return Err(format!(
+                    "Unix socket {} supports only the Shared policy, not {balance:?}",
+                    path.display()
+                ));
+            }
+            let socket = std::os::unix::net::UnixListener::bind(path).map_err(describe)?;
+            socket.set_nonblocking(true).map_err(describe)?;
+            Ok(Bound {
+                info: ListenerInfo {
+                    listener: index,
+                    local: None,
+                    balance,
+                },
+                socket: None,
+                unix: Some(socket),
+                dispatch: None,
+            })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Worker side
+// ---------------------------------------------------------------------------------------
+
+/// A connection handed over by the master, with the descriptor and the peer address.
+pub(crate) struct Handed {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+}
+
+/// Where a worker's listener gets its connections.
+enum Source {
+    /// A socket of its own (`Shared`: the master's, passed over; `ReusePort`: bound here).
+    Socket(tokio::net::TcpListener),
+    /// Handed over one by one by the master.
+    Handed {
+        queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<Handed>>,
+        closes: mpsc::UnboundedSender<u32>,
+    },
+}
+
+/// A listening address shared with the rest of the cluster. Serve it as you would a tokio
+/// `TcpListener`: `accept()` in a loop.
+pub struct Listener {
+    id: u32,
+    local: Option<SocketAddr>,
+    balance: Balance,
+    source: Source,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("local", &self.local)
+            .field("balance", &self.balance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    pub(crate) fn socket(
+        id: u32,
+        local: Option<SocketAddr>,
+        balance: Balance,
+        socket: tokio::net::TcpListener,
+    ) -> Self {
+        Listener {
+            id,
+            local,
+            balance,
+            source: Source::Socket(socket),
+        }
+    }
+
+    pub(crate) fn handed(
+        id: u32,
+        local: Option<SocketAddr>,
+        balance: Balance,
+        queue: mpsc::UnboundedReceiver<Handed>,
+        closes: mpsc::UnboundedSender<u32>,
+    ) -> Self {
+        Listener {
+            id,
+            local,
+            balance,
+            source: Source::Handed {
+                queue: tokio::sync::Mutex::new(queue),
+                closes,
+            },
+        }
+    }
+
+    /// The address the cluster listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.source {
+            Source::Socket(socket) => socket.local_addr(),
+            Source::Handed { .. } => self
+                .local
+                .ok_or_else(|| io::Error::other("no local address")),
+        }
+    }
+
+    /// The load-balancing policy in force.
+    pub fn balance(&self) -> Balance {
+        self.balance
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<(Connection, SocketAddr)> {
+        match &self.source {
+            Source::Socket(socket) => {
+                let (stream, peer) = socket.accept().await?;
+                Ok((
+                    Connection {
+                        stream,
+                        close: None,
+                    },
+                    peer,
+                ))
+            }
+            Source::Handed { queue, closes } => match queue.lock().await.recv().await {
+                Some(handed) => Ok(self.wrap(handed, closes)),
+                None => Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the master is gone",
+                )),
+            },
+        }
+    }
+
+    /// Takes a connection that is already waiting, without waiting: a draining server serves
+    /// what is queued instead of resetting it.
+    pub fn try_accept(&self) -> Option<io::Result<(Connection, SocketAddr)>> {
+        match &self.source {
+            Source::Socket(socket) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match socket.poll_accept(&mut cx) {
+                    Poll::Ready(Ok((stream, peer))) => Some(Ok((
+                        Connection {
+                            stream,
+                            close: None,
+                        },
+                        peer,
+                    ))),
+                    Poll::Ready(Err(e)) => Some(Err(e)),
+                    Poll::Pending => None,
+                }
+            }
+            Source::Handed { queue, closes } => {
+                let mut queue = queue.try_lock().ok()?;
+                queue
+                    .try_recv()
+                    .ok()
+                    .map(|handed| Ok(self.wrap(handed, closes)))
+            }
+        }
+    }
+
+    fn wrap(
+        &self,
+        handed: Handed,
+        closes: &mpsc::UnboundedSender<u32>,
+    ) -> (Connection, SocketAddr) {
+        let close = (self.balance == Balance::LeastConnections).then(|| (self.id, closes.clone()));
+        (
+            Connection {
+                stream: handed.stream,
+                close,
+            },
+            handed.peer,
+        )
+    }
+}
+
+/// An accepted connection: a `TcpStream` that, for `LeastConnections`, tells the master when
+/// it closes.
+pub struct Connection {
+    stream: TcpStream,
+    close: Option<(u32, mpsc::UnboundedSender<u32>)>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// The underlying stream.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some((listener, closes)) = self.close.take() {
+            let _ = closes.send(listener);
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The worker's table of listeners the master hands connections for.
+#[derive(Default)]
+pub(crate) struct WorkerListeners {
+    queues: Mutex<HashMap<u32, mpsc::UnboundedSender<Handed>>>,
+}
+
+impl WorkerListeners {
+    pub(crate) fn register(&self, listener: u32) -> mpsc::UnboundedReceiver<Handed> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.queues).insert(listener, tx);
+        rx
+    }
+
+    /// Queues a handed connection for its listener; false if nobody listens for it.
+    pub(crate) fn deliver(&self, listener: u32, handed: Handed) -> bool {
+        lock(&self.queues)
+            .get(&listener)
+            .is_some_and(|q| q.send(handed).is_ok())
+    }
+}
+
+/// Reports closes for `LeastConnections` to the master.
+pub(crate) async fn report_closes(
+    mut closes: mpsc::UnboundedReceiver<u32>,
+    sender: cluster_ipc::Sender<ToMaster>,
+) {
+    while let Some(listener) = closes.recv().await {
+        if sender.send(&ToMaster::Closed { listener }).await.is_err() {
+            return;
+        }
+    }
+}
