@@ -483,7 +483,13 @@ impl<D: Message, U: Message> Cluster<D, U> {
     }
 
     async fn supervise(self) -> i32 {
-        let signals = match signals::listen(self.options.get_signals()) {
+        let signals = match signals::listen(
+            &[
+                self.options.get_signals(),
+                self.options.get_reload_signals(),
+            ]
+            .concat(),
+        ) {
             Ok(signals) => signals,
             Err(e) => {
                 eprintln!("cluster: {e}");

@@ -150,6 +150,16 @@ pub enum Event<D, U> {
         /// The request.
         request: Request<U, D>,
     },
+    /// A rolling reload began.
+    ReloadStarted,
+    /// Every slot of a rolling reload was replaced.
+    ReloadFinished,
+    /// A replacement failed to become ready: the reload stopped and the old workers kept
+    /// serving.
+    ReloadFailed {
+        /// What went wrong.
+        error: String,
+    },
     /// A worker's message did not decode as `U` (the worker runs other message types).
     BadMessage {
         /// The sender.
@@ -267,6 +277,9 @@ where
                 restarting,
             },
             RawEvent::RestartLimit { id, exit } => Event::RestartLimit { id, exit },
+            RawEvent::ReloadStarted => Event::ReloadStarted,
+            RawEvent::ReloadFinished => Event::ReloadFinished,
+            RawEvent::ReloadFailed { error } => Event::ReloadFailed { error },
             RawEvent::Message { from, payload } => match messaging::decode::<U>(&payload) {
                 Ok(msg) => Event::Message { from, msg },
                 Err(e) => Event::BadMessage {
@@ -307,6 +320,13 @@ where
             reply,
         })
         .await?
+    }
+
+    /// Starts a rolling reload, as a reload signal would: each slot gets a new worker (from
+    /// the executable on disk now), which takes over once ready while the old one drains.
+    /// A reload asked for during a reload runs as one more pass after it.
+    pub fn reload(&self) {
+        let _ = self.commands.send(Command::Reload);
     }
 
     /// Starts a graceful shutdown of the cluster, as a shutdown signal would.

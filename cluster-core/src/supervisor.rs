@@ -1,6 +1,7 @@
 //! The master's supervision loop: spawns workers, watches them, restarts them within limits,
 //! routes messages, and shuts the cluster down.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -49,6 +50,7 @@ pub(crate) enum Command {
     Workers {
         reply: oneshot::Sender<Vec<WorkerInfo>>,
     },
+    Reload,
     Shutdown,
 }
 
@@ -73,6 +75,11 @@ pub(crate) enum RawEvent {
     RestartLimit {
         id: WorkerId,
         exit: ExitKind,
+    },
+    ReloadStarted,
+    ReloadFinished,
+    ReloadFailed {
+        error: String,
     },
     Message {
         from: WorkerId,
@@ -135,11 +142,42 @@ struct Running {
 struct SlotState {
     generation: u64,
     running: Option<Running>,
+    /// A rolling reload's replacement, until it is ready and takes over.
+    next: Option<Running>,
+    /// Replaced workers finishing their work.
+    draining: Vec<Running>,
     backoff: SlotBackoff,
     restart_at: Option<Instant>,
     restarts: u64,
     /// Removed by a scale-down: not restarted, dropped once exited.
     retired: bool,
+}
+
+impl SlotState {
+    fn all(&self) -> impl Iterator<Item = &Running> {
+        self.running.iter().chain(&self.next).chain(&self.draining)
+    }
+
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut Running> {
+        self.running
+            .iter_mut()
+            .chain(&mut self.next)
+            .chain(&mut self.draining)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.running.is_none() && self.next.is_none() && self.draining.is_empty()
+    }
+}
+
+/// A rolling reload in progress.
+struct Reload {
+    /// Slots still to replace, in order.
+    queue: VecDeque<(usize, usize)>,
+    /// Slots whose replacement is starting.
+    active: Vec<(usize, usize)>,
+    /// Another reload was asked for during this one: run one more pass after it.
+    again: bool,
 }
 
 struct Group {
@@ -176,6 +214,8 @@ pub(crate) struct Supervisor {
     /// When the shutdown began: a repeat of the signal within `SIGNAL_DEBOUNCE` is the same
     /// request (GNU `timeout`, for one, signals the master and then its whole group).
     stop_signalled_at: Option<Instant>,
+    reload: Option<Reload>,
+    reloads_total: u64,
 }
 
 /// A shutdown signal repeated within this is not "a second signal".
@@ -254,6 +294,8 @@ impl Supervisor {
             killed_after_grace: false,
             listeners: MasterListeners::default(),
             stop_signalled_at: None,
+            reload: None,
+            reloads_total: 0,
         })
     }
 
@@ -315,8 +357,8 @@ impl Supervisor {
         self.groups
             .iter()
             .flat_map(|g| &g.slots)
-            .filter(|s| s.running.is_some())
-            .count()
+            .map(|s| s.all().count())
+            .sum()
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -330,7 +372,7 @@ impl Supervisor {
             if self.stopping.is_none() {
                 consider(slot.restart_at);
             }
-            if let Some(r) = &slot.running {
+            for r in slot.all() {
                 consider(r.ready_by);
                 consider(r.kill_at);
             }
@@ -346,10 +388,11 @@ impl Supervisor {
             .get_mut(key.slot)
     }
 
-    /// The running worker `id`, if it is still the one in its slot.
+    /// The live worker process `id` (current, replacement or draining).
     fn running_mut(&mut self, id: &WorkerId) -> Option<&mut Running> {
-        let running = self.slot_mut(&id.key())?.running.as_mut()?;
-        (running.id.generation == id.generation).then_some(running)
+        self.slot_mut(&id.key())?
+            .all_mut()
+            .find(|r| r.id.generation == id.generation)
     }
 
     async fn on_signal(&mut self, sig: Signal) {
@@ -370,10 +413,15 @@ impl Supervisor {
                 .groups
                 .iter_mut()
                 .flat_map(|g| &mut g.slots)
-                .filter_map(|s| s.running.as_mut())
+                .flat_map(SlotState::all_mut)
             {
                 r.kill_at = Some(now);
             }
+            return;
+        }
+        if self.options.get_reload_signals().contains(&sig) {
+            notice!(info, "{}: rolling reload", sig.as_str());
+            self.start_reload().await;
             return;
         }
         notice!(info, "{}: shutting down gracefully", sig.as_str());
@@ -386,35 +434,20 @@ impl Supervisor {
             return;
         }
         self.stopping = Some(why);
+        self.reload = None;
         let deadline = Instant::now() + self.options.get_grace();
-        for g in 0..self.groups.len() {
-            for s in 0..self.groups[g].slots.len() {
-                self.groups[g].slots[s].restart_at = None;
-                self.request_stop(g, s, deadline).await;
+        for slot in self.groups.iter_mut().flat_map(|g| &mut g.slots) {
+            slot.restart_at = None;
+            for r in slot.all_mut() {
+                stop_worker(&mut self.listeners, r, deadline).await;
             }
         }
     }
 
-    /// Asks the worker in a slot to stop, and to be killed at `deadline` if it has not.
+    /// Asks the current worker of a slot to stop, and to be killed at `deadline` if it has not.
     async fn request_stop(&mut self, g: usize, s: usize, deadline: Instant) {
-        let Some(r) = self.groups[g].slots[s].running.as_mut() else {
-            return;
-        };
-        if r.stop_requested {
-            return;
-        }
-        r.stop_requested = true;
-        r.state = WorkerState::Stopping;
-        r.ready_by = None;
-        r.kill_at = Some(deadline);
-        match &r.sender {
-            Some(sender) => {
-                if send_bounded(sender, &ToWorker::Shutdown).await.is_err() {
-                    kill(r);
-                }
-            }
-            // Not online yet: it cannot be asked, and has no work to finish.
-            None => kill(r),
+        if let Some(r) = self.groups[g].slots[s].running.as_mut() {
+            stop_worker(&mut self.listeners, r, deadline).await;
         }
     }
 
@@ -444,7 +477,8 @@ impl Supervisor {
                     r.state = WorkerState::Ready;
                     r.ready_by = None;
                     tracing::debug!("worker {id} ready");
-                    self.emit(RawEvent::Ready { id });
+                    self.emit(RawEvent::Ready { id: id.clone() });
+                    self.promote_if_replacement(&id).await;
                 }
                 ToMaster::User(payload) => self.emit(RawEvent::Message { from: id, payload }),
                 ToMaster::Request {
@@ -481,6 +515,46 @@ impl Supervisor {
         let Some(slot) = self.groups[g].slots.get_mut(s) else {
             return;
         };
+        if let Some(i) = slot
+            .draining
+            .iter()
+            .position(|r| r.id.generation == id.generation)
+        {
+            // A replaced worker finished draining.
+            let r = slot.draining.swap_remove(i);
+            self.listeners.remove(&r.id);
+            tracing::info!("worker {id} {exit} after being replaced");
+            self.emit(RawEvent::Exit {
+                id,
+                exit,
+                expected: true,
+                restarting: false,
+            });
+            return;
+        }
+        if slot
+            .next
+            .as_ref()
+            .is_some_and(|r| r.id.generation == id.generation)
+        {
+            if let Some(r) = slot.next.take() {
+                self.listeners.remove(&r.id);
+                let stopping = r.stop_requested;
+                self.emit(RawEvent::Exit {
+                    id: id.clone(),
+                    exit,
+                    expected: stopping,
+                    restarting: false,
+                });
+                if !stopping {
+                    self.reload_failed(format!(
+                        "replacement worker {id} {exit} before it became ready"
+                    ))
+                    .await;
+                }
+            }
+            return;
+        }
         if slot
             .running
             .as_ref()
@@ -490,6 +564,7 @@ impl Supervisor {
         }
         let Some(r) = slot.running.take() else { return };
         self.listeners.remove(&r.id);
+
         let clean = r.exiting == Some(false) || (r.exiting.is_none() && exit == ExitKind::Code(0));
         let kind = if r.stop_requested {
             RestartExit::Deliberate
@@ -529,8 +604,12 @@ impl Supervisor {
             ) {
                 Decision::Restart { after } => {
                     slot.restarts += u64::from(failure);
-                    slot.restart_at = Some(now + after);
-                    restarting = true;
+                    // A crash while its replacement is starting: the replacement takes the
+                    // slot when ready (the crash still counted above).
+                    if slot.next.is_none() {
+                        slot.restart_at = Some(now + after);
+                        restarting = true;
+                    }
                 }
                 Decision::DoNotRestart => {}
                 Decision::GiveUp { count } => {
@@ -572,10 +651,7 @@ impl Supervisor {
         });
         if retired {
             let slots = &mut self.groups[g].slots;
-            while slots
-                .last()
-                .is_some_and(|s| s.retired && s.running.is_none())
-            {
+            while slots.last().is_some_and(|s| s.retired && s.is_empty()) {
                 slots.pop();
             }
         }
@@ -624,9 +700,120 @@ impl Supervisor {
         }
     }
 
+    /// Starts a rolling reload, or asks the one under way for one more pass.
+    async fn start_reload(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if let Some(reload) = &mut self.reload {
+            reload.again = true;
+            return;
+        }
+        let queue = self
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, group)| {
+                group
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, slot)| !slot.retired)
+                    .map(move |(s, _)| (g, s))
+            })
+            .collect();
+        self.reload = Some(Reload {
+            queue,
+            active: Vec::new(),
+            again: false,
+        });
+        self.emit(RawEvent::ReloadStarted);
+        Box::pin(self.pump_reload()).await;
+    }
+
+    /// Starts replacements until `reload_parallelism` are under way; ends the pass when
+    /// every slot is done.
+    async fn pump_reload(&mut self) {
+        loop {
+            let Some(reload) = &mut self.reload else {
+                return;
+            };
+            if reload.active.len() >= self.options.get_reload_parallelism() {
+                return;
+            }
+            let Some((g, s)) = reload.queue.pop_front() else {
+                if !reload.active.is_empty() {
+                    return;
+                }
+                let again = reload.again;
+                self.reload = None;
+                self.reloads_total += 1;
+                notice!(info, "rolling reload finished");
+                self.emit(RawEvent::ReloadFinished);
+                if again {
+                    Box::pin(self.start_reload()).await;
+                }
+                return;
+            };
+            let slot = &self.groups[g].slots[s];
+            if slot.retired || slot.next.is_some() {
+                continue;
+            }
+            reload.active.push((g, s));
+            Box::pin(self.spawn_into(g, s, true)).await;
+        }
+    }
+
+    /// A replacement became ready: it takes its slot and the old worker drains.
+    async fn promote_if_replacement(&mut self, id: &WorkerId) {
+        let Some(g) = self.groups.iter().position(|g| g.name == id.group) else {
+            return;
+        };
+        let s = id.slot;
+        let deadline = Instant::now() + self.options.get_grace();
+        let Some(slot) = self.groups[g].slots.get_mut(s) else {
+            return;
+        };
+        if !slot
+            .next
+            .as_ref()
+            .is_some_and(|r| r.id.generation == id.generation)
+        {
+            return;
+        }
+        let old = std::mem::replace(&mut slot.running, slot.next.take());
+        if let Some(mut old) = old {
+            stop_worker(&mut self.listeners, &mut old, deadline).await;
+            slot.draining.push(old);
+        }
+        if let Some(reload) = &mut self.reload {
+            reload.active.retain(|&(ag, as_)| (ag, as_) != (g, s));
+        }
+        self.pump_reload().await;
+    }
+
+    /// A replacement failed: stop the reload, keep the old workers, and say why.
+    async fn reload_failed(&mut self, error: String) {
+        let Some(reload) = self.reload.take() else {
+            return;
+        };
+        notice!(
+            error,
+            "rolling reload aborted, the old workers keep serving: {error}"
+        );
+        let deadline = Instant::now() + self.options.get_grace();
+        for (g, s) in reload.active {
+            if let Some(next) = self.groups[g].slots[s].next.as_mut() {
+                stop_worker(&mut self.listeners, next, deadline).await;
+            }
+        }
+        self.emit(RawEvent::ReloadFailed { error });
+    }
+
     async fn on_timers(&mut self) {
         let now = Instant::now();
         let stopping = self.stopping.is_some();
+        let mut killed_late = false;
         let mut due = Vec::new();
         for g in 0..self.groups.len() {
             for s in 0..self.groups[g].slots.len() {
@@ -635,33 +822,31 @@ impl Supervisor {
                     slot.restart_at = None;
                     due.push((g, s));
                 }
-                let Some(r) = slot.running.as_mut() else {
-                    continue;
-                };
-                if r.ready_by.is_some_and(|t| t <= now) {
-                    notice!(
-                        warn,
-                        "worker {} did not become ready in time: killing it",
-                        r.id
-                    );
-                    r.ready_by = None;
-                    r.failed_start = true;
-                    kill(r);
-                }
-                if r.kill_at.is_some_and(|t| t <= now) {
-                    notice!(
-                        warn,
-                        "worker {} did not stop within the grace period: killing it",
-                        r.id
-                    );
-                    r.kill_at = None;
-                    if stopping {
-                        self.killed_after_grace = true;
+                for r in slot.all_mut() {
+                    if r.ready_by.is_some_and(|t| t <= now) {
+                        notice!(
+                            warn,
+                            "worker {} did not become ready in time: killing it",
+                            r.id
+                        );
+                        r.ready_by = None;
+                        r.failed_start = true;
+                        kill(r);
                     }
-                    kill(r);
+                    if r.kill_at.is_some_and(|t| t <= now) {
+                        notice!(
+                            warn,
+                            "worker {} did not stop within the grace period: killing it",
+                            r.id
+                        );
+                        r.kill_at = None;
+                        killed_late |= stopping;
+                        kill(r);
+                    }
                 }
             }
         }
+        self.killed_after_grace |= killed_late;
         for (g, s) in due {
             self.spawn(g, s).await;
         }
@@ -715,7 +900,7 @@ impl Supervisor {
                     .groups
                     .iter()
                     .flat_map(|g| &g.slots)
-                    .filter_map(|s| s.running.as_ref().map(|r| (s, r)))
+                    .flat_map(|s| s.all().map(move |r| (s, r)))
                     .map(|(s, r)| WorkerInfo {
                         id: r.id.clone(),
                         pid: r.pid,
@@ -728,6 +913,7 @@ impl Supervisor {
                 let _ = reply.send(workers);
             }
             Command::Shutdown => self.begin_stop(Stopping::Requested).await,
+            Command::Reload => self.start_reload().await,
         }
     }
 
@@ -745,6 +931,8 @@ impl Supervisor {
                 self.groups[g].slots.push(SlotState {
                     generation: 0,
                     running: None,
+                    next: None,
+                    draining: Vec::new(),
                     backoff,
                     restart_at: None,
                     restarts: 0,
@@ -769,10 +957,7 @@ impl Supervisor {
                 self.request_stop(g, s, deadline).await;
             }
             let slots = &mut self.groups[g].slots;
-            while slots
-                .last()
-                .is_some_and(|s| s.retired && s.running.is_none())
-            {
+            while slots.last().is_some_and(|s| s.retired && s.is_empty()) {
                 slots.pop();
             }
         }
@@ -780,6 +965,11 @@ impl Supervisor {
 
     /// Starts a new process in a slot.
     async fn spawn(&mut self, g: usize, s: usize) {
+        self.spawn_into(g, s, false).await;
+    }
+
+    /// Starts a process in a slot, as its current worker or (`next`) as its replacement.
+    async fn spawn_into(&mut self, g: usize, s: usize, next: bool) {
         let group = &mut self.groups[g];
         let slot = &mut group.slots[s];
         slot.generation += 1;
@@ -795,7 +985,12 @@ impl Supervisor {
                 let now = Instant::now();
                 let slot = &mut self.groups[g].slots[s];
                 slot.backoff.on_start(now);
-                slot.running = Some(Running {
+                let place = if next {
+                    &mut slot.next
+                } else {
+                    &mut slot.running
+                };
+                *place = Some(Running {
                     id: id.clone(),
                     pid,
                     state: WorkerState::Starting,
@@ -821,6 +1016,10 @@ impl Supervisor {
                 if let Some(pid) = pid {
                     self.emit(RawEvent::Spawned { id, pid });
                 }
+            }
+            Err(e) if next => {
+                self.reload_failed(format!("cannot spawn replacement worker {id}: {e}"))
+                    .await;
             }
             Err(e) => {
                 notice!(error, "cannot spawn worker {id}: {e}");
@@ -868,6 +1067,29 @@ async fn send_bounded(sender: &cluster_ipc::Sender<ToWorker>, msg: &ToWorker) ->
     match tokio::time::timeout(Duration::from_secs(1), sender.send(msg)).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(Error::Timeout { timeout_ms: 1000 }),
+    }
+}
+
+/// Asks a worker to stop, to be killed at `deadline` if it has not. It leaves the rotation of
+/// master-accepted connections first, so every connection it was handed arrives before the
+/// request and gets served.
+async fn stop_worker(listeners: &mut MasterListeners, r: &mut Running, deadline: Instant) {
+    if r.stop_requested {
+        return;
+    }
+    listeners.remove(&r.id);
+    r.stop_requested = true;
+    r.state = WorkerState::Stopping;
+    r.ready_by = None;
+    r.kill_at = Some(deadline);
+    match &r.sender {
+        Some(sender) => {
+            if send_bounded(sender, &ToWorker::Shutdown).await.is_err() {
+                kill(r);
+            }
+        }
+        // Not online yet: it cannot be asked, and has no work to finish.
+        None => kill(r),
     }
 }
 
