@@ -22,6 +22,7 @@ mod protocol;
 mod restart;
 mod signals;
 mod spawner;
+mod status;
 mod supervisor;
 mod sys;
 mod worker;
@@ -36,5 +37,6 @@ pub use options::{
     Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal,
     parse_signal,
 };
+pub use status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
 pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
 pub use worker::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext};

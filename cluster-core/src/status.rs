@@ -1,0 +1,73 @@
+//! What the cluster looks like right now: the data behind `GET /status` and `/metrics`.
+
+use serde::Serialize;
+
+use crate::master::WorkerState;
+
+/// A snapshot of the whole cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// The master process.
+    pub master: MasterStatus,
+    /// Every live worker process (current ones, replacements starting, old ones draining).
+    pub workers: Vec<WorkerStatus>,
+    /// Restarts by slot and reason (`crash`, `hung`, `memory`, `failed_start`).
+    pub restarts: Vec<RestartCount>,
+    /// Messages the master sent to workers and received from them.
+    pub ipc_messages_sent: u64,
+    /// See `ipc_messages_sent`.
+    pub ipc_messages_received: u64,
+}
+
+/// The master's own figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct MasterStatus {
+    /// Its pid.
+    pub pid: u32,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// Worker restarts after unexpected exits, over the master's life.
+    pub restarts_total: u64,
+    /// Completed rolling reloads.
+    pub reloads_total: u64,
+}
+
+/// One worker process.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    /// Its group.
+    pub group: String,
+    /// Its slot in the group.
+    pub slot: usize,
+    /// Its pid, once spawned.
+    pub pid: Option<u32>,
+    /// Which process of the slot this is (1 for the first).
+    pub generation: u64,
+    /// starting, online, ready or stopping.
+    pub state: WorkerState,
+    /// Restarts of its slot after unexpected exits.
+    pub restarts: u64,
+    /// Milliseconds since it was spawned.
+    pub uptime_ms: u64,
+    /// Resident memory at the last sample.
+    pub rss_bytes: Option<u64>,
+    /// CPU time (user + system) at the last sample.
+    pub cpu_seconds: Option<f64>,
+    /// Open connections (handed out by the master, or reported by the worker).
+    pub connections: usize,
+    /// How late the worker's runtime ran its last heartbeat, in milliseconds.
+    pub event_loop_lag_ms: Option<f64>,
+}
+
+/// Restarts of one slot for one reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartCount {
+    /// The group.
+    pub group: String,
+    /// The slot.
+    pub slot: usize,
+    /// `crash`, `hung`, `memory` or `failed_start`.
+    pub reason: &'static str,
+    /// How many.
+    pub count: u64,
+}
