@@ -1052,6 +1052,7 @@ impl Supervisor {
             .kill_on_drop(true);
         child_end.pass_to(cmd.as_std_mut(), ENV_IPC_FD);
         sys::kill_with_parent(&mut cmd, self.pid);
+        sys::ignore_terminal_signals(&mut cmd);
         let child = self
             .spawner
             .spawn(cmd)

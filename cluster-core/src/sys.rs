@@ -35,3 +35,24 @@ pub(crate) fn kill_with_parent(cmd: &mut tokio::process::Command, parent: libc::
         cmd.pre_exec(hook);
     }
 }
+
+/// Makes the child start with the terminal's SIGINT and SIGHUP ignored. A worker ignores them
+/// anyway once its runtime is up (the master alone handles a Ctrl-C to the whole process
+/// group), but until then their default action would kill it, and the master would take the
+/// Ctrl-C for a crash. Ignored dispositions survive `exec`; the worker's own handlers replace
+/// them later.
+pub(crate) fn ignore_terminal_signals(cmd: &mut tokio::process::Command) {
+    let hook = || {
+        for sig in [libc::SIGINT, libc::SIGHUP] {
+            // SAFETY: signal is async-signal-safe and allocates nothing.
+            if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and calls only async-signal-safe functions.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
