@@ -8,6 +8,7 @@ pub(crate) const ENV_GROUP: &str = "CLUSTER_WORKER_GROUP";
 pub(crate) const ENV_SLOT: &str = "CLUSTER_WORKER_SLOT";
 pub(crate) const ENV_GENERATION: &str = "CLUSTER_WORKER_GENERATION";
 pub(crate) const ENV_IPC_FD: &str = "CLUSTER_IPC_FD";
+pub(crate) const ENV_HEARTBEAT_MS: &str = "CLUSTER_HEARTBEAT_MS";
 
 /// The role of this process, read from the environment the master sets.
 #[derive(Debug, Clone, PartialEq, Eq)]

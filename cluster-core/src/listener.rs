@@ -14,6 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
@@ -165,7 +166,10 @@ impl Dispatch {
                 peer: Some(peer),
             };
             match target.1.send_with_fds(&msg, vec![copy]).await {
-                Ok(()) => return,
+                Ok(()) => {
+                    crate::protocol::SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
                 Err(_) => {
                     // The worker is gone: take the connection back and try another.
                     let mut st = lock(&self.state);
@@ -458,6 +462,8 @@ pub struct Listener {
     local: Option<SocketAddr>,
     balance: Balance,
     source: Source,
+    /// The worker's count of open connections, reported with its heartbeats.
+    live: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -475,12 +481,14 @@ impl Listener {
         local: Option<SocketAddr>,
         balance: Balance,
         socket: tokio::net::TcpListener,
+        live: Arc<AtomicUsize>,
     ) -> Self {
         Listener {
             id,
             local,
             balance,
             source: Source::Socket(socket),
+            live,
         }
     }
 
@@ -490,6 +498,7 @@ impl Listener {
         balance: Balance,
         queue: mpsc::UnboundedReceiver<Handed>,
         closes: mpsc::UnboundedSender<u32>,
+        live: Arc<AtomicUsize>,
     ) -> Self {
         Listener {
             id,
@@ -499,6 +508,7 @@ impl Listener {
                 queue: tokio::sync::Mutex::new(queue),
                 closes,
             },
+            live,
         }
     }
 
@@ -522,13 +532,7 @@ impl Listener {
         match &self.source {
             Source::Socket(socket) => {
                 let (stream, peer) = socket.accept().await?;
-                Ok((
-                    Connection {
-                        stream,
-                        close: None,
-                    },
-                    peer,
-                ))
+                Ok((self.connection(stream, None), peer))
             }
             Source::Handed { queue, closes } => match queue.lock().await.recv().await {
                 Some(handed) => Ok(self.wrap(handed, closes)),
@@ -547,13 +551,9 @@ impl Listener {
             Source::Socket(socket) => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 match socket.poll_accept(&mut cx) {
-                    Poll::Ready(Ok((stream, peer))) => Some(Ok((
-                        Connection {
-                            stream,
-                            close: None,
-                        },
-                        peer,
-                    ))),
+                    Poll::Ready(Ok((stream, peer))) => {
+                        Some(Ok((self.connection(stream, None), peer)))
+                    }
                     Poll::Ready(Err(e)) => Some(Err(e)),
                     Poll::Pending => None,
                 }
@@ -574,13 +574,20 @@ impl Listener {
         closes: &mpsc::UnboundedSender<u32>,
     ) -> (Connection, SocketAddr) {
         let close = (self.balance == Balance::LeastConnections).then(|| (self.id, closes.clone()));
-        (
-            Connection {
-                stream: handed.stream,
-                close,
-            },
-            handed.peer,
-        )
+        (self.connection(handed.stream, close), handed.peer)
+    }
+
+    fn connection(
+        &self,
+        stream: TcpStream,
+        close: Option<(u32, mpsc::UnboundedSender<u32>)>,
+    ) -> Connection {
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Connection {
+            stream,
+            close,
+            live: self.live.clone(),
+        }
     }
 }
 
@@ -589,6 +596,7 @@ impl Listener {
 pub struct Connection {
     stream: TcpStream,
     close: Option<(u32, mpsc::UnboundedSender<u32>)>,
+    live: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -608,6 +616,7 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
         if let Some((listener, closes)) = self.close.take() {
             let _ = closes.send(listener);
         }

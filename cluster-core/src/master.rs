@@ -322,6 +322,12 @@ where
         .await?
     }
 
+    /// The cluster's state now: the master's figures and every live worker's (the data
+    /// behind `GET /status`).
+    pub async fn status(&self) -> Result<crate::status::ClusterStatus> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
     /// Starts a rolling reload, as a reload signal would: each slot gets a new worker (from
     /// the executable on disk now), which takes over once ready while the old one drains.
     /// A reload asked for during a reload runs as one more pass after it.

@@ -503,6 +503,13 @@ pub struct Options {
     worker_prefix_logs: bool,
     balance: Balance,
     reload_parallelism: usize,
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Option<Duration>,
+    max_memory: Option<u64>,
+    memory_samples: u32,
+    sample_interval: Duration,
+    status_addr: Option<std::net::SocketAddr>,
+    min_ready: usize,
 }
 
 impl Default for Options {
@@ -517,6 +524,13 @@ impl Default for Options {
             worker_prefix_logs: true,
             balance: Balance::Shared,
             reload_parallelism: 1,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Some(Duration::from_secs(30)),
+            max_memory: None,
+            memory_samples: 3,
+            sample_interval: Duration::from_secs(1),
+            status_addr: None,
+            min_ready: 1,
         }
     }
 }
@@ -717,6 +731,99 @@ impl Options {
         self.reload_parallelism
     }
 
+    /// How often each worker's runtime reports that it is alive (default 1 s). The report
+    /// comes from a task on the worker's own runtime, so a runtime stuck in a busy loop or a
+    /// deadlock stops reporting.
+    #[must_use]
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// See [`Options::heartbeat_interval`].
+    pub fn get_heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// A worker whose runtime has not reported for this long is killed and restarted as
+    /// hung, counted like a crash (default 30 s, like gunicorn's worker timeout; `None` turns
+    /// the watchdog off).
+    #[must_use]
+    pub fn heartbeat_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// See [`Options::heartbeat_timeout`].
+    pub fn get_heartbeat_timeout(&self) -> Option<Duration> {
+        self.heartbeat_timeout
+    }
+
+    /// Replace a worker whose resident memory stays above `bytes` for
+    /// [`Options::memory_samples`] consecutive samples (default: no limit). The replacement
+    /// is started and ready before the old worker drains, never more than one slot at a time,
+    /// and it never counts toward `max_restarts`.
+    #[must_use]
+    pub fn max_memory(mut self, bytes: Option<u64>) -> Self {
+        self.max_memory = bytes;
+        self
+    }
+
+    /// See [`Options::max_memory`].
+    pub fn get_max_memory(&self) -> Option<u64> {
+        self.max_memory
+    }
+
+    /// Consecutive samples over `max_memory` before a worker is replaced (default 3), so a
+    /// short spike does not recycle it.
+    #[must_use]
+    pub fn memory_samples(mut self, samples: u32) -> Self {
+        self.memory_samples = samples;
+        self
+    }
+
+    /// See [`Options::memory_samples`].
+    pub fn get_memory_samples(&self) -> u32 {
+        self.memory_samples
+    }
+
+    /// How often the master reads each worker's memory and CPU from /proc (default 1 s).
+    #[must_use]
+    pub fn sample_interval(mut self, interval: Duration) -> Self {
+        self.sample_interval = interval;
+        self
+    }
+
+    /// See [`Options::sample_interval`].
+    pub fn get_sample_interval(&self) -> Duration {
+        self.sample_interval
+    }
+
+    /// Serve `/status`, `/metrics`, `/healthz` and `/readyz` from the master on this address
+    /// (default: off).
+    #[must_use]
+    pub fn status_addr(mut self, addr: Option<std::net::SocketAddr>) -> Self {
+        self.status_addr = addr;
+        self
+    }
+
+    /// See [`Options::status_addr`].
+    pub fn get_status_addr(&self) -> Option<std::net::SocketAddr> {
+        self.status_addr
+    }
+
+    /// `/readyz` answers 200 when at least this many workers are ready (default 1).
+    #[must_use]
+    pub fn min_ready(mut self, workers: usize) -> Self {
+        self.min_ready = workers;
+        self
+    }
+
+    /// See [`Options::min_ready`].
+    pub fn get_min_ready(&self) -> usize {
+        self.min_ready
+    }
+
     /// See [`Options::worker_prefix_logs`].
     #[must_use]
     pub fn get_worker_prefix_logs(&self) -> bool {
@@ -736,6 +843,36 @@ impl Options {
     /// The first problem found, as [`Error::InvalidOption`] naming the option as the builder
     /// spells it, with a reason that says what would be accepted.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.heartbeat_interval.is_zero() {
+            return Err(Error::InvalidOption {
+                option: "heartbeat_interval",
+                reason: "must be more than zero".into(),
+            });
+        }
+        if let Some(timeout) = self.heartbeat_timeout {
+            if timeout <= self.heartbeat_interval {
+                return Err(Error::InvalidOption {
+                    option: "heartbeat_timeout",
+                    reason: format!(
+                        "{} ms is not longer than heartbeat_interval ({} ms): every worker would look hung",
+                        timeout.as_millis(),
+                        self.heartbeat_interval.as_millis()
+                    ),
+                });
+            }
+        }
+        if self.memory_samples == 0 {
+            return Err(Error::InvalidOption {
+                option: "memory_samples",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.sample_interval.is_zero() {
+            return Err(Error::InvalidOption {
+                option: "sample_interval",
+                reason: "must be more than zero".into(),
+            });
+        }
         if self.reload_parallelism == 0 {
             return Err(Error::InvalidOption {
                 option: "reload_parallelism",

@@ -13,6 +13,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// Control and app messages the master has sent to workers, for the status page.
+pub(crate) static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// An address a worker asks to listen on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ListenAddr {
@@ -68,6 +71,8 @@ pub(crate) enum ToWorker {
         conn: u64,
         peer: Option<SocketAddr>,
     },
+    /// Send your metrics registry: answer with `ToMaster::Metrics` carrying the same id.
+    MetricsRequest { id: u64 },
 }
 
 /// What a worker learns about a listener it asked for.
@@ -105,6 +110,11 @@ pub(crate) enum ToMaster {
     Accepted { conn: u64 },
     /// A connection handed out by `listener` was closed (for `LeastConnections`).
     Closed { listener: u32 },
+    /// The worker's runtime is alive: `lag_us` is how late this beat ran, `connections` how
+    /// many connections the worker has open.
+    Heartbeat { lag_us: u64, connections: u64 },
+    /// The worker's metrics, as OpenMetrics text.
+    Metrics { id: u64, text: String },
 }
 
 #[cfg(test)]
@@ -192,6 +202,21 @@ mod tests {
                 peer: None
             }),
             [5, 1, 2, 0]
+        );
+        assert_eq!(bytes(&ToWorker::MetricsRequest { id: 9 }), [6, 9]);
+        assert_eq!(
+            bytes(&ToMaster::Heartbeat {
+                lag_us: 3,
+                connections: 4
+            }),
+            [8, 3, 4]
+        );
+        assert_eq!(
+            bytes(&ToMaster::Metrics {
+                id: 1,
+                text: "a".into()
+            }),
+            [9, 1, 1, b'a']
         );
     }
 

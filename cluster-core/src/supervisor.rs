@@ -13,7 +13,9 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
-use crate::identity::{ENV_GENERATION, ENV_GROUP, ENV_IPC_FD, ENV_SLOT, WorkerId};
+use crate::identity::{
+    ENV_GENERATION, ENV_GROUP, ENV_HEARTBEAT_MS, ENV_IPC_FD, ENV_SLOT, WorkerId,
+};
 use crate::listener::MasterListeners;
 pub(crate) use crate::master::SlotKey;
 use crate::master::{ExitKind, WorkerInfo, WorkerState};
@@ -22,6 +24,7 @@ use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
 use crate::protocol::{Balance, ListenAddr, ToMaster, ToWorker};
 use crate::restart::{Decision, Exit as RestartExit, Intensity, SlotBackoff, decide};
 use crate::spawner::Spawner;
+use crate::status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
 use crate::{Error, Result, sys};
 
 /// Exit code of a master that gave up after too many restarts (EX_TEMPFAIL), distinct from a
@@ -51,6 +54,13 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<WorkerInfo>>,
     },
     Reload,
+    Status {
+        reply: oneshot::Sender<ClusterStatus>,
+    },
+    WorkerMetrics {
+        timeout: Duration,
+        reply: oneshot::Sender<Vec<(String, usize, String)>>,
+    },
     Shutdown,
 }
 
@@ -137,6 +147,18 @@ struct Running {
     exiting: Option<bool>,
     /// It was killed for not becoming ready.
     failed_start: bool,
+    /// The last heartbeat (or when it came online): the watchdog's clock.
+    last_beat: Option<Instant>,
+    /// It was killed by the watchdog.
+    hung: bool,
+    /// How late its runtime ran the last heartbeat.
+    lag: Option<Duration>,
+    /// Open connections it reported.
+    connections: u64,
+    /// Resident bytes and CPU seconds at the last sample.
+    usage: Option<(u64, f64)>,
+    /// Consecutive samples above `max_memory`.
+    over_memory: u32,
 }
 
 struct SlotState {
@@ -216,6 +238,10 @@ pub(crate) struct Supervisor {
     stop_signalled_at: Option<Instant>,
     reload: Option<Reload>,
     reloads_total: u64,
+    started: Instant,
+    /// Restarts by slot and reason, for status and metrics.
+    restart_reasons: std::collections::BTreeMap<(Arc<str>, usize, &'static str), u64>,
+    ipc_received: u64,
 }
 
 /// A shutdown signal repeated within this is not "a second signal".
@@ -296,6 +322,9 @@ impl Supervisor {
             stop_signalled_at: None,
             reload: None,
             reloads_total: 0,
+            started: Instant::now(),
+            restart_reasons: std::collections::BTreeMap::new(),
+            ipc_received: 0,
         })
     }
 
@@ -375,6 +404,12 @@ impl Supervisor {
             for r in slot.all() {
                 consider(r.ready_by);
                 consider(r.kill_at);
+                if let (Some(timeout), false) = (
+                    self.options.get_heartbeat_timeout(),
+                    r.stop_requested || r.hung,
+                ) {
+                    consider(r.last_beat.map(|beat| beat + timeout));
+                }
             }
         }
         next
@@ -463,47 +498,64 @@ impl Supervisor {
                     r.state = WorkerState::Online;
                 }
                 r.sender = Some(sender);
+                r.last_beat = Some(Instant::now());
                 tracing::debug!("worker {id} online");
                 self.emit(RawEvent::Online { id });
             }
-            Internal::FromWorker { id, msg } => match msg {
-                ToMaster::Ready => {
-                    let Some(r) = self.running_mut(&id) else {
-                        return;
-                    };
-                    if r.state == WorkerState::Stopping {
-                        return;
-                    }
-                    r.state = WorkerState::Ready;
-                    r.ready_by = None;
-                    tracing::debug!("worker {id} ready");
-                    self.emit(RawEvent::Ready { id: id.clone() });
-                    self.promote_if_replacement(&id).await;
-                }
-                ToMaster::User(payload) => self.emit(RawEvent::Message { from: id, payload }),
-                ToMaster::Request {
-                    id: request,
-                    payload,
-                } => self.emit(RawEvent::Request {
-                    from: id,
-                    id: request,
-                    payload,
-                }),
-                ToMaster::Response { id, payload } => self.pending.complete(id, payload),
-                ToMaster::Exiting { failed } => {
-                    if let Some(r) = self.running_mut(&id) {
-                        r.exiting = Some(failed);
-                    }
-                }
-                ToMaster::Listen {
-                    id: request,
-                    addr,
-                    balance,
-                } => self.on_listen(id, request, addr, balance).await,
-                ToMaster::Accepted { conn } => self.listeners.accepted(conn),
-                ToMaster::Closed { listener } => self.listeners.closed(&id, listener),
-            },
+            Internal::FromWorker { id, msg } => self.on_message(id, msg).await,
             Internal::Exited { id, exit } => self.on_exit(id, exit).await,
+        }
+    }
+
+    async fn on_message(&mut self, id: WorkerId, msg: ToMaster) {
+        self.ipc_received += 1;
+        match msg {
+            ToMaster::Ready => {
+                let Some(r) = self.running_mut(&id) else {
+                    return;
+                };
+                if r.state == WorkerState::Stopping {
+                    return;
+                }
+                r.state = WorkerState::Ready;
+                r.ready_by = None;
+                tracing::debug!("worker {id} ready");
+                self.emit(RawEvent::Ready { id: id.clone() });
+                self.promote_if_replacement(&id).await;
+            }
+            ToMaster::User(payload) => self.emit(RawEvent::Message { from: id, payload }),
+            ToMaster::Request {
+                id: request,
+                payload,
+            } => self.emit(RawEvent::Request {
+                from: id,
+                id: request,
+                payload,
+            }),
+            ToMaster::Response { id, payload } => self.pending.complete(id, payload),
+            ToMaster::Exiting { failed } => {
+                if let Some(r) = self.running_mut(&id) {
+                    r.exiting = Some(failed);
+                }
+            }
+            ToMaster::Listen {
+                id: request,
+                addr,
+                balance,
+            } => self.on_listen(id, request, addr, balance).await,
+            ToMaster::Accepted { conn } => self.listeners.accepted(conn),
+            ToMaster::Heartbeat {
+                lag_us,
+                connections,
+            } => {
+                if let Some(r) = self.running_mut(&id) {
+                    r.last_beat = Some(Instant::now());
+                    r.lag = Some(Duration::from_micros(lag_us));
+                    r.connections = connections;
+                }
+            }
+            ToMaster::Metrics { id, text } => self.pending.complete(id, text.into_bytes()),
+            ToMaster::Closed { listener } => self.listeners.closed(&id, listener),
         }
     }
 
@@ -566,6 +618,13 @@ impl Supervisor {
         self.listeners.remove(&r.id);
 
         let clean = r.exiting == Some(false) || (r.exiting.is_none() && exit == ExitKind::Code(0));
+        let reason = if r.hung {
+            "hung"
+        } else if r.failed_start {
+            "failed_start"
+        } else {
+            "crash"
+        };
         let kind = if r.stop_requested {
             RestartExit::Deliberate
         } else if clean && !r.failed_start {
@@ -573,7 +632,7 @@ impl Supervisor {
         } else {
             RestartExit::Failure
         };
-        self.after_exit(g, s, id, exit, kind).await;
+        self.after_exit(g, s, id, exit, kind, reason).await;
     }
 
     /// Decides what follows a worker's exit (or failed spawn): restart, leave the slot empty,
@@ -585,6 +644,7 @@ impl Supervisor {
         id: WorkerId,
         exit: ExitKind,
         kind: RestartExit,
+        reason: &'static str,
     ) {
         let now = Instant::now();
         let expected = kind != RestartExit::Failure;
@@ -604,6 +664,12 @@ impl Supervisor {
             ) {
                 Decision::Restart { after } => {
                     slot.restarts += u64::from(failure);
+                    if failure {
+                        *self
+                            .restart_reasons
+                            .entry((id.group.clone(), id.slot, reason))
+                            .or_default() += 1;
+                    }
                     // A crash while its replacement is starting: the replacement takes the
                     // slot when ready (the crash still counted above).
                     if slot.next.is_none() {
@@ -698,6 +764,97 @@ impl Supervisor {
         {
             tracing::warn!("worker {id} does not read its channel");
         }
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let now = Instant::now();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut workers = Vec::new();
+        for group in &self.groups {
+            for (s, slot) in group.slots.iter().enumerate() {
+                for r in slot.all() {
+                    workers.push(WorkerStatus {
+                        group: group.name.to_string(),
+                        slot: s,
+                        pid: r.pid,
+                        generation: r.id.generation,
+                        state: r.state,
+                        restarts: slot.restarts,
+                        uptime_ms: millis(now.saturating_duration_since(r.started)),
+                        rss_bytes: r.usage.map(|u| u.0),
+                        cpu_seconds: r.usage.map(|u| u.1),
+                        connections: (r.connections as usize)
+                            .max(self.listeners.open_connections(&r.id)),
+                        event_loop_lag_ms: r.lag.map(|lag| lag.as_secs_f64() * 1e3),
+                    });
+                }
+            }
+        }
+        let restarts: Vec<RestartCount> = self
+            .restart_reasons
+            .iter()
+            .map(|((group, slot, reason), count)| RestartCount {
+                group: group.to_string(),
+                slot: *slot,
+                reason,
+                count: *count,
+            })
+            .collect();
+        ClusterStatus {
+            master: MasterStatus {
+                pid: std::process::id(),
+                uptime_ms: millis(now.saturating_duration_since(self.started)),
+                restarts_total: restarts.iter().map(|r| r.count).sum(),
+                reloads_total: self.reloads_total,
+            },
+            workers,
+            restarts,
+            ipc_messages_sent: crate::protocol::SENT.load(std::sync::atomic::Ordering::Relaxed),
+            ipc_messages_received: self.ipc_received,
+        }
+    }
+
+    /// Asks every ready worker for its metrics; a task gathers the answers until `timeout`,
+    /// so a slow or dead worker is skipped and never holds up the supervisor or the scrape.
+    async fn collect_metrics(
+        &mut self,
+        timeout: Duration,
+        reply: oneshot::Sender<Vec<(String, usize, String)>>,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut waiting = Vec::new();
+        for group in &self.groups {
+            for (s, slot) in group.slots.iter().enumerate() {
+                let Some(r) = slot
+                    .running
+                    .as_ref()
+                    .filter(|r| r.state == WorkerState::Ready)
+                else {
+                    continue;
+                };
+                let Some(sender) = &r.sender else { continue };
+                let (guard, rx) = self.pending.register();
+                let msg = ToWorker::MetricsRequest { id: guard.id };
+                crate::protocol::SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // try_send semantics: a worker whose channel is full is simply skipped.
+                if tokio::time::timeout(Duration::from_millis(10), sender.send(&msg))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    waiting.push((group.name.to_string(), s, guard, rx));
+                }
+            }
+        }
+        tokio::spawn(async move {
+            let mut texts = Vec::new();
+            for (group, slot, guard, rx) in waiting {
+                if let Ok(Ok(text)) = tokio::time::timeout_at(deadline, rx).await {
+                    texts.push((group, slot, String::from_utf8_lossy(&text).into_owned()));
+                }
+                drop(guard);
+            }
+            let _ = reply.send(texts);
+        });
     }
 
     /// Starts a rolling reload, or asks the one under way for one more pass.
@@ -813,6 +970,7 @@ impl Supervisor {
     async fn on_timers(&mut self) {
         let now = Instant::now();
         let stopping = self.stopping.is_some();
+        let heartbeat_timeout = self.options.get_heartbeat_timeout();
         let mut killed_late = false;
         let mut due = Vec::new();
         for g in 0..self.groups.len() {
@@ -823,6 +981,22 @@ impl Supervisor {
                     due.push((g, s));
                 }
                 for r in slot.all_mut() {
+                    if let Some(timeout) = heartbeat_timeout {
+                        if !r.stop_requested
+                            && !r.hung
+                            && r.last_beat.is_some_and(|beat| beat + timeout <= now)
+                        {
+                            notice!(
+                                warn,
+                                "worker {} is hung (no heartbeat from its runtime for {} ms): killing it",
+                                r.id,
+                                timeout.as_millis()
+                            );
+                            r.hung = true;
+                            r.last_beat = None;
+                            kill(r);
+                        }
+                    }
                     if r.ready_by.is_some_and(|t| t <= now) {
                         notice!(
                             warn,
@@ -914,6 +1088,10 @@ impl Supervisor {
             }
             Command::Shutdown => self.begin_stop(Stopping::Requested).await,
             Command::Reload => self.start_reload().await,
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::WorkerMetrics { timeout, reply } => self.collect_metrics(timeout, reply).await,
         }
     }
 
@@ -1002,6 +1180,12 @@ impl Supervisor {
                     stop_requested: false,
                     exiting: None,
                     failed_start: false,
+                    last_beat: None,
+                    hung: false,
+                    lag: None,
+                    connections: 0,
+                    usage: None,
+                    over_memory: 0,
                 });
                 let watch = watch(
                     id.clone(),
@@ -1024,7 +1208,15 @@ impl Supervisor {
             Err(e) => {
                 notice!(error, "cannot spawn worker {id}: {e}");
                 // A spawn that fails is a failed start: it counts, and backs off.
-                Box::pin(self.after_exit(g, s, id, ExitKind::Code(-1), RestartExit::Failure)).await;
+                Box::pin(self.after_exit(
+                    g,
+                    s,
+                    id,
+                    ExitKind::Code(-1),
+                    RestartExit::Failure,
+                    "failed_start",
+                ))
+                .await;
             }
         }
     }
@@ -1045,6 +1237,13 @@ impl Supervisor {
             .env(ENV_GROUP, &*id.group)
             .env(ENV_SLOT, id.slot.to_string())
             .env(ENV_GENERATION, id.generation.to_string())
+            .env(
+                ENV_HEARTBEAT_MS,
+                self.options
+                    .get_heartbeat_interval()
+                    .as_millis()
+                    .to_string(),
+            )
             .envs(self.groups[g].options.get_env().iter().map(|(k, v)| (k, v)))
             .envs(settings.env)
             // The terminal's input stays with the master.
@@ -1065,6 +1264,7 @@ impl Supervisor {
 
 /// Sends to a worker without letting one worker that stopped reading stall the supervisor.
 async fn send_bounded(sender: &cluster_ipc::Sender<ToWorker>, msg: &ToWorker) -> Result<()> {
+    crate::protocol::SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match tokio::time::timeout(Duration::from_secs(1), sender.send(msg)).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(Error::Timeout { timeout_ms: 1000 }),

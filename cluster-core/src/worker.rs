@@ -67,7 +67,14 @@ struct WorkerShared {
     first_poll_done: AtomicBool,
     ready_sent: AtomicBool,
     closes: mpsc::UnboundedSender<u32>,
+    /// Open connections of all this worker's listeners.
+    live: Arc<AtomicUsize>,
+    /// Renders the worker's metrics for the master's scrape.
+    metrics: std::sync::Mutex<Option<MetricsHook>>,
 }
+
+/// Renders a worker's metrics as OpenMetrics text.
+pub(crate) type MetricsHook = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl WorkerShared {
     async fn send_ready(&self) -> Result<()> {
@@ -262,6 +269,7 @@ where
                     info.local,
                     info.balance,
                     socket,
+                    self.shared.live.clone(),
                 ))
             }
             Balance::ReusePort => {
@@ -274,7 +282,13 @@ where
                 let local = socket.local_addr().ok();
                 let socket = tokio::net::TcpListener::from_std(socket)
                     .map_err(io("cannot register the socket"))?;
-                Ok(Listener::socket(info.listener, local, info.balance, socket))
+                Ok(Listener::socket(
+                    info.listener,
+                    local,
+                    info.balance,
+                    socket,
+                    self.shared.live.clone(),
+                ))
             }
             _ => {
                 let queue = self.shared.listeners.register(info.listener);
@@ -284,6 +298,7 @@ where
                     info.balance,
                     queue,
                     self.shared.closes.clone(),
+                    self.shared.live.clone(),
                 ))
             }
         }
@@ -348,6 +363,15 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
                 Err(e) => tracing::warn!("dropped a request from the master: {e}"),
             },
             ToWorker::Response { id, payload } => pending.complete(id, payload),
+            ToWorker::MetricsRequest { id } => {
+                let hook = shared
+                    .metrics
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let text = hook.map_or_else(|| "# EOF\n".to_string(), |render| render());
+                let _ = reply.send(&ToMaster::Metrics { id, text }).await;
+            }
             ToWorker::Listening { id, result } => {
                 let waiter = shared
                     .listen_waiters
@@ -411,6 +435,35 @@ fn handle_signals(shutdown: CancellationToken) {
     }
 }
 
+/// Beats from a task on the worker's own runtime: if the runtime is stuck (a busy loop, a
+/// deadlock), the beats stop and the master's watchdog replaces the worker. A thread of its
+/// own would keep beating through that. Each beat carries how late it ran (the runtime's lag).
+async fn heartbeat(
+    sender: cluster_ipc::Sender<ToMaster>,
+    interval: Duration,
+    live: Arc<AtomicUsize>,
+) {
+    let mut due = tokio::time::Instant::now() + interval;
+    loop {
+        tokio::time::sleep_until(due).await;
+        let now = tokio::time::Instant::now();
+        let lag_us =
+            u64::try_from(now.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
+        let connections = live.load(Ordering::Relaxed) as u64;
+        if sender
+            .send(&ToMaster::Heartbeat {
+                lag_us,
+                connections,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        due = now + interval;
+    }
+}
+
 /// How a worker, master or hook function ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -450,8 +503,15 @@ where
         first_poll_done: AtomicBool::new(false),
         ready_sent: AtomicBool::new(!auto_ready),
         closes,
+        live: Arc::default(),
+        metrics: std::sync::Mutex::new(None),
     });
     handle_signals(shutdown.clone());
+    tokio::spawn(heartbeat(
+        sender.clone(),
+        heartbeat_interval(),
+        shared.live.clone(),
+    ));
     tokio::spawn(listener::report_closes(closes_rx, sender.clone()));
     tokio::spawn(read_master(
         receiver,
@@ -497,6 +557,15 @@ where
     let _ = sender.send(&ToMaster::Exiting { failed }).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), sender.flush()).await;
     if failed { 1 } else { 0 }
+}
+
+/// The interval the master asked for, in `CLUSTER_HEARTBEAT_MS` (default 1 s).
+fn heartbeat_interval() -> Duration {
+    std::env::var(crate::identity::ENV_HEARTBEAT_MS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&ms: &u64| ms > 0)
+        .map_or(Duration::from_secs(1), Duration::from_millis)
 }
 
 async fn connect() -> Result<Channel<ToMaster, ToWorker>> {
