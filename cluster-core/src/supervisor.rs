@@ -931,10 +931,10 @@ impl Supervisor {
         let Some(slot) = self.groups[g].slots.get_mut(s) else {
             return;
         };
-        if !slot
+        if slot
             .next
             .as_ref()
-            .is_some_and(|r| r.id.generation == id.generation)
+            .is_none_or(|r| r.id.generation != id.generation)
         {
             return;
         }
@@ -1102,8 +1102,26 @@ impl Supervisor {
         }
         let live = self.groups[g].slots.iter().filter(|s| !s.retired).count();
         if count > live {
-            // Reuse retired slots still draining only after they are gone: new slots go after.
-            for _ in live..count {
+            // Slots retired by an earlier scale-down whose workers are still stopping come
+            // back first, so slot numbers stay within 0..count: the stopping worker drains
+            // on the side while a new one starts in its slot.
+            let mut wanted = count - live;
+            for s in 0..self.groups[g].slots.len() {
+                if wanted == 0 {
+                    break;
+                }
+                let slot = &mut self.groups[g].slots[s];
+                if !slot.retired {
+                    continue;
+                }
+                slot.retired = false;
+                if let Some(old) = slot.running.take() {
+                    slot.draining.push(old);
+                }
+                wanted -= 1;
+                self.spawn(g, s).await;
+            }
+            for _ in 0..wanted {
                 let s = self.groups[g].slots.len();
                 let backoff = SlotBackoff::new(self.groups[g].policy.get_backoff());
                 self.groups[g].slots.push(SlotState {
