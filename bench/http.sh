@@ -1,0 +1,349 @@
+#!/usr/bin/env bash
+# HTTP benchmark: examples/http.rs in each POLICY against two hand-written baselines.
+#
+#   bash bench/http.sh
+#
+# Targets (all serve `GET /` -> 200 text/plain `Hello from worker <slot> (pid <pid>)`):
+#   baseline_multithread   one process, tokio multi-thread runtime on every core (bench/)
+#   baseline_reuseport     one current-thread process per core, own SO_REUSEPORT socket each,
+#                          no supervision: the ideal cluster (bench/)
+#   http/<policy>          examples/http.rs with POLICY=shared|round-robin|least-connections|
+#                          sticky|reuseport, WORKERS = one per CPU
+# Modes: keep-alive, and connection-per-request (`Connection: close` on every request).
+#
+# Each round starts every target in turn (rotating the order), runs both modes with wrk against
+# it and stops it, so that drift of the machine (thermal, noisy neighbours) hits every target
+# alike. The table gives, per target and mode, the median of the rounds' requests/s and p99
+# latency, the ratio to the faster baseline of that mode, and the goals:
+#   shared      >= 0.95x (both modes)
+#   round-robin >= 0.80x keep-alive, >= 0.70x connection-per-request
+# A target that does not build, start or answer is `n/a` and the run goes on: the script exits 0
+# then, and non-zero only on its own errors (a missing tool, a baseline that fails to build or
+# run, bad settings).
+#
+# wrk runs on the same cores as the servers (loopback only): its thread count is fixed for every
+# target (THREADS, default 2), so all of them pay the same for it.
+#
+# Settings (environment): ROUNDS (3), DURATION (5s, seconds only), CONNS (64), THREADS (2),
+# WORKERS (one per CPU), START_TIMEOUT (10 s for a server to answer), TARGETS (space separated,
+# default all), CARGO_TARGET_DIR (target). Defaults: 3 x 7 targets x 2 modes x 5 s = 3.5 min of
+# load plus start/stop, about 4 minutes with a warm build.
+set -euo pipefail
+
+# Paths below are relative to the workspace root, as cargo's are.
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+WORKERS=${WORKERS:-$(nproc)}
+START_TIMEOUT=${START_TIMEOUT:-10}
+TARGETS=${TARGETS:-baseline_multithread baseline_reuseport http/shared http/round-robin http/least-connections http/sticky http/reuseport}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+# Loopback only, on purpose: this is a benchmark of the machine's own servers, never a load test
+# of anything else.
+HOST=127.0.0.1
+
+die() {
+    echo "bench/http.sh: $*" >&2
+    exit 1
+}
+
+# Bad settings are the script's own errors: refuse them before any work.
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS=$ROUNDS: want a positive integer"
+[[ $DURATION =~ ^([1-9][0-9]*)s$ ]] || die "DURATION=$DURATION: want seconds, like 5s"
+DURATION_S=${BASH_REMATCH[1]}
+[[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS=$CONNS: want a positive integer"
+[[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS=$THREADS: want a positive integer"
+[[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "WORKERS=$WORKERS: want a positive integer"
+[[ $START_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "START_TIMEOUT=$START_TIMEOUT: want seconds"
+for t in $TARGETS; do
+    case $t in
+        baseline_multithread | baseline_reuseport | http/shared | http/round-robin) ;;
+        http/least-connections | http/sticky | http/reuseport) ;;
+        *) die "TARGETS: unknown target $t" ;;
+    esac
+done
+
+# ---- tools: install what is missing (we are root on these machines; sudo otherwise) --------
+as_root() {
+    if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi
+}
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "== installing wrk (apt)"
+    # A fresh machine has no package lists: update once, only when something is missing.
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+for tool in wrk ss timeout setsid awk; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
+done
+
+# ---- logs and results of this run ---------------------------------------------------------
+OUT="$TARGET_DIR/bench-http"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+RESULTS="$OUT/results.tsv" # target, mode, round, req/s, p99 ms, errors
+: >"$RESULTS"
+
+# ---- cleanup: whatever we started goes, on success, error, Ctrl-C or kill ------------------
+SERVER_PID=
+WRK_PID=
+stop_server() {
+    local pid=$SERVER_PID i
+    [[ -n $pid ]] || return 0
+    SERVER_PID=
+    # SIGTERM to the leader first (a cluster master shuts its workers down itself), give it up
+    # to 3 s, then SIGKILL the whole process group for anything left: each server runs in a
+    # session and group of its own (setsid), so this reaches its workers and nothing else.
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 30; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    if [[ -n $WRK_PID ]]; then
+        kill -TERM "$WRK_PID" 2>/dev/null || true
+        wait "$WRK_PID" 2>/dev/null || true
+        WRK_PID=
+    fi
+    stop_server
+}
+trap cleanup EXIT
+# A signal ends the run; the EXIT trap then cleans up. wrk runs in the background with `wait`
+# (below) so that these traps fire at once rather than when wrk's run is over.
+trap 'echo "bench/http.sh: interrupted" >&2; exit 130' INT
+trap 'echo "bench/http.sh: terminated" >&2; exit 143' TERM
+
+# ---- build --------------------------------------------------------------------------------
+# examples/http.rs may need the crate's `http` feature (hyper behind it), and it may not exist
+# yet: try everything in one build, and if that fails build the baselines alone and report
+# http as n/a. The baselines failing to build is an error of this script.
+EXAMPLES="$TARGET_DIR/release/examples"
+HTTP_FEATURES=()
+if awk '/^\[/ { sec = $0 } sec == "[features]" && /^http[ \t]*=/ { found = 1 } END { exit !found }' Cargo.toml; then
+    HTTP_FEATURES=(--features http)
+fi
+HTTP_BUILT=0
+echo "== cargo build --release (examples http, baseline_multithread, baseline_reuseport)"
+if [[ -f examples/http.rs ]] &&
+    cargo build --release "${HTTP_FEATURES[@]}" --example http \
+        --example baseline_multithread --example baseline_reuseport >"$OUT/build.log" 2>&1; then
+    HTTP_BUILT=1
+else
+    if [[ -f examples/http.rs ]]; then
+        echo "   examples/http does not build (see $OUT/build.log); its targets will be n/a"
+        tail -n 5 "$OUT/build.log" | sed 's/^/   | /'
+    else
+        echo "   examples/http.rs does not exist yet; its targets will be n/a"
+    fi
+    cargo build --release --example baseline_multithread --example baseline_reuseport \
+        >"$OUT/build-baselines.log" 2>&1 ||
+        { cat "$OUT/build-baselines.log" >&2; die "the baselines do not build"; }
+fi
+
+# ---- servers ------------------------------------------------------------------------------
+# A free port for each start: below the kernel's ephemeral range, so that wrk's own client
+# ports never take it, and free of any socket in any state (ss lists TIME_WAIT too).
+free_port() {
+    local p i
+    for ((i = 0; i < 200; i++)); do
+        p=$((20000 + RANDOM % 12000))
+        if [[ -z $(ss -Htan "sport = :$p") ]]; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# One GET / over bash's /dev/tcp (no curl needed); prints the whole response. The inner script
+# takes host and port as its $1 and $2, hence the single quotes.
+probe() {
+    # shellcheck disable=SC2016
+    timeout 2 bash -c '
+        exec 3<>"/dev/tcp/$1/$2" || exit 1
+        printf "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" "$1" >&3
+        cat <&3' probe "$HOST" "$1" 2>/dev/null
+}
+
+# start_server TARGET LOG: starts it on a free port; sets SERVER_PID and PORT, or returns 1.
+PORT=
+start_server() {
+    local target=$1 log=$2 bin policy='' i resp
+    case $target in
+        baseline_*) bin="$EXAMPLES/$target" ;;
+        http/*) bin="$EXAMPLES/http" policy=${target#http/} ;;
+    esac
+    [[ -x $bin ]] || { echo "no binary $bin" >"$log"; return 1; }
+    PORT=$(free_port) || die "no free port found"
+    # setsid: a session and process group of its own (pgid = its pid), so that stop_server can
+    # kill it and all its workers, and a Ctrl-C at the terminal reaches only this script.
+    HOST=$HOST PORT=$PORT WORKERS=$WORKERS POLICY=$policy \
+        setsid "$bin" </dev/null >"$log" 2>&1 &
+    SERVER_PID=$!
+    # Bounded wait for a 200 (it may die instead: stop waiting then).
+    for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+        kill -0 "$SERVER_PID" 2>/dev/null || { echo "(exited)" >>"$log"; return 1; }
+        if resp=$(probe "$PORT") && [[ $resp == "HTTP/1.1 200"* ]]; then
+            SAMPLE=${resp##*$'\r\n\r\n'}
+            # The port answers as soon as one worker does: give the others a moment.
+            sleep 0.5
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "(no 200 within ${START_TIMEOUT}s)" >>"$log"
+    return 1
+}
+
+# ---- wrk ----------------------------------------------------------------------------------
+# run_wrk PORT MODE OUTFILE: one wrk run; returns non-zero if wrk failed.
+run_wrk() {
+    local port=$1 mode=$2 out=$3 rc=0
+    local args=(-t"$THREADS" -c"$CONNS" -d"$DURATION" --latency)
+    [[ $mode == close ]] && args+=(-H "Connection: close")
+    # In the background + wait so that a signal's trap runs at once; `timeout` bounds a wrk
+    # that would hang past its own duration.
+    timeout -k 2 $((DURATION_S + 15)) wrk "${args[@]}" "http://$HOST:$port/" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=
+    return "$rc"
+}
+
+# parse_wrk OUTFILE: prints "req/s p99_ms errors", or fails when the output has no figures.
+parse_wrk() {
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+            if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+            if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+            if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+            return -1
+        }
+        $1 == "99%" { p99 = ms($2) }
+        $1 == "Requests/sec:" { rps = $2 }
+        # "Socket errors: connect 0, read 0, write 0, timeout 0"
+        $1 == "Socket" && $2 == "errors:" {
+            for (i = 3; i <= NF; i += 2) { v = $(i + 1); sub(/,/, "", v); err += v }
+        }
+        # "Non-2xx or 3xx responses: N"
+        /^ *Non-2xx or 3xx responses:/ { err += $NF }
+        END {
+            if (rps == "" || p99 == "" || p99 < 0) exit 1
+            printf "%s %.3f %d\n", rps, p99, err
+        }' "$1"
+}
+
+# ---- the run ------------------------------------------------------------------------------
+read -r -a TARGET_LIST <<<"$TARGETS"
+declare -A UNAVAILABLE=() # target -> why
+if [[ $HTTP_BUILT == 0 ]]; then
+    for t in "${TARGET_LIST[@]}"; do
+        [[ $t == http/* ]] && UNAVAILABLE[$t]="examples/http not built"
+    done
+fi
+
+MODES=(keep-alive close)
+# Other work on the cores (a build) skews every figure: say so rather than print them as clean.
+LOAD=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$LOAD" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+    echo "   warning: load average $LOAD on $(nproc) CPUs before the run: something else is" \
+        "busy, the figures will be noisy"
+fi
+START=$SECONDS
+# The load average says whether something else (a build) was competing for the cores.
+echo "== wrk -t$THREADS -c$CONNS -d$DURATION --latency, $ROUNDS rounds, $HOST, $(nproc) CPUs" \
+    "shared with wrk, WORKERS=$WORKERS; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+n=${#TARGET_LIST[@]}
+for ((round = 1; round <= ROUNDS; round++)); do
+    for ((k = 0; k < n; k++)); do
+        # Rotate the order each round so no target always runs first (or right after another).
+        target=${TARGET_LIST[$(((k + round - 1) % n))]}
+        [[ -z ${UNAVAILABLE[$target]:-} ]] || continue
+        log="$OUT/${target//\//_}.r$round.server.log"
+        SAMPLE=
+        if ! start_server "$target" "$log"; then
+            stop_server
+            if [[ $target == baseline_* ]]; then
+                tail -n 5 "$log" >&2 || true
+                die "$target did not start or answer (see $log)"
+            fi
+            UNAVAILABLE[$target]="did not start or answer: $(tail -n 1 "$log" 2>/dev/null)"
+            printf '   round %d  %-24s n/a (%s)\n' "$round" "$target" "${UNAVAILABLE[$target]}"
+            continue
+        fi
+        [[ $round == 1 ]] && printf '   %-24s answers "%s"\n' "$target" "$SAMPLE"
+        for mode in "${MODES[@]}"; do
+            out="$OUT/${target//\//_}.$mode.r$round.wrk"
+            if run_wrk "$PORT" "$mode" "$out" && figures=$(parse_wrk "$out"); then
+                read -r rps p99 errors <<<"$figures"
+                printf '%s\t%s\t%d\t%s\t%s\t%s\n' "$target" "$mode" "$round" "$rps" "$p99" \
+                    "$errors" >>"$RESULTS"
+                printf '   round %d  %-24s %-10s %12.0f req/s  p99 %8.2f ms  errors %s\n' \
+                    "$round" "$target" "$mode" "$rps" "$p99" "$errors"
+            else
+                # wrk failed against this server (e.g. it died under load).
+                [[ $target == baseline_* ]] && die "wrk failed against $target (see $out)"
+                printf '   round %d  %-24s %-10s n/a (wrk failed, see %s)\n' \
+                    "$round" "$target" "$mode" "$out"
+            fi
+        done
+        stop_server
+    done
+done
+
+# ---- the table ----------------------------------------------------------------------------
+echo
+echo "HTTP benchmark: median of $ROUNDS rounds; wrk -t$THREADS -c$CONNS -d$DURATION on the same" \
+    "$(nproc) CPUs; loopback; WORKERS=$WORKERS"
+echo "ratio = req/s / req/s of the faster baseline in that mode; close = Connection: close"
+awk -F'\t' -v targets="$TARGETS" '
+    function median(list,    a, n, i, j, t) {
+        n = split(list, a, " ")
+        for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    {
+        key = $1 SUBSEP $2
+        rps[key] = rps[key] " " $4; p99[key] = p99[key] " " $5; err[key] += $6; runs[key]++
+    }
+    END {
+        nt = split(targets, T, " ")
+        split("keep-alive close", M, " ")
+        for (m = 1; m <= 2; m++) {
+            best[M[m]] = 0
+            for (b = 1; b <= 2; b++) {
+                key = (b == 1 ? "baseline_multithread" : "baseline_reuseport") SUBSEP M[m]
+                if (key in rps && median(rps[key]) > best[M[m]]) best[M[m]] = median(rps[key])
+            }
+        }
+        goal["http/shared", "keep-alive"] = 0.95; goal["http/shared", "close"] = 0.95
+        goal["http/round-robin", "keep-alive"] = 0.80; goal["http/round-robin", "close"] = 0.70
+        printf "%-11s %-24s %12s %10s %8s %6s %7s  %s\n", "mode", "target", "req/s", "p99 ms", "ratio", "runs", "errors", "goal"
+        for (m = 1; m <= 2; m++) {
+            for (t = 1; t <= nt; t++) {
+                key = T[t] SUBSEP M[m]
+                g = ((T[t], M[m]) in goal) ? sprintf(">= %.2fx ", goal[T[t], M[m]]) : ""
+                if (!(key in rps)) {
+                    printf "%-11s %-24s %12s %10s %8s %6s %7s  %s\n", M[m], T[t], "n/a", "n/a", "n/a", 0, "-", (g == "" ? "" : g "n/a")
+                    continue
+                }
+                r = median(rps[key]); ratio = best[M[m]] > 0 ? r / best[M[m]] : 0
+                verdict = ""
+                if (g != "") verdict = g (best[M[m]] > 0 ? (ratio >= goal[T[t], M[m]] ? "PASS" : "MISS") : "n/a")
+                printf "%-11s %-24s %12.0f %10.2f %7.2fx %6d %7d  %s\n", M[m], T[t], r, median(p99[key]), ratio, runs[key], err[key], verdict
+            }
+        }
+    }' "$RESULTS"
+echo
+for t in "${TARGET_LIST[@]}"; do
+    [[ -z ${UNAVAILABLE[$t]:-} ]] || echo "n/a: $t: ${UNAVAILABLE[$t]}"
+done
+echo "took $((SECONDS - START)) s of runs (load average now $(cut -d' ' -f1-3 /proc/loadavg));" \
+    "raw wrk output and server logs in $OUT"
