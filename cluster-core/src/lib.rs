@@ -17,12 +17,14 @@ mod identity;
 mod listener;
 mod master;
 mod messaging;
+mod metrics;
 mod options;
 mod protocol;
 mod restart;
 mod signals;
 mod spawner;
 mod status;
+mod status_server;
 mod supervisor;
 mod sys;
 mod worker;
@@ -33,10 +35,16 @@ pub use identity::{Role, WorkerId, role};
 pub use listener::{Connection, Listener};
 pub use master::{Event, ExitKind, MasterContext, SlotKey, WorkerInfo, WorkerState};
 pub use messaging::Request;
+pub use metrics::WorkerMetrics;
 pub use options::{
     Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal,
     parse_signal,
 };
 pub use status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
+pub use status_server::StatusOptions;
 pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
 pub use worker::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext};
+
+/// The metrics library behind [`WorkerMetrics`], re-exported so that apps can build metrics
+/// without depending on it themselves.
+pub use prometheus_client;
