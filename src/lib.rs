@@ -85,6 +85,9 @@
 
 pub use cluster_core::*;
 pub use cluster_ipc as ipc;
+
+#[cfg(feature = "http")]
+pub mod http;
 /// The `#[cluster::main]` attribute and the markers of its functions.
 pub use cluster_macros::{before_fork, main, master, worker};
 

@@ -1,0 +1,740 @@
+//! `cluster::http::serve` drains without losing requests: real sockets on 127.0.0.1 and a
+//! hand-written HTTP/1.1 client, so that keep-alive and the moment each byte is sent are
+//! under the test's control.
+#![cfg(feature = "http")]
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use cluster::http::http_body_util::Full;
+use cluster::http::hyper::body::{Bytes, Incoming};
+use cluster::http::hyper::{Request, Response, StatusCode};
+use cluster::http::{
+    Accept, CancellationToken, DrainOptions, PeerAddr, Phase, Readiness, ServeStats, serve,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+
+/// Bound on any single wait that should be quick.
+const STEP: Duration = Duration::from_secs(5);
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match timeout(STEP, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw HTTP/1.1 client
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("close"))
+    }
+}
+
+#[derive(Debug)]
+struct Client<S> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl Client<TcpStream> {
+    async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        Ok(Client::new(TcpStream::connect(addr).await?))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    fn new(stream: S) -> Self {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, path: &str) -> io::Result<()> {
+        self.send_raw(&request(path)).await
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Reads more input; EOF is an error here, since a response is still expected.
+    async fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "EOF before a full response",
+            ));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    async fn read_response(&mut self) -> io::Result<Reply> {
+        let head_end = loop {
+            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line {status_line:?}")))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or_else(|| io::Error::other("the test server always sends content-length"))?;
+        let body_start = head_end + 4;
+        while self.buf.len() < body_start + length {
+            self.fill().await?;
+        }
+        let body = self.buf[body_start..body_start + length].to_vec();
+        self.buf.drain(..body_start + length);
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Expects a clean close: EOF with nothing more, not a reset.
+    async fn read_eof(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 1024];
+        match self.stream.read(&mut chunk).await? {
+            0 if self.buf.is_empty() => Ok(()),
+            0 => Err(io::Error::other("unread bytes before EOF")),
+            n => Err(io::Error::other(format!(
+                "{n} more bytes instead of EOF: {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ))),
+        }
+    }
+}
+
+fn request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------------------
+
+/// The app: `/` answers at once, `/slow` after 300 ms, `/work` after 2 ms, `/hang` after
+/// 10 s, `/readyz` 503 when not ready, `/peer` its peer's address. Each request's path is
+/// reported on `started` when it reaches the handler.
+type Answer =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
+fn app(
+    readiness: Readiness,
+    started: mpsc::UnboundedSender<String>,
+) -> impl Fn(Request<Incoming>) -> Answer + Send + Sync + 'static {
+    move |req: Request<Incoming>| {
+        let path = req.uri().path().to_string();
+        let _ = started.send(path.clone());
+        let ready = readiness.is_ready();
+        let peer = req
+            .extensions()
+            .get::<PeerAddr<SocketAddr>>()
+            .map(|p| p.0.to_string());
+        Box::pin(async move {
+            let (status, body) = match path.as_str() {
+                "/slow" => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    (StatusCode::OK, "slow".to_string())
+                }
+                "/work" => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    (StatusCode::OK, "work".to_string())
+                }
+                "/hang" => {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    (StatusCode::OK, "hang".to_string())
+                }
+                "/readyz" if !ready => (StatusCode::SERVICE_UNAVAILABLE, "draining".to_string()),
+                "/peer" => (StatusCode::OK, peer.unwrap_or_default()),
+                _ => (StatusCode::OK, "ok".to_string()),
+            };
+            Ok(Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap_or_default())
+        })
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    readiness: Readiness,
+    started: mpsc::UnboundedReceiver<String>,
+    handle: JoinHandle<io::Result<ServeStats>>,
+}
+
+impl Server {
+    async fn start(options: DrainOptions) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        Server::on(listener, addr, CancellationToken::new(), options)
+    }
+
+    fn on<A: Accept>(
+        listener: A,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+        options: DrainOptions,
+    ) -> Server {
+        let readiness = Readiness::new();
+        let (tx, started) = mpsc::unbounded_channel();
+        let handle = tokio::spawn(serve(
+            listener,
+            app(readiness.clone(), tx),
+            shutdown.clone(),
+            options.readiness(&readiness),
+        ));
+        Server {
+            addr,
+            shutdown,
+            readiness,
+            started,
+            handle,
+        }
+    }
+
+    async fn started(&mut self) -> String {
+        within("a request reaching the handler", self.started.recv())
+            .await
+            .expect("the handler is alive")
+    }
+
+    async fn stopped(self) -> ServeStats {
+        within("serve to return", self.handle)
+            .await
+            .expect("serve does not panic")
+            .expect("serve succeeds")
+    }
+}
+
+async fn ok_response<S: AsyncRead + AsyncWrite + Unpin>(client: &mut Client<S>) -> Reply {
+    let reply = within("a response", client.read_response())
+        .await
+        .expect("a full response");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn in_flight_request_finishes_after_shutdown() {
+    let mut server = Server::start(DrainOptions::new()).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client.send("/slow").await.unwrap();
+    assert_eq!(server.started().await, "/slow");
+    server.shutdown.cancel();
+
+    let reply = ok_response(&mut client).await;
+    assert_eq!(reply.body, b"slow");
+    assert!(
+        reply.closes(),
+        "the drain closes through the response: {reply:?}"
+    );
+    within("EOF", client.read_eof()).await.unwrap();
+
+    let stats = server.stopped().await;
+    assert_eq!(stats.requests, 1);
+    assert_eq!(stats.closed_after_response, 1);
+    assert_eq!(stats.closed_idle, 0);
+}
+
+#[tokio::test]
+async fn next_request_on_keep_alive_gets_connection_close() {
+    let server = Server::start(DrainOptions::new()).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client.send("/").await.unwrap();
+    let first = ok_response(&mut client).await;
+    assert!(!first.closes(), "keep-alive before shutdown: {first:?}");
+
+    server.shutdown.cancel();
+    within("draining", server.readiness.reached(Phase::Draining)).await;
+    client.send("/").await.unwrap();
+    let second = ok_response(&mut client).await;
+    assert!(second.closes(), "{second:?}");
+    within("EOF", client.read_eof()).await.unwrap();
+
+    let stats = server.stopped().await;
+    assert_eq!(stats.requests, 2);
+    assert_eq!(stats.closed_after_response, 1);
+    assert_eq!(stats.closed_idle, 0);
+}
+
+#[tokio::test]
+async fn idle_connection_closes_after_quiet_period() {
+    let quiet = Duration::from_millis(400);
+    let server = Server::start(DrainOptions::new().quiet_period(quiet)).await;
+    // One connection that served a request, one that never sent anything.
+    let mut used = Client::connect(server.addr).await.unwrap();
+    used.send("/").await.unwrap();
+    ok_response(&mut used).await;
+    let mut fresh = Client::connect(server.addr).await.unwrap();
+    // The fresh connection must be accepted before shutdown, or it is a queued one.
+    let mut probe = Client::connect(server.addr).await.unwrap();
+    probe.send("/").await.unwrap();
+    ok_response(&mut probe).await;
+    drop(probe);
+
+    let fired = Instant::now();
+    server.shutdown.cancel();
+    for client in [&mut used, &mut fresh] {
+        within("EOF after the quiet period", client.read_eof())
+            .await
+            .unwrap();
+        let waited = fired.elapsed();
+        assert!(
+            waited >= quiet / 2,
+            "closed after {waited:?}, before half of {quiet:?}"
+        );
+        assert!(
+            waited <= quiet + Duration::from_millis(1500),
+            "closed after {waited:?}, long past {quiet:?}"
+        );
+    }
+    drop((used, fresh));
+    let stats = server.stopped().await;
+    assert_eq!(stats.closed_idle, 2, "{stats:?}");
+}
+
+// Single-threaded so that no connection task runs between the client's writes and the
+// token firing: the early requests really sit unread in their sockets when draining starts.
+#[tokio::test]
+async fn request_sent_as_drain_starts_is_answered() {
+    let server = Server::start(DrainOptions::new()).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut client = Client::connect(server.addr).await.unwrap();
+        client.send("/").await.unwrap();
+        ok_response(&mut client).await;
+        clients.push(client);
+    }
+    // Half write just before the token fires (the request sits unread in the socket when
+    // draining starts), half just after.
+    let (before, after) = clients.split_at_mut(10);
+    for client in before.iter_mut() {
+        client.send("/").await.unwrap();
+    }
+    server.shutdown.cancel();
+    for client in after.iter_mut() {
+        client.send("/").await.unwrap();
+    }
+    for client in &mut clients {
+        let reply = ok_response(client).await;
+        assert!(reply.closes(), "{reply:?}");
+        within("EOF", client.read_eof()).await.unwrap();
+    }
+    drop(clients);
+    let stats = server.stopped().await;
+    assert_eq!(stats.requests, 40);
+    assert_eq!(stats.closed_after_response, 20);
+    assert_eq!(stats.closed_idle, 0);
+}
+
+#[tokio::test]
+async fn pipelined_requests_get_one_answer_then_a_clean_close() {
+    let mut server = Server::start(DrainOptions::new()).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client.send("/").await.unwrap();
+    ok_response(&mut client).await;
+    assert_eq!(server.started().await, "/");
+
+    server.shutdown.cancel();
+    within("draining", server.readiness.reached(Phase::Draining)).await;
+    // Two requests in one write: hyper reads both at once.
+    let mut two = request("/slow");
+    two.extend_from_slice(&request("/"));
+    client.send_raw(&two).await.unwrap();
+    // The first is answered and says the connection closes; the second was never
+    // processed (the client knows it may retry it), and the close is a FIN, not a reset.
+    let reply = ok_response(&mut client).await;
+    assert_eq!(reply.body, b"slow");
+    assert!(reply.closes(), "{reply:?}");
+    within("EOF", client.read_eof()).await.unwrap();
+    drop(client);
+
+    let stats = server.stopped().await;
+    assert_eq!(stats.requests, 2);
+}
+
+/// A request sent while the previous one is being handled stays unread in the socket when
+/// the server closes after its response; closing then would make the kernel reset the
+/// connection, and a reset can destroy the response before the client reads it.
+#[tokio::test]
+async fn request_behind_a_closing_response_gets_no_reset() {
+    let mut server = Server::start(DrainOptions::new()).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client.send("/slow").await.unwrap();
+    assert_eq!(server.started().await, "/slow");
+    server.shutdown.cancel();
+    client.send("/").await.unwrap();
+    // Not a synchronisation: the response and the close arrive meanwhile, and so would a
+    // reset, which is what this test looks for.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let reply = ok_response(&mut client).await;
+    assert_eq!(reply.body, b"slow");
+    assert!(reply.closes(), "{reply:?}");
+    within("EOF", client.read_eof()).await.unwrap();
+    drop(client);
+    let stats = server.stopped().await;
+    assert_eq!(stats.requests, 1);
+}
+
+/// A response that ends its connection before the request's body was read (an upload the
+/// handler refuses, say): the unread body must not make the close a reset, which could
+/// destroy the response before the client reads it (RFC 9112, section 9.6).
+#[tokio::test]
+async fn unread_request_body_gets_no_reset() {
+    let mut server = Server::start(DrainOptions::new()).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client.send("/").await.unwrap();
+    ok_response(&mut client).await;
+    assert_eq!(server.started().await, "/");
+    server.shutdown.cancel();
+    within("draining", server.readiness.reached(Phase::Draining)).await;
+
+    // The handler of `/` answers without reading the body; part of it is sent first, the
+    // rest once the response is out.
+    let body = vec![b'x'; 64 * 1024];
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+        2 * body.len()
+    );
+    client.send_raw(head.as_bytes()).await.unwrap();
+    client.send_raw(&body).await.unwrap();
+    assert_eq!(server.started().await, "/");
+    // Not a synchronisation: the response and the close arrive meanwhile, and so would a
+    // reset, which is what this test looks for.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = client.send_raw(&body).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = ok_response(&mut client).await;
+    assert!(reply.closes(), "{reply:?}");
+    within("EOF", client.read_eof()).await.unwrap();
+    drop(client);
+    server.stopped().await;
+}
+
+#[tokio::test]
+async fn connections_in_the_listen_queue_are_served() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Connected (the kernel completed the handshake) and request sent, but not accepted:
+    // the server starts with its token already fired.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let mut client = Client::connect(addr).await.unwrap();
+        client.send("/").await.unwrap();
+        clients.push(client);
+    }
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let server = Server::on(listener, addr, shutdown, DrainOptions::new());
+    for client in &mut clients {
+        let reply = ok_response(client).await;
+        assert!(reply.closes(), "{reply:?}");
+        within("EOF", client.read_eof()).await.unwrap();
+    }
+    drop(clients);
+    let stats = server.stopped().await;
+    assert_eq!(stats.queued, 8);
+    assert_eq!(stats.connections, 8);
+    assert_eq!(stats.requests, 8);
+    // Drained: nobody accepts any more.
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn unix_listener_queue_is_served() {
+    let dir = std::env::temp_dir().join(format!("cluster-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("drain.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let mut client = Client::new(tokio::net::UnixStream::connect(&path).await.unwrap());
+    client.send("/").await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let (tx, _started) = mpsc::unbounded_channel();
+    let readiness = Readiness::new();
+    let handle = tokio::spawn(serve(
+        listener,
+        app(readiness.clone(), tx),
+        shutdown,
+        DrainOptions::new(),
+    ));
+    let reply = ok_response(&mut client).await;
+    assert!(reply.closes());
+    within("EOF", client.read_eof()).await.unwrap();
+    drop(client);
+    let stats = within("serve", handle).await.unwrap().unwrap();
+    assert_eq!(stats.queued, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    closed_by_server: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Sends requests back to back over keep-alive connections until `stop`, reconnecting
+/// whenever a response says `Connection: close`. A failure is anything else that ends a
+/// request: a reset, EOF before a full response, a non-200, or no connection at all.
+async fn load_client(addr: SocketAddr, stop: impl Fn() -> bool, tally: Arc<Tally>, me: u64) {
+    let mut n = me;
+    'connections: while !stop() {
+        let mut client = match timeout(STEP, Client::connect(addr)).await {
+            Ok(Ok(client)) => client,
+            outcome => {
+                eprintln!("client {me}: connect failed: {outcome:?}");
+                tally.failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        while !stop() {
+            n += 1;
+            let path = if n % 4 == 0 { "/work" } else { "/" };
+            let exchange = async {
+                client.send(path).await?;
+                client.read_response().await
+            };
+            match timeout(STEP, exchange).await {
+                Ok(Ok(reply)) if reply.status == 200 => {
+                    tally.ok.fetch_add(1, Ordering::Relaxed);
+                    if reply.closes() {
+                        tally.closed_by_server.fetch_add(1, Ordering::Relaxed);
+                        continue 'connections;
+                    }
+                }
+                outcome => {
+                    eprintln!("client {me}: request failed: {outcome:?}");
+                    tally.failures.fetch_add(1, Ordering::Relaxed);
+                    continue 'connections;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_ok(tally: &Tally, at_least: u64) {
+    within("load to make progress", async {
+        while tally.ok.load(Ordering::Relaxed) < at_least {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// The scenario of the issue: a rolling reload under keep-alive load. An old and a new
+/// server take turns on one listening socket (as an old and a new worker do on the
+/// cluster's port); the old one is told to stop mid-run; not one request may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_reload_under_keep_alive_load_loses_nothing() {
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let addr = listener.local_addr().unwrap();
+    let old = Server::on(
+        Arc::clone(&listener),
+        addr,
+        CancellationToken::new(),
+        DrainOptions::new(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..16)
+        .map(|me| {
+            let stop = stop.clone();
+            let stop = move || stop.load(Ordering::Relaxed);
+            tokio::spawn(load_client(addr, stop, tally.clone(), me))
+        })
+        .collect();
+
+    // As in a reload: the replacement starts while the old one serves every connection,
+    // then the old one is told to stop.
+    wait_for_ok(&tally, 2000).await;
+    let new = Server::on(
+        listener,
+        addr,
+        CancellationToken::new(),
+        DrainOptions::new(),
+    );
+    within("the new server", new.readiness.reached(Phase::Serving)).await;
+    old.shutdown.cancel();
+    let old_stats = old.stopped().await;
+    let done = tally.ok.load(Ordering::Relaxed);
+    wait_for_ok(&tally, done + 2000).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        within("a load client to stop", client).await.unwrap();
+    }
+    new.shutdown.cancel();
+    let new_stats = new.stopped().await;
+
+    let failures = tally.failures.load(Ordering::Relaxed);
+    assert_eq!(
+        failures, 0,
+        "failed requests: {failures}; old {old_stats:?}, new {new_stats:?}"
+    );
+    assert!(new_stats.requests > 0, "{new_stats:?}");
+    assert!(
+        old_stats.closed_after_response > 0,
+        "the old server's keep-alive connections closed through responses: {old_stats:?}"
+    );
+    assert!(tally.closed_by_server.load(Ordering::Relaxed) >= old_stats.closed_after_response);
+}
+
+/// The same load against a lone server: every request sent on a connection the server
+/// accepted is answered, and the connections it held are closed through responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lone_server_under_load_answers_every_accepted_request() {
+    let server = Server::start(DrainOptions::new()).await;
+    let tally = Arc::new(Tally::default());
+    // Clients stop once the server is draining: after that a reconnect would find no
+    // server (with a cluster, another worker takes it; see the rolling reload test). They
+    // look at the phase itself, which turns to Draining before any response says
+    // `Connection: close`, so no client reconnects to a closed port.
+    let clients: Vec<_> = (0..16)
+        .map(|me| {
+            let readiness = server.readiness.clone();
+            let stop = move || readiness.phase() >= Phase::Draining;
+            tokio::spawn(load_client(server.addr, stop, tally.clone(), me))
+        })
+        .collect();
+    wait_for_ok(&tally, 2000).await;
+    server.shutdown.cancel();
+    for client in clients {
+        within("a load client to stop", client).await.unwrap();
+    }
+    let stats = server.stopped().await;
+    assert_eq!(tally.failures.load(Ordering::Relaxed), 0, "{stats:?}");
+    assert_eq!(
+        stats.requests,
+        tally.ok.load(Ordering::Relaxed),
+        "{stats:?}"
+    );
+    assert!(stats.closed_after_response > 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn shutdown_delay_keeps_serving_while_not_ready() {
+    let delay = Duration::from_millis(1500);
+    let server = Server::start(DrainOptions::new().shutdown_delay(delay)).await;
+    within("serving", server.readiness.reached(Phase::Serving)).await;
+    assert!(server.readiness.is_ready());
+    let mut old = Client::connect(server.addr).await.unwrap();
+    old.send("/readyz").await.unwrap();
+    ok_response(&mut old).await;
+
+    let fired = Instant::now();
+    server.shutdown.cancel();
+    within("the delay", server.readiness.reached(Phase::ShutdownDelay)).await;
+    assert!(!server.readiness.is_ready());
+
+    // A new connection is accepted and served normally, keep-alive included, while the
+    // readiness endpoint reports 503.
+    let mut new = Client::connect(server.addr).await.unwrap();
+    new.send("/readyz").await.unwrap();
+    let readyz = within("readyz", new.read_response()).await.unwrap();
+    assert_eq!(readyz.status, 503, "{readyz:?}");
+    assert!(!readyz.closes(), "{readyz:?}");
+    new.send("/").await.unwrap();
+    assert!(!ok_response(&mut new).await.closes());
+    old.send("/").await.unwrap();
+    assert!(!ok_response(&mut old).await.closes());
+    assert_eq!(server.readiness.phase(), Phase::ShutdownDelay);
+
+    within("draining", server.readiness.reached(Phase::Draining)).await;
+    let waited = fired.elapsed();
+    assert!(
+        waited >= delay,
+        "drained after {waited:?}, before the delay"
+    );
+    for client in [&mut old, &mut new] {
+        client.send("/").await.unwrap();
+        assert!(ok_response(client).await.closes());
+        within("EOF", client.read_eof()).await.unwrap();
+    }
+    drop((old, new));
+    let stats = server.stopped().await;
+    assert_eq!(stats.connections, 2);
+    assert_eq!(stats.closed_after_response, 2);
+}
+
+#[tokio::test]
+async fn max_drain_drops_what_is_left() {
+    let mut server = Server::start(DrainOptions::new().max_drain(Duration::from_millis(300))).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client.send("/hang").await.unwrap();
+    assert_eq!(server.started().await, "/hang");
+    let fired = Instant::now();
+    server.shutdown.cancel();
+    let stats = server.stopped().await;
+    assert!(fired.elapsed() < Duration::from_secs(3));
+    assert_eq!(stats.aborted, 1);
+    // The client sees the connection end without a response.
+    assert!(within("the end", client.read_response()).await.is_err());
+}
+
+#[tokio::test]
+async fn handler_sees_the_peer_address() {
+    let server = Server::start(DrainOptions::new()).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    let local = client.stream.local_addr().unwrap();
+    client.send("/peer").await.unwrap();
+    let reply = ok_response(&mut client).await;
+    assert_eq!(String::from_utf8_lossy(&reply.body), local.to_string());
+    drop(client);
+    server.shutdown.cancel();
+    server.stopped().await;
+}
