@@ -503,6 +503,29 @@ impl<D: Message, U: Message> Cluster<D, U> {
             }
         }
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let status_stop = tokio_util::sync::CancellationToken::new();
+        if let Some(addr) = self.options.get_status_addr() {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    eprintln!("cluster: cannot serve status on {addr}: {e}");
+                    return 1;
+                }
+            };
+            let source = Arc::new(crate::supervisor::CommandSource {
+                commands: commands_tx.clone(),
+            });
+            let options = crate::status_server::StatusOptions {
+                min_ready: self.options.get_min_ready(),
+                ..Default::default()
+            };
+            tokio::spawn(crate::status_server::serve_status(
+                listener,
+                source,
+                options,
+                status_stop.clone(),
+            ));
+        }
         let pending = Arc::new(Pending::default());
         let (events_tx, events_rx) = match self.master {
             Some(_) => {
@@ -552,6 +575,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
             }
         };
         let (code, error) = supervisor.run(signals, done_rx).await;
+        status_stop.cancel();
         if let Some(e) = error {
             eprintln!("cluster: {e}");
         }

@@ -53,7 +53,6 @@ const QUEUE_BATCHES: usize = 16;
 const READ_SIZE: usize = 16 * 1024;
 
 /// Where [`forward`] sends a worker's output.
-#[allow(dead_code)] // wired in by the supervisor
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stream {
     /// The master's standard output.
@@ -69,7 +68,6 @@ pub(crate) enum Stream {
 /// a master that awaits its forwarders before exiting loses no output. A read error ends the
 /// forwarding like EOF does (the worker is gone or its pipe broken; there is nothing more to
 /// copy).
-#[allow(dead_code)] // wired in by the supervisor
 pub(crate) async fn forward<R: AsyncRead + Unpin>(from: R, to: Stream, prefix: String) {
     match Writer::global(to) {
         Some(writer) => forward_to(from, writer, prefix).await,

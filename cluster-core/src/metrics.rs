@@ -83,7 +83,6 @@ impl WorkerMetrics {
 
     /// The registry as OpenMetrics text, ending in `# EOF`: what the worker answers the
     /// master's scrape with.
-    #[allow(dead_code)] // wired in by the supervisor
     pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         match encode(&mut text, &self.registry()) {
@@ -103,7 +102,6 @@ impl WorkerMetrics {
 ///
 /// The source should give one text per slot; a second text for a slot already seen is
 /// skipped, because its series would repeat the first one's label sets.
-#[allow(dead_code)] // wired in by the supervisor
 pub(crate) fn render(status: &ClusterStatus, workers: &[WorkerMetricsText]) -> String {
     let mut merger = Merger::default();
     merger.add(&cluster_metrics(status), None);

@@ -32,7 +32,6 @@ pub(crate) struct Usage {
 /// `None` if the process does not exist (any more), is a zombie (it has exited and only waits
 /// to be reaped: its memory is gone and its CPU time is final), or `/proc` cannot be read or
 /// parsed (not Linux, `/proc` not mounted, `hidepid`).
-#[allow(dead_code)] // wired in by the supervisor
 pub(crate) fn sample(pid: u32) -> Option<Usage> {
     let units = units()?;
     // /proc/<pid>/stat is at most ~1.2 KiB: 52 numeric fields of at most 20 digits plus a comm

@@ -29,7 +29,6 @@ use crate::status::ClusterStatus;
 
 /// Where the status server gets its data (the supervisor implements it over its command
 /// channel).
-#[allow(dead_code)] // wired in by the supervisor
 pub(crate) trait StatusSource: Send + Sync + 'static {
     /// The current snapshot; `None` once the master is stopping or gone.
     fn status(&self) -> impl Future<Output = Option<ClusterStatus>> + Send;
@@ -43,7 +42,6 @@ pub(crate) trait StatusSource: Send + Sync + 'static {
 }
 
 /// One worker's metrics as it encoded them (OpenMetrics text ending in `# EOF`).
-#[allow(dead_code)] // wired in by the supervisor
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerMetricsText {
     /// The worker's group, added as the `group` label of its samples.
@@ -98,7 +96,6 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// Serves the status routes on `listener` until `shutdown` fires, one task per connection.
 /// On shutdown it stops accepting, lets requests in flight finish (each is bounded), closes
 /// idle connections, and returns.
-#[allow(dead_code)] // wired in by the supervisor
 pub(crate) async fn serve_status<S: StatusSource>(
     listener: TcpListener,
     source: Arc<S>,

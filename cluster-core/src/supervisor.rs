@@ -242,6 +242,13 @@ pub(crate) struct Supervisor {
     /// Restarts by slot and reason, for status and metrics.
     restart_reasons: std::collections::BTreeMap<(Arc<str>, usize, &'static str), u64>,
     ipc_received: u64,
+    /// When to read every worker's memory and CPU next.
+    next_sample: Instant,
+    /// The slot being replaced for using too much memory (one at a time).
+    recycling: Option<(usize, usize)>,
+    /// Tasks copying workers' output: the master waits for them before it exits, so the
+    /// last lines of its workers are not lost.
+    forwarders: tokio::task::JoinSet<()>,
 }
 
 /// A shutdown signal repeated within this is not "a second signal".
@@ -325,6 +332,9 @@ impl Supervisor {
             started: Instant::now(),
             restart_reasons: std::collections::BTreeMap::new(),
             ipc_received: 0,
+            next_sample: Instant::now(),
+            recycling: None,
+            forwarders: tokio::task::JoinSet::new(),
         })
     }
 
@@ -374,6 +384,8 @@ impl Supervisor {
                 }
             }
         }
+        let forwarders = async { while self.forwarders.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(2), forwarders).await;
         match self.stopping.take() {
             Some(Stopping::RestartLimit(e)) => (EXIT_RESTART_LIMIT, Some(e)),
             Some(Stopping::MasterFailed) => (1, None),
@@ -397,6 +409,9 @@ impl Supervisor {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
+        if self.stopping.is_none() {
+            consider(Some(self.next_sample));
+        }
         for slot in self.groups.iter().flat_map(|g| &g.slots) {
             if self.stopping.is_none() {
                 consider(slot.restart_at);
@@ -857,6 +872,59 @@ impl Supervisor {
         });
     }
 
+    /// Reads every worker's memory and CPU, and replaces (the reload way) a worker that stayed
+    /// over `max_memory` for `memory_samples` samples in a row: one slot at a time, so a leak
+    /// shared by every worker does not recycle them all at once.
+    async fn sample(&mut self) {
+        let limit = self.options.get_max_memory();
+        let needed = self.options.get_memory_samples();
+        let mut over = None;
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            for (s, slot) in group.slots.iter_mut().enumerate() {
+                let replacing = slot.next.is_some();
+                for r in slot.all_mut() {
+                    let Some(usage) = r.pid.and_then(crate::resources::sample) else {
+                        continue;
+                    };
+                    r.usage = Some((usage.rss_bytes, usage.cpu_seconds));
+                    match limit {
+                        Some(limit) if usage.rss_bytes > limit && !r.stop_requested => {
+                            r.over_memory += 1
+                        }
+                        _ => r.over_memory = 0,
+                    }
+                }
+                let current = slot
+                    .running
+                    .as_ref()
+                    .filter(|r| !r.stop_requested && r.state == WorkerState::Ready);
+                if let (Some(r), true, false) = (current, over.is_none(), replacing) {
+                    if r.over_memory >= needed {
+                        over = Some((g, s, r.id.clone(), r.usage.map_or(0, |u| u.0)));
+                    }
+                }
+            }
+        }
+        let (Some(limit), Some((g, s, id, rss))) = (limit, over) else {
+            return;
+        };
+        if self.recycling.is_some() || self.reload.is_some() {
+            return;
+        }
+        notice!(
+            warn,
+            "worker {id} uses {} MiB, over max_memory ({} MiB) for {needed} samples: replacing it",
+            rss >> 20,
+            limit >> 20
+        );
+        *self
+            .restart_reasons
+            .entry((id.group.clone(), id.slot, "memory"))
+            .or_default() += 1;
+        self.recycling = Some((g, s));
+        self.spawn_into(g, s, true).await;
+    }
+
     /// Starts a rolling reload, or asks the one under way for one more pass.
     async fn start_reload(&mut self) {
         if self.stopping.is_some() {
@@ -943,6 +1011,9 @@ impl Supervisor {
             stop_worker(&mut self.listeners, &mut old, deadline).await;
             slot.draining.push(old);
         }
+        if self.recycling == Some((g, s)) {
+            self.recycling = None;
+        }
         if let Some(reload) = &mut self.reload {
             reload.active.retain(|&(ag, as_)| (ag, as_) != (g, s));
         }
@@ -951,6 +1022,13 @@ impl Supervisor {
 
     /// A replacement failed: stop the reload, keep the old workers, and say why.
     async fn reload_failed(&mut self, error: String) {
+        if self.reload.is_none() && self.recycling.take().is_some() {
+            notice!(
+                error,
+                "memory replacement failed, the old worker keeps serving: {error}"
+            );
+            return;
+        }
         let Some(reload) = self.reload.take() else {
             return;
         };
@@ -1021,6 +1099,12 @@ impl Supervisor {
             }
         }
         self.killed_after_grace |= killed_late;
+        // Reap finished forwarders so they do not pile up across restarts.
+        while self.forwarders.try_join_next().is_some() {}
+        if !stopping && self.next_sample <= now {
+            self.next_sample = now + self.options.get_sample_interval();
+            self.sample().await;
+        }
         for (g, s) in due {
             self.spawn(g, s).await;
         }
@@ -1270,13 +1354,76 @@ impl Supervisor {
         child_end.pass_to(cmd.as_std_mut(), ENV_IPC_FD);
         sys::kill_with_parent(&mut cmd, self.pid);
         sys::ignore_terminal_signals(&mut cmd);
-        let child = self
+        let prefix_logs = self.options.get_worker_prefix_logs();
+        if prefix_logs {
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+        }
+        let mut child = self
             .spawner
             .spawn(cmd)
             .await
             .map_err(|e| Error::io(format!("cannot start {}", self.exe.display()), e))?;
         drop(child_end);
+        if prefix_logs {
+            // Each line of the worker reaches the master's matching stream whole, prefixed
+            // with who wrote it.
+            let prefix = format!(
+                "[{}/{} pid {}] ",
+                id.group,
+                id.slot,
+                child.id().unwrap_or(0)
+            );
+            if let Some(out) = child.stdout.take() {
+                self.forwarders.spawn(crate::logs::forward(
+                    out,
+                    crate::logs::Stream::Stdout,
+                    prefix.clone(),
+                ));
+            }
+            if let Some(err) = child.stderr.take() {
+                self.forwarders.spawn(crate::logs::forward(
+                    err,
+                    crate::logs::Stream::Stderr,
+                    prefix,
+                ));
+            }
+        }
         Ok((child, ours))
+    }
+}
+
+/// The status server's view of the cluster, asked of the supervisor over its command queue.
+pub(crate) struct CommandSource {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+}
+
+impl crate::status_server::StatusSource for CommandSource {
+    async fn status(&self) -> Option<ClusterStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Status { reply }).ok()?;
+        rx.await.ok()
+    }
+
+    async fn worker_metrics(
+        &self,
+        timeout: Duration,
+    ) -> Vec<crate::status_server::WorkerMetricsText> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::WorkerMetrics { timeout, reply })
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await
+            .unwrap_or_default()
+            .into_iter()
+            .map(
+                |(group, slot, text)| crate::status_server::WorkerMetricsText { group, slot, text },
+            )
+            .collect()
     }
 }
 

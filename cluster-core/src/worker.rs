@@ -69,12 +69,9 @@ struct WorkerShared {
     closes: mpsc::UnboundedSender<u32>,
     /// Open connections of all this worker's listeners.
     live: Arc<AtomicUsize>,
-    /// Renders the worker's metrics for the master's scrape.
-    metrics: std::sync::Mutex<Option<MetricsHook>>,
+    /// The worker's metrics registry, created on first use, encoded for the master's scrape.
+    metrics: std::sync::Mutex<Option<crate::metrics::WorkerMetrics>>,
 }
-
-/// Renders a worker's metrics as OpenMetrics text.
-pub(crate) type MetricsHook = Arc<dyn Fn() -> String + Send + Sync>;
 
 impl WorkerShared {
     async fn send_ready(&self) -> Result<()> {
@@ -160,6 +157,26 @@ where
     /// worker to stop and every message sent before has been received.
     pub async fn recv(&self) -> Option<Incoming<D, U>> {
         self.incoming.lock().await.recv().await
+    }
+
+    /// This worker's metrics registry: register counters, gauges and histograms in it; the
+    /// master collects them when `/metrics` is scraped and adds `group` and `slot` labels.
+    ///
+    /// ```no_run
+    /// # fn demo(ctx: cluster_core::WorkerContext) {
+    /// use cluster_core::prometheus_client::metrics::counter::Counter;
+    /// let requests = Counter::<u64>::default();
+    /// ctx.metrics().register("requests", "Requests served", requests.clone());
+    /// requests.inc();
+    /// # }
+    /// ```
+    pub fn metrics(&self) -> crate::metrics::WorkerMetrics {
+        self.shared
+            .metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(crate::metrics::WorkerMetrics::new)
+            .clone()
     }
 
     /// Tells the master this worker is ready now.
@@ -364,12 +381,12 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
             },
             ToWorker::Response { id, payload } => pending.complete(id, payload),
             ToWorker::MetricsRequest { id } => {
-                let hook = shared
+                let metrics = shared
                     .metrics
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
-                let text = hook.map_or_else(|| "# EOF\n".to_string(), |render| render());
+                let text = metrics.map_or_else(|| "# EOF\n".to_string(), |m| m.encode());
                 let _ = reply.send(&ToMaster::Metrics { id, text }).await;
             }
             ToWorker::Listening { id, result } => {
