@@ -2,17 +2,33 @@
 //!
 //! ```sh
 //! cargo run --release --example http
-//! curl http://127.0.0.1:8000/      # Hello from worker 0 (pid 1234)
+//! curl http://127.0.0.1:8000/                # Hello from worker 0 (pid 1234)
+//! curl http://127.0.0.1:8001/status          # the cluster, as JSON
+//! curl http://127.0.0.1:8001/metrics         # OpenMetrics, every worker's metrics merged
+//! kill -USR2 <master pid>                    # rolling reload, zero failed requests
 //! ```
 //!
-//! Environment: `HOST` (default 127.0.0.1), `PORT` (8000), `WORKERS` (one per CPU), `POLICY`
-//! (`shared`, `round-robin`, `least-connections`, `sticky`, `reuseport`; default `shared`).
+//! Environment:
+//! - `HOST` (default 127.0.0.1), `PORT` (8000);
+//! - `WORKERS` (default one per CPU);
+//! - `POLICY`: `shared` (default), `round-robin`, `least-connections`, `sticky`, `reuseport`;
+//! - `STATUS_PORT` (8001; `off` to disable): the master's `/status`, `/metrics`, `/healthz`,
+//!   `/readyz`;
+//! - `SHUTDOWN_DELAY_MS` (0): on shutdown or reload, keep serving this long while the worker's
+//!   `/readyz` says not ready, for load balancers to notice;
+//! - `MAX_MEMORY_MB` (512): a worker above it for 3 seconds is replaced without dropping a request.
+//!
 //! SIGINT or SIGTERM shut it down gracefully; SIGUSR2 or SIGHUP reload it worker by worker.
+//! Requests in flight finish, and keep-alive connections get their next response with
+//! `Connection: close` before they are closed (see `cluster::http`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use cluster::http::{DrainOptions, Readiness};
+use cluster::prometheus_client::metrics::counter::Counter;
 use cluster::{Balance, Cluster, Count, Signal, WorkerContext};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -33,54 +49,51 @@ fn policy(name: &str) -> Option<Balance> {
     })
 }
 
-async fn hello(req: Request<Incoming>, slot: usize) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, body) = match req.uri().path() {
-        "/" => (
-            StatusCode::OK,
-            format!("Hello from worker {slot} (pid {})", std::process::id()),
-        ),
-        _ => (StatusCode::NOT_FOUND, "not found".to_string()),
-    };
-    Ok(Response::builder()
-        .status(status)
-        .header("content-type", "text/plain")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default())
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    response
 }
 
-async fn worker(ctx: WorkerContext, addr: SocketAddr) -> Result<(), cluster::Error> {
+async fn worker(
+    ctx: WorkerContext,
+    addr: SocketAddr,
+    delay: Duration,
+) -> Result<(), cluster::Error> {
     let listener = ctx.listen(addr).await?;
     let slot = ctx.slot();
-    let shutdown = ctx.shutdown_token();
-    let connections = tokio_util::task::TaskTracker::new();
-    loop {
-        let (conn, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    eprintln!("worker {slot}: accept failed: {e}");
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| hello(req, slot));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(conn), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    connections.close();
-    connections.wait().await;
+    let requests = Counter::<u64>::default();
+    ctx.metrics()
+        .register("http_requests", "HTTP requests served", requests.clone());
+    let readiness = Readiness::new();
+    let ready = readiness.clone();
+    let handler = move |req: Request<Incoming>| {
+        let requests = requests.clone();
+        let ready = ready.clone();
+        async move {
+            requests.inc();
+            let response = match req.uri().path() {
+                "/" => text(
+                    StatusCode::OK,
+                    format!("Hello from worker {slot} (pid {})", std::process::id()),
+                ),
+                "/readyz" if ready.is_ready() => text(StatusCode::OK, "ready".into()),
+                "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining".into()),
+                _ => text(StatusCode::NOT_FOUND, "not found".into()),
+            };
+            Ok::<_, Infallible>(response)
+        }
+    };
+    let options = DrainOptions::new()
+        .shutdown_delay(delay)
+        .readiness(&readiness);
+    cluster::http::serve(listener, handler, ctx.shutdown_token(), options)
+        .await
+        .map_err(|e| cluster::Error::Worker(format!("serving HTTP: {e}")))?;
     Ok(())
 }
 
@@ -108,19 +121,43 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let status_addr = match env_or("STATUS_PORT", "8001").as_str() {
+        "off" => None,
+        port => match format!("{host}:{port}").parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                eprintln!("http: bad STATUS_PORT {port}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let number = |name: &str, default: u64| env_or(name, &default.to_string()).parse::<u64>();
+    let (Ok(delay_ms), Ok(max_memory_mb)) =
+        (number("SHUTDOWN_DELAY_MS", 0), number("MAX_MEMORY_MB", 512))
+    else {
+        eprintln!("http: SHUTDOWN_DELAY_MS and MAX_MEMORY_MB must be whole numbers");
+        return ExitCode::from(2);
+    };
+    let delay = Duration::from_millis(delay_ms);
     let options = cluster::Options::new()
         .count(count)
         .balance(balance)
         .signals([Signal::SIGINT, Signal::SIGTERM])
-        .reload_signals([Signal::SIGUSR2, Signal::SIGHUP]);
+        .reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
+        // Draining may take the shutdown delay, then a few seconds for slow requests.
+        .grace(delay + Duration::from_secs(10))
+        .status_addr(status_addr)
+        .heartbeat_timeout(Some(Duration::from_secs(10)))
+        .max_memory(Some(max_memory_mb << 20));
     Cluster::<(), ()>::new()
         .options(options)
         .master(move |_ctx| async move {
+            let status = status_addr.map_or("off".to_string(), |a| format!("http://{a}/status"));
             println!(
-                "http: listening on http://{addr} ({balance:?}), master pid {}",
+                "http: listening on http://{addr} ({balance:?}), status {status}, master pid {}",
                 std::process::id()
             );
         })
-        .worker(move |ctx| worker(ctx, addr))
+        .worker(move |ctx| worker(ctx, addr, delay))
         .run()
 }

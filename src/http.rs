@@ -259,6 +259,21 @@ impl Accept for tokio::net::UnixListener {
     }
 }
 
+/// A worker's cluster listener ([`cluster_core::WorkerContext::listen`]): connections from
+/// the cluster's shared socket, or handed over by the master, depending on the balance policy.
+impl Accept for cluster_core::Listener {
+    type Io = cluster_core::Connection;
+    type Addr = SocketAddr;
+
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send {
+        cluster_core::Listener::accept(self)
+    }
+
+    fn try_accept_queued(&self) -> Option<io::Result<(Self::Io, Self::Addr)>> {
+        self.try_accept()
+    }
+}
+
 impl<A: Accept> Accept for Arc<A> {
     type Io = A::Io;
     type Addr = A::Addr;

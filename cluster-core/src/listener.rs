@@ -549,13 +549,22 @@ impl Listener {
     pub fn try_accept(&self) -> Option<io::Result<(Connection, SocketAddr)>> {
         match &self.source {
             Source::Socket(socket) => {
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                match socket.poll_accept(&mut cx) {
-                    Poll::Ready(Ok((stream, peer))) => {
-                        Some(Ok((self.connection(stream, None), peer)))
-                    }
-                    Poll::Ready(Err(e)) => Some(Err(e)),
-                    Poll::Pending => None,
+                // Straight to the kernel with a non-blocking accept: tokio's cached readiness
+                // can lag behind connections that are already queued.
+                let accepted = socket2::SockRef::from(socket)
+                    .accept()
+                    .and_then(|(sock, peer)| {
+                        let stream = std::net::TcpStream::from(sock);
+                        stream.set_nonblocking(true)?;
+                        let peer = peer
+                            .as_socket()
+                            .ok_or_else(|| io::Error::other("not an IP peer"))?;
+                        Ok((TcpStream::from_std(stream)?, peer))
+                    });
+                match accepted {
+                    Ok((stream, peer)) => Some(Ok((self.connection(stream, None), peer))),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                    Err(e) => Some(Err(e)),
                 }
             }
             Source::Handed { queue, closes } => {

@@ -769,6 +769,7 @@ impl Supervisor {
             // Asked to stop while its request was in flight: it gets no connections.
             self.listeners.remove(&id);
         }
+        crate::protocol::SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let msg = ToWorker::Listening {
             id: request,
             result,
