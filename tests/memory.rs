@@ -128,6 +128,8 @@ fn a_leaking_worker_is_replaced_without_failed_requests_or_counting_as_a_restart
     let json = ops::status(status);
     assert_eq!(ops::restarts_for(&json, 0, "memory"), 1, "{json}");
     assert_eq!(ops::restarts_for(&json, 0, "crash"), 0, "{json}");
+    // `restarts_total` counts restarts after unexpected exits, like each slot's `restarts`.
+    assert_eq!(json["master"]["restarts_total"], 0, "{json}");
     let slot0 = ops::slot_status(&json, 0).expect("slot 0");
     assert_eq!(slot0["generation"], 2, "{json}");
     assert_eq!(slot0["pid"], spawned.pid(), "{json}");

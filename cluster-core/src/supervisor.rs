@@ -820,7 +820,14 @@ impl Supervisor {
             master: MasterStatus {
                 pid: std::process::id(),
                 uptime_ms: millis(now.saturating_duration_since(self.started)),
-                restarts_total: restarts.iter().map(|r| r.count).sum(),
+                // Restarts after unexpected exits, like each slot's `restarts`: a memory
+                // replacement is listed by reason but is not one (nor counts toward
+                // `max_restarts`).
+                restarts_total: restarts
+                    .iter()
+                    .filter(|r| r.reason != "memory")
+                    .map(|r| r.count)
+                    .sum(),
                 reloads_total: self.reloads_total,
             },
             workers,
