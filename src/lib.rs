@@ -101,3 +101,8 @@ pub mod __private {
 }
 
 pub use async_trait::async_trait;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -93,7 +93,15 @@ fn run_until_printed_then_interrupt(name: &str, expected: &[&str]) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                missing.retain(|m| *m != line);
+                // Worker lines reach the master's stdout prefixed with `[group/slot pid N] `.
+                let text = match line
+                    .strip_prefix('[')
+                    .and_then(|rest| rest.split_once("] "))
+                {
+                    Some((who, text)) if who.contains(" pid ") => text,
+                    _ => line.as_str(),
+                };
+                missing.retain(|m| *m != text);
                 seen.push(line);
             }
             Err(_) => panic!(
