@@ -257,6 +257,17 @@ impl<D: Message, U: Message> Cluster<D, U> {
         self
     }
 
+    /// Adjusts the options with any of [`Options`]' setters, for those without a shortcut
+    /// here.
+    ///
+    /// ```no_run
+    /// # use cluster_core::{Balance, Cluster};
+    /// let cluster = Cluster::<(), ()>::new().configure(|o| o.balance(Balance::RoundRobin).min_ready(2));
+    /// ```
+    pub fn configure(self, f: impl FnOnce(Options) -> Options) -> Self {
+        self.with_options(f)
+    }
+
     fn with_options(mut self, f: impl FnOnce(Options) -> Options) -> Self {
         self.options = f(self.options);
         self
