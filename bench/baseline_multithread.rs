@@ -79,7 +79,7 @@ async fn main() -> std::io::Result<()> {
                 continue;
             }
         };
-                tokio::spawn(async move {
+        tokio::spawn(async move {
             let service = service_fn(move |req| hello(req, SLOT));
             // Keep-alive is hyper's default; said here because the benchmark relies on it.
             let _ = http1::Builder::new()

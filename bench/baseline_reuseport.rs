@@ -117,7 +117,7 @@ fn child(slot: &str) -> std::io::Result<()> {
                     continue;
                 }
             };
-                            tokio::spawn(async move {
+            tokio::spawn(async move {
                 let service = service_fn(move |req| hello(req, slot));
                 // Keep-alive is hyper's default; said here because the benchmark relies on it.
                 let _ = http1::Builder::new()

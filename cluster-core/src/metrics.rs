@@ -195,7 +195,7 @@ fn cluster_metrics(status: &ClusterStatus) -> String {
     }
     registry.register(
         "cluster_worker_restarts",
-        "Worker restarts after unexpected exits, by slot and reason",
+        "Worker restarts by slot and reason: crash, hung and failed_start after unexpected exits; memory for replacements over max_memory",
         restarts,
     );
 
