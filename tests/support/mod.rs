@@ -16,6 +16,8 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 
+pub mod http;
+
 /// The bound on waits for things that must happen: generous, for a loaded 2-core machine
 /// running the tests in parallel. A broken build fails at this bound instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -121,8 +123,17 @@ impl Fixture {
 
     /// As [`Fixture::start`], letting `adjust` change the command before it starts.
     pub fn start_with(env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Fixture {
+        Self::start_program(std::path::Path::new(FIXTURE), env, adjust)
+    }
+
+    /// As [`Fixture::start_with`], running `program` (a copy of the fixture, say) instead.
+    pub fn start_program(
+        program: &std::path::Path,
+        env: &[(&str, &str)],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Fixture {
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(FIXTURE);
+        let mut cmd = Command::new(program);
         for (key, _) in std::env::vars_os() {
             let k = key.to_string_lossy();
             if k.starts_with("CLUSTER_") || k.starts_with("FIXTURE_") {
@@ -438,4 +449,61 @@ impl Drop for TempPath {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A hash of a file's bytes, the same one the fixture reports for its executable
+/// (`FIXTURE_EXE_HASH=1`).
+pub fn file_hash(path: &std::path::Path) -> String {
+    use std::hash::Hasher;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(&bytes);
+    format!("{:016x}", hasher.finish())
+}
+
+/// A directory in the temporary directory, unique to this test, removed with its contents on
+/// drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let path = TempPath::new(name).0.clone();
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies `from` into `dir` as `name`, executable, and returns its path.
+pub fn copy_executable(from: &std::path::Path, dir: &std::path::Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(from, &to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    to
+}
+
+/// Deploys a new build of the program at `path` the way a deploy tool should: the new bytes
+/// (here the old ones with `extra` appended, which an ELF loader ignores) go to a temporary
+/// file in the same directory, which is then renamed over the old path in one step. Running
+/// processes keep their old inode; the next exec of `path` runs the new file. Returns the new
+/// file's hash.
+pub fn deploy_modified_copy(path: &std::path::Path, extra: &[u8]) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    bytes.extend_from_slice(extra);
+    let tmp = path.with_extension("new");
+    {
+        let mut file = std::fs::File::create(&tmp).expect("create the new build");
+        file.write_all(&bytes).expect("write the new build");
+        file.sync_all().expect("sync the new build");
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .expect("make the new build executable");
+    std::fs::rename(&tmp, path).expect("rename the new build over the old one");
+    file_hash(path)
 }

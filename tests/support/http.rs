@@ -1,0 +1,690 @@
+//! HTTP-level helpers for the process tests: run examples/http (or a copy of it) as a real
+//! cluster on a free loopback port, and a raw HTTP/1.1 client over std's `TcpStream` that can
+//! drive keep-alive loops and connection-per-request loops while counting every success and
+//! every failure precisely.
+//!
+//! A failure is: a connect error, a reset, a timeout, EOF before a complete response, or a
+//! status other than 200. A response carrying `Connection: close` followed by EOF is not one:
+//! the client reconnects, as any HTTP/1.1 client does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use super::WAIT;
+
+/// Bound on one connect, read or write: far above any healthy answer on a loaded machine, so
+/// that only a lost request reaches it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// Programs
+// ---------------------------------------------------------------------------------------
+
+/// `target/<profile>/examples/<name>`, next to this test's `target/<profile>/deps/`; built
+/// here when `cargo test` was filtered and did not build the examples.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join("examples").join(name);
+    if !path.exists() {
+        let target_dir = profile_dir.parent().expect("target/<profile>");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build --example");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    path
+}
+
+/// A loopback port nobody listens on right now (the kernel's pick for port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// The parent pid of `pid`, from /proc.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let i = stat.rfind(')')?;
+    stat[i + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// The examples/http cluster
+// ---------------------------------------------------------------------------------------
+
+/// A running examples/http cluster. Its master leads its own process group, which its workers
+/// share; dropping this kills the whole group.
+pub struct HttpCluster {
+    child: Child,
+    pid: i32,
+    addr: SocketAddr,
+    workers: usize,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl HttpCluster {
+    /// Starts `program` (examples/http or a copy of it) with `WORKERS=workers` and
+    /// `POLICY=policy` on a free loopback port, and waits until every slot answers. A port
+    /// taken meanwhile by someone else is retried with another one.
+    pub fn start(program: &Path, workers: usize, policy: &str) -> HttpCluster {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut cluster = Self::spawn(program, workers, policy, free_port());
+            match cluster.wait_up() {
+                Ok(()) => return cluster,
+                Err(why) => last = format!("{why}\n{}", cluster.dump()),
+            }
+        }
+        panic!("examples/http did not start on any of 5 ports: {last}");
+    }
+
+    fn spawn(program: &Path, workers: usize, policy: &str, port: u16) -> HttpCluster {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(program);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CLUSTER_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("WORKERS", workers.to_string())
+            .env("POLICY", policy)
+            .env("STATUS_PORT", "off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let pid = i32::try_from(child.id()).expect("a pid");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        drain(child.stdout.take().expect("stdout"), stdout.clone());
+        drain(child.stderr.take().expect("stderr"), stderr.clone());
+        HttpCluster {
+            child,
+            pid,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            workers,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits until every slot has answered, or for a sign that the port was taken.
+    fn wait_up(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = BTreeMap::new();
+        while Instant::now() < deadline {
+            if self.stderr().contains("in use") {
+                return Err(format!("{} is in use", self.addr));
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("the master exited: {status}"));
+            }
+            for resp in burst(self.addr, 2 * self.workers).into_iter().flatten() {
+                let Some((slot, pid)) = resp.worker() else {
+                    continue;
+                };
+                // Someone else's server on a recycled port would not be our master's child.
+                if parent_of(pid) != Some(self.pid as u32) {
+                    return Err(format!("{} answers from a foreign pid {pid}", self.addr));
+                }
+                seen.insert(slot, pid);
+            }
+            if seen.len() == self.workers {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "not every slot answered within {WAIT:?} (seen {seen:?})"
+        ))
+    }
+
+    /// The address the cluster serves.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The master's pid (also its process group's id).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Everything the cluster wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The output so far, for failure messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout.lock().unwrap(),
+            self.stderr()
+        )
+    }
+
+    /// Sends `sig` to the master only.
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid), sig).expect("signal the master");
+    }
+
+    /// How many rolling reloads the master reported finished.
+    pub fn reloads_finished(&self) -> usize {
+        self.stderr().matches("rolling reload finished").count()
+    }
+
+    /// Asks for a rolling reload with SIGUSR2 and waits (up to [`WAIT`]) until the master
+    /// reports it finished; fails at once if it reports the reload aborted.
+    pub fn reload(&self) {
+        let before = self.reloads_finished();
+        self.signal(Signal::SIGUSR2);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let stderr = self.stderr();
+            assert!(
+                !stderr.contains("rolling reload aborted"),
+                "a rolling reload aborted\n{}",
+                self.dump()
+            );
+            if stderr.matches("rolling reload finished").count() > before {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rolling reload did not finish within {WAIT:?}\n{}",
+                self.dump()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until every slot has answered fresh connections from workers that are not in
+    /// `old`, and returns slot -> pid.
+    pub fn serving_slots_except(&self, old: &BTreeSet<u32>) -> BTreeMap<usize, u32> {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = BTreeMap::new();
+        loop {
+            for resp in burst(self.addr, 2 * self.workers).into_iter().flatten() {
+                if let Some((slot, pid)) = resp.worker() {
+                    if !old.contains(&pid) {
+                        seen.insert(slot, pid);
+                    }
+                }
+            }
+            if seen.len() == self.workers {
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every slot answered from a new worker within {WAIT:?} (seen {seen:?})\n{}",
+                self.dump()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every slot has answered, and returns slot -> pid.
+    pub fn serving_slots(&self) -> BTreeMap<usize, u32> {
+        self.serving_slots_except(&BTreeSet::new())
+    }
+}
+
+impl Drop for HttpCluster {
+    fn drop(&mut self) {
+        // The master is not reaped before this point, so the group id is still ours.
+        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => into
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    });
+}
+
+/// Sends `n` requests on `n` fresh connections at once (so that idle workers compete for
+/// them), then reads the answers. The connections come from varied loopback addresses
+/// (127.0.0.1 to 127.0.0.64), so that `Sticky` spreads them too.
+pub fn burst(addr: SocketAddr, n: usize) -> Vec<Result<Response, String>> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut conns: Vec<Result<Conn, String>> = (0..n)
+        .map(|_| {
+            let last = 1 + (NEXT.fetch_add(1, Ordering::Relaxed) % 64) as u8;
+            let from = IpAddr::from([127, 0, 0, last]);
+            let mut conn = Conn::connect_from(from, addr)?;
+            conn.send_get(true)?;
+            Ok(conn)
+        })
+        .collect();
+    conns
+        .iter_mut()
+        .map(|c| match c {
+            Ok(conn) => conn.read_response(),
+            Err(e) => Err(e.clone()),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// The client
+// ---------------------------------------------------------------------------------------
+
+/// One HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// The server said `Connection: close`.
+    pub close: bool,
+    pub body: String,
+}
+
+impl Response {
+    /// The slot and pid in examples/http's `Hello from worker <slot> (pid <pid>)`.
+    pub fn worker(&self) -> Option<(usize, u32)> {
+        let rest = self.body.strip_prefix("Hello from worker ")?;
+        let (slot, rest) = rest.split_once(" (pid ")?;
+        let pid = rest.strip_suffix(')')?;
+        Some((slot.parse().ok()?, pid.parse().ok()?))
+    }
+}
+
+fn describe(what: &str, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!("{what}: timeout"),
+        io::ErrorKind::ConnectionReset => format!("{what}: reset"),
+        io::ErrorKind::UnexpectedEof => format!("{what}: EOF before a complete response"),
+        _ => format!("{what}: {e}"),
+    }
+}
+
+/// A client connection.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    /// Connects to `addr`.
+    pub fn connect(addr: SocketAddr) -> Result<Conn, String> {
+        let stream =
+            TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| describe("connect", &e))?;
+        Self::from_stream(stream)
+    }
+
+    /// Connects to `addr` from the local address `from` (say 127.0.0.2).
+    pub fn connect_from(from: IpAddr, addr: SocketAddr) -> Result<Conn, String> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .map_err(|e| describe("socket", &e))?;
+        socket
+            .bind(&SocketAddr::new(from, 0).into())
+            .map_err(|e| describe("bind", &e))?;
+        socket
+            .connect_timeout(&addr.into(), IO_TIMEOUT)
+            .map_err(|e| describe("connect", &e))?;
+        Self::from_stream(socket.into())
+    }
+
+    fn from_stream(stream: TcpStream) -> Result<Conn, String> {
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+            .and_then(|()| stream.set_nodelay(true))
+            .map_err(|e| describe("configure", &e))?;
+        Ok(Conn {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// The underlying stream.
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    /// Sends `GET /`, asking to close the connection after the answer when `close`.
+    pub fn send_get(&mut self, close: bool) -> Result<(), String> {
+        let request: &[u8] = if close {
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        } else {
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        };
+        self.reader
+            .get_mut()
+            .write_all(request)
+            .map_err(|e| describe("send", &e))
+    }
+
+    /// Reads one complete response.
+    pub fn read_response(&mut self) -> Result<Response, String> {
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| describe("read the status line", &e))?;
+        if n == 0 {
+            return Err("EOF before a complete response (nothing received)".into());
+        }
+        let status: u16 = line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("not an HTTP/1.1 status line: {line:?}"))?;
+        let mut length = None;
+        let mut chunked = false;
+        let mut close = false;
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| describe("read the headers", &e))?;
+            if n == 0 {
+                return Err("EOF before a complete response (in the headers)".into());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                return Err(format!("a malformed header: {header:?}"));
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(
+                    value
+                        .parse::<usize>()
+                        .map_err(|_| format!("a bad content-length: {value:?}"))?,
+                );
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.to_ascii_lowercase().contains("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                close = value.to_ascii_lowercase().contains("close");
+            }
+        }
+        let body = if chunked {
+            self.read_chunked()?
+        } else if let Some(length) = length {
+            let mut body = vec![0; length];
+            self.reader
+                .read_exact(&mut body)
+                .map_err(|e| describe("read the body", &e))?;
+            body
+        } else if close {
+            let mut body = Vec::new();
+            self.reader
+                .read_to_end(&mut body)
+                .map_err(|e| describe("read the body", &e))?;
+            body
+        } else {
+            Vec::new()
+        };
+        Ok(Response {
+            status,
+            close,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    fn read_chunked(&mut self) -> Result<Vec<u8>, String> {
+        let mut body = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| describe("read a chunk size", &e))?
+                == 0
+            {
+                return Err("EOF before a complete response (in a chunk size)".into());
+            }
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| format!("a bad chunk size: {line:?}"))?;
+            if size == 0 {
+                // Trailers, then the blank line.
+                loop {
+                    line.clear();
+                    let n = self
+                        .reader
+                        .read_line(&mut line)
+                        .map_err(|e| describe("read the trailers", &e))?;
+                    if n == 0 || line.trim_end().is_empty() {
+                        return Ok(body);
+                    }
+                }
+            }
+            let start = body.len();
+            body.resize(start + size + 2, 0);
+            self.reader
+                .read_exact(&mut body[start..])
+                .map_err(|e| describe("read a chunk", &e))?;
+            body.truncate(start + size);
+        }
+    }
+
+    /// Sends `GET /` and reads the answer.
+    pub fn get(&mut self, close: bool) -> Result<Response, String> {
+        self.send_get(close)?;
+        self.read_response()
+    }
+}
+
+/// `GET /` on a fresh connection that closes after the answer.
+pub fn get_once(addr: SocketAddr) -> Result<Response, String> {
+    Conn::connect(addr)?.get(true)
+}
+
+/// As [`get_once`], from the local address `from`.
+pub fn get_once_from(from: IpAddr, addr: SocketAddr) -> Result<Response, String> {
+    Conn::connect_from(from, addr)?.get(true)
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------------------
+
+/// One failed request.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Which client loop.
+    pub lane: usize,
+    /// What went wrong.
+    pub what: String,
+    /// The worker that answered the last request on this connection (`None` on a fresh one).
+    pub last_pid: Option<u32>,
+    pub at: Instant,
+}
+
+/// What the client loops saw, updated live.
+#[derive(Debug, Default)]
+pub struct Tally {
+    ok: AtomicU64,
+    failures: Mutex<Vec<Failure>>,
+    /// pid -> (slot, when it last answered).
+    pids: Mutex<BTreeMap<u32, (usize, Instant)>>,
+}
+
+impl Tally {
+    /// Successful requests so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    /// Failed requests so far.
+    pub fn failures(&self) -> Vec<Failure> {
+        self.failures.lock().unwrap().clone()
+    }
+
+    /// Every worker that answered so far: pid -> (slot, when it last answered).
+    pub fn pids(&self) -> BTreeMap<u32, (usize, Instant)> {
+        self.pids.lock().unwrap().clone()
+    }
+
+    fn success(&self, resp: &Response) -> Option<u32> {
+        self.ok.fetch_add(1, Ordering::SeqCst);
+        let (slot, pid) = resp.worker()?;
+        self.pids
+            .lock()
+            .unwrap()
+            .insert(pid, (slot, Instant::now()));
+        Some(pid)
+    }
+
+    fn fail(&self, lane: usize, what: String, last_pid: Option<u32>) {
+        self.failures.lock().unwrap().push(Failure {
+            lane,
+            what,
+            last_pid,
+            at: Instant::now(),
+        });
+    }
+}
+
+/// Client loops running against a server until stopped: `keep_alive` loops that each reuse
+/// one connection for as long as the server keeps it open, and `fresh` loops that open a new
+/// connection for every request.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, keep_alive: usize, fresh: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let mut threads = Vec::new();
+        for lane in 0..keep_alive + fresh {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            let reuse = lane < keep_alive;
+            threads.push(std::thread::spawn(move || {
+                lane_loop(addr, lane, reuse, &stop, &tally)
+            }));
+        }
+        Load {
+            stop,
+            tally,
+            threads,
+        }
+    }
+
+    /// The live counts.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// Waits (up to [`WAIT`]) until `more` requests have succeeded from now on.
+    pub fn wait_more_ok(&self, more: u64) {
+        let target = self.tally.ok() + more;
+        let deadline = Instant::now() + WAIT;
+        while self.tally.ok() < target {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {target} requests succeeded within {WAIT:?}; failures: {:#?}",
+                self.tally.ok(),
+                self.tally.failures()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the loops, waits for their last requests, and returns what they saw.
+    pub fn stop(mut self) -> Arc<Tally> {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            thread.join().expect("a client loop panicked");
+        }
+        self.tally.clone()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // On a failing test: the loops end on their own within their I/O timeouts.
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn lane_loop(addr: SocketAddr, lane: usize, reuse: bool, stop: &AtomicBool, tally: &Tally) {
+    let mut conn: Option<Conn> = None;
+    let mut last_pid = None;
+    while !stop.load(Ordering::SeqCst) {
+        if conn.is_none() {
+            match Conn::connect(addr) {
+                Ok(c) => {
+                    conn = Some(c);
+                    last_pid = None;
+                }
+                Err(e) => {
+                    tally.fail(lane, e, None);
+                    // Not a spin on a dead port: one failed connect per millisecond at most.
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match c.get(!reuse) {
+            Ok(resp) if resp.status == 200 => {
+                last_pid = tally.success(&resp);
+                if resp.close || !reuse {
+                    conn = None;
+                }
+            }
+            Ok(resp) => {
+                tally.fail(lane, format!("status {}", resp.status), last_pid);
+                conn = None;
+            }
+            Err(e) => {
+                tally.fail(lane, e, last_pid);
+                conn = None;
+            }
+        }
+        if reuse {
+            // Pacing, not synchronisation: keeps 16 loops from starving the cluster of CPU
+            // on a 2-core machine, while far below any idle timeout of the server.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
