@@ -8,6 +8,10 @@
 //! Measured for an 80-byte message (a struct that bincode encodes to 80 bytes; the raw side
 //! writes those same 80 bytes after a `u32` LE length, with no serialization):
 //!
+//! Two message shapes, both encoding to 80 bytes and fully decoded by the peer: `Msg` (integers
+//! and a 42-byte `String`; the main table and RTT) and `Counters` (integers only, no heap field;
+//! a one-way run per round). The peer's shape is chosen by `CLUSTER_IPC_BENCH_SHAPE`.
+//!
 //! - one-way throughput: the parent sends N messages then a sync message; the peer counts the
 //!   messages and answers the sync with its count. Time runs from the first send to that ack.
 //! - round-trip latency: ping-pong with one message in flight; median and p99.
@@ -23,6 +27,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use cluster_ipc::{Bincode, Channel, Codec, Config, bootstrap};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -30,6 +35,8 @@ use tokio::net::UnixStream;
 const ROLE_VAR: &str = "CLUSTER_IPC_BENCH_ROLE";
 const ROLE_OURS: &str = "ours";
 const ROLE_RAW: &str = "raw";
+/// Which message shape an `ours` peer decodes ([`BenchMsg::SHAPE`]).
+const SHAPE_VAR: &str = "CLUSTER_IPC_BENCH_SHAPE";
 
 /// Messages per timed one-way run.
 const THROUGHPUT_N: u64 = 1_000_000;
@@ -71,10 +78,45 @@ struct Msg {
     name: String,
 }
 
+/// The second, integer-only 80-byte message: a worker's counters (no heap field). `seq`,
+/// `ts_ns`, `requests`, `bytes_in`, `bytes_out`, `errors` and `latency_ns` stay at or above 2^32
+/// (9 bytes each), `worker` and `conns` between 2^16 and 2^32 (5 bytes), `status` below 251
+/// (1 byte), `kind` and `healthy` 1 byte each, `load` 4 bytes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Counters {
+    seq: u64,
+    ts_ns: u64,
+    worker: u32,
+    kind: u8,
+    load: f32,
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    errors: u64,
+    latency_ns: u64,
+    conns: u32,
+    status: u16,
+    healthy: bool,
+}
+
 const SEQ_BASE: u64 = 1 << 32;
 const PAYLOAD_LEN: usize = 80;
 
-impl Msg {
+/// What the bench needs of a message shape.
+trait BenchMsg:
+    Serialize + DeserializeOwned + Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static
+{
+    /// How the shape is named in the output and in [`SHAPE_VAR`].
+    const SHAPE: &'static str;
+    fn new(kind: u8, seq: u64) -> Self;
+    fn kind(&self) -> u8;
+    fn set_seq(&mut self, seq: u64);
+    fn count(&self) -> u64;
+}
+
+impl BenchMsg for Msg {
+    const SHAPE: &'static str = "string";
+
     fn new(kind: u8, seq: u64) -> Msg {
         Msg {
             seq: SEQ_BASE + seq,
@@ -87,21 +129,63 @@ impl Msg {
         }
     }
 
+    fn kind(&self) -> u8 {
+        self.kind
+    }
+
+    fn set_seq(&mut self, seq: u64) {
+        self.seq = SEQ_BASE + seq;
+    }
+
     fn count(&self) -> u64 {
         self.seq - SEQ_BASE
     }
 }
 
-fn encode_msg(msg: &Msg) -> Vec<u8> {
+impl BenchMsg for Counters {
+    const SHAPE: &'static str = "ints";
+
+    fn new(kind: u8, seq: u64) -> Counters {
+        Counters {
+            seq: SEQ_BASE + seq,
+            ts_ns: SEQ_BASE + 123_456_789,
+            worker: 70_000,
+            kind,
+            load: 0.75,
+            requests: SEQ_BASE + 987_654_321,
+            bytes_in: SEQ_BASE + 55_555_555,
+            bytes_out: SEQ_BASE + 77_777_777,
+            errors: SEQ_BASE + 3,
+            latency_ns: SEQ_BASE + 250_000,
+            conns: 65_537,
+            status: 200,
+            healthy: true,
+        }
+    }
+
+    fn kind(&self) -> u8 {
+        self.kind
+    }
+
+    fn set_seq(&mut self, seq: u64) {
+        self.seq = SEQ_BASE + seq;
+    }
+
+    fn count(&self) -> u64 {
+        self.seq - SEQ_BASE
+    }
+}
+
+fn encode_msg<M: BenchMsg>(msg: &M) -> Vec<u8> {
     let mut out = Vec::new();
     Bincode.encode(msg, &mut out).expect("encode");
     out
 }
 
 /// Where `kind` sits in the encoded payload, found by diffing two encodings.
-fn kind_offset() -> usize {
-    let a = encode_msg(&Msg::new(KIND_DATA, 0));
-    let b = encode_msg(&Msg::new(KIND_SYNC, 0));
+fn kind_offset<M: BenchMsg>() -> usize {
+    let a = encode_msg(&M::new(KIND_DATA, 0));
+    let b = encode_msg(&M::new(KIND_SYNC, 0));
     assert_eq!(a.len(), PAYLOAD_LEN, "the message must encode to 80 bytes");
     let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
     assert_eq!(diff.len(), 1);
@@ -147,24 +231,27 @@ fn peer_main(role: &str) {
         .expect("no socket passed");
     let rt = runtime();
     match role {
-        ROLE_OURS => rt.block_on(peer_ours(stream)),
+        ROLE_OURS => match std::env::var(SHAPE_VAR).as_deref() {
+            Ok(Counters::SHAPE) => rt.block_on(peer_ours::<Counters>(stream)),
+            _ => rt.block_on(peer_ours::<Msg>(stream)),
+        },
         ROLE_RAW => rt.block_on(peer_raw(stream)),
         other => panic!("unknown role {other:?}"),
     }
 }
 
-async fn peer_ours(stream: StdUnixStream) {
-    let channel = Channel::<Msg, Msg>::from_std(stream, Config::default())
+async fn peer_ours<M: BenchMsg>(stream: StdUnixStream) {
+    let channel = Channel::<M, M>::from_std(stream, Config::default())
         .await
         .expect("peer handshake");
     let (tx, mut rx) = channel.split();
     let mut count = 0u64;
     // Ends when the parent closes its side (or dies).
     while let Ok(Some(msg)) = rx.recv().await {
-        match msg.kind {
+        match msg.kind() {
             KIND_DATA => count += 1,
             KIND_SYNC => {
-                tx.send(&Msg::new(KIND_ACK, count)).await.expect("ack");
+                tx.send(&M::new(KIND_ACK, count)).await.expect("ack");
                 count = 0;
             }
             KIND_PING => tx.send(&msg).await.expect("pong"),
@@ -174,7 +261,7 @@ async fn peer_ours(stream: StdUnixStream) {
 }
 
 async fn peer_raw(stream: StdUnixStream) {
-    let kind_at = kind_offset();
+    let kind_at = kind_offset::<Msg>();
     let mut s = UnixStream::from_std(stream).expect("tokio stream");
     let mut buf = vec![0u8; 256 << 10];
     let (mut start, mut end) = (0usize, 0usize);
@@ -230,10 +317,10 @@ impl Drop for PeerGuard {
     }
 }
 
-fn spawn_peer(role: &str) -> (StdUnixStream, PeerGuard) {
+fn spawn_peer(role: &str, shape: &str) -> (StdUnixStream, PeerGuard) {
     let (ours, child_end) = bootstrap::socketpair().expect("socketpair");
     let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.env(ROLE_VAR, role);
+    cmd.env(ROLE_VAR, role).env(SHAPE_VAR, shape);
     child_end.pass_to(&mut cmd, bootstrap::ENV_VAR);
     let child = cmd.spawn().expect("spawn peer");
     drop(child_end);
@@ -260,19 +347,19 @@ fn rtt_stats(mut samples: Vec<Duration>) -> Rtt {
     }
 }
 
-/// Our channel to a peer process.
-struct OursPeer {
-    tx: cluster_ipc::Sender<Msg>,
-    rx: cluster_ipc::Receiver<Msg>,
+/// Our channel to a peer process, carrying messages of shape `M`.
+struct OursPeer<M> {
+    tx: cluster_ipc::Sender<M>,
+    rx: cluster_ipc::Receiver<M>,
     _guard: PeerGuard,
 }
 
-impl OursPeer {
-    async fn start() -> OursPeer {
-        let (stream, guard) = spawn_peer(ROLE_OURS);
+impl<M: BenchMsg> OursPeer<M> {
+    async fn start() -> OursPeer<M> {
+        let (stream, guard) = spawn_peer(ROLE_OURS, M::SHAPE);
         let channel = within(
             "ours handshake",
-            Channel::<Msg, Msg>::from_std(stream, Config::default()),
+            Channel::<M, M>::from_std(stream, Config::default()),
         )
         .await
         .expect("handshake");
@@ -287,13 +374,13 @@ impl OursPeer {
     /// N data messages, then a sync the peer acks with its count; from first send to the ack.
     async fn one_way(&mut self, n: u64) -> Duration {
         let started = Instant::now();
-        let mut msg = Msg::new(KIND_DATA, 0);
+        let mut msg = M::new(KIND_DATA, 0);
         for i in 0..n {
-            msg.seq = SEQ_BASE + i;
+            msg.set_seq(i);
             self.tx.send(&msg).await.expect("send");
         }
         self.tx
-            .send(&Msg::new(KIND_SYNC, 0))
+            .send(&M::new(KIND_SYNC, 0))
             .await
             .expect("send sync");
         let ack = self
@@ -303,15 +390,15 @@ impl OursPeer {
             .expect("recv ack")
             .expect("peer closed");
         let elapsed = started.elapsed();
-        assert_eq!((ack.kind, ack.count()), (KIND_ACK, n));
+        assert_eq!((ack.kind(), ack.count()), (KIND_ACK, n));
         elapsed
     }
 
     /// `count` ping-pongs, one in flight, each timed.
     async fn ping_pong(&mut self, count: usize, samples: &mut Vec<Duration>) {
-        let mut ping = Msg::new(KIND_PING, 0);
+        let mut ping = M::new(KIND_PING, 0);
         for i in 0..count {
-            ping.seq = SEQ_BASE + i as u64;
+            ping.set_seq(i as u64);
             let t = Instant::now();
             self.tx.send(&ping).await.expect("send ping");
             let pong = self.rx.recv().await.expect("recv pong").expect("closed");
@@ -334,7 +421,7 @@ struct RawPeer {
 
 impl RawPeer {
     fn start() -> RawPeer {
-        let (stream, guard) = spawn_peer(ROLE_RAW);
+        let (stream, guard) = spawn_peer(ROLE_RAW, "");
         stream.set_nonblocking(true).expect("nonblocking");
         let data = raw_frame(&encode_msg(&Msg::new(KIND_DATA, 0)));
         let chunk = data.repeat(RAW_CHUNK / data.len());
@@ -392,21 +479,37 @@ struct RoundResult {
     rtt: Rtt,
 }
 
+/// One round's figures: ours with each message shape, and raw.
+struct Round {
+    ours: RoundResult,
+    ints_msgs_per_s: f64,
+    raw: RoundResult,
+}
+
 /// One round: fresh peers for both; one-way for each (order alternating by round), then
 /// ping-pong in interleaved blocks so both see the same machine conditions.
-async fn round(ours_first: bool) -> (RoundResult, RoundResult) {
-    let mut ours = OursPeer::start().await;
+async fn round(ours_first: bool) -> Round {
+    let mut ours = OursPeer::<Msg>::start().await;
+    let mut ints = OursPeer::<Counters>::start().await;
     let mut raw = RawPeer::start();
 
     within("ours one-way warm-up", ours.one_way(THROUGHPUT_WARMUP)).await;
+    within("ints one-way warm-up", ints.one_way(THROUGHPUT_WARMUP)).await;
     within("raw one-way warm-up", raw.one_way(THROUGHPUT_WARMUP)).await;
-    let (o_tp, r_tp) = if ours_first {
+    let (o_tp, i_tp, r_tp) = if ours_first {
         let o = within("ours one-way", ours.one_way(THROUGHPUT_N)).await;
-        (o, within("raw one-way", raw.one_way(THROUGHPUT_N)).await)
+        let i = within("ints one-way", ints.one_way(THROUGHPUT_N)).await;
+        (o, i, within("raw one-way", raw.one_way(THROUGHPUT_N)).await)
     } else {
         let r = within("raw one-way", raw.one_way(THROUGHPUT_N)).await;
-        (within("ours one-way", ours.one_way(THROUGHPUT_N)).await, r)
+        let i = within("ints one-way", ints.one_way(THROUGHPUT_N)).await;
+        (
+            within("ours one-way", ours.one_way(THROUGHPUT_N)).await,
+            i,
+            r,
+        )
     };
+    drop(ints);
 
     let mut o_samples = Vec::with_capacity(RTT_N);
     let mut r_samples = Vec::with_capacity(RTT_N);
@@ -431,20 +534,21 @@ async fn round(ours_first: bool) -> (RoundResult, RoundResult) {
             within("ours ping-pong", ours.ping_pong(n, &mut o_samples)).await;
         }
     }
-    (
-        RoundResult {
+    Round {
+        ours: RoundResult {
             msgs_per_s: THROUGHPUT_N as f64 / o_tp.as_secs_f64(),
             rtt: rtt_stats(o_samples),
         },
-        RoundResult {
+        ints_msgs_per_s: THROUGHPUT_N as f64 / i_tp.as_secs_f64(),
+        raw: RoundResult {
             msgs_per_s: THROUGHPUT_N as f64 / r_tp.as_secs_f64(),
             rtt: rtt_stats(r_samples),
         },
-    )
+    }
 }
 
 async fn ours_oneway_only() -> f64 {
-    let mut ours = OursPeer::start().await;
+    let mut ours = OursPeer::<Msg>::start().await;
     let n = 5 * THROUGHPUT_N;
     let elapsed = within("ours one-way", ours.one_way(n)).await;
     n as f64 / elapsed.as_secs_f64()
@@ -452,23 +556,23 @@ async fn ours_oneway_only() -> f64 {
 
 /// In-process cost of the codec alone (bincode encode and decode of one message), in ns: the
 /// floor under our per-message cost on each side, which the raw baseline does not pay.
-fn codec_cost_ns() -> (f64, f64) {
+fn codec_cost_ns<M: BenchMsg>() -> (f64, f64) {
     const N: u64 = 1_000_000;
-    let mut msg = Msg::new(KIND_DATA, 0);
+    let mut msg = M::new(KIND_DATA, 0);
     let mut buf = Vec::with_capacity(1 << 20);
     let started = Instant::now();
     for i in 0..N {
         if buf.len() > 1 << 19 {
             buf.clear();
         }
-        msg.seq = SEQ_BASE + i;
+        msg.set_seq(i);
         Bincode.encode(&msg, &mut buf).expect("encode");
     }
     let encode = started.elapsed().as_nanos() as f64 / N as f64;
     let one = encode_msg(&msg);
     let started = Instant::now();
     for _ in 0..N {
-        let back: Msg = Bincode.decode(std::hint::black_box(&one)).expect("decode");
+        let back: M = Bincode.decode(std::hint::black_box(&one)).expect("decode");
         std::hint::black_box(back);
     }
     let decode = started.elapsed().as_nanos() as f64 / N as f64;
@@ -503,13 +607,22 @@ fn verdict(ok: bool) -> &'static str {
 
 fn parent_main() {
     start_watchdog("parent");
-    let kind_at = kind_offset();
+    let kind_at = kind_offset::<Msg>();
+    let ints_kind_at = kind_offset::<Counters>();
     let started = Instant::now();
     println!(
         "cluster-ipc bench: 2 processes over a socketpair, tokio current_thread runtime in each; \
          80-byte payload (bincode; ours: 85-byte frames = 4 len + 1 kind + 80; raw: 84-byte frames \
          of the same 80 bytes, kind byte peeked at offset {kind_at}); \
          one-way N={THROUGHPUT_N}, RTT n={RTT_N}; {ROUNDS} rounds ABBA"
+    );
+    println!(
+        "message shapes: \"string\" = {{u64 seq, u64 ts_ns, u32 worker, u8 kind, f32 load, u64 \
+         requests, String name (42 bytes)}} (one heap allocation + UTF-8 check per decode; used \
+         for the main table and RTT); \"ints\" = {{u64 seq, u64 ts_ns, u32 worker, u8 kind, f32 \
+         load, 5 x u64 counters, u32 conns, u16 status, bool healthy}} (no heap field; kind at \
+         offset {ints_kind_at}); both encode to 80 bytes and are fully decoded by the peer; raw \
+         sends the \"string\" encoding's bytes"
     );
     let rt = runtime();
     let mut ours = Vec::new();
@@ -520,17 +633,25 @@ fn parent_main() {
         println!("ours one-way {} msgs/s", thousands(o));
         return;
     }
+    let mut ints = Vec::new();
     for round_no in 0..ROUNDS {
-        let (o, r) = rt.block_on(round(round_no % 2 == 0));
+        let Round {
+            ours: o,
+            ints_msgs_per_s: i,
+            raw: r,
+        } = rt.block_on(round(round_no % 2 == 0));
         println!(
-            "  round {}: one-way ours {:>11} raw {:>11} msgs/s | RTT median ours {:>6.2} raw {:>6.2} us",
+            "  round {}: one-way ours {:>11} (ints {:>11}) raw {:>11} msgs/s | RTT median ours \
+             {:>6.2} raw {:>6.2} us",
             round_no + 1,
             thousands(o.msgs_per_s),
+            thousands(i),
             thousands(r.msgs_per_s),
             o.rtt.median_us,
             r.rtt.median_us
         );
         ours.push(o);
+        ints.push((i, r.msgs_per_s));
         raw.push(r);
     }
 
@@ -549,6 +670,13 @@ fn parent_main() {
         thousands(o_tp),
         thousands(r_tp),
         o_tp / r_tp
+    );
+    let i_tp = median(ints.iter().map(|&(i, _)| i).collect());
+    println!(
+        "one-way, ints shape    {:>11}  {:>11}   {:>6.2}x",
+        thousands(i_tp),
+        thousands(r_tp),
+        i_tp / r_tp
     );
     println!(
         "RTT median (us)        {:>11.2}  {:>11.2}   {:>6.2}x",
@@ -570,6 +698,10 @@ fn parent_main() {
         paired(|r| r.msgs_per_s),
         paired(|r| r.rtt.median_us)
     );
+    println!(
+        "median of per-round ours/raw, ints shape: one-way {:.2}x",
+        median(ints.iter().map(|&(i, r)| i / r).collect())
+    );
     println!();
     println!(
         "target one-way >= 1,000,000 msgs/s   {}  ({})",
@@ -577,20 +709,26 @@ fn parent_main() {
         thousands(o_tp)
     );
     println!(
-        "target one-way >= 0.5x raw           {}  ({:.2}x)",
+        "target one-way >= 0.5x raw           {}  ({:.2}x; ints shape {} ({:.2}x))",
         verdict(o_tp >= 0.5 * r_tp),
-        o_tp / r_tp
+        o_tp / r_tp,
+        verdict(i_tp >= 0.5 * r_tp),
+        i_tp / r_tp
     );
     println!(
         "target RTT median <= 1.3x raw        {}  ({:.2}x)",
         verdict(o_rtt <= 1.3 * r_rtt),
         o_rtt / r_rtt
     );
-    let (enc, dec) = codec_cost_ns();
-    println!(
-        "codec alone, in-process: encode {enc:.0} ns + decode {dec:.0} ns per message \
-         (decode alone caps one receiver at ~{} msgs/s)",
-        thousands(1e9 / dec)
-    );
+    for (shape, (enc, dec)) in [
+        (Msg::SHAPE, codec_cost_ns::<Msg>()),
+        (Counters::SHAPE, codec_cost_ns::<Counters>()),
+    ] {
+        println!(
+            "codec alone, in-process, {shape}: encode {enc:.0} ns + decode {dec:.0} ns per \
+             message (decode alone caps one receiver at ~{} msgs/s)",
+            thousands(1e9 / dec)
+        );
+    }
     println!("total {:.1} s", started.elapsed().as_secs_f64());
 }
