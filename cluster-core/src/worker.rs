@@ -53,7 +53,13 @@ pub struct WorkerContext<D = (), U = ()> {
     _up: PhantomData<fn(U)>,
 }
 
-type ListenReply = (Result<ListenerInfo, String>, Vec<OwnedFd>);
+/// The master's answer to a listen, with the queue of a master-accept listener, registered
+/// by the reader of the master's messages before it reads the next one.
+type ListenReply = (
+    Result<ListenerInfo, String>,
+    Vec<OwnedFd>,
+    Option<mpsc::UnboundedReceiver<Handed>>,
+);
 
 /// Worker state shared by the context, the reader of the master's messages and listeners.
 struct WorkerShared {
@@ -219,7 +225,7 @@ where
         let result = self
             .ask_listen(ListenAddr::Unix(path.to_path_buf()), Some(Balance::Shared))
             .await;
-        let result = result.and_then(|(_, mut fds)| {
+        let result = result.and_then(|(_, mut fds, _)| {
             let fd = fds
                 .pop()
                 .ok_or_else(|| Error::Worker("the master sent no socket".into()))?;
@@ -243,7 +249,11 @@ where
         &self,
         addr: ListenAddr,
         balance: Option<Balance>,
-    ) -> Result<(ListenerInfo, Vec<OwnedFd>)> {
+    ) -> Result<(
+        ListenerInfo,
+        Vec<OwnedFd>,
+        Option<mpsc::UnboundedReceiver<Handed>>,
+    )> {
         let id = self.shared.next_listen.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared
@@ -254,8 +264,8 @@ where
         self.sender
             .send(&ToMaster::Listen { id, addr, balance })
             .await?;
-        let (result, fds) = rx.await.map_err(|_| Error::Disconnected("master"))?;
-        Ok((result.map_err(Error::Listen)?, fds))
+        let (result, fds, queue) = rx.await.map_err(|_| Error::Disconnected("master"))?;
+        Ok((result.map_err(Error::Listen)?, fds, queue))
     }
 
     async fn listen_inner(&self, addr: ListenAddr, balance: Option<Balance>) -> Result<Listener> {
@@ -266,9 +276,10 @@ where
     }
 
     async fn listen_tcp(&self, addr: ListenAddr, balance: Option<Balance>) -> Result<Listener> {
-        // The master's id is registered before the answer is read, so no handed connection
-        // can arrive for an unknown listener: it sends them after the answer, in order.
-        let (info, mut fds) = self.ask_listen(addr.clone(), balance).await?;
+        // The master sends handed connections right after its answer, in order; the reader
+        // of its messages registers the listener's queue on reading the answer, so none
+        // arrives for an unknown listener (this task may run only after they have arrived).
+        let (info, mut fds, queue) = self.ask_listen(addr.clone(), balance).await?;
         let io = |what: &'static str| move |e| Error::io(what, e);
         match info.balance {
             Balance::Shared => {
@@ -308,7 +319,7 @@ where
                 ))
             }
             _ => {
-                let queue = self.shared.listeners.register(info.listener);
+                let queue = queue.unwrap_or_else(|| self.shared.listeners.register(info.listener));
                 Ok(Listener::handed(
                     info.listener,
                     info.local,
@@ -396,7 +407,17 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&id);
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send((result, fds));
+                    // Connections for this listener may be the very next messages: its queue
+                    // must exist before they are read, not when the listening task next runs.
+                    let queue = match &result {
+                        Ok(info)
+                            if !matches!(info.balance, Balance::Shared | Balance::ReusePort) =>
+                        {
+                            Some(shared.listeners.register(info.listener))
+                        }
+                        _ => None,
+                    };
+                    let _ = waiter.send((result, fds, queue));
                 }
             }
             ToWorker::Connection {
