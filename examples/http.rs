@@ -16,7 +16,10 @@
 //!   `/readyz`;
 //! - `SHUTDOWN_DELAY_MS` (0): on shutdown or reload, keep serving this long while the worker's
 //!   `/readyz` says not ready, for load balancers to notice;
-//! - `MAX_MEMORY_MB` (512): a worker above it for 3 seconds is replaced without dropping a request.
+//! - `MAX_MEMORY_MB` (512): a worker above it for 3 seconds is replaced without dropping a request;
+//! - `RUNTIME`: the workers' tokio runtime, `current_thread` (default: with one worker per CPU,
+//!   one thread each is the prefork model and wastes nothing on thread hand-offs) or
+//!   `multi_thread`.
 //!
 //! SIGINT or SIGTERM shut it down gracefully; SIGUSR2 or SIGHUP reload it worker by worker.
 //! Requests in flight finish, and keep-alive connections get their next response with
@@ -29,7 +32,7 @@ use std::time::Duration;
 
 use cluster::http::{DrainOptions, Readiness};
 use cluster::prometheus_client::metrics::counter::Counter;
-use cluster::{Balance, Cluster, Count, Signal, WorkerContext};
+use cluster::{Balance, Cluster, Count, Runtime, Signal, WorkerContext};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -139,6 +142,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let delay = Duration::from_millis(delay_ms);
+    let runtime = match env_or("RUNTIME", "current_thread").as_str() {
+        "current_thread" => Runtime::CurrentThread,
+        "multi_thread" => Runtime::MultiThread,
+        other => {
+            eprintln!("http: RUNTIME must be current_thread or multi_thread, not {other}");
+            return ExitCode::from(2);
+        }
+    };
     let options = cluster::Options::new()
         .count(count)
         .balance(balance)
@@ -151,6 +162,7 @@ fn main() -> ExitCode {
         .max_memory(Some(max_memory_mb << 20));
     Cluster::<(), ()>::new()
         .options(options)
+        .worker_runtime(runtime)
         .master(move |_ctx| async move {
             let status = status_addr.map_or("off".to_string(), |a| format!("http://{a}/status"));
             println!(
