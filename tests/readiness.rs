@@ -10,6 +10,19 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use support::{Exit, Fixture, WAIT, id, pid_alive};
 
+/// Waits (up to [`WAIT`]) for `text` on the cluster's stderr.
+fn wait_stderr(fx: &Fixture, text: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !fx.stderr().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} on stderr within {WAIT:?}\n{}",
+            fx.dump()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_worker_never_ready_is_killed_after_ready_timeout_as_a_failed_start() {
     let started = Instant::now();
@@ -36,11 +49,8 @@ fn a_worker_never_ready_is_killed_after_ready_timeout_as_a_failed_start() {
         "{}",
         fx.dump()
     );
-    assert!(
-        fx.stderr().contains("did not become ready in time"),
-        "no notice says why the worker was killed\n{}",
-        fx.dump()
-    );
+    // stderr is read by a thread of its own, maybe behind stdout.
+    wait_stderr(&fx, "did not become ready in time");
     // It is restarted, and the kill is counted as a failed start.
     fx.wait_line("SPAWNED", &[("id", &id("worker", 0, 2))]);
     fx.command("status");
@@ -71,12 +81,7 @@ fn failed_reload_keeps_the_old_workers(env: &[(&str, &str)], cause: &str) {
         "an unclear error: {error:?}\n{}",
         fx.dump()
     );
-    assert!(
-        fx.stderr()
-            .contains("rolling reload aborted, the old workers keep serving"),
-        "{}",
-        fx.dump()
-    );
+    wait_stderr(&fx, "rolling reload aborted, the old workers keep serving");
 
     // The old workers are the same processes and still answer.
     for (slot, n) in [(0, 10), (1, 11)] {
