@@ -1,6 +1,8 @@
 //! The arguments of `#[cluster::main(...)]`: parsed, then checked one by one, so that every
 //! mistake is reported on the token that caused it.
 
+use std::net::SocketAddr;
+
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
@@ -15,6 +17,18 @@ const OPTIONS: &[&str] = &[
     "grace",
     "signals",
     "runtime",
+    "balance",
+    "reload_signals",
+    "reload_parallelism",
+    "ready_timeout",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "max_memory",
+    "memory_samples",
+    "sample_interval",
+    "status_addr",
+    "min_ready",
+    "worker_prefix_logs",
     "worker",
     "master",
     "crate",
@@ -107,6 +121,29 @@ pub(crate) enum Runtime {
     CurrentThread,
 }
 
+/// How connections are spread over the workers: the variants of `cluster::Balance`.
+#[derive(Clone, Copy)]
+pub(crate) enum Balance {
+    Shared,
+    RoundRobin,
+    LeastConnections,
+    Sticky,
+    ReusePort,
+}
+
+impl Balance {
+    /// The variant's name in `cluster::Balance`.
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            Balance::Shared => "Shared",
+            Balance::RoundRobin => "RoundRobin",
+            Balance::LeastConnections => "LeastConnections",
+            Balance::Sticky => "Sticky",
+            Balance::ReusePort => "ReusePort",
+        }
+    }
+}
+
 /// A value together with the span of what the user wrote, for rustc's errors on the
 /// generated call.
 pub(crate) struct Spanned<T> {
@@ -125,6 +162,24 @@ pub(crate) struct Args {
     pub(crate) grace: Option<Spanned<u64>>,
     pub(crate) signals: Option<Spanned<Vec<Ident>>>,
     pub(crate) runtime: Option<Spanned<Runtime>>,
+    pub(crate) balance: Option<Spanned<Balance>>,
+    pub(crate) reload_signals: Option<Spanned<Vec<Ident>>>,
+    pub(crate) reload_parallelism: Option<Spanned<usize>>,
+    /// Milliseconds, more than zero.
+    pub(crate) ready_timeout: Option<Spanned<u64>>,
+    /// Milliseconds, more than zero.
+    pub(crate) heartbeat_interval: Option<Spanned<u64>>,
+    /// Milliseconds, more than zero; `None` for `"off"`.
+    pub(crate) heartbeat_timeout: Option<Spanned<Option<u64>>>,
+    /// Bytes, more than zero; `None` for `"off"`.
+    pub(crate) max_memory: Option<Spanned<Option<u64>>>,
+    pub(crate) memory_samples: Option<Spanned<u32>>,
+    /// Milliseconds, more than zero.
+    pub(crate) sample_interval: Option<Spanned<u64>>,
+    /// `None` for `"off"`.
+    pub(crate) status_addr: Option<Spanned<Option<SocketAddr>>>,
+    pub(crate) min_ready: Option<Spanned<usize>>,
+    pub(crate) worker_prefix_logs: Option<Spanned<bool>>,
     /// The app written as types: a value implementing `cluster::Worker`.
     pub(crate) worker: Option<(Ident, Expr)>,
     /// The app written as types: a value implementing `cluster::Master`.
@@ -174,7 +229,11 @@ impl Args {
     pub(crate) fn from_raw(raw: RawArgs, errors: &mut Errors) -> Args {
         let mut args = Args::default();
         let mut seen: Vec<String> = Vec::new();
-        for Pair { key, value } in raw.0 {
+        // Where `signals` and `reload_signals` stand in the list: a signal in both is
+        // reported in whichever of the two comes second.
+        let mut signals_at = None;
+        let mut reload_signals_at = None;
+        for (index, Pair { key, value }) in raw.0.into_iter().enumerate() {
             let name = key.unraw().to_string();
             if !OPTIONS.contains(&name.as_str()) {
                 errors.push(syn::Error::new(
@@ -222,8 +281,9 @@ impl Args {
                         .map(|ms| Spanned::new(ms, span))
                 }
                 "signals" => {
+                    signals_at = Some(index);
                     args.signals = errors
-                        .check(parse_signals(&value))
+                        .check(parse_signals(&value, "signals"))
                         .map(|s| Spanned::new(s, span))
                 }
                 "runtime" => {
@@ -231,14 +291,144 @@ impl Args {
                         .check(parse_runtime(&value))
                         .map(|r| Spanned::new(r, span))
                 }
+                "balance" => args.balance = spanned(errors, parse_balance(&value), span),
+                "reload_signals" => {
+                    reload_signals_at = Some(index);
+                    args.reload_signals =
+                        spanned(errors, parse_signals(&value, "reload_signals"), span)
+                }
+                "reload_parallelism" => {
+                    args.reload_parallelism = spanned(
+                        errors,
+                        parse_nonzero(
+                            &value,
+                            "reload_parallelism",
+                            "`reload_parallelism` is how many slots a rolling reload replaces at once: 0 would replace none; use at least 1",
+                        ),
+                        span,
+                    )
+                }
+                "ready_timeout" => {
+                    args.ready_timeout = spanned(
+                        errors,
+                        parse_positive_duration(
+                            &value,
+                            "a zero `ready_timeout` leaves a worker no time to report ready; use a positive duration such as \"30s\"",
+                        ),
+                        span,
+                    )
+                }
+                "heartbeat_interval" => {
+                    args.heartbeat_interval = spanned(
+                        errors,
+                        parse_positive_duration(
+                            &value,
+                            "a zero `heartbeat_interval` would have workers report without pause; use a positive duration such as \"1s\"",
+                        ),
+                        span,
+                    )
+                }
+                "heartbeat_timeout" => {
+                    args.heartbeat_timeout = spanned(errors, parse_heartbeat_timeout(&value), span)
+                }
+                "max_memory" => args.max_memory = spanned(errors, parse_max_memory(&value), span),
+                "memory_samples" => {
+                    args.memory_samples = spanned(
+                        errors,
+                        parse_nonzero(
+                            &value,
+                            "memory_samples",
+                            "`memory_samples` is how many consecutive samples over `max_memory` replace a worker: use at least 1",
+                        ),
+                        span,
+                    )
+                }
+                "sample_interval" => {
+                    args.sample_interval = spanned(
+                        errors,
+                        parse_positive_duration(
+                            &value,
+                            "a zero `sample_interval` would read /proc without pause; use a positive duration such as \"1s\"",
+                        ),
+                        span,
+                    )
+                }
+                "status_addr" => {
+                    args.status_addr = spanned(errors, parse_status_addr(&value), span)
+                }
+                "min_ready" => {
+                    args.min_ready = spanned(errors, parse_int(&value, "min_ready"), span)
+                }
+                "worker_prefix_logs" => {
+                    args.worker_prefix_logs =
+                        spanned(errors, parse_bool(&value, "worker_prefix_logs"), span)
+                }
                 "worker" => args.worker = Some((key, value)),
                 "master" => args.master = Some((key, value)),
                 // The only option left in OPTIONS.
                 _ => args.krate = errors.check(parse_crate(&value)),
             }
         }
+        args.check_signal_overlap(signals_at < reload_signals_at, errors);
+        args.check_heartbeat(errors);
         args
     }
+
+    /// A signal cannot both stop and reload the cluster (cluster-core refuses it at
+    /// start-up). `signals_first` tells which list the user wrote first; the error goes on
+    /// the occurrence in the other, the second.
+    fn check_signal_overlap(&self, signals_first: bool, errors: &mut Errors) {
+        let (Some(signals), Some(reload)) = (&self.signals, &self.reload_signals) else {
+            return;
+        };
+        let (first, second, other) = if signals_first {
+            (
+                &signals.value,
+                &reload.value,
+                "a shutdown signal in `signals`",
+            )
+        } else {
+            (
+                &reload.value,
+                &signals.value,
+                "a reload signal in `reload_signals`",
+            )
+        };
+        for signal in second.iter().filter(|s| first.contains(s)) {
+            errors.push(syn::Error::new(
+                signal.span(),
+                format!(
+                    "{signal} is also {other}; a signal can either stop or reload the cluster, not both"
+                ),
+            ));
+        }
+    }
+
+    /// A timeout no longer than the interval would find every worker hung (cluster-core
+    /// refuses it at start-up). Checked only when both are written: otherwise one of them
+    /// comes from the defaults or from `Master::options()`, which the macro cannot see.
+    fn check_heartbeat(&self, errors: &mut Errors) {
+        let (Some(interval), Some(timeout)) = (&self.heartbeat_interval, &self.heartbeat_timeout)
+        else {
+            return;
+        };
+        if let Some(ms) = timeout.value {
+            if ms <= interval.value {
+                errors.push(syn::Error::new(
+                    timeout.span,
+                    format!(
+                        "`heartbeat_timeout` ({ms} ms) must be longer than `heartbeat_interval` ({} ms), or every worker would look hung; use a longer timeout, or \"off\" to turn the watchdog off",
+                        interval.value
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Records the error of `result`, or keeps its value with the span of what was written.
+fn spanned<T>(errors: &mut Errors, result: syn::Result<T>, span: Span) -> Option<Spanned<T>> {
+    errors.check(result).map(|v| Spanned::new(v, span))
 }
 
 fn lit_str(value: &Expr) -> Option<&LitStr> {
@@ -297,27 +487,56 @@ fn parse_count(value: &Expr) -> syn::Result<Count> {
     }
 }
 
+/// What a duration may be written as, for the errors on one.
+const DURATION_HINT: &str = "expected milliseconds as a whole number (`3000`) or a string with a unit: \"500ms\", \"3s\", \"1m\" or \"2h\"";
+
 /// Parses integer milliseconds (`3000`, as the origin wrote them) or a string with a unit
 /// (`"3s"`, `"500ms"`, `"1m"`, `"2h"`), into milliseconds.
 fn parse_duration(value: &Expr) -> syn::Result<u64> {
-    const HINT: &str = "expected milliseconds as a whole number (`3000`) or a string with a unit: \"500ms\", \"3s\", \"1m\" or \"2h\"";
+    duration_with_hint(value, DURATION_HINT)
+}
+
+/// [`parse_duration`], rejecting zero with `zero` (which says why zero cannot work).
+fn parse_positive_duration(value: &Expr, zero: &str) -> syn::Result<u64> {
+    match parse_duration(value)? {
+        0 => Err(syn::Error::new_spanned(value, zero)),
+        ms => Ok(ms),
+    }
+}
+
+/// `"off"` (no watchdog) or a positive duration.
+fn parse_heartbeat_timeout(value: &Expr) -> syn::Result<Option<u64>> {
+    if lit_str(value).is_some_and(|s| s.value().trim() == "off") {
+        return Ok(None);
+    }
+    let hint = format!("{DURATION_HINT}, or \"off\" to turn the watchdog off");
+    match duration_with_hint(value, &hint)? {
+        0 => Err(syn::Error::new_spanned(
+            value,
+            "a zero `heartbeat_timeout` would find every worker hung; use a duration longer than `heartbeat_interval`, or \"off\" to turn the watchdog off",
+        )),
+        ms => Ok(Some(ms)),
+    }
+}
+
+fn duration_with_hint(value: &Expr, hint: &str) -> syn::Result<u64> {
     let ms = match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(n), ..
         }) => n
             .base10_parse::<u64>()
-            .map_err(|e| syn::Error::new(n.span(), format!("invalid duration: {e}; {HINT}")))?,
+            .map_err(|e| syn::Error::new(n.span(), format!("invalid duration: {e}; {hint}")))?,
         _ => {
             let Some(s) = lit_str(value) else {
                 return Err(syn::Error::new_spanned(
                     value,
-                    format!("invalid duration; {HINT}"),
+                    format!("invalid duration; {hint}"),
                 ));
             };
             duration_str_ms(&s.value()).ok_or_else(|| {
                 syn::Error::new(
                     s.span(),
-                    format!("invalid duration {:?}; {HINT}", s.value()),
+                    format!("invalid duration {:?}; {hint}", s.value()),
                 )
             })?
         }
@@ -350,16 +569,24 @@ fn duration_str_ms(s: &str) -> Option<u64> {
     n.checked_mul(factor)
 }
 
-/// Checks each signal name and returns it in its canonical `SIGxxx` spelling, keeping the
-/// span of what the user wrote so rustc's errors on the generated path land there.
-fn parse_signals(value: &Expr) -> syn::Result<Vec<Ident>> {
+/// Checks each signal name of `signals` or `reload_signals` (`option`) and returns it in its
+/// canonical `SIGxxx` spelling, keeping the span of what the user wrote so rustc's errors on
+/// the generated path land there.
+fn parse_signals(value: &Expr, option: &str) -> syn::Result<Vec<Ident>> {
+    let shutdown = option == "signals";
     let Expr::Array(array) = value else {
+        let example = if shutdown {
+            "[SIGINT, SIGTERM]"
+        } else {
+            "[SIGUSR2]"
+        };
         return Err(syn::Error::new_spanned(
             value,
-            "`signals` takes a list, such as `signals = [SIGINT, SIGTERM]`",
+            format!("`{option}` takes a list, such as `{option} = {example}`"),
         ));
     };
-    if array.elems.is_empty() {
+    // No reload signal is fine (reload by signal is then off); no shutdown signal is not.
+    if shutdown && array.elems.is_empty() {
         return Err(syn::Error::new_spanned(
             value,
             "no shutdown signal, so the cluster could only be stopped with SIGKILL; list at least one, e.g. [SIGINT, SIGTERM]",
@@ -445,6 +672,163 @@ fn unfit_signal(name: &str) -> Option<&'static str> {
     }
 }
 
+/// A count that must be at least 1; `zero` says why.
+fn parse_nonzero<T>(value: &Expr, option: &str, zero: &str) -> syn::Result<T>
+where
+    T: std::str::FromStr + Default + PartialEq,
+    T::Err: std::fmt::Display,
+{
+    let n = parse_int::<T>(value, option)?;
+    if n == T::default() {
+        return Err(syn::Error::new_spanned(value, zero));
+    }
+    Ok(n)
+}
+
+fn parse_bool(value: &Expr, option: &str) -> syn::Result<bool> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(b.value),
+        _ => Err(syn::Error::new_spanned(
+            value,
+            format!("`{option}` takes `true` or `false`"),
+        )),
+    }
+}
+
+/// The strategy as the kebab-case string the docs use, or as the variant's name.
+fn parse_balance(value: &Expr) -> syn::Result<Balance> {
+    const HINT: &str = "`balance` is \"shared\" (the default), \"round-robin\", \"least-connections\", \"sticky\" or \"reuseport\", or the variant: Shared, RoundRobin, LeastConnections, Sticky, ReusePort";
+    let (name, span) = match value {
+        Expr::Path(p) if p.qself.is_none() && p.path.get_ident().is_some() => (
+            p.path
+                .segments
+                .iter()
+                .map(|s| s.ident.to_string())
+                .collect::<String>(),
+            value.span(),
+        ),
+        _ => match lit_str(value) {
+            Some(s) => (s.value(), s.span()),
+            None => return Err(syn::Error::new_spanned(value, HINT)),
+        },
+    };
+    match name.as_str() {
+        "shared" | "Shared" => Ok(Balance::Shared),
+        "round-robin" | "RoundRobin" => Ok(Balance::RoundRobin),
+        "least-connections" | "LeastConnections" => Ok(Balance::LeastConnections),
+        "sticky" | "Sticky" => Ok(Balance::Sticky),
+        "reuseport" | "ReusePort" => Ok(Balance::ReusePort),
+        other => Err(syn::Error::new(
+            span,
+            format!("unknown balance `{other}`; {HINT}"),
+        )),
+    }
+}
+
+/// Bytes as a whole number, a string with a unit (`"512MiB"`, `"100MB"`), or `"off"`.
+fn parse_max_memory(value: &Expr) -> syn::Result<Option<u64>> {
+    const HINT: &str = "expected bytes as a whole number (`536870912`), a string with a unit such as \"512MiB\", \"1GiB\" or \"100MB\" (B, kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB of 1024), or \"off\"";
+    let bytes = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(n), ..
+        }) => n
+            .base10_parse::<u64>()
+            .map_err(|e| syn::Error::new(n.span(), format!("invalid `max_memory`: {e}; {HINT}")))?,
+        _ => {
+            let Some(s) = lit_str(value) else {
+                return Err(syn::Error::new_spanned(
+                    value,
+                    format!("invalid `max_memory`; {HINT}"),
+                ));
+            };
+            let text = s.value();
+            if text.trim() == "off" {
+                return Ok(None);
+            }
+            memory_bytes(&text).map_err(|why| {
+                syn::Error::new(
+                    s.span(),
+                    format!("invalid `max_memory` {text:?}: {why}; {HINT}"),
+                )
+            })?
+        }
+    };
+    if bytes == 0 {
+        return Err(syn::Error::new_spanned(
+            value,
+            "a `max_memory` of 0 bytes would replace every worker as soon as it is sampled; give a limit such as \"512MiB\", or \"off\"",
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+/// `<digits><unit>`, the unit case-insensitive and optionally after spaces, into bytes; the
+/// error says what is wrong.
+fn memory_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return Err("it does not start with a whole number".to_owned());
+    }
+    let unit = unit.trim_start();
+    if unit.starts_with(['.', ',']) {
+        return Err(
+            "fractions are not accepted; use a smaller unit, such as \"1536MiB\" for 1.5 GiB"
+                .to_owned(),
+        );
+    }
+    if unit.is_empty() {
+        return Err(
+            "a string needs a unit (a plain number of bytes is written without quotes)".to_owned(),
+        );
+    }
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(format!("unknown unit {unit:?}")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| "it does not fit in 64 bits".to_owned())
+}
+
+/// An IP address and port, checked here so that a typo fails the build, not the start-up;
+/// or `"off"`.
+fn parse_status_addr(value: &Expr) -> syn::Result<Option<SocketAddr>> {
+    const HINT: &str =
+        "expected an IP address and port such as \"127.0.0.1:8001\" or \"[::1]:8001\", or \"off\"";
+    let Some(s) = lit_str(value) else {
+        return Err(syn::Error::new_spanned(
+            value,
+            format!("`status_addr` takes a string; {HINT}"),
+        ));
+    };
+    let text = s.value();
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    // Host names are not accepted: resolving one is a run-time matter, and the option
+    // takes a `SocketAddr`.
+    text.trim().parse::<SocketAddr>().map(Some).map_err(|e| {
+        syn::Error::new(
+            s.span(),
+            format!("invalid `status_addr` {text:?}: {e}; {HINT}"),
+        )
+    })
+}
+
 fn parse_runtime(value: &Expr) -> syn::Result<Runtime> {
     const HINT: &str = "`runtime` is \"multi_thread\" (the default) or \"current_thread\"";
     let Some(s) = lit_str(value) else {
@@ -473,7 +857,22 @@ fn parse_crate(value: &Expr) -> syn::Result<syn::Path> {
 
 #[cfg(test)]
 mod tests {
-    use super::duration_str_ms;
+    use super::{duration_str_ms, memory_bytes};
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(memory_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(memory_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(memory_bytes("100MB"), Ok(100_000_000));
+        assert_eq!(memory_bytes(" 2 kb "), Ok(2000));
+        assert_eq!(memory_bytes("7B"), Ok(7));
+        assert_eq!(memory_bytes("1TiB"), Ok(1 << 40));
+        assert!(memory_bytes("512").is_err());
+        assert!(memory_bytes("MiB").is_err());
+        assert!(memory_bytes("512MiBs").is_err());
+        assert!(memory_bytes("1.5GiB").is_err());
+        assert!(memory_bytes("99999999999TiB").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -64,18 +64,39 @@
 //! grace                 = 3000  | "3s"                ms, s, m or h ("500ms", "1m")
 //! signals               = [SIGINT, TERM, "SIGHUP"]    shutdown signals, with or without SIG
 //! runtime               = "multi_thread" | "current_thread"    the workers' tokio runtime
+//! balance               = "round-robin" | RoundRobin  "shared" (default), "round-robin",
+//!                                                     "least-connections", "sticky", "reuseport"
+//! reload_signals        = [SIGUSR2]                   rolling-reload signals; [] turns them off
+//! reload_parallelism    = 2                           slots replaced at once in a reload (>= 1)
+//! ready_timeout         = 30000 | "30s"               time to report ready (> 0)
+//! heartbeat_interval    = 1000  | "1s"                workers' heartbeat period (> 0)
+//! heartbeat_timeout     = "30s" | "off"               hang watchdog (> heartbeat_interval)
+//! max_memory            = 536870912 | "512MiB" | "off"   bytes; B kB MB GB TB (10^3),
+//!                                                     KiB MiB GiB TiB (2^10)
+//! memory_samples        = 3                           samples over max_memory to replace (>= 1)
+//! sample_interval       = 1000  | "1s"                /proc sampling period (> 0)
+//! status_addr           = "127.0.0.1:8001" | "off"    /status, /metrics, /healthz, /readyz
+//! min_ready             = 1                           ready workers for /readyz
+//! worker_prefix_logs    = true | false                prefix worker output with group/slot
 //! worker                = <expr: impl cluster::Worker>   an app written as types
 //! master                = <expr: impl cluster::Master>   (with worker)
 //! crate                 = "::path::to::cluster"       where the cluster crate is
 //! ```
 //!
+//! The options without a shortcut on `Cluster` (from `balance` to `worker_prefix_logs`) are
+//! set through `Cluster::configure`; see `cluster::Options` for what each one does.
+//!
 //! Each mistake is a compile error on the token at fault: an unknown or repeated option, a
-//! zero count, a bad duration, an unknown signal or one that cannot be caught (`SIGKILL`,
-//! `SIGSTOP`, the fault signals `SIGILL`, `SIGFPE`, `SIGSEGV`, `SIGBUS`, `SIGTRAP`, and
-//! `SIGCHLD`, `SIGPIPE`), a missing or second worker, a hook that is not `async`, takes the
-//! wrong parameters or returns something other than `()` / `Result<(), E>`, and master and
-//! worker contexts whose message types differ. Message types are compared as written: the
-//! macro cannot resolve paths, so spell them the same way in both (a type alias helps).
+//! zero count, a bad duration, a zero where a positive value is needed, an unknown balance
+//! strategy, a bad memory size or unit, a `status_addr` that is not an IP address and port,
+//! a `heartbeat_timeout` not longer than the `heartbeat_interval` written beside it, an
+//! unknown signal or one that cannot be caught (`SIGKILL`, `SIGSTOP`, the fault signals
+//! `SIGILL`, `SIGFPE`, `SIGSEGV`, `SIGBUS`, `SIGTRAP`, and `SIGCHLD`, `SIGPIPE`), a signal in
+//! both `signals` and `reload_signals` (reported in the list written second), a missing or
+//! second worker, a hook that is not `async`, takes the wrong parameters or returns
+//! something other than `()` / `Result<(), E>`, and master and worker contexts whose message
+//! types differ. Message types are compared as written: the macro cannot resolve paths, so
+//! spell them the same way in both (a type alias helps).
 
 mod app;
 mod args;

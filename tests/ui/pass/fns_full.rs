@@ -19,6 +19,18 @@ pub enum Report {
     grace = 3000,
     signals = [SIGINT, SIGTERM, SIGHUP],
     runtime = "current_thread",
+    balance = "round-robin",
+    reload_signals = [SIGUSR2, USR1],
+    reload_parallelism = 2,
+    ready_timeout = "10s",
+    heartbeat_interval = 500,
+    heartbeat_timeout = "5s",
+    max_memory = "512MiB",
+    memory_samples = 5,
+    sample_interval = "2s",
+    status_addr = "127.0.0.1:8001",
+    min_ready = 2,
+    worker_prefix_logs = false,
 )]
 fn app() {
     use std::time::Duration;

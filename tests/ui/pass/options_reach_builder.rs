@@ -1,0 +1,137 @@
+// Every option set through `configure` reaches the builder with the value written: `crate`
+// points at a stand-in whose `run` records the options instead of starting a cluster, and
+// `main` checks them (trybuild runs this program, so a wrong value fails the test).
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cluster::{Balance, Options, Signal};
+
+/// A stand-in for `cluster::Cluster` with only what the generated code calls.
+mod stand_in {
+    use std::marker::PhantomData;
+    use std::process::ExitCode;
+    use std::sync::Mutex;
+
+    pub use cluster::{Balance, Signal};
+
+    /// The options of the last `run`.
+    pub static RAN_WITH: Mutex<Option<cluster::Options>> = Mutex::new(None);
+
+    pub struct Cluster<D, U> {
+        options: cluster::Options,
+        messages: PhantomData<(D, U)>,
+    }
+
+    impl<D, U> Cluster<D, U> {
+        pub fn new() -> Self {
+            Cluster {
+                options: cluster::Options::new(),
+                messages: PhantomData,
+            }
+        }
+
+        pub fn worker<F, Fut>(self, _f: F) -> Self
+        where
+            F: Fn(cluster::WorkerContext<D, U>) -> Fut,
+            Fut: Future<Output = ()>,
+        {
+            self
+        }
+
+        pub fn configure(mut self, f: impl FnOnce(cluster::Options) -> cluster::Options) -> Self {
+            self.options = f(self.options);
+            self
+        }
+
+        pub fn run(self) -> ExitCode {
+            *RAN_WITH.lock().unwrap() = Some(self.options);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+#[cluster::main(
+    crate = "stand_in",
+    balance = "least-connections",
+    reload_signals = [SIGUSR2, "hup"],
+    reload_parallelism = 3,
+    ready_timeout = "10s",
+    heartbeat_interval = 500,
+    heartbeat_timeout = "5s",
+    max_memory = "512MiB",
+    memory_samples = 5,
+    sample_interval = "2s",
+    status_addr = "127.0.0.1:8001",
+    min_ready = 0,
+    worker_prefix_logs = false,
+)]
+fn every_option() {
+    #[worker]
+    async fn worker() {}
+}
+
+// The other spellings, and "off" to override a value set earlier (by `Master::options()` in
+// the trait style).
+#[cluster::main(
+    crate = "stand_in",
+    balance = ReusePort,
+    reload_signals = [],
+    heartbeat_timeout = "off",
+    max_memory = 100_000,
+    status_addr = "[::1]:9000",
+    worker_prefix_logs = true,
+)]
+fn other_spellings() {
+    #[worker]
+    async fn worker() {}
+}
+
+#[cluster::main(
+    crate = "stand_in",
+    max_memory = "100MB",
+    status_addr = "off",
+    balance = "round-robin"
+)]
+fn more_spellings() {
+    #[worker]
+    async fn worker() {}
+}
+
+fn ran_with(app: fn() -> ExitCode) -> Options {
+    assert_eq!(app(), ExitCode::SUCCESS);
+    stand_in::RAN_WITH.lock().unwrap().take().unwrap()
+}
+
+fn main() {
+    let o = ran_with(every_option);
+    assert_eq!(o.get_balance(), Balance::LeastConnections);
+    assert_eq!(o.get_reload_signals(), [Signal::SIGUSR2, Signal::SIGHUP]);
+    assert_eq!(o.get_reload_parallelism(), 3);
+    assert_eq!(o.get_ready_timeout(), Duration::from_secs(10));
+    assert_eq!(o.get_heartbeat_interval(), Duration::from_millis(500));
+    assert_eq!(o.get_heartbeat_timeout(), Some(Duration::from_secs(5)));
+    assert_eq!(o.get_max_memory(), Some(512 * 1024 * 1024));
+    assert_eq!(o.get_memory_samples(), 5);
+    assert_eq!(o.get_sample_interval(), Duration::from_secs(2));
+    let addr: SocketAddr = "127.0.0.1:8001".parse().unwrap();
+    assert_eq!(o.get_status_addr(), Some(addr));
+    assert_eq!(o.get_min_ready(), 0);
+    assert!(!o.get_worker_prefix_logs());
+    assert!(o.validate().is_ok());
+
+    let o = ran_with(other_spellings);
+    assert_eq!(o.get_balance(), Balance::ReusePort);
+    assert!(o.get_reload_signals().is_empty());
+    assert_eq!(o.get_heartbeat_timeout(), None);
+    assert_eq!(o.get_max_memory(), Some(100_000));
+    let addr: SocketAddr = "[::1]:9000".parse().unwrap();
+    assert_eq!(o.get_status_addr(), Some(addr));
+    assert!(o.get_worker_prefix_logs());
+    assert!(o.validate().is_ok());
+
+    let o = ran_with(more_spellings);
+    assert_eq!(o.get_max_memory(), Some(100_000_000));
+    assert_eq!(o.get_status_addr(), None);
+    assert_eq!(o.get_balance(), Balance::RoundRobin);
+}
