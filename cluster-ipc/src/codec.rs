@@ -87,6 +87,9 @@ impl Codec for Bincode {
     const NAME: &'static str = "bincode-2-standard";
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
+        if fast_enc::encode(value, out) {
+            return Ok(());
+        }
         bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
             .map(|_| ())
             .map_err(|e| encode_error::<T>(Self::NAME, e))
@@ -475,6 +478,291 @@ mod fast {
     }
 }
 
+/// A direct encoder of bincode 2's `standard` wire format into a `Vec`, the counterpart of
+/// [`fast`]: bincode's own serde path costs several ns per field through its writer. Every rule
+/// is bincode's (varints with tags 251-254, zigzag, raw `u8`/`i8`, `u32` variant indices, `u64`
+/// lengths); on anything it does not handle (a sequence of unknown length), the caller drops
+/// the partial output and lets bincode encode, so errors stay bincode's.
+mod fast_enc {
+    use serde::ser::{self, Serialize};
+    use std::fmt;
+
+    #[derive(Debug)]
+    pub(super) struct GiveUp;
+
+    impl fmt::Display for GiveUp {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("fast bincode encode gave up")
+        }
+    }
+
+    impl std::error::Error for GiveUp {}
+
+    impl ser::Error for GiveUp {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            GiveUp
+        }
+    }
+
+    type Res = Result<(), GiveUp>;
+
+    pub(super) struct Encoder<'a> {
+        pub(super) out: &'a mut Vec<u8>,
+    }
+
+    impl Encoder<'_> {
+        #[inline]
+        fn varint(&mut self, v: u128) {
+            if v < 251 {
+                self.out.push(v as u8);
+            } else if v <= u128::from(u16::MAX) {
+                self.out.push(251);
+                self.out.extend_from_slice(&(v as u16).to_le_bytes());
+            } else if v <= u128::from(u32::MAX) {
+                self.out.push(252);
+                self.out.extend_from_slice(&(v as u32).to_le_bytes());
+            } else if v <= u128::from(u64::MAX) {
+                self.out.push(253);
+                self.out.extend_from_slice(&(v as u64).to_le_bytes());
+            } else {
+                self.out.push(254);
+                self.out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+
+        #[inline]
+        fn u64(&mut self, v: u64) {
+            if v < 251 {
+                self.out.push(v as u8);
+            } else {
+                self.varint(u128::from(v));
+            }
+        }
+
+        fn len(&mut self, len: Option<usize>) -> Res {
+            self.u64(len.ok_or(GiveUp)? as u64);
+            Ok(())
+        }
+    }
+
+    impl<'a, 'b> ser::Serializer for &'a mut Encoder<'b> {
+        type Ok = ();
+        type Error = GiveUp;
+        type SerializeSeq = Self;
+        type SerializeTuple = Self;
+        type SerializeTupleStruct = Self;
+        type SerializeTupleVariant = Self;
+        type SerializeMap = Self;
+        type SerializeStruct = Self;
+        type SerializeStructVariant = Self;
+
+        fn serialize_bool(self, v: bool) -> Res {
+            self.out.push(u8::from(v));
+            Ok(())
+        }
+        fn serialize_i8(self, v: i8) -> Res {
+            self.out.push(v as u8);
+            Ok(())
+        }
+        fn serialize_i16(self, v: i16) -> Res {
+            self.u64(((v << 1) ^ (v >> 15)) as u16 as u64);
+            Ok(())
+        }
+        fn serialize_i32(self, v: i32) -> Res {
+            self.u64(((v << 1) ^ (v >> 31)) as u32 as u64);
+            Ok(())
+        }
+        fn serialize_i64(self, v: i64) -> Res {
+            self.u64(((v << 1) ^ (v >> 63)) as u64);
+            Ok(())
+        }
+        fn serialize_i128(self, v: i128) -> Res {
+            self.varint(((v << 1) ^ (v >> 127)) as u128);
+            Ok(())
+        }
+        fn serialize_u8(self, v: u8) -> Res {
+            self.out.push(v);
+            Ok(())
+        }
+        fn serialize_u16(self, v: u16) -> Res {
+            self.u64(u64::from(v));
+            Ok(())
+        }
+        fn serialize_u32(self, v: u32) -> Res {
+            self.u64(u64::from(v));
+            Ok(())
+        }
+        fn serialize_u64(self, v: u64) -> Res {
+            self.u64(v);
+            Ok(())
+        }
+        fn serialize_u128(self, v: u128) -> Res {
+            self.varint(v);
+            Ok(())
+        }
+        fn serialize_f32(self, v: f32) -> Res {
+            self.out.extend_from_slice(&v.to_le_bytes());
+            Ok(())
+        }
+        fn serialize_f64(self, v: f64) -> Res {
+            self.out.extend_from_slice(&v.to_le_bytes());
+            Ok(())
+        }
+        fn serialize_char(self, v: char) -> Res {
+            self.out
+                .extend_from_slice(v.encode_utf8(&mut [0; 4]).as_bytes());
+            Ok(())
+        }
+        fn serialize_str(self, v: &str) -> Res {
+            self.serialize_bytes(v.as_bytes())
+        }
+        fn serialize_bytes(self, v: &[u8]) -> Res {
+            self.u64(v.len() as u64);
+            self.out.extend_from_slice(v);
+            Ok(())
+        }
+        fn serialize_none(self) -> Res {
+            self.out.push(0);
+            Ok(())
+        }
+        fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> Res {
+            self.out.push(1);
+            v.serialize(self)
+        }
+        fn serialize_unit(self) -> Res {
+            Ok(())
+        }
+        fn serialize_unit_struct(self, _: &'static str) -> Res {
+            Ok(())
+        }
+        fn serialize_unit_variant(self, _: &'static str, index: u32, _: &'static str) -> Res {
+            self.u64(u64::from(index));
+            Ok(())
+        }
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, v: &T) -> Res {
+            v.serialize(self)
+        }
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            _: &'static str,
+            index: u32,
+            _: &'static str,
+            v: &T,
+        ) -> Res {
+            self.u64(u64::from(index));
+            v.serialize(self)
+        }
+        fn serialize_seq(self, len: Option<usize>) -> Result<Self, GiveUp> {
+            self.len(len)?;
+            Ok(self)
+        }
+        fn serialize_tuple(self, _: usize) -> Result<Self, GiveUp> {
+            Ok(self)
+        }
+        fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, GiveUp> {
+            Ok(self)
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            index: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self, GiveUp> {
+            self.u64(u64::from(index));
+            Ok(self)
+        }
+        fn serialize_map(self, len: Option<usize>) -> Result<Self, GiveUp> {
+            self.len(len)?;
+            Ok(self)
+        }
+        fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, GiveUp> {
+            Ok(self)
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            index: u32,
+            _: &'static str,
+            _: usize,
+        ) -> Result<Self, GiveUp> {
+            self.u64(u64::from(index));
+            Ok(self)
+        }
+        fn is_human_readable(&self) -> bool {
+            false
+        }
+    }
+
+    macro_rules! compound {
+        ($($trait:ident $method:ident),*) => {$(
+            impl ser::$trait for &mut Encoder<'_> {
+                type Ok = ();
+                type Error = GiveUp;
+                fn $method<T: Serialize + ?Sized>(&mut self, v: &T) -> Res {
+                    v.serialize(&mut **self)
+                }
+                fn end(self) -> Res {
+                    Ok(())
+                }
+            }
+        )*};
+    }
+    compound!(
+        SerializeSeq serialize_element,
+        SerializeTuple serialize_element,
+        SerializeTupleStruct serialize_field,
+        SerializeTupleVariant serialize_field
+    );
+
+    impl ser::SerializeMap for &mut Encoder<'_> {
+        type Ok = ();
+        type Error = GiveUp;
+        fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Res {
+            k.serialize(&mut **self)
+        }
+        fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Res {
+            v.serialize(&mut **self)
+        }
+        fn end(self) -> Res {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeStruct for &mut Encoder<'_> {
+        type Ok = ();
+        type Error = GiveUp;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> Res {
+            v.serialize(&mut **self)
+        }
+        fn end(self) -> Res {
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeStructVariant for &mut Encoder<'_> {
+        type Ok = ();
+        type Error = GiveUp;
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> Res {
+            v.serialize(&mut **self)
+        }
+        fn end(self) -> Res {
+            Ok(())
+        }
+    }
+
+    /// Appends `value`'s encoding to `out`; `false` (with `out` as it was) to let bincode do it.
+    #[inline]
+    pub(super) fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        if value.serialize(&mut Encoder { out: &mut *out }).is_ok() {
+            return true;
+        }
+        out.truncate(start);
+        false
+    }
+}
+
 /// postcard 1 (stable, documented wire format; maintained). Enabled by the `postcard` feature.
 #[cfg(feature = "postcard")]
 #[derive(Clone, Copy, Debug, Default)]
@@ -641,6 +929,39 @@ mod tests {
             let mut again = Vec::new();
             Bincode.encode(&back, &mut again).unwrap();
             prop_assert_eq!(bytes, again);
+        }
+
+        #[test]
+        fn fast_encode_matches_bincode(value in every(), kinds in prop::collection::vec(kind(), 0..8)) {
+            for bytes in [
+                (bincode::serde::encode_to_vec(&value, bincode::config::standard()).unwrap(), {
+                    let mut out = vec![9];
+                    prop_assert!(fast_enc::encode(&value, &mut out));
+                    out.split_off(1)
+                }),
+                (bincode::serde::encode_to_vec(&kinds, bincode::config::standard()).unwrap(), {
+                    let mut out = Vec::new();
+                    prop_assert!(fast_enc::encode(&kinds, &mut out));
+                    out
+                }),
+            ] {
+                prop_assert_eq!(bytes.0, bytes.1);
+            }
+        }
+
+        #[test]
+        fn fast_encode_matches_bincode_on_integers(
+            a in any::<(u16, u32, u64, u128)>(),
+            b in any::<(i16, i32, i64, i128)>(),
+            c in any::<(u8, i8, bool, char, String)>(),
+        ) {
+            let value = (a, b, c);
+            let mut out = Vec::new();
+            prop_assert!(fast_enc::encode(&value, &mut out));
+            prop_assert_eq!(
+                bincode::serde::encode_to_vec(&value, bincode::config::standard()).unwrap(),
+                out
+            );
         }
 
         #[test]
