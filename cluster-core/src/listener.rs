@@ -227,8 +227,6 @@ impl MasterListeners {
     /// to pass along (the listening socket, for `Shared`).
     pub(crate) fn listen(
         &mut self,
-        id: &WorkerId,
-        sender: &cluster_ipc::Sender<ToWorker>,
         addr: ListenAddr,
         balance: Balance,
     ) -> Result<(ListenerInfo, Option<OwnedFd>), String> {
@@ -257,26 +255,41 @@ impl MasterListeners {
             (_, Some(socket), _) => Some(socket.try_clone().map_err(|e| e.to_string())?.into()),
             _ => None,
         };
-        if let Some(dispatch) = &bound.dispatch {
-            let mut st = lock(&dispatch.state);
-            if !st.members.iter().any(|m| m.id == *id) {
-                st.members.push(Member {
-                    id: id.clone(),
-                    sender: sender.clone(),
-                    open: 0,
-                });
-            }
-            let waiting: Vec<_> = st.waiting.drain(..).collect();
-            drop(st);
-            dispatch.joined.notify_waiters();
-            let dispatch = dispatch.clone();
-            tokio::spawn(async move {
-                for (fd, peer) in waiting {
-                    dispatch.hand_out(fd, peer).await;
-                }
+        Ok((bound.info.clone(), fd))
+    }
+
+    /// Puts worker `id` in the rotation of master-accepted `listener`. Called only once the
+    /// worker's answer to its listen is queued: a connection handed before it would reach a
+    /// worker that has no queue for that listener yet.
+    pub(crate) fn join(
+        &mut self,
+        listener: u32,
+        id: &WorkerId,
+        sender: &cluster_ipc::Sender<ToWorker>,
+    ) {
+        let Some(dispatch) = self
+            .bound
+            .get(listener as usize)
+            .and_then(|b| b.dispatch.clone())
+        else {
+            return;
+        };
+        let mut st = lock(&dispatch.state);
+        if !st.members.iter().any(|m| m.id == *id) {
+            st.members.push(Member {
+                id: id.clone(),
+                sender: sender.clone(),
+                open: 0,
             });
         }
-        Ok((bound.info.clone(), fd))
+        let waiting: Vec<_> = st.waiting.drain(..).collect();
+        drop(st);
+        dispatch.joined.notify_waiters();
+        tokio::spawn(async move {
+            for (fd, peer) in waiting {
+                dispatch.hand_out(fd, peer).await;
+            }
+        });
     }
 
     /// Stops handing connections to `id` (it is stopping or gone); connections it had not

@@ -758,27 +758,29 @@ impl Supervisor {
         };
         let stopping = r.stop_requested;
         let balance = balance.unwrap_or(default);
-        let (result, fds) = match self.listeners.listen(&id, &sender, addr, balance) {
+        let (result, fds) = match self.listeners.listen(addr, balance) {
             Ok((info, fd)) => (Ok(info), fd.into_iter().collect()),
             Err(e) => {
                 notice!(warn, "worker {id}: {e}");
                 (Err(e), Vec::new())
             }
         };
-        if stopping {
-            // Asked to stop while its request was in flight: it gets no connections.
-            self.listeners.remove(&id);
-        }
+        let joins = result.as_ref().ok().map(|info| info.listener);
         crate::protocol::SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let msg = ToWorker::Listening {
             id: request,
             result,
         };
-        if tokio::time::timeout(Duration::from_secs(1), sender.send_with_fds(&msg, fds))
-            .await
-            .is_err()
-        {
-            tracing::warn!("worker {id} does not read its channel");
+        match tokio::time::timeout(Duration::from_secs(1), sender.send_with_fds(&msg, fds)).await {
+            // The answer is queued: connections handed from now on arrive after it. A worker
+            // asked to stop meanwhile gets none.
+            Ok(Ok(())) => {
+                if let (Some(listener), false) = (joins, stopping) {
+                    self.listeners.join(listener, &id, &sender);
+                }
+            }
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!("worker {id} does not read its channel"),
         }
     }
 
