@@ -83,6 +83,10 @@
 //! fn main() {}
 //! ```
 
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 pub use cluster_core::*;
 pub use cluster_ipc as ipc;
 

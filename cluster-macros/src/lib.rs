@@ -98,6 +98,10 @@
 //! types differ. Message types are compared as written: the macro cannot resolve paths, so
 //! spell them the same way in both (a type alias helps).
 
+#![cfg_attr(
+    not(test),
+    warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 mod app;
 mod args;
 mod expand;
