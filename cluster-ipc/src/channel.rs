@@ -450,7 +450,32 @@ impl<T: DeserializeOwned, C: Codec> Receiver<T, C> {
     /// Receives the next message; `Ok(None)` when the peer closed its direction cleanly.
     /// Descriptors that came with the message are closed. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<T>> {
+        if let Some(body) = self.buffered_message() {
+            return match self.codec.decode::<T>(&self.buf[body.0..body.1]) {
+                Ok(msg) => Ok(Some(msg)),
+                Err(e) => Err(self.fail(e)),
+            };
+        }
         Ok(self.recv_with_fds().await?.map(|(msg, _)| msg))
+    }
+
+    /// The fast path of a burst: the payload range of a whole message frame that is already
+    /// buffered, carries no descriptors and is within limits, consumed; `None` for anything
+    /// else (the general path then reads, checks and reports as usual).
+    #[inline]
+    fn buffered_message(&mut self) -> Option<(usize, usize)> {
+        if self.state != ReadState::Open || self.attached.is_some() {
+            return None;
+        }
+        let frame = self.buf.get(self.start..self.end)?;
+        let (header, rest) = frame.split_first_chunk::<HEADER_LEN>()?;
+        let len = u32::from_le_bytes(*header) as usize;
+        if len == 0 || len > self.max_frame_len || rest.len() < len || rest[0] != KIND_MESSAGE {
+            return None;
+        }
+        let body = (self.start + HEADER_LEN + 1, self.start + HEADER_LEN + len);
+        self.start += HEADER_LEN + len;
+        Some(body)
     }
 
     /// Receives the next message with the descriptors sent with it (CLOEXEC set), in order.
@@ -459,6 +484,12 @@ impl<T: DeserializeOwned, C: Codec> Receiver<T, C> {
     /// A frame over the limit, a truncated frame, a payload that does not decode or missing
     /// descriptors return an error and close the channel.
     pub async fn recv_with_fds(&mut self) -> Result<Option<(T, Vec<OwnedFd>)>> {
+        if let Some(body) = self.buffered_message() {
+            return match self.codec.decode::<T>(&self.buf[body.0..body.1]) {
+                Ok(msg) => Ok(Some((msg, Vec::new()))),
+                Err(e) => Err(self.fail(e)),
+            };
+        }
         loop {
             let Some((kind, body)) = self.next_frame().await? else {
                 return Ok(None);
