@@ -246,7 +246,7 @@ fn driver() {
     };
     println!(
         "{:<34} {:>9} {:>9} {:>14}",
-        "median", "ours", "node", "ours vs node"
+        "median", "ours", "node", "node / ours"
     );
     let (r, a, b) = (median(rep), median(c2), median(c64));
     row(
