@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use support::WAIT;
-use support::http::{Conn, HttpCluster, example, get_once, get_once_from};
+use support::example;
+use support::http::{Conn, HttpCluster, get_once, get_once_from};
 
 fn slot_of(resp: Result<support::http::Response, String>, what: &str) -> usize {
     let resp = resp.unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
-use support::http::{HttpCluster, Load, example};
+use support::example;
+use support::http::{HttpCluster, Load};
 use support::{
     Exit, FIXTURE, Fixture, TempDir, WAIT, copy_executable, deploy_modified_copy, file_hash, id,
 };

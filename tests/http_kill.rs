@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::http::{Conn, HttpCluster, Load, example};
+use support::example;
+use support::http::{Conn, HttpCluster, Load};
 use support::{WAIT, proc_state, wait_until};
 
 const KEEP_ALIVE: usize = 16;

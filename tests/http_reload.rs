@@ -11,7 +11,8 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use support::http::{HttpCluster, Load, example};
+use support::example;
+use support::http::{HttpCluster, Load};
 
 const RELOADS: usize = 5;
 const KEEP_ALIVE: usize = 16;

@@ -3,12 +3,12 @@
 //! reaches the master's matching stream whole, once, in order, prefixed with
 //! `[group/slot pid N] ` (or unprefixed with `worker_prefix_logs(false)`).
 
-#[path = "support/ops.rs"]
-mod ops;
+mod support;
 
 use std::collections::BTreeMap;
 
-use ops::{Fixture, Line, Stream, WAIT, strip_prefix};
+use support::WAIT;
+use support::ops::{Fixture, Line, Stream, strip_prefix};
 
 const WORKERS: usize = 3;
 const LINES: usize = 400;

@@ -2,8 +2,8 @@
 //! examples/macro_traits.rs) as real processes: both workers come up and talk to the master
 //! over the typed channel, and SIGINT stops the cluster with exit code 0.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+mod support;
+
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use support::example;
+use support::process::read_lines;
 
 /// Long enough for a loaded CI machine to start a master and two workers.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,31 +30,6 @@ impl Drop for Guard {
             let _ = self.0.wait();
         }
     }
-}
-
-/// `target/<profile>/examples/<name>`, next to this test's `target/<profile>/deps/`; built
-/// here when `cargo test` was filtered to this test and did not build the examples.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps/<test>");
-    let path = profile_dir.join("examples").join(name);
-    if !path.exists() {
-        let target_dir = profile_dir.parent().expect("target/<profile>");
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", target_dir);
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build --example");
-        assert!(status.success(), "cargo build --example {name} failed");
-    }
-    path
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
@@ -77,14 +54,7 @@ fn run_until_printed_then_interrupt(name: &str, expected: &[&str]) {
     let mut guard = Guard(child);
     let stdout = guard.0.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    read_lines(stdout, tx, |line| line);
 
     let deadline = Instant::now() + START_TIMEOUT;
     let mut missing: Vec<&str> = expected.to_vec();

@@ -2,15 +2,15 @@
 //! memory keeps growing past `max_memory` is replaced by a new process that takes over once
 //! ready, without a single failed request, and without counting toward `max_restarts`.
 
-#[path = "support/ops.rs"]
-mod ops;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ops::{Fixture, WAIT, free_port, local, must_get, poll, sample};
+use support::ops::{self, Fixture, local, must_get, sample};
+use support::{WAIT, free_port, pid_alive, poll};
 
 /// What a request loop saw.
 #[derive(Default, Debug)]
@@ -148,7 +148,7 @@ fn a_leaking_worker_is_replaced_without_failed_requests_or_counting_as_a_restart
         Some(1.0),
         "{metrics}"
     );
-    assert!(!ops::pid_alive(leaking), "the leaking worker is gone");
+    assert!(!pid_alive(leaking), "the leaking worker is gone");
     let output: Vec<_> = fx.history.iter().map(|l| l.text.as_str()).collect();
     assert!(
         output

@@ -2,15 +2,15 @@
 //! `/status` JSON and how it follows a restart, `/metrics` merging every worker's own metrics
 //! with the cluster's, a stopped worker not stalling `/metrics`, `/healthz` and `/readyz`.
 
-#[path = "support/ops.rs"]
-mod ops;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use ops::{Continue, Fixture, WAIT, free_port, local, must_get, poll, proc_state, sample};
 use serde_json::Value;
+use support::ops::{self, Continue, Fixture, local, must_get, sample};
+use support::{WAIT, free_port, poll, proc_state};
 
 /// Starts `count` workers with the status server on a free port; returns the fixture, the
 /// status address and the first workers' pids by slot.

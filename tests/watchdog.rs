@@ -2,12 +2,12 @@
 //! runtime is stuck in a busy loop stops sending heartbeats, is killed and replaced within
 //! `heartbeat_timeout` plus an interval, reported as hung, and counted like a crash.
 
-#[path = "support/ops.rs"]
-mod ops;
+mod support;
 
 use std::time::Duration;
 
-use ops::{Exit, Fixture, WAIT, free_port, local, must_get, poll, sample};
+use support::ops::{self, Fixture, local, must_get, sample};
+use support::{Exit, WAIT, free_port, pid_alive, poll};
 
 const HEARTBEAT_MS: u64 = 200;
 const TIMEOUT_MS: u64 = 1000;
@@ -60,7 +60,7 @@ fn a_worker_stuck_in_a_busy_loop_is_killed_and_replaced_as_hung() {
     assert_eq!(exit.get("how"), "sig:9", "{}", fx.dump());
     assert_eq!(exit.get("expected"), "false", "{}", fx.dump());
     assert_eq!(exit.get("restarting"), "true", "{}", fx.dump());
-    assert!(!ops::pid_alive(stuck));
+    assert!(!pid_alive(stuck));
     assert!(
         fx.history
             .iter()

@@ -10,65 +10,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
-use super::WAIT;
+use super::process::{Captured, Group, group_command};
+use super::{WAIT, free_port, parent_of};
 
 /// Bound on one connect, read or write: far above any healthy answer on a loaded machine, so
 /// that only a lost request reaches it.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------
-// Programs
-// ---------------------------------------------------------------------------------------
-
-/// `target/<profile>/examples/<name>`, next to this test's `target/<profile>/deps/`; built
-/// here when `cargo test` was filtered and did not build the examples.
-pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps/<test>");
-    let path = profile_dir.join("examples").join(name);
-    if !path.exists() {
-        let target_dir = profile_dir.parent().expect("target/<profile>");
-        let mut build = Command::new(env!("CARGO"));
-        build
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", target_dir);
-        if profile_dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build --example");
-        assert!(status.success(), "cargo build --example {name} failed");
-    }
-    path
-}
-
-/// A loopback port nobody listens on right now (the kernel's pick for port 0).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// The parent pid of `pid`, from /proc.
-pub fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let i = stat.rfind(')')?;
-    stat[i + 1..].split_whitespace().nth(1)?.parse().ok()
-}
 
 // ---------------------------------------------------------------------------------------
 // The examples/http cluster
@@ -77,12 +32,11 @@ pub fn parent_of(pid: u32) -> Option<u32> {
 /// A running examples/http cluster. Its master leads its own process group, which its workers
 /// share; dropping this kills the whole group.
 pub struct HttpCluster {
-    child: Child,
-    pid: i32,
+    group: Group,
     addr: SocketAddr,
     workers: usize,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    stdout: Captured,
+    stderr: Captured,
 }
 
 impl HttpCluster {
@@ -102,37 +56,19 @@ impl HttpCluster {
     }
 
     fn spawn(program: &Path, workers: usize, policy: &str, port: u16) -> HttpCluster {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(program);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CLUSTER_") {
-                cmd.env_remove(&key);
-            }
-        }
+        let mut cmd = group_command(program, &["CLUSTER_"]);
         cmd.env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
             .env("WORKERS", workers.to_string())
             .env("POLICY", policy)
-            .env("STATUS_PORT", "off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-        let pid = i32::try_from(child.id()).expect("a pid");
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        drain(child.stdout.take().expect("stdout"), stdout.clone());
-        drain(child.stderr.take().expect("stderr"), stderr.clone());
+            .env("STATUS_PORT", "off");
+        let (group, pipes) = Group::spawn(&mut cmd, &program.display().to_string());
         HttpCluster {
-            child,
-            pid,
+            group,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             workers,
-            stdout,
-            stderr,
+            stdout: Captured::start(pipes.stdout),
+            stderr: Captured::start(pipes.stderr),
         }
     }
 
@@ -144,15 +80,15 @@ impl HttpCluster {
             if self.stderr().contains("in use") {
                 return Err(format!("{} is in use", self.addr));
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("the master exited: {status}"));
+            if let Some(exit) = self.group.try_exit() {
+                return Err(format!("the master exited: {exit:?}"));
             }
             for resp in burst(self.addr, 2 * self.workers).into_iter().flatten() {
                 let Some((slot, pid)) = resp.worker() else {
                     continue;
                 };
                 // Someone else's server on a recycled port would not be our master's child.
-                if parent_of(pid) != Some(self.pid as u32) {
+                if parent_of(pid) != Some(self.pid() as u32) {
                     return Err(format!("{} answers from a foreign pid {pid}", self.addr));
                 }
                 seen.insert(slot, pid);
@@ -174,26 +110,26 @@ impl HttpCluster {
 
     /// The master's pid (also its process group's id).
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.group.pid()
     }
 
     /// Everything the cluster wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.text()
     }
 
     /// The output so far, for failure messages.
     pub fn dump(&self) -> String {
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.stdout.lock().unwrap(),
+            self.stdout.text(),
             self.stderr()
         )
     }
 
     /// Sends `sig` to the master only.
     pub fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.pid), sig).expect("signal the master");
+        self.group.signal(sig);
     }
 
     /// How many rolling reloads the master reported finished.
@@ -255,30 +191,6 @@ impl HttpCluster {
     pub fn serving_slots(&self) -> BTreeMap<usize, u32> {
         self.serving_slots_except(&BTreeSet::new())
     }
-}
-
-impl Drop for HttpCluster {
-    fn drop(&mut self) {
-        // The master is not reaped before this point, so the group id is still ours.
-        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => into
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
-        }
-    });
 }
 
 /// Sends `n` requests on `n` fresh connections at once (so that idle workers compete for

@@ -1,22 +1,28 @@
-//! Helpers shared by the process-level tests: start the fixture cluster (tests/fixture), read
-//! its output lines with bounded waits, check processes through /proc, and kill everything a
-//! test started when it ends, even when it fails.
+//! Helpers shared by the process-level tests (each includes them with `mod support;`): start
+//! the fixture cluster (tests/fixture/cluster_fixture.rs), read its output lines with bounded
+//! waits, check processes through /proc, and kill everything a test started when it ends, even
+//! when it fails. `process` holds the machinery every fixture shares, `http` runs
+//! examples/http and drives it with a raw HTTP client, `ops` drives the ops fixture
+//! (tests/fixture/ops_fixture.rs).
+// Each test binary uses a subset of these helpers; the rest would warn as dead code.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 pub mod http;
+pub mod ops;
+pub mod process;
+
+use process::{Captured, Group, OutputLine, group_command, read_lines};
 
 /// The bound on waits for things that must happen: generous, for a loaded 2-core machine
 /// running the tests in parallel. A broken build fails at this bound instead of hanging.
@@ -24,6 +30,13 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// The fixture program, built by cargo alongside the tests.
 pub const FIXTURE: &str = env!("CARGO_BIN_EXE_cluster-fixture");
+
+/// How the master ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(Signal),
+}
 
 /// One output line: `KIND key=value ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,28 +103,24 @@ pub fn parse_id(id: &str) -> (String, usize, u64) {
     )
 }
 
-/// A running fixture cluster. The master leads its own process group, which its workers
-/// share; dropping this kills the whole group and reaps the master.
-pub struct Fixture {
-    child: Child,
-    pid: i32,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    /// Every stdout line read so far, in order.
-    pub history: Vec<Line>,
-    stdout_closed: bool,
-    stderr: Arc<Mutex<String>>,
-    stderr_closed: Arc<Mutex<bool>>,
-    /// The master's exit, once seen. It is seen with WNOWAIT, so the master stays a zombie
-    /// (its pid, which is also the group's id, cannot be reused) until the fixture is dropped.
-    exit: Option<Exit>,
-}
+/// A running cluster-fixture cluster (see [`process::Fixture`] for the waits on its output):
+/// its stdout is read as [`Line`]s, its stderr as a whole. The master leads its own process
+/// group, which its workers share; dropping this kills the whole group and reaps the master.
+pub type Fixture = process::Fixture<Line>;
 
-/// How the master ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(Signal),
+impl OutputLine for Line {
+    fn is(&self, kind: &str, fields: &[(&str, &str)]) -> bool {
+        Line::is(self, kind, fields)
+    }
+
+    fn dump(fixture: &Fixture) -> String {
+        let out: Vec<&str> = fixture.history.iter().map(|l| l.raw.as_str()).collect();
+        format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.join("\n"),
+            fixture.stderr()
+        )
+    }
 }
 
 impl Fixture {
@@ -132,176 +141,19 @@ impl Fixture {
         env: &[(&str, &str)],
         adjust: impl FnOnce(&mut Command),
     ) -> Fixture {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(program);
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k.starts_with("CLUSTER_") || k.starts_with("FIXTURE_") {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+        let mut cmd = group_command(program, &["CLUSTER_", "FIXTURE_"]);
+        cmd.envs(env.iter().copied()).stdin(Stdio::piped());
         adjust(&mut cmd);
-        let mut child = cmd.spawn().expect("start the fixture");
-        let pid = i32::try_from(child.id()).expect("a pid");
-        let stdout = child.stdout.take().expect("stdout");
+        let (group, pipes) = Group::spawn(&mut cmd, "the fixture");
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let stderr_closed = Arc::new(Mutex::new(false));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let (text, closed) = (stderr.clone(), stderr_closed.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => text
-                        .lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n])),
-                }
-            }
-            *closed.lock().unwrap() = true;
-        });
-        let stdin = child.stdin.take();
-        Fixture {
-            child,
-            pid,
-            stdin,
-            lines,
-            history: Vec::new(),
-            stdout_closed: false,
-            stderr,
-            stderr_closed,
-            exit: None,
-        }
-    }
-
-    /// The master's pid (also its process group's id).
-    pub fn pid(&self) -> i32 {
-        self.pid
+        read_lines(pipes.stdout, tx, |line| Line::parse(&line));
+        let stderr = Captured::start(pipes.stderr);
+        Fixture::new(group, pipes.stdin, lines, Some(stderr))
     }
 
     /// Everything the cluster wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// The output so far, for failure messages.
-    pub fn dump(&self) -> String {
-        let out: Vec<&str> = self.history.iter().map(|l| l.raw.as_str()).collect();
-        format!(
-            "--- stdout ---\n{}\n--- stderr ---\n{}",
-            out.join("\n"),
-            self.stderr()
-        )
-    }
-
-    /// Writes one command line to the master's stdin.
-    pub fn command(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin is open");
-        writeln!(stdin, "{line}").expect("write a command to the fixture");
-        stdin.flush().expect("flush the fixture's stdin");
-    }
-
-    /// Sends `sig` to the master only.
-    pub fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.pid), sig).expect("signal the master");
-    }
-
-    /// Sends `sig` to the whole process group, as a terminal does on Ctrl-C.
-    pub fn signal_group(&self, sig: Signal) {
-        killpg(Pid::from_raw(self.pid), sig).expect("signal the process group");
-    }
-
-    /// Reads the lines that arrive until `until`; returns false once stdout is closed.
-    fn pump(&mut self, until: Instant) -> bool {
-        if self.stdout_closed {
-            return false;
-        }
-        let wait = until.saturating_duration_since(Instant::now());
-        match self.lines.recv_timeout(wait) {
-            Ok(line) => {
-                self.history.push(Line::parse(&line));
-                while let Ok(line) = self.lines.try_recv() {
-                    self.history.push(Line::parse(&line));
-                }
-                true
-            }
-            Err(RecvTimeoutError::Timeout) => true,
-            Err(RecvTimeoutError::Disconnected) => {
-                self.stdout_closed = true;
-                false
-            }
-        }
-    }
-
-    /// Reads output until `check` finds what it wants in the whole history, failing the test
-    /// (with the output so far) after `timeout` or when the output ends without it.
-    pub fn wait_for<T>(
-        &mut self,
-        what: &str,
-        timeout: Duration,
-        mut check: impl FnMut(&[Line]) -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(found) = check(&self.history) {
-                return found;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}\n{}",
-                    self.dump()
-                );
-            }
-            if !self.pump(deadline) {
-                panic!("the output ended without {what}\n{}", self.dump());
-            }
-        }
-    }
-
-    /// Waits (up to [`WAIT`]) for a line of `kind` with every field in `fields`, anywhere in
-    /// the output so far or to come, and returns it.
-    pub fn wait_line(&mut self, kind: &str, fields: &[(&str, &str)]) -> Line {
-        let what = format!("a line {kind} {fields:?}");
-        self.wait_for(&what, WAIT, |lines| {
-            lines.iter().find(|l| l.is(kind, fields)).cloned()
-        })
-    }
-
-    /// Waits for a line matching `fields` that comes after the first `after` lines.
-    pub fn wait_line_after(&mut self, after: usize, kind: &str, fields: &[(&str, &str)]) -> Line {
-        let what = format!("a line {kind} {fields:?} after line {after}");
-        self.wait_for(&what, WAIT, |lines| {
-            lines
-                .iter()
-                .skip(after)
-                .find(|l| l.is(kind, fields))
-                .cloned()
-        })
-    }
-
-    /// The lines so far of `kind` with every field in `fields`.
-    pub fn lines(&self, kind: &str, fields: &[(&str, &str)]) -> Vec<Line> {
-        self.history
-            .iter()
-            .filter(|l| l.is(kind, fields))
-            .cloned()
-            .collect()
+        self.stderr.as_ref().map(Captured::text).unwrap_or_default()
     }
 
     /// Waits until `n` workers (with a given id prefix such as `worker/`) have said hello, and
@@ -320,80 +172,31 @@ impl Fixture {
             },
         )
     }
-
-    /// Checks, without waiting and without reaping, whether the master has exited.
-    pub fn try_exit(&mut self) -> Option<Exit> {
-        if self.exit.is_none() {
-            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-            match waitid(Id::Pid(Pid::from_raw(self.pid)), flags) {
-                Ok(WaitStatus::Exited(_, code)) => self.exit = Some(Exit::Code(code)),
-                Ok(WaitStatus::Signaled(_, sig, _)) => self.exit = Some(Exit::Signal(sig)),
-                Ok(_) => {}
-                Err(e) => panic!("waitid on the master: {e}"),
-            }
-        }
-        self.exit
-    }
-
-    /// Waits up to `timeout` for the master to exit, reading its output meanwhile.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Exit {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(exit) = self.try_exit() {
-                return exit;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "the master did not exit within {timeout:?}\n{}",
-                    self.dump()
-                );
-            }
-            // Exits are polled; output is read meanwhile so that the pipe never fills.
-            let step = (Instant::now() + Duration::from_millis(10)).min(deadline);
-            if !self.pump(step) {
-                std::thread::sleep(
-                    Duration::from_millis(10)
-                        .min(deadline.saturating_duration_since(Instant::now())),
-                );
-            }
-        }
-    }
-
-    /// Waits for the master's exit code.
-    pub fn wait_exit_code(&mut self, timeout: Duration) -> i32 {
-        match self.wait_exit(timeout) {
-            Exit::Code(code) => code,
-            other => panic!(
-                "the master ended by {other:?}, not with an exit code\n{}",
-                self.dump()
-            ),
-        }
-    }
-
-    /// Reads output until stdout and stderr are closed, i.e. the master and every worker have
-    /// exited (or closed them), so that the history is complete.
-    pub fn finish(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.pump(deadline) {
-            if Instant::now() >= deadline {
-                panic!("the output did not end within {timeout:?}\n{}", self.dump());
-            }
-        }
-        wait_until(
-            "stderr to close",
-            deadline.saturating_duration_since(Instant::now()),
-            || *self.stderr_closed.lock().unwrap(),
-        );
-    }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // The master is not reaped before this point, so the group id is still ours.
-        let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// `target/<profile>/examples/<name>`, next to this test's `target/<profile>/deps/`; built
+/// here when `cargo test` was filtered and did not build the examples.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join("examples").join(name);
+    if !path.exists() {
+        let target_dir = profile_dir.parent().expect("target/<profile>");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", target_dir);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build --example");
+        assert!(status.success(), "cargo build --example {name} failed");
     }
+    path
 }
 
 /// Whether `pid` is a live process: false once it is gone or a zombie (dead, not yet reaped
@@ -410,18 +213,53 @@ pub fn proc_state(pid: i32) -> Option<char> {
     stat[i + 1..].trim_start().chars().next()
 }
 
-/// Polls `cond` until it holds, failing the test after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+/// The parent pid of `pid`, from /proc.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let i = stat.rfind(')')?;
+    stat[i + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A free TCP port on the loopback interface: bound to port 0, read, released. Whoever needs
+/// it binds it again at once (the small race with another process taking it meanwhile is the
+/// price of not being told the port by the program).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// Polls `cond` every `every` until it gives a value, failing the test after `timeout` with
+/// `what` and the last value's description.
+fn poll_every<T>(
+    every: Duration,
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
-        if cond() {
-            return;
-        }
+        let last = match cond() {
+            Ok(found) => return found,
+            Err(last) => last,
+        };
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(every);
     }
+}
+
+/// Polls `cond` every few milliseconds until it gives a value, failing the test after
+/// `timeout` with `what` and the last value's description.
+pub fn poll<T>(what: &str, timeout: Duration, cond: impl FnMut() -> Result<T, String>) -> T {
+    poll_every(Duration::from_millis(20), what, timeout, cond)
+}
+
+/// Polls `cond` until it holds, failing the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    poll_every(Duration::from_millis(5), what, timeout, || {
+        cond().then_some(()).ok_or_else(|| "false".to_owned())
+    });
 }
 
 /// A file path in the temporary directory, unique to this test, removed on drop.
