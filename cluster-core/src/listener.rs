@@ -27,6 +27,8 @@ use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
 
 /// Connections waiting for a ready worker beyond this many stay in the kernel's queue.
 const MAX_WAITING: usize = 1024;
+/// Connections taken from the kernel's queue per wake-up of the accept loop.
+const ACCEPT_BATCH: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -67,14 +69,51 @@ struct InFlight {
     fd: OwnedFd,
     peer: SocketAddr,
     to: WorkerId,
+    listener: u32,
+}
+
+/// Every connection the master handed out and the worker has not acknowledged, across all
+/// listeners. Shared with the tasks that read each worker's channel, which forget a
+/// connection as soon as its acknowledgement arrives, without a trip through the supervisor.
+#[derive(Default)]
+pub(crate) struct InFlightTable {
+    next_conn: std::sync::atomic::AtomicU64,
+    map: Mutex<HashMap<u64, InFlight>>,
+}
+
+impl InFlightTable {
+    /// The worker took connection `conn`: close the master's copy.
+    pub(crate) fn ack(&self, conn: u64) {
+        let taken = lock(&self.map).remove(&conn);
+        drop(taken);
+    }
+
+    fn insert(&self, flight: InFlight) -> u64 {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        lock(&self.map).insert(conn, flight);
+        conn
+    }
+
+    fn take(&self, conn: u64) -> Option<InFlight> {
+        lock(&self.map).remove(&conn)
+    }
+
+    /// Takes back every connection handed to `id` and not acknowledged.
+    fn orphans_of(&self, id: &WorkerId) -> Vec<InFlight> {
+        let mut map = lock(&self.map);
+        let lost: Vec<u64> = map
+            .iter()
+            .filter(|(_, f)| f.to == *id)
+            .map(|(c, _)| *c)
+            .collect();
+        lost.into_iter().filter_map(|c| map.remove(&c)).collect()
+    }
 }
 
 #[derive(Default)]
 struct DispatchState {
     members: Vec<Member>,
     next: usize,
-    next_conn: u64,
-    in_flight: HashMap<u64, InFlight>,
     /// Accepted while no worker was ready.
     waiting: VecDeque<(OwnedFd, SocketAddr)>,
 }
@@ -84,6 +123,7 @@ struct Dispatch {
     listener: u32,
     balance: Balance,
     state: Mutex<DispatchState>,
+    in_flight: Arc<InFlightTable>,
     /// Wakes the accept loop when a worker joins and the waiting queue can drain.
     joined: Notify,
 }
@@ -145,19 +185,15 @@ impl Dispatch {
                         return;
                     }
                 };
-                let conn = st.next_conn;
-                st.next_conn += 1;
                 let member = &mut st.members[i];
                 member.open += 1;
                 let target = (member.id.clone(), member.sender.clone());
-                st.in_flight.insert(
-                    conn,
-                    InFlight {
-                        fd,
-                        peer,
-                        to: target.0.clone(),
-                    },
-                );
+                let conn = self.in_flight.insert(InFlight {
+                    fd,
+                    peer,
+                    to: target.0.clone(),
+                    listener: self.listener,
+                });
                 (conn, target, copy)
             };
             let msg = ToWorker::Connection {
@@ -172,9 +208,8 @@ impl Dispatch {
                 }
                 Err(_) => {
                     // The worker is gone: take the connection back and try another.
-                    let mut st = lock(&self.state);
-                    st.members.retain(|m| m.id != target.0);
-                    match st.in_flight.remove(&conn) {
+                    lock(&self.state).members.retain(|m| m.id != target.0);
+                    match self.in_flight.take(conn) {
                         Some(back) => fd = back.fd,
                         None => return,
                     }
@@ -183,7 +218,19 @@ impl Dispatch {
         }
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: tokio::net::TcpListener) {
+    /// Accepts with a raw non-blocking `accept(2)` on the listening socket: the master only
+    /// forwards these sockets, so registering each with tokio's reactor (and deregistering it
+    /// again) would be two wasted syscalls per connection. Every connection already queued is
+    /// taken in one wake-up.
+    async fn accept_loop(self: Arc<Self>, listener: std::net::TcpListener) {
+        let listener = match crate::sys::watch_listener(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("cannot watch listener {}: {e}", self.listener);
+                return;
+            }
+        };
+        let mut batch = Vec::new();
         loop {
             // Leave connections in the kernel's queue while too many wait for a worker.
             loop {
@@ -193,16 +240,41 @@ impl Dispatch {
                 }
                 joined.await;
             }
-            match listener.accept().await {
-                Ok((stream, peer)) => match stream.into_std() {
-                    Ok(stream) => self.hand_out(OwnedFd::from(stream), peer).await,
-                    Err(e) => tracing::warn!("cannot take an accepted connection: {e}"),
-                },
+            let mut ready = match listener.readable().await {
+                Ok(ready) => ready,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!("accept failed: {e}");
+                    tracing::warn!("listener {} failed: {e}", self.listener);
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
                 }
+            };
+            let mut failed = false;
+            while batch.len() < ACCEPT_BATCH {
+                match socket2::SockRef::from(listener.get_ref()).accept() {
+                    Ok((socket, addr)) => {
+                        if let Some(peer) = addr.as_socket() {
+                            batch.push((OwnedFd::from(socket), peer));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready.clear_ready();
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            drop(ready);
+            for (fd, peer) in batch.drain(..) {
+                self.hand_out(fd, peer).await;
+            }
+            if failed {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
     }
@@ -220,6 +292,7 @@ struct Bound {
 pub(crate) struct MasterListeners {
     by_addr: HashMap<ListenAddr, u32>,
     bound: Vec<Bound>,
+    in_flight: Arc<InFlightTable>,
 }
 
 impl MasterListeners {
@@ -235,7 +308,7 @@ impl MasterListeners {
             None => {
                 let index = u32::try_from(self.bound.len())
                     .map_err(|_| "too many listeners".to_string())?;
-                let bound = bind(index, &addr, balance)?;
+                let bound = bind(index, &addr, balance, self.in_flight.clone())?;
                 self.bound.push(bound);
                 self.by_addr.insert(addr.clone(), index);
                 index
@@ -296,47 +369,32 @@ impl MasterListeners {
     /// acknowledged go to other workers.
     pub(crate) fn remove(&mut self, id: &WorkerId) {
         for bound in &self.bound {
-            let Some(dispatch) = &bound.dispatch else {
-                continue;
-            };
-            let orphans: Vec<_> = {
-                let mut st = lock(&dispatch.state);
-                st.members.retain(|m| m.id != *id);
-                let lost: Vec<u64> = st
-                    .in_flight
-                    .iter()
-                    .filter(|(_, f)| f.to == *id)
-                    .map(|(c, _)| *c)
-                    .collect();
-                lost.into_iter()
-                    .filter_map(|c| st.in_flight.remove(&c))
-                    .map(|f| (f.fd, f.peer))
-                    .collect()
-            };
-            if !orphans.is_empty() {
-                tracing::debug!(
-                    "{} unacknowledged connections of worker {id} go to other workers",
-                    orphans.len()
-                );
-                let dispatch = dispatch.clone();
-                tokio::spawn(async move {
-                    for (fd, peer) in orphans {
-                        dispatch.hand_out(fd, peer).await;
-                    }
-                });
+            if let Some(dispatch) = &bound.dispatch {
+                lock(&dispatch.state).members.retain(|m| m.id != *id);
+            }
+        }
+        let orphans = self.in_flight.orphans_of(id);
+        if orphans.is_empty() {
+            return;
+        }
+        tracing::debug!(
+            "{} unacknowledged connections of worker {id} go to other workers",
+            orphans.len()
+        );
+        for orphan in orphans {
+            let dispatch = self
+                .bound
+                .get(orphan.listener as usize)
+                .and_then(|b| b.dispatch.clone());
+            if let Some(dispatch) = dispatch {
+                tokio::spawn(async move { dispatch.hand_out(orphan.fd, orphan.peer).await });
             }
         }
     }
 
-    /// Worker `id` acknowledged connection `conn`.
-    pub(crate) fn accepted(&mut self, conn: u64) {
-        for bound in &self.bound {
-            if let Some(dispatch) = &bound.dispatch {
-                if lock(&dispatch.state).in_flight.remove(&conn).is_some() {
-                    return;
-                }
-            }
-        }
+    /// The table of unacknowledged connections, for the tasks that read workers' channels.
+    pub(crate) fn in_flight(&self) -> Arc<InFlightTable> {
+        self.in_flight.clone()
     }
 
     /// Worker `id` closed a connection of `listener`.
@@ -370,7 +428,12 @@ impl MasterListeners {
     }
 }
 
-fn bind(index: u32, addr: &ListenAddr, balance: Balance) -> Result<Bound, String> {
+fn bind(
+    index: u32,
+    addr: &ListenAddr,
+    balance: Balance,
+    in_flight: Arc<InFlightTable>,
+) -> Result<Bound, String> {
     let describe = |e: io::Error| match e.kind() {
         io::ErrorKind::AddrInUse => format!("cannot listen on {addr:?}: address in use ({e})"),
         io::ErrorKind::PermissionDenied => {
@@ -409,11 +472,11 @@ fn bind(index: u32, addr: &ListenAddr, balance: Balance) -> Result<Bound, String
                 });
             }
             let accepting = socket.try_clone().map_err(describe)?;
-            let accepting = tokio::net::TcpListener::from_std(accepting).map_err(describe)?;
             let dispatch = Arc::new(Dispatch {
                 listener: index,
                 balance,
                 state: Mutex::new(DispatchState::default()),
+                in_flight,
                 joined: Notify::new(),
             });
             tokio::spawn(dispatch.clone().accept_loop(accepting));

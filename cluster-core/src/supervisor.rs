@@ -558,7 +558,7 @@ impl Supervisor {
                 addr,
                 balance,
             } => self.on_listen(id, request, addr, balance).await,
-            ToMaster::Accepted { conn } => self.listeners.accepted(conn),
+            ToMaster::Accepted { conn } => self.listeners.in_flight().ack(conn),
             ToMaster::Heartbeat {
                 lag_us,
                 connections,
@@ -1306,6 +1306,7 @@ impl Supervisor {
                     self.options.get_ready_timeout(),
                     self.internal_tx.clone(),
                     kill_rx,
+                    self.listeners.in_flight(),
                 );
                 tokio::spawn(watch);
                 tracing::debug!("spawned worker {id} (pid {})", pid.unwrap_or(0));
@@ -1484,6 +1485,7 @@ async fn watch(
     ready_timeout: Duration,
     internal: mpsc::UnboundedSender<Internal>,
     mut kill: oneshot::Receiver<()>,
+    in_flight: Arc<crate::listener::InFlightTable>,
 ) {
     let mut killed = false;
     let mut receiver = None;
@@ -1531,6 +1533,9 @@ async fn watch(
                 return;
             }
             msg = async { match receiver.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match msg {
+                // Acknowledgements of handed connections are the busiest message with a
+                // master-accept policy: settle them here, off the supervisor's loop.
+                Ok(Some(ToMaster::Accepted { conn })) => in_flight.ack(conn),
                 Ok(Some(msg)) => { let _ = internal.send(Internal::FromWorker { id: id.clone(), msg }); }
                 Ok(None) => receiver = None,
                 Err(e) => {

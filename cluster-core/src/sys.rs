@@ -56,3 +56,18 @@ pub(crate) fn ignore_terminal_signals(cmd: &mut tokio::process::Command) {
         cmd.pre_exec(hook);
     }
 }
+
+/// Watches a listening socket's readiness with tokio's reactor, without tokio accepting on it:
+/// the master accepts with a raw `accept(2)` so the sockets it only forwards are never
+/// registered with the reactor.
+pub(crate) fn watch_listener(
+    listener: std::net::TcpListener,
+) -> io::Result<tokio::io::unix::AsyncFd<std::net::TcpListener>> {
+    // SAFETY: the AsyncFd takes ownership of the listener, which owns its descriptor, so the
+    // descriptor stays open and refers to the same socket for the AsyncFd's whole life, and
+    // `TcpListener::as_raw_fd` always returns that same descriptor.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+}
