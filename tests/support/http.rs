@@ -40,7 +40,7 @@ pub struct HttpCluster {
 }
 
 impl HttpCluster {
-    /// Starts `program` (examples/http or a copy of it) with `WORKERS=workers` and
+    /// Starts `program` (examples/http, examples/axum or a copy of one) with `WORKERS=workers` and
     /// `POLICY=policy` on a free loopback port, and waits until every slot answers. A port
     /// taken meanwhile by someone else is retried with another one.
     pub fn start(program: &Path, workers: usize, policy: &str) -> HttpCluster {
@@ -52,7 +52,10 @@ impl HttpCluster {
                 Err(why) => last = format!("{why}\n{}", cluster.dump()),
             }
         }
-        panic!("examples/http did not start on any of 5 ports: {last}");
+        panic!(
+            "{} did not start on any of 5 ports: {last}",
+            program.display()
+        );
     }
 
     fn spawn(program: &Path, workers: usize, policy: &str, port: u16) -> HttpCluster {
