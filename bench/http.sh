@@ -9,12 +9,17 @@
 #                          no supervision: the ideal cluster (bench/)
 #   http/<policy>          examples/http.rs with POLICY=shared|round-robin|least-connections|
 #                          sticky|reuseport, WORKERS = one per CPU
+#   node/rr, node/none     bench/node_http.js: Node's own cluster module (node:http) with WORKERS
+#                          workers, cluster.SCHED_RR (Node's default on Linux: the primary accepts
+#                          and hands connections out) or SCHED_NONE (the workers accept). The
+#                          product's reference: a ratio but no goal. In the default TARGETS only
+#                          when `node` is installed; asked for without it, they are n/a.
 # Modes: keep-alive, and connection-per-request (`Connection: close` on every request).
 #
 # Each round starts every target in turn (rotating the order), runs both modes with wrk against
 # it and stops it, so that drift of the machine (thermal, noisy neighbours) hits every target
 # alike. The table gives, per target and mode, the median of the rounds' requests/s and p99
-# latency, the ratio to the faster baseline of that mode, and the goals:
+# latency, the ratio to the faster baseline of that mode, and the goals (none for node/*):
 #   shared      >= 0.95x (both modes)
 #   round-robin >= 0.80x keep-alive, >= 0.70x connection-per-request
 # A target that does not build, start or answer is `n/a` and the run goes on: the script exits 0
@@ -26,8 +31,8 @@
 #
 # Settings (environment): ROUNDS (3), DURATION (5s, seconds only), CONNS (64), THREADS (2),
 # WORKERS (one per CPU), START_TIMEOUT (10 s for a server to answer), TARGETS (space separated,
-# default all), CARGO_TARGET_DIR (target). Defaults: 3 x 7 targets x 2 modes x 5 s = 3.5 min of
-# load plus start/stop, about 4 minutes with a warm build.
+# default all, node/* only with node installed), CARGO_TARGET_DIR (target). Defaults: 3 x 9
+# targets x 2 modes x 5 s = 4.5 min of load plus start/stop, about 5 minutes with a warm build.
 set -euo pipefail
 
 # Paths below are relative to the workspace root, as cargo's are.
@@ -39,7 +44,13 @@ CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-$(nproc)}
 START_TIMEOUT=${START_TIMEOUT:-10}
-TARGETS=${TARGETS:-baseline_multithread baseline_reuseport http/shared http/round-robin http/least-connections http/sticky http/reuseport}
+# Node's cluster module is the reference, not a requirement: without node the run goes on.
+HAVE_NODE=0
+command -v node >/dev/null 2>&1 && HAVE_NODE=1
+DEFAULT_TARGETS="baseline_multithread baseline_reuseport http/shared http/round-robin"
+DEFAULT_TARGETS+=" http/least-connections http/sticky http/reuseport"
+[[ $HAVE_NODE == 1 ]] && DEFAULT_TARGETS+=" node/rr node/none"
+TARGETS=${TARGETS:-$DEFAULT_TARGETS}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 # Loopback only, on purpose: this is a benchmark of the machine's own servers, never a load test
 # of anything else.
@@ -62,6 +73,7 @@ for t in $TARGETS; do
     case $t in
         baseline_multithread | baseline_reuseport | http/shared | http/round-robin) ;;
         http/least-connections | http/sticky | http/reuseport) ;;
+        node/rr | node/none) ;;
         *) die "TARGETS: unknown target $t" ;;
     esac
 done
@@ -174,17 +186,22 @@ probe() {
 # start_server TARGET LOG: starts it on a free port; sets SERVER_PID and PORT, or returns 1.
 PORT=
 start_server() {
-    local target=$1 log=$2 bin policy='' i resp
+    local target=$1 log=$2 cmd policy='' node_policy='' i resp
     case $target in
-        baseline_*) bin="$EXAMPLES/$target" ;;
-        http/*) bin="$EXAMPLES/http" policy=${target#http/} ;;
+        baseline_*) cmd=("$EXAMPLES/$target") ;;
+        http/*) cmd=("$EXAMPLES/http") policy=${target#http/} ;;
+        node/*) cmd=(node bench/node_http.js) node_policy=${target#node/} ;;
     esac
-    [[ -x $bin ]] || { echo "no binary $bin" >"$log"; return 1; }
+    if [[ $target == node/* ]]; then
+        [[ $HAVE_NODE == 1 ]] || { echo "node is not installed" >"$log"; return 1; }
+    else
+        [[ -x ${cmd[0]} ]] || { echo "no binary ${cmd[0]}" >"$log"; return 1; }
+    fi
     PORT=$(free_port) || die "no free port found"
     # setsid: a session and process group of its own (pgid = its pid), so that stop_server can
     # kill it and all its workers, and a Ctrl-C at the terminal reaches only this script.
-    HOST=$HOST PORT=$PORT WORKERS=$WORKERS POLICY=$policy \
-        setsid "$bin" </dev/null >"$log" 2>&1 &
+    HOST=$HOST PORT=$PORT WORKERS=$WORKERS POLICY=$policy NODE_POLICY=$node_policy \
+        setsid "${cmd[@]}" </dev/null >"$log" 2>&1 &
     SERVER_PID=$!
     # Bounded wait for a 200 (it may die instead: stop waiting then).
     for ((i = 0; i < START_TIMEOUT * 10; i++)); do
@@ -247,6 +264,12 @@ if [[ $HTTP_BUILT == 0 ]]; then
     for t in "${TARGET_LIST[@]}"; do
         [[ $t == http/* ]] && UNAVAILABLE[$t]="examples/http not built"
     done
+fi
+if [[ $HAVE_NODE == 0 ]]; then
+    for t in "${TARGET_LIST[@]}"; do
+        [[ $t == node/* ]] && UNAVAILABLE[$t]="node is not installed (command -v node)"
+    done
+    echo "   node is not installed: the node/* references (Node's cluster module) are left out"
 fi
 
 MODES=(keep-alive close)
@@ -330,12 +353,14 @@ awk -F'\t' -v targets="$TARGETS" '
             for (t = 1; t <= nt; t++) {
                 key = T[t] SUBSEP M[m]
                 g = ((T[t], M[m]) in goal) ? sprintf(">= %.2fx ", goal[T[t], M[m]]) : ""
+                # Node cluster: the reference to compare with, no goal of its own.
+                ref = T[t] ~ /^node\// ? "reference" : ""
                 if (!(key in rps)) {
-                    printf "%-11s %-24s %12s %10s %8s %6s %7s  %s\n", M[m], T[t], "n/a", "n/a", "n/a", 0, "-", (g == "" ? "" : g "n/a")
+                    printf "%-11s %-24s %12s %10s %8s %6s %7s  %s\n", M[m], T[t], "n/a", "n/a", "n/a", 0, "-", (g == "" ? ref : g "n/a")
                     continue
                 }
                 r = median(rps[key]); ratio = best[M[m]] > 0 ? r / best[M[m]] : 0
-                verdict = ""
+                verdict = ref
                 if (g != "") verdict = g (best[M[m]] > 0 ? (ratio >= goal[T[t], M[m]] ? "PASS" : "MISS") : "n/a")
                 printf "%-11s %-24s %12.0f %10.2f %7.2fx %6d %7d  %s\n", M[m], T[t], r, median(p99[key]), ratio, runs[key], err[key], verdict
             }
