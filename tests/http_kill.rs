@@ -109,11 +109,15 @@ fn fd_count(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
-fn queued_connections_survive_a_killed_worker(policy: &str) {
+/// With `burst`, the master is stopped too while the connections arrive, so that it accepts
+/// them all in one wake-up and hands them out several to a message (`Connections`); without,
+/// one at a time (`Connection`).
+fn queued_connections_survive_a_killed_worker(policy: &str, burst: bool) {
     const N: usize = 8;
     let cluster = HttpCluster::start(&example("http"), 2, policy);
     let slots = cluster.serving_slots();
     let (victim, other) = (slots[&0] as i32, slots[&1] as i32);
+    let master = cluster.pid();
 
     // No worker can take a connection now: they all wait in the kernel's accept queue
     // (`Shared`) or are accepted by the master and handed to a stopped worker (`RoundRobin`).
@@ -124,6 +128,12 @@ fn queued_connections_survive_a_killed_worker(policy: &str) {
         wait_until("a worker to stop", WAIT, || proc_state(pid) == Some('T'));
     }
     let base = fd_count(cluster.pid());
+    if burst {
+        kill(Pid::from_raw(master), Signal::SIGSTOP).expect("stop the master");
+        wait_until("the master to stop", WAIT, || {
+            proc_state(master) == Some('T')
+        });
+    }
     let mut conns: Vec<Conn> = (0..N)
         .map(|i| {
             let mut conn = Conn::connect(cluster.addr())
@@ -133,6 +143,10 @@ fn queued_connections_survive_a_killed_worker(policy: &str) {
             conn
         })
         .collect();
+    if burst {
+        // The kernel completed every handshake: all N wait in the listening socket's queue.
+        kill(Pid::from_raw(master), Signal::SIGCONT).expect("resume the master");
+    }
     if policy != "shared" {
         // The master holds a copy of each connection until a worker acknowledges it: once it
         // holds all N, every one was accepted and handed out (about half to the victim).
@@ -160,15 +174,25 @@ fn queued_connections_survive_a_killed_worker(policy: &str) {
             ),
         }
     }
-    eprintln!("{policy}: all {N} queued connections answered, by pid: {by:?}");
+    eprintln!("{policy} (burst: {burst}): all {N} queued connections answered, by pid: {by:?}");
 }
 
 #[test]
 fn queued_connections_survive_a_killed_worker_shared() {
-    queued_connections_survive_a_killed_worker("shared");
+    queued_connections_survive_a_killed_worker("shared", false);
 }
 
 #[test]
 fn queued_connections_survive_a_killed_worker_round_robin() {
-    queued_connections_survive_a_killed_worker("round-robin");
+    queued_connections_survive_a_killed_worker("round-robin", false);
+}
+
+#[test]
+fn a_burst_of_queued_connections_survives_a_killed_worker_round_robin() {
+    queued_connections_survive_a_killed_worker("round-robin", true);
+}
+
+#[test]
+fn a_burst_of_queued_connections_survives_a_killed_worker_least_connections() {
+    queued_connections_survive_a_killed_worker("least-connections", true);
 }

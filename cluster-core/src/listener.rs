@@ -29,6 +29,8 @@ use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
 const MAX_WAITING: usize = 1024;
 /// Connections taken from the kernel's queue per wake-up of the accept loop.
 const ACCEPT_BATCH: usize = 64;
+/// Connections per message to a worker: well under the descriptors a channel takes per frame.
+const MAX_PARCEL: usize = 32;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -110,6 +112,35 @@ impl InFlightTable {
     }
 }
 
+/// Connections on their way to one worker, with the descriptors the worker gets.
+struct Parcel {
+    to: WorkerId,
+    sender: cluster_ipc::Sender<ToWorker>,
+    /// Connection id and client address, in the order of `fds`.
+    conns: Vec<(u64, Option<SocketAddr>)>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Parcel {
+    /// Sends the parcel: a lone connection as `Connection`, which every worker understands
+    /// (an older master's workers included), several as one `Connections`.
+    async fn send(&mut self, listener: u32) -> Result<(), cluster_ipc::Error> {
+        let fds = std::mem::take(&mut self.fds);
+        let msg = match self.conns.as_slice() {
+            [(conn, peer)] => ToWorker::Connection {
+                listener,
+                conn: *conn,
+                peer: *peer,
+            },
+            conns => ToWorker::Connections {
+                listener,
+                conns: conns.to_vec(),
+            },
+        };
+        self.sender.send_with_fds(&msg, fds).await
+    }
+}
+
 #[derive(Default)]
 struct DispatchState {
     members: Vec<Member>,
@@ -167,55 +198,77 @@ impl Dispatch {
         })
     }
 
-    /// Hands a connection to a worker, retrying on another one if the send fails. A
-    /// connection with no worker to go to waits for one.
-    async fn hand_out(self: &Arc<Self>, fd: OwnedFd, peer: SocketAddr) {
-        let mut fd = fd;
-        loop {
-            let (conn, target, copy) = {
-                let mut st = lock(&self.state);
-                let Some(i) = self.pick(&mut st, &peer) else {
-                    st.waiting.push_back((fd, peer));
-                    return;
-                };
-                let copy = match fd.try_clone() {
-                    Ok(copy) => copy,
-                    Err(e) => {
-                        tracing::warn!("cannot duplicate an accepted connection: {e}");
-                        return;
-                    }
-                };
-                let member = &mut st.members[i];
-                member.open += 1;
-                let target = (member.id.clone(), member.sender.clone());
-                let conn = self.in_flight.insert(InFlight {
-                    fd,
-                    peer,
-                    to: target.0.clone(),
-                    listener: self.listener,
-                });
-                (conn, target, copy)
-            };
-            let msg = ToWorker::Connection {
-                listener: self.listener,
-                conn,
-                peer: Some(peer),
-            };
-            match target.1.send_with_fds(&msg, vec![copy]).await {
-                Ok(()) => {
-                    crate::protocol::SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return;
+    /// Hands connections to workers, retrying on another worker when a send fails; a
+    /// connection with no worker to go to waits for one. The connections picked for the same
+    /// worker leave in one message with their descriptors, so a burst of accepts costs each
+    /// worker one `sendmsg` and one wake-up, not one per connection.
+    async fn hand_out(self: &Arc<Self>, batch: Vec<(OwnedFd, SocketAddr)>) {
+        let mut pending = batch;
+        while !pending.is_empty() {
+            let mut parcels = self.pack(std::mem::take(&mut pending));
+            for parcel in &mut parcels {
+                if parcel.send(self.listener).await.is_ok() {
+                    crate::protocol::SENT.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-                Err(_) => {
-                    // The worker is gone: take the connection back and try another.
-                    lock(&self.state).members.retain(|m| m.id != target.0);
-                    match self.in_flight.take(conn) {
-                        Some(back) => fd = back.fd,
-                        None => return,
+                // The worker is gone: take its connections back for another worker.
+                lock(&self.state).members.retain(|m| m.id != parcel.to);
+                for conn in parcel.conns.drain(..) {
+                    if let Some(back) = self.in_flight.take(conn.0) {
+                        pending.push((back.fd, back.peer));
                     }
                 }
             }
         }
+    }
+
+    /// Picks a worker for each connection and records it as in flight: one parcel per worker,
+    /// of at most [`MAX_PARCEL`] connections. Connections with no worker to go to wait.
+    fn pack(&self, batch: Vec<(OwnedFd, SocketAddr)>) -> Vec<Parcel> {
+        let mut parcels: Vec<Parcel> = Vec::new();
+        let mut st = lock(&self.state);
+        for (fd, peer) in batch {
+            let Some(i) = self.pick(&mut st, &peer) else {
+                st.waiting.push_back((fd, peer));
+                continue;
+            };
+            // The master keeps the accepted descriptor until the worker acknowledges it; the
+            // worker gets a duplicate.
+            let copy = match fd.try_clone() {
+                Ok(copy) => copy,
+                Err(e) => {
+                    tracing::warn!("cannot duplicate an accepted connection: {e}");
+                    continue;
+                }
+            };
+            let member = &mut st.members[i];
+            member.open += 1;
+            let conn = self.in_flight.insert(InFlight {
+                fd,
+                peer,
+                to: member.id.clone(),
+                listener: self.listener,
+            });
+            let open = parcels
+                .iter()
+                .position(|p| p.to == member.id && p.conns.len() < MAX_PARCEL);
+            let parcel = match open {
+                Some(k) => &mut parcels[k],
+                None => {
+                    parcels.push(Parcel {
+                        to: member.id.clone(),
+                        sender: member.sender.clone(),
+                        conns: Vec::new(),
+                        fds: Vec::new(),
+                    });
+                    let last = parcels.len() - 1;
+                    &mut parcels[last]
+                }
+            };
+            parcel.conns.push((conn, Some(peer)));
+            parcel.fds.push(copy);
+        }
+        parcels
     }
 
     /// Accepts with a raw non-blocking `accept(2)` on the listening socket: the master only
@@ -270,8 +323,8 @@ impl Dispatch {
                 }
             }
             drop(ready);
-            for (fd, peer) in batch.drain(..) {
-                self.hand_out(fd, peer).await;
+            if !batch.is_empty() {
+                self.hand_out(std::mem::take(&mut batch)).await;
             }
             if failed {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -358,11 +411,9 @@ impl MasterListeners {
         let waiting: Vec<_> = st.waiting.drain(..).collect();
         drop(st);
         dispatch.joined.notify_waiters();
-        tokio::spawn(async move {
-            for (fd, peer) in waiting {
-                dispatch.hand_out(fd, peer).await;
-            }
-        });
+        if !waiting.is_empty() {
+            tokio::spawn(async move { dispatch.hand_out(waiting).await });
+        }
     }
 
     /// Stops handing connections to `id` (it is stopping or gone); connections it had not
@@ -381,13 +432,20 @@ impl MasterListeners {
             "{} unacknowledged connections of worker {id} go to other workers",
             orphans.len()
         );
+        let mut by_listener: HashMap<u32, Vec<(OwnedFd, SocketAddr)>> = HashMap::new();
         for orphan in orphans {
+            by_listener
+                .entry(orphan.listener)
+                .or_default()
+                .push((orphan.fd, orphan.peer));
+        }
+        for (listener, batch) in by_listener {
             let dispatch = self
                 .bound
-                .get(orphan.listener as usize)
+                .get(listener as usize)
                 .and_then(|b| b.dispatch.clone());
             if let Some(dispatch) = dispatch {
-                tokio::spawn(async move { dispatch.hand_out(orphan.fd, orphan.peer).await });
+                tokio::spawn(async move { dispatch.hand_out(batch).await });
             }
         }
     }

@@ -73,6 +73,12 @@ pub(crate) enum ToWorker {
     },
     /// Send your metrics registry: answer with `ToMaster::Metrics` carrying the same id.
     MetricsRequest { id: u64 },
+    /// Several connections the master accepted for this worker, each `(conn, peer)` with its
+    /// descriptor riding along in the same order. Acknowledge each with `ToMaster::Accepted`.
+    Connections {
+        listener: u32,
+        conns: Vec<(u64, Option<SocketAddr>)>,
+    },
 }
 
 /// What a worker learns about a listener it asked for.
@@ -204,6 +210,13 @@ mod tests {
             [5, 1, 2, 0]
         );
         assert_eq!(bytes(&ToWorker::MetricsRequest { id: 9 }), [6, 9]);
+        assert_eq!(
+            bytes(&ToWorker::Connections {
+                listener: 1,
+                conns: vec![(2, None), (3, Some(addr))]
+            }),
+            [7, 1, 2, 2, 0, 3, 1, 0, 127, 0, 0, 1, 80]
+        );
         assert_eq!(
             bytes(&ToMaster::Heartbeat {
                 lag_us: 3,

@@ -429,12 +429,33 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
                 // master stops keeping a copy to hand elsewhere.
                 let _ = reply.send(&ToMaster::Accepted { conn }).await;
                 let Some(fd) = fds.pop() else { continue };
-                if let Some(handed) = handed(fd, peer) {
-                    if !shared.listeners.deliver(listener, handed) {
-                        tracing::warn!("dropped a connection for unknown listener {listener}");
-                    }
+                take_connection(&shared, listener, fd, peer);
+            }
+            ToWorker::Connections { listener, conns } => {
+                for (conn, _) in &conns {
+                    let _ = reply.send(&ToMaster::Accepted { conn: *conn }).await;
+                }
+                if fds.len() != conns.len() {
+                    tracing::warn!(
+                        "{} connections came with {} descriptors: dropped them",
+                        conns.len(),
+                        fds.len()
+                    );
+                    continue;
+                }
+                for ((_, peer), fd) in conns.into_iter().zip(fds) {
+                    take_connection(&shared, listener, fd, peer);
                 }
             }
+        }
+    }
+}
+
+/// Queues a connection the master handed over for the listener it belongs to.
+fn take_connection(shared: &WorkerShared, listener: u32, fd: OwnedFd, peer: Option<SocketAddr>) {
+    if let Some(handed) = handed(fd, peer) {
+        if !shared.listeners.deliver(listener, handed) {
+            tracing::warn!("dropped a connection for unknown listener {listener}");
         }
     }
 }
