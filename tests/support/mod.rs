@@ -174,20 +174,41 @@ impl Fixture {
     }
 }
 
-/// `target/<profile>/examples/<name>`, next to this test's `target/<profile>/deps/`; built
-/// here when `cargo test` was filtered and did not build the examples.
+/// `target/<profile>/examples/<name>`, next to this test's `target/<profile>/deps/`, brought
+/// up to date once per test binary: a filtered `cargo test --test X` builds no example, and a
+/// stale binary would test yesterday's code. Built with this test build's features, so the
+/// unfiltered `cargo test` (which already built it) finds nothing to do.
 pub fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps/<test>");
     let path = profile_dir.join("examples").join(name);
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let target_dir = profile_dir.parent().expect("target/<profile>");
+        let mut features = Vec::new();
+        if cfg!(feature = "default") {
+            features.push("default");
+        }
+        if cfg!(feature = "http") {
+            features.push("http");
+        }
+        if cfg!(feature = "postcard") {
+            features.push("postcard");
+        }
         let mut build = Command::new(env!("CARGO"));
         build
-            .args(["build", "--example", name])
+            .args([
+                "build",
+                "--quiet",
+                "--example",
+                name,
+                "--no-default-features",
+            ])
+            .args(["--features", &features.join(",")])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("CARGO_TARGET_DIR", target_dir);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
@@ -195,6 +216,7 @@ pub fn example(name: &str) -> PathBuf {
         }
         let status = build.status().expect("run cargo build --example");
         assert!(status.success(), "cargo build --example {name} failed");
+        built.push(name.to_string());
     }
     path
 }
