@@ -33,6 +33,13 @@
 # WORKERS (one per CPU), START_TIMEOUT (10 s for a server to answer), TARGETS (space separated,
 # default all, node/* only with node installed), CARGO_TARGET_DIR (target). Defaults: 3 x 9
 # targets x 2 modes x 5 s = 4.5 min of load plus start/stop, about 5 minutes with a warm build.
+# SESSION (own): `own` starts each server in a session of its own (setsid), `shared` in this
+# script's session, with wrk. It matters because Linux's autogroup scheduler
+# (/proc/sys/kernel/sched_autogroup_enabled, on by default) gives each session one share of
+# the CPUs: with `own`, a server gets about half the machine against wrk's half however many
+# processes it has, so a cluster's master is paid for out of its workers' share (the strict
+# comparison: equal CPU for every target); with `shared`, every process competes on its own,
+# as on a machine that only serves (a master's wake-ups are then cheap). The table says which.
 set -euo pipefail
 
 # Paths below are relative to the workspace root, as cargo's are.
@@ -44,6 +51,7 @@ CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 WORKERS=${WORKERS:-$(nproc)}
 START_TIMEOUT=${START_TIMEOUT:-10}
+SESSION=${SESSION:-own}
 # Node's cluster module is the reference, not a requirement: without node the run goes on.
 HAVE_NODE=0
 command -v node >/dev/null 2>&1 && HAVE_NODE=1
@@ -69,6 +77,7 @@ DURATION_S=${BASH_REMATCH[1]}
 [[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS=$THREADS: want a positive integer"
 [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "WORKERS=$WORKERS: want a positive integer"
 [[ $START_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "START_TIMEOUT=$START_TIMEOUT: want seconds"
+[[ $SESSION == own || $SESSION == shared ]] || die "SESSION=$SESSION: want own or shared"
 for t in $TARGETS; do
     case $t in
         baseline_multithread | baseline_reuseport | http/shared | http/round-robin) ;;
@@ -198,11 +207,25 @@ start_server() {
         [[ -x ${cmd[0]} ]] || { echo "no binary ${cmd[0]}" >"$log"; return 1; }
     fi
     PORT=$(free_port) || die "no free port found"
-    # setsid: a session and process group of its own (pgid = its pid), so that stop_server can
-    # kill it and all its workers, and a Ctrl-C at the terminal reaches only this script.
-    HOST=$HOST PORT=$PORT WORKERS=$WORKERS POLICY=$policy NODE_POLICY=$node_policy \
-        setsid "${cmd[@]}" </dev/null >"$log" 2>&1 &
-    SERVER_PID=$!
+    # examples/http serves its status server too (as it does by default): on a free port, so
+    # that two runs, or anything else on 8001, do not collide.
+    local status_port
+    status_port=$(free_port) || die "no free port found"
+    # A process group of its own (pgid = its pid), so that stop_server can kill it and all its
+    # workers, and a Ctrl-C at the terminal reaches only this script. SESSION=own (default)
+    # also gives it a session of its own (setsid), SESSION=shared keeps it in this script's
+    # session, with wrk: see SESSION above.
+    if [[ $SESSION == own ]]; then
+        HOST=$HOST PORT=$PORT WORKERS=$WORKERS POLICY=$policy NODE_POLICY=$node_policy \
+            STATUS_PORT=$status_port setsid "${cmd[@]}" </dev/null >"$log" 2>&1 &
+        SERVER_PID=$!
+    else
+        set -m
+        HOST=$HOST PORT=$PORT WORKERS=$WORKERS POLICY=$policy NODE_POLICY=$node_policy \
+            STATUS_PORT=$status_port "${cmd[@]}" </dev/null >"$log" 2>&1 &
+        SERVER_PID=$!
+        set +m
+    fi
     # Bounded wait for a 200 (it may die instead: stop waiting then).
     for ((i = 0; i < START_TIMEOUT * 10; i++)); do
         kill -0 "$SERVER_PID" 2>/dev/null || { echo "(exited)" >>"$log"; return 1; }
@@ -324,7 +347,8 @@ done
 # ---- the table ----------------------------------------------------------------------------
 echo
 echo "HTTP benchmark: median of $ROUNDS rounds; wrk -t$THREADS -c$CONNS -d$DURATION on the same" \
-    "$(nproc) CPUs; loopback; WORKERS=$WORKERS"
+    "$(nproc) CPUs; loopback; WORKERS=$WORKERS; SESSION=$SESSION (autogroup" \
+    "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo n/a))"
 echo "ratio = req/s / req/s of the faster baseline in that mode; close = Connection: close"
 awk -F'\t' -v targets="$TARGETS" '
     function median(list,    a, n, i, j, t) {
