@@ -6,11 +6,10 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use support::http::{Conn, HttpCluster, Load, Response};
+use support::http::{Conn, HttpCluster, Response, reload_under_load};
 use support::{WAIT, example, pid_alive, wait_until};
 
 const RELOADS: usize = 3;
@@ -35,33 +34,7 @@ fn send(conn: &mut Conn, path: &str) {
 #[test]
 fn rolling_reloads_of_the_axum_example_lose_no_request() {
     let cluster = HttpCluster::start(&example("axum"), 2, "shared");
-    let before: BTreeSet<u32> = cluster.serving_slots().into_values().collect();
-
-    let load = Load::start(cluster.addr(), KEEP_ALIVE, FRESH);
-    load.wait_more_ok(200);
-    for _ in 0..RELOADS {
-        cluster.reload();
-        // Traffic flows between reloads, so each reload starts under load.
-        load.wait_more_ok(200);
-    }
-    let tally = load.stop();
-
-    let failures = tally.failures();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during {RELOADS} rolling reloads: {failures:#?}\n{}",
-        failures.len(),
-        tally.ok() + failures.len() as u64,
-        cluster.dump()
-    );
-    assert_eq!(cluster.reloads_finished(), RELOADS, "{}", cluster.dump());
-
-    let after = cluster.serving_slots_except(&before);
-    let still: Vec<_> = after.values().filter(|pid| before.contains(pid)).collect();
-    assert!(
-        still.is_empty(),
-        "workers {still:?} survived {RELOADS} reloads"
-    );
+    let tally = reload_under_load(&cluster, RELOADS, KEEP_ALIVE, FRESH);
     eprintln!(
         "{} requests, 0 failed, {} workers answered across {RELOADS} reloads",
         tally.ok(),

@@ -109,14 +109,7 @@ fn http_deploy_moves_workers_to_the_new_binary_without_a_failed_request() {
     load.wait_more_ok(200);
     let tally = load.stop();
 
-    let failures = tally.failures();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during the deploy: {failures:#?}\n{}",
-        failures.len(),
-        tally.ok() + failures.len() as u64,
-        cluster.dump()
-    );
+    tally.assert_none_failed("the deploy", &cluster);
     let old: BTreeSet<u32> = before.values().copied().collect();
     let after = cluster.serving_slots_except(&old);
     for (slot, pid) in &after {

@@ -9,10 +9,8 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-
 use support::example;
-use support::http::{HttpCluster, Load};
+use support::http::{HttpCluster, reload_under_load};
 
 const RELOADS: usize = 5;
 const KEEP_ALIVE: usize = 16;
@@ -20,33 +18,7 @@ const FRESH: usize = 1;
 
 fn reloads_under_load_lose_nothing(policy: &str) {
     let cluster = HttpCluster::start(&example("http"), 2, policy);
-    let before: BTreeSet<u32> = cluster.serving_slots().into_values().collect();
-
-    let load = Load::start(cluster.addr(), KEEP_ALIVE, FRESH);
-    load.wait_more_ok(200);
-    for _ in 0..RELOADS {
-        cluster.reload();
-        // Traffic flows between reloads, so each reload starts under load.
-        load.wait_more_ok(200);
-    }
-    let tally = load.stop();
-
-    let failures = tally.failures();
-    assert!(
-        failures.is_empty(),
-        "{policy}: {} of {} requests failed during {RELOADS} rolling reloads: {failures:#?}\n{}",
-        failures.len(),
-        tally.ok() + failures.len() as u64,
-        cluster.dump()
-    );
-    assert_eq!(cluster.reloads_finished(), RELOADS, "{}", cluster.dump());
-
-    let after = cluster.serving_slots_except(&before);
-    let still: Vec<_> = after.values().filter(|pid| before.contains(pid)).collect();
-    assert!(
-        still.is_empty(),
-        "{policy}: workers {still:?} survived {RELOADS} reloads"
-    );
+    let tally = reload_under_load(&cluster, RELOADS, KEEP_ALIVE, FRESH);
     // The load itself was served by old and new workers alike.
     let answered = tally.pids().len();
     assert!(

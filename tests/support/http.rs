@@ -451,6 +451,35 @@ pub struct Failure {
     pub at: Instant,
 }
 
+/// Runs `reloads` rolling reloads of `cluster` (each waited for) under `keep_alive`
+/// keep-alive client loops and `fresh` connection-per-request loops, traffic flowing between
+/// reloads so that each starts under load; then checks that no request failed, that every
+/// reload finished and that no worker that answered before answers after. Returns the tally.
+pub fn reload_under_load(
+    cluster: &HttpCluster,
+    reloads: usize,
+    keep_alive: usize,
+    fresh: usize,
+) -> Arc<Tally> {
+    let before: std::collections::BTreeSet<u32> = cluster.serving_slots().into_values().collect();
+    let load = Load::start(cluster.addr(), keep_alive, fresh);
+    load.wait_more_ok(200);
+    for _ in 0..reloads {
+        cluster.reload();
+        load.wait_more_ok(200);
+    }
+    let tally = load.stop();
+    tally.assert_none_failed(&format!("{reloads} rolling reloads"), cluster);
+    assert_eq!(cluster.reloads_finished(), reloads, "{}", cluster.dump());
+    let after = cluster.serving_slots_except(&before);
+    let still: Vec<_> = after.values().filter(|pid| before.contains(pid)).collect();
+    assert!(
+        still.is_empty(),
+        "workers {still:?} survived {reloads} reloads"
+    );
+    tally
+}
+
 /// What the client loops saw, updated live.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -469,6 +498,19 @@ impl Tally {
     /// Failed requests so far.
     pub fn failures(&self) -> Vec<Failure> {
         self.failures.lock().unwrap().clone()
+    }
+
+    /// Fails the test, with every failure and the cluster's output, if any request failed
+    /// `during` something.
+    pub fn assert_none_failed(&self, during: &str, cluster: &HttpCluster) {
+        let failures = self.failures();
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed during {during}: {failures:#?}\n{}",
+            failures.len(),
+            self.ok() + failures.len() as u64,
+            cluster.dump()
+        );
     }
 
     /// Every worker that answered so far: pid -> (slot, when it last answered).
