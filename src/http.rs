@@ -62,7 +62,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -832,24 +832,40 @@ struct Shared<S> {
 struct ConnState {
     epoch: Instant,
     /// When bytes last moved either way or a response finished, in nanoseconds from
-    /// `epoch`: the start of the current silence.
+    /// `epoch`: the start of the current silence. Kept only once draining has started, the
+    /// one time it is read, so that serving does not pay a clock read for every read and
+    /// write.
     last_io: AtomicU64,
+    /// Set when draining starts.
+    draining: AtomicBool,
     /// Requests handed to the service whose response body has not been dropped yet.
     busy: AtomicUsize,
 }
 
 impl ConnState {
     fn new(epoch: Instant) -> Self {
-        let conn = ConnState {
+        ConnState {
             epoch,
             last_io: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
-        };
-        conn.touch();
-        conn
+        }
     }
 
+    /// Something moved: the silence starts again (counted only while draining).
     fn touch(&self) {
+        if self.draining.load(Ordering::Relaxed) {
+            self.stamp();
+        }
+    }
+
+    /// Draining starts: the quiet period counts from now, whatever the connection did before.
+    fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.stamp();
+    }
+
+    fn stamp(&self) {
         let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_io.store(nanos, Ordering::Relaxed);
     }
@@ -905,7 +921,7 @@ where
         None => {
             // The quiet period counts from the drain's start: a connection idle for an hour
             // still gets the whole period for a request its client may be sending now.
-            conn.touch();
+            conn.start_draining();
             let mut closing = false;
             loop {
                 let quiet_until = conn.quiet_until(shared.quiet);
