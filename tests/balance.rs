@@ -1,6 +1,8 @@
-//! The master-accept balance policies of the main job (examples/http), seen from clients:
-//! `RoundRobin` hands new connections out in strict rotation, `LeastConnections` sends new
-//! connections to the worker with fewer open ones, `Sticky` keeps a client IP on one worker.
+//! The balance policies of the main job (examples/http), seen from clients: `RoundRobin`
+//! hands new connections out in strict rotation, `LeastConnections` sends new connections to
+//! the worker with fewer open ones, `Sticky` keeps a client IP on one worker, and `Shared`
+//! spreads a burst of long-lived connections over its workers rather than leaving most of
+//! them with whichever worker woke first.
 
 mod support;
 
@@ -129,4 +131,31 @@ fn sticky_keeps_each_client_ip_on_one_worker() {
     // And the hashing spreads IPs over the workers.
     let used: BTreeSet<_> = by_ip.values().collect();
     assert_eq!(used.len(), 2, "every IP went to one worker: {by_ip:?}");
+}
+
+#[test]
+fn shared_spreads_a_burst_of_keep_alive_connections_over_the_workers() {
+    const CONNS: usize = 32;
+    let cluster = HttpCluster::start(&example("http"), 2, "shared");
+    cluster.serving_slots();
+    // All open at once, as a load balancer or a benchmark opens its pool: each is accepted
+    // (and counted) while the others arrive.
+    let mut conns: Vec<Conn> = (0..CONNS)
+        .map(|i| Conn::connect(cluster.addr()).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    let mut by_slot = BTreeMap::<usize, usize>::new();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        conn.send_get(false)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        *by_slot
+            .entry(slot_of(conn.read_response(), &format!("connection {i}")))
+            .or_default() += 1;
+    }
+    // Even would be 16 each; without the load table a burst often went 3:1 or worse.
+    assert!(
+        by_slot.len() == 2 && by_slot.values().all(|&n| n >= CONNS * 3 / 8),
+        "{CONNS} connections opened at once went {by_slot:?}\n{}",
+        cluster.dump()
+    );
+    eprintln!("shared: {CONNS} connections opened at once went {by_slot:?}");
 }

@@ -15,6 +15,7 @@ mod cluster;
 mod error;
 mod identity;
 mod listener;
+mod load;
 mod logs;
 mod master;
 mod messaging;

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 
 use crate::identity::WorkerId;
+use crate::load::LoadShare;
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
 
 /// Connections waiting for a ready worker beyond this many stay in the kernel's queue.
@@ -338,6 +339,8 @@ struct Bound {
     socket: Option<std::net::TcpListener>,
     unix: Option<std::os::unix::net::UnixListener>,
     dispatch: Option<Arc<Dispatch>>,
+    /// With `Shared` over TCP: each worker's open connections, shared with the workers.
+    load: Option<crate::load::LoadTable>,
 }
 
 /// Every address the master has bound, by the address workers asked for.
@@ -416,12 +419,34 @@ impl MasterListeners {
         }
     }
 
+    /// The message and descriptor that give worker `id` its entry in `listener`'s load
+    /// table, for a `Shared` listener that has one.
+    pub(crate) fn load_share(
+        &mut self,
+        listener: u32,
+        id: &WorkerId,
+    ) -> Option<(ToWorker, OwnedFd)> {
+        let table = self.bound.get_mut(listener as usize)?.load.as_mut()?;
+        let (index, tag, fd) = table.join(id)?;
+        Some((
+            ToWorker::LoadShare {
+                listener,
+                index,
+                tag,
+            },
+            fd,
+        ))
+    }
+
     /// Stops handing connections to `id` (it is stopping or gone); connections it had not
     /// acknowledged go to other workers.
     pub(crate) fn remove(&mut self, id: &WorkerId) {
-        for bound in &self.bound {
+        for bound in &mut self.bound {
             if let Some(dispatch) = &bound.dispatch {
                 lock(&dispatch.state).members.retain(|m| m.id != *id);
+            }
+            if let Some(load) = &mut bound.load {
+                load.leave(id);
             }
         }
         let orphans = self.in_flight.orphans_of(id);
@@ -512,6 +537,7 @@ fn bind(
                     socket: None,
                     unix: None,
                     dispatch: None,
+                    load: None,
                 });
             }
             let socket = bind_tcp(*sock, false).map_err(describe)?;
@@ -522,11 +548,16 @@ fn bind(
                 balance,
             };
             if balance == Balance::Shared {
+                // Without the table workers still share the queue, only less evenly.
+                let load = crate::load::LoadTable::new()
+                    .map_err(|e| tracing::warn!("no load table for {addr:?}: {e}"))
+                    .ok();
                 return Ok(Bound {
                     info,
                     socket: Some(socket),
                     unix: None,
                     dispatch: None,
+                    load,
                 });
             }
             let accepting = socket.try_clone().map_err(describe)?;
@@ -543,6 +574,7 @@ fn bind(
                 socket: Some(socket),
                 unix: None,
                 dispatch: Some(dispatch),
+                load: None,
             })
         }
         ListenAddr::Unix(path) => {
@@ -563,6 +595,7 @@ fn bind(
                 socket: None,
                 unix: Some(socket),
                 dispatch: None,
+                load: None,
             })
         }
     }
@@ -580,8 +613,10 @@ pub(crate) struct Handed {
 
 /// Where a worker's listener gets its connections.
 enum Source {
-    /// A socket of its own (`Shared`: the master's, passed over; `ReusePort`: bound here).
-    Socket(tokio::net::TcpListener),
+    /// A socket of its own (`Shared`: the master's, passed over; `ReusePort`: bound here),
+    /// watched for readiness and accepted from directly, so that a worker above its share
+    /// can leave a waiting connection to the others.
+    Socket(tokio::io::unix::AsyncFd<std::net::TcpListener>),
     /// Handed over one by one by the master.
     Handed {
         queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<Handed>>,
@@ -598,6 +633,8 @@ pub struct Listener {
     source: Source,
     /// The worker's count of open connections, reported with its heartbeats.
     live: Arc<AtomicUsize>,
+    /// With `Shared`: this worker's entry in the master's load table, once it has come.
+    load: Option<Arc<OnceLock<LoadShare>>>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -610,20 +647,23 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
+    /// A listener on a socket of its own; `socket` must be non-blocking.
     pub(crate) fn socket(
         id: u32,
         local: Option<SocketAddr>,
         balance: Balance,
-        socket: tokio::net::TcpListener,
+        socket: std::net::TcpListener,
         live: Arc<AtomicUsize>,
-    ) -> Self {
-        Listener {
+        load: Option<Arc<OnceLock<LoadShare>>>,
+    ) -> io::Result<Self> {
+        Ok(Listener {
             id,
             local,
             balance,
-            source: Source::Socket(socket),
+            source: Source::Socket(crate::sys::watch_listener(socket)?),
             live,
-        }
+            load,
+        })
     }
 
     pub(crate) fn handed(
@@ -643,13 +683,14 @@ impl Listener {
                 closes,
             },
             live,
+            load: None,
         }
     }
 
     /// The address the cluster listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match &self.source {
-            Source::Socket(socket) => socket.local_addr(),
+            Source::Socket(socket) => socket.get_ref().local_addr(),
             Source::Handed { .. } => self
                 .local
                 .ok_or_else(|| io::Error::other("no local address")),
@@ -665,8 +706,28 @@ impl Listener {
     pub async fn accept(&self) -> io::Result<(Connection, SocketAddr)> {
         match &self.source {
             Source::Socket(socket) => {
-                let (stream, peer) = socket.accept().await?;
-                Ok((self.connection(stream, None), peer))
+                let mut holds = 0;
+                loop {
+                    let mut ready = socket.readable().await?;
+                    if holds < crate::load::MAX_HOLDS
+                        && self
+                            .load
+                            .as_ref()
+                            .and_then(|l| l.get())
+                            .is_some_and(LoadShare::over_share)
+                    {
+                        // Readiness stays set: after the hold, look again.
+                        drop(ready);
+                        holds += 1;
+                        tokio::time::sleep(crate::load::HOLD).await;
+                        continue;
+                    }
+                    match accept_now(socket.get_ref()) {
+                        Ok((stream, peer)) => return Ok((self.connection(stream, None), peer)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             Source::Handed { queue, closes } => match queue.lock().await.recv().await {
                 Some(handed) => Ok(self.wrap(handed, closes)),
@@ -685,16 +746,7 @@ impl Listener {
             Source::Socket(socket) => {
                 // Straight to the kernel with a non-blocking accept: tokio's cached readiness
                 // can lag behind connections that are already queued.
-                let accepted = socket2::SockRef::from(socket)
-                    .accept()
-                    .and_then(|(sock, peer)| {
-                        let stream = std::net::TcpStream::from(sock);
-                        stream.set_nonblocking(true)?;
-                        let peer = peer
-                            .as_socket()
-                            .ok_or_else(|| io::Error::other("not an IP peer"))?;
-                        Ok((TcpStream::from_std(stream)?, peer))
-                    });
+                let accepted = accept_now(socket.get_ref());
                 match accepted {
                     Ok((stream, peer)) => Some(Ok((self.connection(stream, None), peer))),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
@@ -726,10 +778,15 @@ impl Listener {
         close: Option<(u32, mpsc::UnboundedSender<u32>)>,
     ) -> Connection {
         self.live.fetch_add(1, Ordering::Relaxed);
+        let load = self.load.as_ref().and_then(|l| l.get().map(|_| l.clone()));
+        if let Some(load) = load.as_ref().and_then(|l| l.get()) {
+            load.opened();
+        }
         Connection {
             stream,
             close,
             live: self.live.clone(),
+            load,
         }
     }
 }
@@ -740,6 +797,8 @@ pub struct Connection {
     stream: TcpStream,
     close: Option<(u32, mpsc::UnboundedSender<u32>)>,
     live: Arc<AtomicUsize>,
+    /// Counted in the load table (`Shared`).
+    load: Option<Arc<OnceLock<LoadShare>>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -760,6 +819,9 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::Relaxed);
+        if let Some(load) = self.load.as_ref().and_then(|l| l.get()) {
+            load.closed();
+        }
         if let Some((listener, closes)) = self.close.take() {
             let _ = closes.send(listener);
         }
@@ -806,13 +868,31 @@ impl AsyncWrite for Connection {
     }
 }
 
-/// The worker's table of listeners the master hands connections for.
+/// A non-blocking `accept(2)` on a listening socket, the stream registered with tokio.
+fn accept_now(listener: &std::net::TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (sock, peer) = socket2::SockRef::from(listener).accept()?;
+    let stream = std::net::TcpStream::from(sock);
+    stream.set_nonblocking(true)?;
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an IP peer"))?;
+    Ok((TcpStream::from_std(stream)?, peer))
+}
+
+/// The worker's table of listeners the master hands connections for, and of the load tables
+/// of its `Shared` listeners.
 #[derive(Default)]
 pub(crate) struct WorkerListeners {
     queues: Mutex<HashMap<u32, mpsc::UnboundedSender<Handed>>>,
+    loads: Mutex<HashMap<u32, Arc<OnceLock<LoadShare>>>>,
 }
 
 impl WorkerListeners {
+    /// Where `listener`'s load entry goes once the master sends it.
+    pub(crate) fn load_slot(&self, listener: u32) -> Arc<OnceLock<LoadShare>> {
+        lock(&self.loads).entry(listener).or_default().clone()
+    }
+
     pub(crate) fn register(&self, listener: u32) -> mpsc::UnboundedReceiver<Handed> {
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.queues).insert(listener, tx);

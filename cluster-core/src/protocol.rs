@@ -79,6 +79,10 @@ pub(crate) enum ToWorker {
         listener: u32,
         conns: Vec<(u64, Option<SocketAddr>)>,
     },
+    /// The shared table of open connections per worker for a `Shared` listener (a memfd,
+    /// riding along as a descriptor), and this worker's entry in it. Sent right after
+    /// `Listening`; a worker that never gets it accepts without holding back.
+    LoadShare { listener: u32, index: u32, tag: u8 },
 }
 
 /// What a worker learns about a listener it asked for.
@@ -216,6 +220,14 @@ mod tests {
                 conns: vec![(2, None), (3, Some(addr))]
             }),
             [7, 1, 2, 2, 0, 3, 1, 0, 127, 0, 0, 1, 80]
+        );
+        assert_eq!(
+            bytes(&ToWorker::LoadShare {
+                listener: 1,
+                index: 2,
+                tag: 3
+            }),
+            [8, 1, 2, 3]
         );
         assert_eq!(
             bytes(&ToMaster::Heartbeat {

@@ -777,6 +777,9 @@ impl Supervisor {
             Ok(Ok(())) => {
                 if let (Some(listener), false) = (joins, stopping) {
                     self.listeners.join(listener, &id, &sender);
+                    if let Some((msg, fd)) = self.listeners.load_share(listener, &id) {
+                        let _ = sender.send_with_fds(&msg, vec![fd]).await;
+                    }
                 }
             }
             Ok(Err(_)) => {}

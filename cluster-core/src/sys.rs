@@ -71,3 +71,105 @@ pub(crate) fn watch_listener(
     }
     .map_err(|e| e.into_parts().1)
 }
+
+/// An array of `AtomicU32` in memory shared between processes: a memfd mapped read-write.
+/// The master creates it and passes the descriptor; each worker maps the same pages.
+pub(crate) struct SharedCounters {
+    ptr: std::ptr::NonNull<std::sync::atomic::AtomicU32>,
+    len: usize,
+    fd: std::os::fd::OwnedFd,
+}
+
+// SAFETY: the mapping holds only atomics, which are safe to use from any thread, and it lives
+// until `Drop` unmaps it.
+unsafe impl Send for SharedCounters {}
+// SAFETY: as above; every access goes through `&AtomicU32`.
+unsafe impl Sync for SharedCounters {}
+
+impl SharedCounters {
+    /// A new zeroed array of `len` counters.
+    pub(crate) fn create(len: usize) -> io::Result<Self> {
+        // SAFETY: the name is a NUL-terminated literal; memfd_create only reads it.
+        let raw = unsafe { libc::memfd_create(c"cluster-load".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let bytes = Self::bytes(len)?;
+        // SAFETY: ftruncate on the memfd we own; new pages read as zeroes.
+        if unsafe { libc::ftruncate(raw, bytes as libc::off_t) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Self::map(fd, len)
+    }
+
+    /// Maps an array of `len` counters received from the master. Fails if the file is
+    /// smaller than that, rather than fault on access.
+    pub(crate) fn open(fd: std::os::fd::OwnedFd, len: usize) -> io::Result<Self> {
+        let bytes = Self::bytes(len)?;
+        let size = std::fs::File::from(fd.try_clone()?).metadata()?.len();
+        if size < bytes as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("shared counters of {size} bytes, want {bytes}"),
+            ));
+        }
+        Self::map(fd, len)
+    }
+
+    fn bytes(len: usize) -> io::Result<usize> {
+        len.checked_mul(std::mem::size_of::<u32>())
+            .filter(|&b| b > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad counter count"))
+    }
+
+    fn map(fd: std::os::fd::OwnedFd, len: usize) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let bytes = Self::bytes(len)?;
+        // SAFETY: a fresh shared mapping of `bytes` bytes of a file at least that long; the
+        // kernel picks the address.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<std::sync::atomic::AtomicU32>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedCounters { ptr, len, fd })
+    }
+
+    /// The counters.
+    pub(crate) fn counters(&self) -> &[std::sync::atomic::AtomicU32] {
+        // SAFETY: the mapping is `len` page-aligned u32s, valid until Drop; AtomicU32 has the
+        // layout of u32, and other processes touch these words only atomically too.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The memfd, to pass to a worker.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for SharedCounters {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; no reference into it outlives
+        // `self` (`counters` borrows `self`).
+        unsafe {
+            libc::munmap(
+                self.ptr.as_ptr().cast(),
+                self.len * std::mem::size_of::<u32>(),
+            );
+        }
+    }
+}

@@ -290,15 +290,15 @@ where
                 socket
                     .set_nonblocking(true)
                     .map_err(io("cannot set the socket non-blocking"))?;
-                let socket = tokio::net::TcpListener::from_std(socket)
-                    .map_err(io("cannot register the socket"))?;
-                Ok(Listener::socket(
+                Listener::socket(
                     info.listener,
                     info.local,
                     info.balance,
                     socket,
                     self.shared.live.clone(),
-                ))
+                    Some(self.shared.listeners.load_slot(info.listener)),
+                )
+                .map_err(io("cannot register the socket"))
             }
             Balance::ReusePort => {
                 let ListenAddr::Tcp(sock) = addr else {
@@ -308,15 +308,15 @@ where
                     Error::Listen(format!("cannot listen on {sock} with SO_REUSEPORT: {e}"))
                 })?;
                 let local = socket.local_addr().ok();
-                let socket = tokio::net::TcpListener::from_std(socket)
-                    .map_err(io("cannot register the socket"))?;
-                Ok(Listener::socket(
+                Listener::socket(
                     info.listener,
                     local,
                     info.balance,
                     socket,
                     self.shared.live.clone(),
-                ))
+                    None,
+                )
+                .map_err(io("cannot register the socket"))
             }
             _ => {
                 let queue = queue.unwrap_or_else(|| self.shared.listeners.register(info.listener));
@@ -430,6 +430,19 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
                 let _ = reply.send(&ToMaster::Accepted { conn }).await;
                 let Some(fd) = fds.pop() else { continue };
                 take_connection(&shared, listener, fd, peer);
+            }
+            ToWorker::LoadShare {
+                listener,
+                index,
+                tag,
+            } => {
+                let Some(fd) = fds.pop() else { continue };
+                match crate::load::LoadShare::open(fd, index, tag) {
+                    Ok(share) => {
+                        let _ = shared.listeners.load_slot(listener).set(share);
+                    }
+                    Err(e) => tracing::warn!("cannot map the load table of {listener}: {e}"),
+                }
             }
             ToWorker::Connections { listener, conns } => {
                 for (conn, _) in &conns {
