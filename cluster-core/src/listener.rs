@@ -724,7 +724,12 @@ impl Listener {
                     }
                     match accept_now(socket.get_ref()) {
                         Ok((stream, peer)) => return Ok((self.connection(stream, None), peer)),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // Another worker took it (what a hold is for): the next
+                            // connection may be held for again.
+                            ready.clear_ready();
+                            holds = 0;
+                        }
                         Err(e) => return Err(e),
                     }
                 }

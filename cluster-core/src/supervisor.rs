@@ -778,7 +778,10 @@ impl Supervisor {
                 if let (Some(listener), false) = (joins, stopping) {
                     self.listeners.join(listener, &id, &sender);
                     if let Some((msg, fd)) = self.listeners.load_share(listener, &id) {
-                        let _ = sender.send_with_fds(&msg, vec![fd]).await;
+                        // Bounded like the answer: a worker that does not read its channel
+                        // must not stall the supervisor.
+                        let send = sender.send_with_fds(&msg, vec![fd]);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
                     }
                 }
             }
