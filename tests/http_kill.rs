@@ -141,7 +141,7 @@ fn queued_connections_survive_a_killed_worker(policy: &str, burst: bool) {
     for pid in [victim, other] {
         wait_until("a worker to stop", WAIT, || proc_state(pid) == Some('T'));
     }
-    let base = fd_floor(cluster.pid());
+    let base = fd_floor(master);
     if burst {
         kill(Pid::from_raw(master), Signal::SIGSTOP).expect("stop the master");
         wait_until("the master to stop", WAIT, || {
@@ -169,7 +169,7 @@ fn queued_connections_survive_a_killed_worker(policy: &str, burst: bool) {
         wait_until(
             "the master to hold every connection it handed out",
             Duration::from_secs(5),
-            || fd_count(cluster.pid()) >= base + N,
+            || fd_count(master) >= base + N,
         );
     }
 

@@ -613,10 +613,8 @@ pub(crate) struct Handed {
 
 /// Where a worker's listener gets its connections.
 enum Source {
-    /// A socket of its own (`Shared`: the master's, passed over; `ReusePort`: bound here),
-    /// watched for readiness and accepted from directly, so that a worker above its share
-    /// can leave a waiting connection to the others.
-    Socket(tokio::io::unix::AsyncFd<std::net::TcpListener>),
+    /// A socket of its own (`Shared`: the master's, passed over; `ReusePort`: bound here).
+    Socket(tokio::net::TcpListener),
     /// Handed over one by one by the master.
     Handed {
         queue: tokio::sync::Mutex<mpsc::UnboundedReceiver<Handed>>,
@@ -647,23 +645,22 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// A listener on a socket of its own; `socket` must be non-blocking.
     pub(crate) fn socket(
         id: u32,
         local: Option<SocketAddr>,
         balance: Balance,
-        socket: std::net::TcpListener,
+        socket: tokio::net::TcpListener,
         live: Arc<AtomicUsize>,
         load: Option<Arc<OnceLock<LoadShare>>>,
-    ) -> io::Result<Self> {
-        Ok(Listener {
+    ) -> Self {
+        Listener {
             id,
             local,
             balance,
-            source: Source::Socket(crate::sys::watch_listener(socket)?),
+            source: Source::Socket(socket),
             live,
             load,
-        })
+        }
     }
 
     pub(crate) fn handed(
@@ -690,7 +687,7 @@ impl Listener {
     /// The address the cluster listens on (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         match &self.source {
-            Source::Socket(socket) => socket.get_ref().local_addr(),
+            Source::Socket(socket) => socket.local_addr(),
             Source::Handed { .. } => self
                 .local
                 .ok_or_else(|| io::Error::other("no local address")),
@@ -702,37 +699,24 @@ impl Listener {
         self.balance
     }
 
+    /// This worker's entry in the load table, once the master has sent it (`Shared`).
+    fn load_share(&self) -> Option<&LoadShare> {
+        self.load.as_deref().and_then(OnceLock::get)
+    }
+
     /// Waits for the next connection.
     pub async fn accept(&self) -> io::Result<(Connection, SocketAddr)> {
         match &self.source {
             Source::Socket(socket) => {
-                let mut holds = 0;
-                loop {
-                    let mut ready = socket.readable().await?;
-                    if holds < crate::load::MAX_HOLDS
-                        && self
-                            .load
-                            .as_ref()
-                            .and_then(|l| l.get())
-                            .is_some_and(LoadShare::over_share)
-                    {
-                        // Readiness stays set: after the hold, look again.
-                        drop(ready);
-                        holds += 1;
-                        tokio::time::sleep(crate::load::HOLD).await;
-                        continue;
+                // Above its share, a worker lets the others take what arrives meanwhile.
+                for _ in 0..crate::load::MAX_HOLDS {
+                    if !self.load_share().is_some_and(LoadShare::over_share) {
+                        break;
                     }
-                    match accept_now(socket.get_ref()) {
-                        Ok((stream, peer)) => return Ok((self.connection(stream, None), peer)),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            // Another worker took it (what a hold is for): the next
-                            // connection may be held for again.
-                            ready.clear_ready();
-                            holds = 0;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    tokio::time::sleep(crate::load::HOLD).await;
                 }
+                let (stream, peer) = socket.accept().await?;
+                Ok((self.connection(stream, None), peer))
             }
             Source::Handed { queue, closes } => match queue.lock().await.recv().await {
                 Some(handed) => Ok(self.wrap(handed, closes)),
@@ -751,7 +735,16 @@ impl Listener {
             Source::Socket(socket) => {
                 // Straight to the kernel with a non-blocking accept: tokio's cached readiness
                 // can lag behind connections that are already queued.
-                let accepted = accept_now(socket.get_ref());
+                let accepted = socket2::SockRef::from(socket)
+                    .accept()
+                    .and_then(|(sock, peer)| {
+                        let stream = std::net::TcpStream::from(sock);
+                        stream.set_nonblocking(true)?;
+                        let peer = peer
+                            .as_socket()
+                            .ok_or_else(|| io::Error::other("not an IP peer"))?;
+                        Ok((TcpStream::from_std(stream)?, peer))
+                    });
                 match accepted {
                     Ok((stream, peer)) => Some(Ok((self.connection(stream, None), peer))),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
@@ -783,9 +776,10 @@ impl Listener {
         close: Option<(u32, mpsc::UnboundedSender<u32>)>,
     ) -> Connection {
         self.live.fetch_add(1, Ordering::Relaxed);
-        let load = self.load.as_ref().and_then(|l| l.get().map(|_| l.clone()));
-        if let Some(load) = load.as_ref().and_then(|l| l.get()) {
-            load.opened();
+        // Counted only if the table had come when it opened, so that its close matches.
+        let load = self.load.clone().filter(|l| l.get().is_some());
+        if let Some(share) = load.as_deref().and_then(OnceLock::get) {
+            share.opened();
         }
         Connection {
             stream,
@@ -824,8 +818,8 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.live.fetch_sub(1, Ordering::Relaxed);
-        if let Some(load) = self.load.as_ref().and_then(|l| l.get()) {
-            load.closed();
+        if let Some(share) = self.load.as_deref().and_then(OnceLock::get) {
+            share.closed();
         }
         if let Some((listener, closes)) = self.close.take() {
             let _ = closes.send(listener);
@@ -871,17 +865,6 @@ impl AsyncWrite for Connection {
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
-}
-
-/// A non-blocking `accept(2)` on a listening socket, the stream registered with tokio.
-fn accept_now(listener: &std::net::TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    let (sock, peer) = socket2::SockRef::from(listener).accept()?;
-    let stream = std::net::TcpStream::from(sock);
-    stream.set_nonblocking(true)?;
-    let peer = peer
-        .as_socket()
-        .ok_or_else(|| io::Error::other("not an IP peer"))?;
-    Ok((TcpStream::from_std(stream)?, peer))
 }
 
 /// The worker's table of listeners the master hands connections for, and of the load tables

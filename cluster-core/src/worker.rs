@@ -290,15 +290,16 @@ where
                 socket
                     .set_nonblocking(true)
                     .map_err(io("cannot set the socket non-blocking"))?;
-                Listener::socket(
+                let socket = tokio::net::TcpListener::from_std(socket)
+                    .map_err(io("cannot register the socket"))?;
+                Ok(Listener::socket(
                     info.listener,
                     info.local,
                     info.balance,
                     socket,
                     self.shared.live.clone(),
                     Some(self.shared.listeners.load_slot(info.listener)),
-                )
-                .map_err(io("cannot register the socket"))
+                ))
             }
             Balance::ReusePort => {
                 let ListenAddr::Tcp(sock) = addr else {
@@ -308,15 +309,16 @@ where
                     Error::Listen(format!("cannot listen on {sock} with SO_REUSEPORT: {e}"))
                 })?;
                 let local = socket.local_addr().ok();
-                Listener::socket(
+                let socket = tokio::net::TcpListener::from_std(socket)
+                    .map_err(io("cannot register the socket"))?;
+                Ok(Listener::socket(
                     info.listener,
                     local,
                     info.balance,
                     socket,
                     self.shared.live.clone(),
                     None,
-                )
-                .map_err(io("cannot register the socket"))
+                ))
             }
             _ => {
                 let queue = queue.unwrap_or_else(|| self.shared.listeners.register(info.listener));
