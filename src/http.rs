@@ -21,7 +21,10 @@
 //! Closing goes through a "lingering close": the write side is shut first and whatever the
 //! client still sends is read and discarded until it closes (at most two seconds), because
 //! closing a socket with unread input makes the kernel send a reset, which can destroy the
-//! last response before the client has read it.
+//! last response before the client has read it. A connection whose last request asked for
+//! the close (`Connection: close`, or HTTP/1.0 without keep-alive) and had no body left
+//! unread is shut and closed at once: its client sends nothing more (RFC 9112, section 9.6),
+//! and waiting for its close would cost a wake-up per connection for nothing.
 //!
 //! One race no server can remove: a request the client sends on an idle connection while
 //! the server's close of that connection is already on the wire. HTTP/1.1 clients retry
@@ -840,6 +843,9 @@ struct ConnState {
     draining: AtomicBool,
     /// Requests handed to the service whose response body has not been dropped yet.
     busy: AtomicUsize,
+    /// The latest request said it is the client's last and carried no body: once it is
+    /// answered, the client sends nothing more, so the close need not linger.
+    client_done: AtomicBool,
 }
 
 impl ConnState {
@@ -849,6 +855,7 @@ impl ConnState {
             last_io: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
+            client_done: AtomicBool::new(false),
         }
     }
 
@@ -943,8 +950,34 @@ where
     };
     // An error (the client reset, a malformed request) leaves nothing worth lingering for.
     if finished.is_ok() {
-        linger(http.into_parts().io.into_inner().io).await;
+        let mut io = http.into_parts().io.into_inner().io;
+        if conn.client_done.load(Ordering::Relaxed) {
+            // Shut explicitly: dropping alone sends no FIN while another copy of the socket
+            // is open (a master that has not yet seen this worker's acknowledgement).
+            let _ = io.shutdown().await;
+        } else {
+            linger(io).await;
+        }
     }
+}
+
+/// Whether `req` is the client's last request on its connection with nothing of it left to
+/// arrive: it asks for the close (RFC 9112, section 9.6: the client then sends no further
+/// request) and has no body, so no input can follow the response.
+fn is_clients_last<B: Body>(req: &Request<B>) -> bool {
+    if !req.body().is_end_stream() {
+        return false;
+    }
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in req.headers().get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            close |= token.eq_ignore_ascii_case("close");
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    close || (req.version() == hyper::Version::HTTP_10 && !keep_alive)
 }
 
 /// Closes a connection without a reset: shuts the write side, then reads and discards until
@@ -1048,6 +1081,9 @@ where
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let busy = Busy::new(Arc::clone(&self.conn));
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        self.conn
+            .client_done
+            .store(is_clients_last(&req), Ordering::Relaxed);
         req.extensions_mut().insert(PeerAddr(T::clone(&self.peer)));
         let response = self.shared.service.call(req);
         let shared = Arc::clone(&self.shared);
@@ -1115,5 +1151,41 @@ impl<B: Body> Body for DrainBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Empty, Full};
+    use hyper::body::Bytes;
+
+    /// Whether a bodiless request with these `Connection` headers ends the client's input.
+    fn last(version: hyper::Version, connection: &[&str]) -> bool {
+        let mut builder = Request::builder().version(version).uri("/");
+        for value in connection {
+            builder = builder.header(CONNECTION, *value);
+        }
+        is_clients_last(&builder.body(Empty::<Bytes>::new()).unwrap_or_default())
+    }
+
+    #[test]
+    fn a_close_asked_by_the_client_ends_its_input() {
+        const HTTP_10: hyper::Version = hyper::Version::HTTP_10;
+        const HTTP_11: hyper::Version = hyper::Version::HTTP_11;
+        assert!(last(HTTP_11, &["close"]));
+        assert!(last(HTTP_11, &["Upgrade, CLOSE"]));
+        assert!(last(HTTP_11, &["te", "close"]));
+        assert!(last(HTTP_10, &[]));
+        assert!(!last(HTTP_10, &["keep-alive"]));
+        assert!(!last(HTTP_11, &[]));
+        assert!(!last(HTTP_11, &["keep-alive"]));
+        assert!(!last(HTTP_11, &["closed"]));
+        // A body may still be arriving: the close has to linger for it.
+        let upload = Request::builder()
+            .header(CONNECTION, "close")
+            .body(Full::new(Bytes::from_static(b"data")))
+            .unwrap_or_default();
+        assert!(!is_clients_last(&upload));
     }
 }

@@ -428,6 +428,100 @@ async fn request_behind_a_closing_response_gets_no_reset() {
     assert_eq!(stats.requests, 1);
 }
 
+/// Probes a connection the server has closed on its side: writes a byte at a time until the
+/// kernel answers with a reset, which it does only once the server's socket is gone (a
+/// lingering close reads and discards instead). True if that happens within `within`.
+async fn server_socket_gone(client: &mut Client<TcpStream>, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if client.stream.write_all(b"x").await.is_err() {
+            return true;
+        }
+        let mut chunk = [0u8; 16];
+        // Anything but an error (EOF again, the FIN came long ago; or nothing yet) means
+        // probe again.
+        let read = timeout(Duration::from_millis(20), client.stream.read(&mut chunk)).await;
+        if let Ok(Err(_)) = read {
+            return true;
+        }
+    }
+    false
+}
+
+/// A client that asks for the close with a request that has no body sends nothing more
+/// (RFC 9112, section 9.6): the server closes at once instead of lingering until the client
+/// closes too, which would cost it a wake-up and a timer per connection.
+#[tokio::test]
+async fn client_closing_request_gets_an_immediate_close() {
+    let server = Server::start(DrainOptions::new()).await;
+    for head in [
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: test\r\nConnection: TE, Close\r\n\r\n",
+        "GET / HTTP/1.0\r\nHost: test\r\n\r\n",
+    ] {
+        let mut client = Client::connect(server.addr).await.unwrap();
+        client.send_raw(head.as_bytes()).await.unwrap();
+        let reply = ok_response(&mut client).await;
+        assert_eq!(reply.body, b"ok");
+        within("EOF", client.read_eof()).await.unwrap();
+        // The client keeps its socket open: a lingering server would hold its own for
+        // seconds, reading what comes; one that closed at once answers with a reset.
+        assert!(
+            server_socket_gone(&mut client, Duration::from_secs(1)).await,
+            "the server kept the connection of {head:?} open after its response"
+        );
+    }
+}
+
+/// The same request without the close, answered while draining, closes with a linger: the
+/// client may have sent its next request already.
+#[tokio::test]
+async fn server_initiated_close_still_lingers() {
+    let mut server = Server::start(DrainOptions::new()).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client.send("/").await.unwrap();
+    ok_response(&mut client).await;
+    assert_eq!(server.started().await, "/");
+    server.shutdown.cancel();
+    within("draining", server.readiness.reached(Phase::Draining)).await;
+    client.send("/").await.unwrap();
+    let reply = ok_response(&mut client).await;
+    assert!(reply.closes(), "{reply:?}");
+    within("EOF", client.read_eof()).await.unwrap();
+    assert!(
+        !server_socket_gone(&mut client, Duration::from_millis(300)).await,
+        "the server reset a connection it closed on its own initiative"
+    );
+    drop(client);
+    server.stopped().await;
+}
+
+/// A client that asks for the close but whose body the handler left unread: more of the
+/// body may still come, so the close lingers and the response is not destroyed by a reset.
+#[tokio::test]
+async fn client_closing_request_with_unread_body_gets_no_reset() {
+    let server = Server::start(DrainOptions::new()).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    let body = vec![b'x'; 64 * 1024];
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        2 * body.len()
+    );
+    client.send_raw(head.as_bytes()).await.unwrap();
+    client.send_raw(&body).await.unwrap();
+    let reply = ok_response(&mut client).await;
+    assert!(reply.closes(), "{reply:?}");
+    within("EOF", client.read_eof()).await.unwrap();
+    // The rest of the body is still to come: the server must be reading and discarding it,
+    // not gone (the kernel would reset the connection, and a reset that overtakes a
+    // response on a real network destroys it).
+    let _ = client.send_raw(&body).await;
+    assert!(
+        !server_socket_gone(&mut client, Duration::from_millis(300)).await,
+        "the server closed without reading the rest of the body"
+    );
+}
+
 /// A response that ends its connection before the request's body was read (an upload the
 /// handler refuses, say): the unread body must not make the close a reset, which could
 /// destroy the response before the client reads it (RFC 9112, section 9.6).
