@@ -17,6 +17,8 @@
 //! - `SHUTDOWN_DELAY_MS` (0): on shutdown or reload, keep serving this long while the worker's
 //!   `/readyz` says not ready, for load balancers to notice;
 //! - `MAX_MEMORY_MB` (512): a worker above it for 3 seconds is replaced without dropping a request;
+//! - `ACCEPT_COALESCING_MS` (1): with a policy where the master accepts, its rounds of accepts
+//!   under load are at least this far apart (0: hand out each connection as it comes);
 //! - `RUNTIME`: the workers' tokio runtime, `current_thread` (default: with one worker per CPU,
 //!   one thread each is the prefork model and wastes nothing on thread hand-offs) or
 //!   `multi_thread`.
@@ -135,10 +137,14 @@ fn main() -> ExitCode {
         },
     };
     let number = |name: &str, default: u64| env_or(name, &default.to_string()).parse::<u64>();
-    let (Ok(delay_ms), Ok(max_memory_mb)) =
-        (number("SHUTDOWN_DELAY_MS", 0), number("MAX_MEMORY_MB", 512))
-    else {
-        eprintln!("http: SHUTDOWN_DELAY_MS and MAX_MEMORY_MB must be whole numbers");
+    let (Ok(delay_ms), Ok(max_memory_mb), Ok(coalescing_ms)) = (
+        number("SHUTDOWN_DELAY_MS", 0),
+        number("MAX_MEMORY_MB", 512),
+        number("ACCEPT_COALESCING_MS", 1),
+    ) else {
+        eprintln!(
+            "http: SHUTDOWN_DELAY_MS, MAX_MEMORY_MB and ACCEPT_COALESCING_MS must be whole numbers"
+        );
         return ExitCode::from(2);
     };
     let delay = Duration::from_millis(delay_ms);
@@ -159,7 +165,8 @@ fn main() -> ExitCode {
         .grace(delay + Duration::from_secs(10))
         .status_addr(status_addr)
         .heartbeat_timeout(Some(Duration::from_secs(10)))
-        .max_memory(Some(max_memory_mb << 20));
+        .max_memory(Some(max_memory_mb << 20))
+        .accept_coalescing(Duration::from_millis(coalescing_ms));
     Cluster::<(), ()>::new()
         .options(options)
         .worker_runtime(runtime)

@@ -17,10 +17,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 use crate::identity::WorkerId;
 use crate::load::LoadShare;
@@ -158,6 +160,8 @@ struct Dispatch {
     in_flight: Arc<InFlightTable>,
     /// Wakes the accept loop when a worker joins and the waiting queue can drain.
     joined: Notify,
+    /// See `Options::accept_coalescing`.
+    coalescing: Duration,
 }
 
 impl Dispatch {
@@ -276,6 +280,12 @@ impl Dispatch {
     /// forwards these sockets, so registering each with tokio's reactor (and deregistering it
     /// again) would be two wasted syscalls per connection. Every connection already queued is
     /// taken in one wake-up.
+    ///
+    /// Under load, rounds are at least `coalescing` apart: waking for every connection as it
+    /// arrives cost the master, and each worker it handed to, a context switch per
+    /// connection, which on a 2-core machine was most of what the master-accept policies
+    /// paid over workers accepting themselves. A connection after a quiet spell goes out at
+    /// once; a full round goes on at once too, since the queue is known not to be empty.
     async fn accept_loop(self: Arc<Self>, listener: std::net::TcpListener) {
         let listener = match crate::sys::watch_listener(listener) {
             Ok(listener) => listener,
@@ -285,6 +295,7 @@ impl Dispatch {
             }
         };
         let mut batch = Vec::new();
+        let mut last_round: Option<Instant> = None;
         loop {
             // Leave connections in the kernel's queue while too many wait for a worker.
             loop {
@@ -302,6 +313,11 @@ impl Dispatch {
                     continue;
                 }
             };
+            if let Some(due) = last_round.map(|at| at + self.coalescing) {
+                if Instant::now() < due {
+                    tokio::time::sleep_until(due).await;
+                }
+            }
             let mut failed = false;
             while batch.len() < ACCEPT_BATCH {
                 match socket2::SockRef::from(listener.get_ref()).accept() {
@@ -324,6 +340,11 @@ impl Dispatch {
                 }
             }
             drop(ready);
+            last_round = match batch.len() {
+                0 => last_round,
+                ACCEPT_BATCH => None,
+                _ => Some(Instant::now()),
+            };
             if !batch.is_empty() {
                 self.hand_out(std::mem::take(&mut batch)).await;
             }
@@ -349,9 +370,18 @@ pub(crate) struct MasterListeners {
     by_addr: HashMap<ListenAddr, u32>,
     bound: Vec<Bound>,
     in_flight: Arc<InFlightTable>,
+    /// See `Options::accept_coalescing`.
+    coalescing: Duration,
 }
 
 impl MasterListeners {
+    pub(crate) fn new(coalescing: Duration) -> Self {
+        MasterListeners {
+            coalescing,
+            ..MasterListeners::default()
+        }
+    }
+
     /// Binds `addr` (or reuses it) for worker `id`; returns what to answer and the descriptor
     /// to pass along (the listening socket, for `Shared`).
     pub(crate) fn listen(
@@ -364,7 +394,13 @@ impl MasterListeners {
             None => {
                 let index = u32::try_from(self.bound.len())
                     .map_err(|_| "too many listeners".to_string())?;
-                let bound = bind(index, &addr, balance, self.in_flight.clone())?;
+                let bound = bind(
+                    index,
+                    &addr,
+                    balance,
+                    self.in_flight.clone(),
+                    self.coalescing,
+                )?;
                 self.bound.push(bound);
                 self.by_addr.insert(addr.clone(), index);
                 index
@@ -516,6 +552,7 @@ fn bind(
     addr: &ListenAddr,
     balance: Balance,
     in_flight: Arc<InFlightTable>,
+    coalescing: Duration,
 ) -> Result<Bound, String> {
     let describe = |e: io::Error| match e.kind() {
         io::ErrorKind::AddrInUse => format!("cannot listen on {addr:?}: address in use ({e})"),
@@ -567,6 +604,7 @@ fn bind(
                 state: Mutex::new(DispatchState::default()),
                 in_flight,
                 joined: Notify::new(),
+                coalescing,
             });
             tokio::spawn(dispatch.clone().accept_loop(accepting));
             Ok(Bound {
@@ -903,6 +941,92 @@ pub(crate) async fn report_closes(
     while let Some(listener) = closes.recv().await {
         if sender.send(&ToMaster::Closed { listener }).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_ipc::{Channel, Config};
+
+    /// Bound on any wait that should be quick.
+    const STEP: Duration = Duration::from_secs(5);
+
+    /// A round-robin listener with one member, whose end of the channel the test reads as
+    /// the worker would.
+    async fn one_member(
+        coalescing: Duration,
+    ) -> (
+        MasterListeners,
+        SocketAddr,
+        cluster_ipc::Receiver<ToWorker>,
+    ) {
+        let (master, worker) = Channel::<ToWorker, ToMaster>::pair(Config::default())
+            .await
+            .unwrap();
+        let (sender, _) = master.split();
+        let (_, receiver) = worker.split();
+        let mut listeners = MasterListeners::new(coalescing);
+        let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
+        let (info, _) = listeners.listen(addr, Balance::RoundRobin).unwrap();
+        let id = WorkerId {
+            group: "default".into(),
+            slot: 0,
+            generation: 1,
+        };
+        listeners.join(info.listener, &id, &sender);
+        (listeners, info.local.unwrap(), receiver)
+    }
+
+    /// The connections one message hands over.
+    async fn next_handed(rx: &mut cluster_ipc::Receiver<ToWorker>) -> usize {
+        let (msg, fds) = tokio::time::timeout(STEP, rx.recv_with_fds())
+            .await
+            .expect("a message within the bound")
+            .unwrap()
+            .expect("the channel is open");
+        let conns = match msg {
+            ToWorker::Connection { .. } => 1,
+            ToWorker::Connections { conns, .. } => conns.len(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(fds.len(), conns);
+        conns
+    }
+
+    #[tokio::test]
+    async fn an_idle_listener_hands_out_at_once_and_a_busy_one_in_rounds() {
+        let window = Duration::from_millis(100);
+        let (_listeners, addr, mut rx) = one_member(window).await;
+        let mut clients = Vec::new();
+
+        let start = Instant::now();
+        clients.push(TcpStream::connect(addr).await.unwrap());
+        assert_eq!(next_handed(&mut rx).await, 1);
+        assert!(
+            start.elapsed() < window / 2,
+            "a connection to an idle listener waited {:?}",
+            start.elapsed()
+        );
+
+        // Within the window of that round: the next ones wait for the next round, together.
+        for _ in 0..5 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        assert_eq!(next_handed(&mut rx).await, 5);
+        assert!(start.elapsed() >= window, "{:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn without_coalescing_a_connection_never_waits_for_a_round() {
+        let (_listeners, addr, mut rx) = one_member(Duration::ZERO).await;
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let start = Instant::now();
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            assert_eq!(next_handed(&mut rx).await, 1);
+            assert!(start.elapsed() < Duration::from_millis(50), "{:?}", start.elapsed());
         }
     }
 }

@@ -95,6 +95,10 @@ fn validate_signal_list(option: &'static str, signals: &[Signal]) -> Result<(), 
 }
 
 /// Rejects durations the engine could not add to an `Instant`.
+/// The longest `accept_coalescing` window: beyond it the wait, not the work, would decide a
+/// connection's latency.
+const MAX_ACCEPT_COALESCING: Duration = Duration::from_millis(100);
+
 fn validate_not_huge(option: &'static str, value: Duration) -> Result<(), Error> {
     if value > MAX_DURATION {
         return Err(Error::InvalidOption {
@@ -502,6 +506,7 @@ pub struct Options {
     ready_timeout: Duration,
     worker_prefix_logs: bool,
     balance: Balance,
+    accept_coalescing: Duration,
     reload_parallelism: usize,
     heartbeat_interval: Duration,
     heartbeat_timeout: Option<Duration>,
@@ -523,6 +528,7 @@ impl Default for Options {
             ready_timeout: Duration::from_secs(30),
             worker_prefix_logs: true,
             balance: Balance::Shared,
+            accept_coalescing: Duration::from_millis(1),
             reload_parallelism: 1,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Some(Duration::from_secs(30)),
@@ -719,6 +725,32 @@ impl Options {
         self.balance
     }
 
+    /// With a policy where the master accepts (`RoundRobin`, `LeastConnections`, `Sticky`):
+    /// while connections keep arriving, the master takes them from the kernel's queue in
+    /// rounds at least this far apart (default 1 ms; zero turns it off). A connection that
+    /// arrives after a quiet spell of this length is handed out at once, so an idle server
+    /// adds no latency; under load each round hands every worker its share in one message,
+    /// so the master and the workers wake once per round instead of once per connection.
+    /// Rounds follow tokio's timer, whose resolution is 1 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cluster_core::Options;
+    ///
+    /// let latency_first = Options::new().accept_coalescing(Duration::ZERO);
+    /// assert!(latency_first.validate().is_ok());
+    /// ```
+    #[must_use]
+    pub fn accept_coalescing(mut self, window: Duration) -> Self {
+        self.accept_coalescing = window;
+        self
+    }
+
+    /// See [`Options::accept_coalescing`].
+    pub fn get_accept_coalescing(&self) -> Duration {
+        self.accept_coalescing
+    }
+
     /// How many slots a rolling reload replaces at once (default 1).
     #[must_use]
     pub fn reload_parallelism(mut self, slots: usize) -> Self {
@@ -871,6 +903,16 @@ impl Options {
             return Err(Error::InvalidOption {
                 option: "sample_interval",
                 reason: "must be more than zero".into(),
+            });
+        }
+        if self.accept_coalescing > MAX_ACCEPT_COALESCING {
+            return Err(Error::InvalidOption {
+                option: "accept_coalescing",
+                reason: format!(
+                    "{:?} would hold new connections in the queue that long under load; use at \
+                     most {MAX_ACCEPT_COALESCING:?} (or zero to hand each one out at once)",
+                    self.accept_coalescing
+                ),
             });
         }
         if self.reload_parallelism == 0 {
@@ -1111,6 +1153,21 @@ mod tests {
         assert_eq!(o.get_backoff(), Backoff::new());
         assert_eq!(o, Options::default());
         assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn accept_coalescing_is_bounded() {
+        assert_eq!(
+            Options::new().get_accept_coalescing(),
+            Duration::from_millis(1)
+        );
+        for ok in [Duration::ZERO, MAX_ACCEPT_COALESCING] {
+            assert!(Options::new().accept_coalescing(ok).validate().is_ok());
+        }
+        let long = Options::new().accept_coalescing(Duration::from_secs(1));
+        let (option, reason) = option_of(long.validate());
+        assert_eq!(option, "accept_coalescing");
+        assert!(reason.contains("at most 100ms"), "{reason}");
     }
 
     #[test]

@@ -310,6 +310,7 @@ impl Supervisor {
                 }
             })
             .collect();
+        let listeners = MasterListeners::new(options.get_accept_coalescing());
         Ok(Supervisor {
             exe,
             args,
@@ -325,7 +326,7 @@ impl Supervisor {
             pending,
             stopping: None,
             killed_after_grace: false,
-            listeners: MasterListeners::default(),
+            listeners,
             stop_signalled_at: None,
             reload: None,
             reloads_total: 0,
