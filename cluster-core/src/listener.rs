@@ -957,11 +957,7 @@ mod tests {
     /// the worker would.
     async fn one_member(
         coalescing: Duration,
-    ) -> (
-        MasterListeners,
-        SocketAddr,
-        cluster_ipc::Receiver<ToWorker>,
-    ) {
+    ) -> (MasterListeners, SocketAddr, cluster_ipc::Receiver<ToWorker>) {
         let (master, worker) = Channel::<ToWorker, ToMaster>::pair(Config::default())
             .await
             .unwrap();
@@ -1026,7 +1022,11 @@ mod tests {
             let start = Instant::now();
             clients.push(TcpStream::connect(addr).await.unwrap());
             assert_eq!(next_handed(&mut rx).await, 1);
-            assert!(start.elapsed() < Duration::from_millis(50), "{:?}", start.elapsed());
+            assert!(
+                start.elapsed() < Duration::from_millis(50),
+                "{:?}",
+                start.elapsed()
+            );
         }
     }
 }
