@@ -18,6 +18,7 @@ const OPTIONS: &[&str] = &[
     "signals",
     "runtime",
     "balance",
+    "accept_coalescing",
     "reload_signals",
     "reload_parallelism",
     "ready_timeout",
@@ -37,6 +38,10 @@ const OPTIONS: &[&str] = &[
 /// The longest duration the engine accepts (it adds durations to `Instant`s, which panics on
 /// overflow): checking it here turns a start-up failure into a compile error.
 const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+
+/// The longest `accept_coalescing` window cluster-core accepts (it refuses more at start-up):
+/// beyond it the wait, not the work, would decide a connection's latency.
+const MAX_ACCEPT_COALESCING_MS: u64 = 100;
 
 /// Signals this platform may name, for the error on an unknown one. `SIGSTKFLT` and `SIGPWR`
 /// are Linux's; elsewhere rustc reports them as missing variants of `cluster::Signal`.
@@ -163,6 +168,8 @@ pub(crate) struct Args {
     pub(crate) signals: Option<Spanned<Vec<Ident>>>,
     pub(crate) runtime: Option<Spanned<Runtime>>,
     pub(crate) balance: Option<Spanned<Balance>>,
+    /// Milliseconds, at most [`MAX_ACCEPT_COALESCING_MS`]; zero turns coalescing off.
+    pub(crate) accept_coalescing: Option<Spanned<u64>>,
     pub(crate) reload_signals: Option<Spanned<Vec<Ident>>>,
     pub(crate) reload_parallelism: Option<Spanned<usize>>,
     /// Milliseconds, more than zero.
@@ -292,6 +299,9 @@ impl Args {
                         .map(|r| Spanned::new(r, span))
                 }
                 "balance" => args.balance = spanned(errors, parse_balance(&value), span),
+                "accept_coalescing" => {
+                    args.accept_coalescing = spanned(errors, parse_accept_coalescing(&value), span)
+                }
                 "reload_signals" => {
                     reload_signals_at = Some(index);
                     args.reload_signals =
@@ -504,6 +514,21 @@ fn parse_positive_duration(value: &Expr, zero: &str) -> syn::Result<u64> {
     }
 }
 
+/// A duration of at most [`MAX_ACCEPT_COALESCING_MS`]; zero (coalescing off) is fine.
+fn parse_accept_coalescing(value: &Expr) -> syn::Result<u64> {
+    // Unbounded, so that a huge value gets this option's limit rather than the 365 days
+    // every other duration may reach.
+    match unbounded_duration(value, DURATION_HINT)? {
+        ms if ms > MAX_ACCEPT_COALESCING_MS => Err(syn::Error::new_spanned(
+            value,
+            format!(
+                "an `accept_coalescing` of {ms} ms would hold new connections in the queue that long under load; use at most {MAX_ACCEPT_COALESCING_MS} ms, or 0 to hand each connection out at once"
+            ),
+        )),
+        ms => Ok(ms),
+    }
+}
+
 /// `"off"` (no watchdog) or a positive duration.
 fn parse_heartbeat_timeout(value: &Expr) -> syn::Result<Option<u64>> {
     if lit_str(value).is_some_and(|s| s.value().trim() == "off") {
@@ -520,7 +545,19 @@ fn parse_heartbeat_timeout(value: &Expr) -> syn::Result<Option<u64>> {
 }
 
 fn duration_with_hint(value: &Expr, hint: &str) -> syn::Result<u64> {
-    let ms = match value {
+    let ms = unbounded_duration(value, hint)?;
+    if ms > MAX_DURATION_MS {
+        return Err(syn::Error::new_spanned(
+            value,
+            "this duration is too long; use at most 365 days",
+        ));
+    }
+    Ok(ms)
+}
+
+/// [`duration_with_hint`] without the 365-day limit, for an option with a limit of its own.
+fn unbounded_duration(value: &Expr, hint: &str) -> syn::Result<u64> {
+    Ok(match value {
         Expr::Lit(ExprLit {
             lit: Lit::Int(n), ..
         }) => n
@@ -540,14 +577,7 @@ fn duration_with_hint(value: &Expr, hint: &str) -> syn::Result<u64> {
                 )
             })?
         }
-    };
-    if ms > MAX_DURATION_MS {
-        return Err(syn::Error::new_spanned(
-            value,
-            "this duration is too long; use at most 365 days",
-        ));
-    }
-    Ok(ms)
+    })
 }
 
 /// `None` for anything but `<digits><unit>`, and on overflow.
@@ -857,7 +887,8 @@ fn parse_crate(value: &Expr) -> syn::Result<syn::Path> {
 
 #[cfg(test)]
 mod tests {
-    use super::{duration_str_ms, memory_bytes};
+    use super::{Args, Errors, RawArgs, duration_str_ms, memory_bytes, parse_accept_coalescing};
+    use syn::{Expr, parse_quote};
 
     #[test]
     fn memory_sizes() {
@@ -886,5 +917,58 @@ mod tests {
         assert_eq!(duration_str_ms("3x"), None);
         assert_eq!(duration_str_ms("1.5s"), None);
         assert_eq!(duration_str_ms("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn accept_coalescing_values() {
+        let ms = |value: Expr| parse_accept_coalescing(&value).unwrap();
+        assert_eq!(ms(parse_quote!(1)), 1);
+        assert_eq!(ms(parse_quote!("2ms")), 2);
+        assert_eq!(ms(parse_quote!(0)), 0);
+        assert_eq!(ms(parse_quote!("0s")), 0);
+        assert_eq!(ms(parse_quote!(100)), 100);
+        assert_eq!(ms(parse_quote!("100ms")), 100);
+        let too_long: [Expr; 4] = [
+            parse_quote!(101),
+            parse_quote!("1s"),
+            parse_quote!("1m"),
+            // Beyond 365 days: still this option's limit, not the general one.
+            parse_quote!("9000h"),
+        ];
+        for value in too_long {
+            let error = parse_accept_coalescing(&value).unwrap_err().to_string();
+            assert!(error.contains("at most 100 ms, or 0"), "{error}");
+        }
+        let error = parse_accept_coalescing(&parse_quote!("1s"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("of 1000 ms would hold"), "{error}");
+        for value in [parse_quote!("2x"), parse_quote!(1.5), parse_quote!(-1)] {
+            let error = parse_accept_coalescing(&value).unwrap_err().to_string();
+            assert!(error.starts_with("invalid duration"), "{error}");
+        }
+    }
+
+    #[test]
+    fn accept_coalescing_option() {
+        let parse = |tokens: proc_macro2::TokenStream| {
+            let raw: RawArgs = syn::parse2(tokens).unwrap();
+            let mut errors = Errors::default();
+            let args = Args::from_raw(raw, &mut errors);
+            (args, errors.finish())
+        };
+        let (args, result) = parse(quote::quote!(accept_coalescing = "2ms", count = 2));
+        assert!(result.is_ok());
+        assert_eq!(args.accept_coalescing.map(|ms| ms.value), Some(2));
+        let (args, result) = parse(quote::quote!(accept_coalescing = 0));
+        assert!(result.is_ok());
+        assert_eq!(args.accept_coalescing.map(|ms| ms.value), Some(0));
+        let (args, result) = parse(quote::quote!(accept_coalescing = 250));
+        assert!(args.accept_coalescing.is_none());
+        let error = result.unwrap_err().to_string();
+        assert!(error.contains("accept_coalescing` of 250 ms"), "{error}");
+        let (_, result) = parse(quote::quote!(accept_coalescing = 1, accept_coalescing = 2));
+        let error = result.unwrap_err().to_string();
+        assert_eq!(error, "duplicate option `accept_coalescing`");
     }
 }

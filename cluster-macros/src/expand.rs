@@ -204,6 +204,13 @@ fn option_calls(args: &Args) -> Vec<TokenStream> {
             quote_spanned!(balance.span=> balance(#krate::Balance::#variant)),
         ));
     }
+    if let Some(window) = &args.accept_coalescing {
+        let value = millis(window.value, window.span);
+        calls.push(configure(
+            window,
+            quote_spanned!(window.span=> accept_coalescing(#value)),
+        ));
+    }
     if let Some(signals) = &args.reload_signals {
         let names = &signals.value;
         calls.push(configure(

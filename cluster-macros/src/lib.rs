@@ -66,6 +66,7 @@
 //! runtime               = "multi_thread" | "current_thread"    the workers' tokio runtime
 //! balance               = "round-robin" | RoundRobin  "shared" (default), "round-robin",
 //!                                                     "least-connections", "sticky", "reuseport"
+//! accept_coalescing     = 1 | "2ms" | 0               master's accept rounds (<= 100 ms, 0 = off)
 //! reload_signals        = [SIGUSR2]                   rolling-reload signals; [] turns them off
 //! reload_parallelism    = 2                           slots replaced at once in a reload (>= 1)
 //! ready_timeout         = 30000 | "30s"               time to report ready (> 0)
@@ -87,16 +88,17 @@
 //! set through `Cluster::configure`; see `cluster::Options` for what each one does.
 //!
 //! Each mistake is a compile error on the token at fault: an unknown or repeated option, a
-//! zero count, a bad duration, a zero where a positive value is needed, an unknown balance
-//! strategy, a bad memory size or unit, a `status_addr` that is not an IP address and port,
-//! a `heartbeat_timeout` not longer than the `heartbeat_interval` written beside it, an
-//! unknown signal or one that cannot be caught (`SIGKILL`, `SIGSTOP`, the fault signals
-//! `SIGILL`, `SIGFPE`, `SIGSEGV`, `SIGBUS`, `SIGTRAP`, and `SIGCHLD`, `SIGPIPE`), a signal in
-//! both `signals` and `reload_signals` (reported in the list written second), a missing or
-//! second worker, a hook that is not `async`, takes the wrong parameters or returns
-//! something other than `()` / `Result<(), E>`, and master and worker contexts whose message
-//! types differ. Message types are compared as written: the macro cannot resolve paths, so
-//! spell them the same way in both (a type alias helps).
+//! zero count, a bad duration, a zero where a positive value is needed, an `accept_coalescing`
+//! over 100 ms, an unknown balance strategy, a bad memory size or unit, a `status_addr` that
+//! is not an IP address and port, a `heartbeat_timeout` not longer than the
+//! `heartbeat_interval` written beside it, an unknown signal or one that cannot be caught
+//! (`SIGKILL`, `SIGSTOP`, the fault signals `SIGILL`, `SIGFPE`, `SIGSEGV`, `SIGBUS`,
+//! `SIGTRAP`, and `SIGCHLD`, `SIGPIPE`), a signal in both `signals` and `reload_signals`
+//! (reported in the list written second), a missing or second worker, a hook that is not
+//! `async`, takes the wrong parameters or returns something other than `()` / `Result<(), E>`,
+//! and master and worker contexts whose message types differ. Message types are compared as
+//! written: the macro cannot resolve paths, so spell them the same way in both (a type alias
+//! helps).
 
 #![cfg_attr(
     not(test),

@@ -20,6 +20,7 @@ pub enum Report {
     signals = [SIGINT, SIGTERM, SIGHUP],
     runtime = "current_thread",
     balance = "round-robin",
+    accept_coalescing = "2ms",
     reload_signals = [SIGUSR2, USR1],
     reload_parallelism = 2,
     ready_timeout = "10s",

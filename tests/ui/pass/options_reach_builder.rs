@@ -54,6 +54,7 @@ mod stand_in {
 #[cluster::main(
     crate = "stand_in",
     balance = "least-connections",
+    accept_coalescing = "2ms",
     reload_signals = [SIGUSR2, "hup"],
     reload_parallelism = 3,
     ready_timeout = "10s",
@@ -76,6 +77,7 @@ fn every_option() {
 #[cluster::main(
     crate = "stand_in",
     balance = ReusePort,
+    accept_coalescing = 0,
     reload_signals = [],
     heartbeat_timeout = "off",
     max_memory = 100_000,
@@ -91,7 +93,8 @@ fn other_spellings() {
     crate = "stand_in",
     max_memory = "100MB",
     status_addr = "off",
-    balance = "round-robin"
+    balance = "round-robin",
+    accept_coalescing = 100
 )]
 fn more_spellings() {
     #[worker]
@@ -106,6 +109,7 @@ fn ran_with(app: fn() -> ExitCode) -> Options {
 fn main() {
     let o = ran_with(every_option);
     assert_eq!(o.get_balance(), Balance::LeastConnections);
+    assert_eq!(o.get_accept_coalescing(), Duration::from_millis(2));
     assert_eq!(o.get_reload_signals(), [Signal::SIGUSR2, Signal::SIGHUP]);
     assert_eq!(o.get_reload_parallelism(), 3);
     assert_eq!(o.get_ready_timeout(), Duration::from_secs(10));
@@ -122,6 +126,7 @@ fn main() {
 
     let o = ran_with(other_spellings);
     assert_eq!(o.get_balance(), Balance::ReusePort);
+    assert_eq!(o.get_accept_coalescing(), Duration::ZERO);
     assert!(o.get_reload_signals().is_empty());
     assert_eq!(o.get_heartbeat_timeout(), None);
     assert_eq!(o.get_max_memory(), Some(100_000));
@@ -134,4 +139,6 @@ fn main() {
     assert_eq!(o.get_max_memory(), Some(100_000_000));
     assert_eq!(o.get_status_addr(), None);
     assert_eq!(o.get_balance(), Balance::RoundRobin);
+    assert_eq!(o.get_accept_coalescing(), Duration::from_millis(100));
+    assert!(o.validate().is_ok());
 }
