@@ -93,9 +93,11 @@ async fn worker(
             Ok::<_, Infallible>(response)
         }
     };
+    // The handler never reads the client's address: skip inserting it into every request.
     let options = DrainOptions::new()
         .shutdown_delay(delay)
-        .readiness(&readiness);
+        .readiness(&readiness)
+        .peer_addr(false);
     cluster::http::serve(listener, handler, ctx.shutdown_token(), options)
         .await
         .map_err(|e| cluster::Error::Worker(format!("serving HTTP: {e}")))?;

@@ -74,7 +74,7 @@ use hyper::header::{CONNECTION, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -114,6 +114,8 @@ pub use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// The default [`DrainOptions::header_read_timeout`], hyper's own default.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a closed connection's remaining input is read and discarded before the socket is
 /// dropped (see the module documentation on lingering close).
 const LINGER: Duration = Duration::from_secs(2);
@@ -459,6 +461,8 @@ pub struct DrainOptions {
     shutdown_delay: Duration,
     max_drain: Option<Duration>,
     readiness: Readiness,
+    header_read_timeout: Option<Duration>,
+    peer_addr: bool,
 }
 
 impl Default for DrainOptions {
@@ -468,6 +472,8 @@ impl Default for DrainOptions {
             shutdown_delay: Duration::ZERO,
             max_drain: None,
             readiness: Readiness::new(),
+            header_read_timeout: Some(HEADER_READ_TIMEOUT),
+            peer_addr: true,
         }
     }
 }
@@ -526,6 +532,37 @@ impl DrainOptions {
     /// ```
     pub fn max_drain(mut self, max: impl Into<Option<Duration>>) -> Self {
         self.max_drain = max.into();
+        self
+    }
+
+    /// A connection that completes no request head for this long while no request on it is
+    /// under way is closed: a client sending its head byte by byte (slowloris), or a
+    /// keep-alive connection left idle. Default 30 s, as hyper's own header read timeout;
+    /// `None` keeps such connections open. The check runs once per period per connection,
+    /// not per request, so a connection is closed between one and two periods after it last
+    /// started a request.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let options = cluster::http::DrainOptions::new().header_read_timeout(Duration::from_secs(10));
+    /// # let _ = options;
+    /// ```
+    pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.header_read_timeout = timeout.into();
+        self
+    }
+
+    /// Whether each request carries its connection's [`PeerAddr`] in its extensions
+    /// (default true). Inserting it allocates the request's extension map, a cost every
+    /// request pays; a handler that never reads the peer can turn it off.
+    ///
+    /// ```
+    /// let options = cluster::http::DrainOptions::new().peer_addr(false);
+    /// # let _ = options;
+    /// ```
+    pub fn peer_addr(mut self, insert: bool) -> Self {
+        self.peer_addr = insert;
         self
     }
 
@@ -682,16 +719,21 @@ where
         shutdown_delay,
         max_drain,
         readiness,
+        header_read_timeout,
+        peer_addr,
     } = options;
-    let mut builder = http1::Builder::new();
-    // hyper's header read timeout (30 s) needs a timer; without one a client that opens a
-    // connection and never finishes a request head would hold it open forever.
-    builder.timer(TokioTimer::new());
+    // No timer for hyper: its header read timeout arms (and boxes, and cancels) a timer for
+    // every request, which cost keep-alive serving about a tenth of its CPU per request.
+    // `serve_connection` keeps one timer per connection instead.
+    let builder = http1::Builder::new();
     let shared = Arc::new(Shared {
         service,
         builder,
         drain: CancellationToken::new(),
+        draining: AtomicBool::new(false),
         quiet: quiet_period,
+        header_read_timeout,
+        peer_addr,
         epoch: Instant::now(),
         requests: AtomicU64::new(0),
         closed_idle: AtomicU64::new(0),
@@ -741,6 +783,7 @@ where
     readiness.set(Phase::Draining);
     // From here on every response carries `Connection: close` and idle connections count
     // down their quiet period, including those taken from the queue below.
+    shared.draining.store(true, Ordering::Relaxed);
     shared.drain.cancel();
     if failure.is_none() {
         for _ in 0..MAX_QUEUED {
@@ -822,7 +865,14 @@ struct Shared<S> {
     builder: http1::Builder,
     /// Cancelled when draining starts (after the shutdown delay).
     drain: CancellationToken,
+    /// Set with `drain`, for the per-response check: the token's own `is_cancelled` takes
+    /// a lock.
+    draining: AtomicBool,
     quiet: Duration,
+    /// See [`DrainOptions::header_read_timeout`].
+    header_read_timeout: Option<Duration>,
+    /// See [`DrainOptions::peer_addr`].
+    peer_addr: bool,
     /// Origin of [`ConnState::last_io`].
     epoch: Instant,
     requests: AtomicU64,
@@ -846,6 +896,8 @@ struct ConnState {
     /// The latest request said it is the client's last and carried no body: once it is
     /// answered, the client sends nothing more, so the close need not linger.
     client_done: AtomicBool,
+    /// Request heads completed on this connection, for the header read timeout.
+    heads: AtomicU64,
 }
 
 impl ConnState {
@@ -856,6 +908,7 @@ impl ConnState {
             draining: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
             client_done: AtomicBool::new(false),
+            heads: AtomicU64::new(0),
         }
     }
 
@@ -919,9 +972,39 @@ where
     // lingering close, which hyper's own shutdown does not do.
     let mut http = shared.builder.serve_connection(io, service);
 
-    let finished = tokio::select! {
-        finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => Some(finished),
-        () = shared.drain.cancelled() => None,
+    let finished = match shared.header_read_timeout {
+        None => tokio::select! {
+            finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => Some(finished),
+            () = shared.drain.cancelled() => None,
+        },
+        Some(timeout) => {
+            // One timer per connection, re-armed once per period: a period in which no request
+            // head completed and none was under way ends the connection.
+            let mut heads = 0;
+            let mut deadline = Instant::now() + timeout;
+            loop {
+                tokio::select! {
+                    finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break Some(finished),
+                    () = shared.drain.cancelled() => break None,
+                    () = tokio::time::sleep_until(deadline) => {
+                        let now_heads = conn.heads.load(Ordering::Relaxed);
+                        if now_heads != heads || conn.busy.load(Ordering::Relaxed) > 0 {
+                            heads = now_heads;
+                            deadline = Instant::now() + timeout;
+                            continue;
+                        }
+                        // Nothing under way and no request started for a whole period:
+                        // close, without a linger (no response is on its way, and a
+                        // slowloris client would only keep it open). Not hyper's graceful
+                        // shutdown: it waits for the head of a connection that has not
+                        // served a request yet.
+                        let mut io = http.into_parts().io.into_inner().io;
+                        let _ = io.shutdown().await;
+                        return;
+                    }
+                }
+            }
+        }
     };
     let finished = match finished {
         Some(finished) => finished,
@@ -1081,10 +1164,13 @@ where
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let busy = Busy::new(Arc::clone(&self.conn));
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        self.conn.heads.fetch_add(1, Ordering::Relaxed);
         self.conn
             .client_done
             .store(is_clients_last(&req), Ordering::Relaxed);
-        req.extensions_mut().insert(PeerAddr(T::clone(&self.peer)));
+        if self.shared.peer_addr {
+            req.extensions_mut().insert(PeerAddr(T::clone(&self.peer)));
+        }
         let response = self.shared.service.call(req);
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
@@ -1093,7 +1179,7 @@ where
             // was under way when draining started still closes its connection, so the
             // client learns it from this response instead of from a close that races its
             // next request.
-            if shared.drain.is_cancelled() {
+            if shared.draining.load(Ordering::Relaxed) {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));

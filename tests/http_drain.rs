@@ -428,6 +428,74 @@ async fn request_behind_a_closing_response_gets_no_reset() {
     assert_eq!(stats.requests, 1);
 }
 
+/// A client that never finishes its request head (slowloris) is cut off once a whole
+/// header read timeout passes without a request, even while it keeps trickling bytes.
+#[tokio::test]
+async fn unfinished_request_head_is_closed_after_the_header_read_timeout() {
+    let period = Duration::from_millis(150);
+    let server = Server::start(DrainOptions::new().header_read_timeout(period)).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client
+        .send_raw(b"GET / HTTP/1.1\r\nHost: te")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let closed = async {
+        let mut chunk = [0u8; 64];
+        loop {
+            // A byte now and then, never the end of the head.
+            let _ = client.stream.write_all(b"s").await;
+            match timeout(Duration::from_millis(50), client.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => panic!("a response to an unfinished head: {n} bytes"),
+                Err(_) => {}
+            }
+        }
+    };
+    within("the server to close the connection", closed).await;
+    assert!(start.elapsed() >= period, "{:?}", start.elapsed());
+}
+
+/// A keep-alive connection idle for a whole period is closed too; one that keeps sending
+/// requests, or whose request takes longer than the period, is not.
+#[tokio::test]
+async fn header_read_timeout_spares_busy_connections_and_closes_idle_ones() {
+    let period = Duration::from_millis(150);
+    let server = Server::start(DrainOptions::new().header_read_timeout(period)).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    let start = Instant::now();
+    // Requests 50 ms apart for more than three periods.
+    while start.elapsed() < 4 * period {
+        client.send("/").await.unwrap();
+        let reply = ok_response(&mut client).await;
+        assert!(!reply.closes(), "{reply:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A request that takes 300 ms, twice the period.
+    client.send("/slow").await.unwrap();
+    assert_eq!(ok_response(&mut client).await.body, b"slow");
+    // Then nothing: the idle connection goes.
+    within("EOF on the idle connection", client.read_eof())
+        .await
+        .unwrap();
+}
+
+/// With the timeout off, an unfinished head keeps its connection.
+#[tokio::test]
+async fn header_read_timeout_none_keeps_unfinished_heads() {
+    let server = Server::start(DrainOptions::new().header_read_timeout(None)).await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client
+        .send_raw(b"GET / HTTP/1.1\r\nHost: te")
+        .await
+        .unwrap();
+    let mut chunk = [0u8; 64];
+    let read = timeout(Duration::from_millis(500), client.stream.read(&mut chunk)).await;
+    assert!(read.is_err(), "the connection ended: {read:?}");
+    client.send_raw(b"st\r\n\r\n").await.unwrap();
+    assert_eq!(ok_response(&mut client).await.body, b"ok");
+}
+
 /// Probes a connection the server has closed on its side: writes a byte at a time until the
 /// kernel answers with a reset, which it does only once the server's socket is gone (a
 /// lingering close reads and discards instead). True if that happens within `within`.
