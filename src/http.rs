@@ -972,37 +972,28 @@ where
     // lingering close, which hyper's own shutdown does not do.
     let mut http = shared.builder.serve_connection(io, service);
 
-    let finished = match shared.header_read_timeout {
-        None => tokio::select! {
-            finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => Some(finished),
-            () = shared.drain.cancelled() => None,
-        },
-        Some(timeout) => {
-            // One timer per connection, re-armed once per period: a period in which no request
-            // head completed and none was under way ends the connection.
-            let mut heads = 0;
-            let mut deadline = Instant::now() + timeout;
-            loop {
-                tokio::select! {
-                    finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break Some(finished),
-                    () = shared.drain.cancelled() => break None,
-                    () = tokio::time::sleep_until(deadline) => {
-                        let now_heads = conn.heads.load(Ordering::Relaxed);
-                        if now_heads != heads || conn.busy.load(Ordering::Relaxed) > 0 {
-                            heads = now_heads;
-                            deadline = Instant::now() + timeout;
-                            continue;
-                        }
-                        // Nothing under way and no request started for a whole period:
-                        // close, without a linger (no response is on its way, and a
-                        // slowloris client would only keep it open). Not hyper's graceful
-                        // shutdown: it waits for the head of a connection that has not
-                        // served a request yet.
-                        let mut io = http.into_parts().io.into_inner().io;
-                        let _ = io.shutdown().await;
-                        return;
-                    }
+    // One header-read timer per connection, re-armed once per period: a period in which no
+    // request head completed and none was under way ends the connection.
+    let mut heads = 0;
+    let mut deadline = shared.header_read_timeout.map(|t| Instant::now() + t);
+    let finished = loop {
+        tokio::select! {
+            finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break Some(finished),
+            () = shared.drain.cancelled() => break None,
+            () = sleep_until_some(deadline), if deadline.is_some() => {
+                let now_heads = conn.heads.load(Ordering::Relaxed);
+                if now_heads != heads || conn.busy.load(Ordering::Relaxed) > 0 {
+                    heads = now_heads;
+                    deadline = shared.header_read_timeout.map(|t| Instant::now() + t);
+                    continue;
                 }
+                // Nothing under way and no request started for a whole period: close,
+                // without a linger (no response is on its way, and a slowloris client would
+                // only keep it open). Not hyper's graceful shutdown: it waits for the head of
+                // a connection that has not served a request yet.
+                let mut io = http.into_parts().io.into_inner().io;
+                let _ = io.shutdown().await;
+                return;
             }
         }
     };
@@ -1041,6 +1032,15 @@ where
         } else {
             linger(io).await;
         }
+    }
+}
+
+/// Sleeps until `deadline`; never returns without one (its `select!` branch is disabled
+/// then).
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
