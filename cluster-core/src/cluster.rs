@@ -12,13 +12,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::identity::{Role, WorkerId, role};
+use crate::Error;
+use crate::identity::role;
 use crate::master::MasterContext;
 use crate::messaging::Pending;
+use crate::model::{Role, WorkerId};
 use crate::options::{GroupOptions, Options, Signal};
+use crate::supervisor::signals;
 use crate::supervisor::{SpawnHook, SpawnSettings, Supervisor};
 use crate::worker::{self, Outcome, WorkerContext};
-use crate::{Error, signals};
 
 /// An error returned by app code (worker, master or hook functions).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -526,11 +528,11 @@ impl<D: Message, U: Message> Cluster<D, U> {
             let source = Arc::new(crate::supervisor::CommandSource {
                 commands: commands_tx.clone(),
             });
-            let options = crate::status_server::StatusOptions {
+            let options = crate::observe::status_server::StatusOptions {
                 min_ready: self.options.get_min_ready(),
                 ..Default::default()
             };
-            tokio::spawn(crate::status_server::serve_status(
+            tokio::spawn(crate::observe::status_server::serve_status(
                 listener,
                 source,
                 options,

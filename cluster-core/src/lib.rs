@@ -14,37 +14,32 @@
 mod cluster;
 mod error;
 mod identity;
-mod listener;
-mod load;
-mod logs;
 mod master;
 mod messaging;
-mod metrics;
+mod model;
+mod net;
+mod observe;
 mod options;
 mod protocol;
-mod resources;
-mod restart;
-mod signals;
-mod spawner;
-mod status;
-mod status_server;
+mod request;
 mod supervisor;
 mod sys;
 mod worker;
 
 pub use cluster::{BoxError, Cluster, IntoOutcome, Master, Message, Runtime, Worker};
 pub use error::{Error, Result};
-pub use identity::{Role, WorkerId, role};
-pub use listener::{Connection, Listener};
-pub use master::{Event, ExitKind, MasterContext, SlotKey, WorkerInfo, WorkerState};
-pub use messaging::Request;
-pub use metrics::WorkerMetrics;
+pub use identity::role;
+pub use master::{Event, MasterContext};
+pub use model::{ExitKind, Role, SlotKey, WorkerId, WorkerInfo, WorkerState};
+pub use net::listener::{Connection, Listener};
+pub use observe::metrics::WorkerMetrics;
+pub use observe::status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
+pub use observe::status_server::StatusOptions;
 pub use options::{
     Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal,
     parse_signal,
 };
-pub use status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
-pub use status_server::StatusOptions;
+pub use request::Request;
 pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
 pub use worker::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext};
 

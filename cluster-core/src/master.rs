@@ -3,98 +3,18 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::identity::WorkerId;
-use crate::messaging::{self, Pending, ReplyTo, Request};
+use crate::messaging::{self, Pending};
+use crate::model::{ExitKind, SlotKey, WorkerId, WorkerInfo};
 use crate::protocol::ToWorker;
+use crate::request::{ReplyTo, Request};
 use crate::supervisor::{Command, RawEvent};
 use crate::{Error, Result};
-
-/// A worker's place in its group: what stays the same when the process in it is replaced.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SlotKey {
-    /// The group's name.
-    pub group: Arc<str>,
-    /// The slot, `0..count`.
-    pub slot: usize,
-}
-
-impl SlotKey {
-    /// The key of `slot` in `group`.
-    pub fn new(group: &str, slot: usize) -> Self {
-        SlotKey {
-            group: group.into(),
-            slot,
-        }
-    }
-}
-
-impl WorkerId {
-    /// The slot this worker occupies.
-    pub fn key(&self) -> SlotKey {
-        SlotKey {
-            group: self.group.clone(),
-            slot: self.slot,
-        }
-    }
-}
-
-/// How a worker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitKind {
-    /// It exited with this code.
-    Code(i32),
-    /// A signal killed it.
-    Signal(i32),
-}
-
-impl fmt::Display for ExitKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ExitKind::Code(code) => write!(f, "exited with code {code}"),
-            ExitKind::Signal(sig) => match nix::sys::signal::Signal::try_from(sig) {
-                Ok(sig) => write!(f, "was killed by {}", sig.as_str()),
-                Err(_) => write!(f, "was killed by signal {sig}"),
-            },
-        }
-    }
-}
-
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerState {
-    /// Spawned, channel not yet up.
-    Starting,
-    /// Channel up, not yet ready.
-    Online,
-    /// Ready for work.
-    Ready,
-    /// Asked to stop, not yet exited.
-    Stopping,
-}
-
-/// A snapshot of one worker.
-#[derive(Debug, Clone)]
-pub struct WorkerInfo {
-    /// Its identity.
-    pub id: WorkerId,
-    /// Its process id, once spawned.
-    pub pid: Option<u32>,
-    /// Its state.
-    pub state: WorkerState,
-    /// When it was spawned.
-    pub started: Instant,
-    /// How many times its slot was restarted after an unexpected exit.
-    pub restarts: u64,
-    /// Connections the master handed it that are still open (master-accept policies).
-    pub connections: usize,
-}
 
 /// What the master's code sees happen in the cluster.
 #[derive(Debug)]
@@ -324,7 +244,7 @@ where
 
     /// The cluster's state now: the master's figures and every live worker's (the data
     /// behind `GET /status`).
-    pub async fn status(&self) -> Result<crate::status::ClusterStatus> {
+    pub async fn status(&self) -> Result<crate::observe::status::ClusterStatus> {
         self.ask(|reply| Command::Status { reply }).await
     }
 

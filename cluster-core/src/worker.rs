@@ -18,10 +18,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::{ENV_IPC_FD, WorkerId};
-use crate::listener::{self, Handed, Listener, WorkerListeners};
-use crate::messaging::{self, Pending, ReplyTo, Request};
+use crate::identity::ENV_IPC_FD;
+use crate::messaging::{self, Pending};
+use crate::model::WorkerId;
+use crate::net::listener::{self, Handed, Listener, WorkerListeners};
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
+use crate::request::{ReplyTo, Request};
 use crate::{Error, Result};
 
 /// Exit code of a worker whose environment names no usable channel (EX_CONFIG).
@@ -76,7 +78,7 @@ struct WorkerShared {
     /// Open connections of all this worker's listeners.
     live: Arc<AtomicUsize>,
     /// The worker's metrics registry, created on first use, encoded for the master's scrape.
-    metrics: std::sync::Mutex<Option<crate::metrics::WorkerMetrics>>,
+    metrics: std::sync::Mutex<Option<crate::observe::metrics::WorkerMetrics>>,
 }
 
 impl WorkerShared {
@@ -176,12 +178,12 @@ where
     /// requests.inc();
     /// # }
     /// ```
-    pub fn metrics(&self) -> crate::metrics::WorkerMetrics {
+    pub fn metrics(&self) -> crate::observe::metrics::WorkerMetrics {
         self.shared
             .metrics
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert_with(crate::metrics::WorkerMetrics::new)
+            .get_or_insert_with(crate::observe::metrics::WorkerMetrics::new)
             .clone()
     }
 
@@ -439,7 +441,7 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
                 tag,
             } => {
                 let Some(fd) = fds.pop() else { continue };
-                match crate::load::LoadShare::open(fd, index, tag) {
+                match crate::net::load::LoadShare::open(fd, index, tag) {
                     Ok(share) => {
                         let _ = shared.listeners.load_slot(listener).set(share);
                     }

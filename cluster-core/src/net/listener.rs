@@ -24,8 +24,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use crate::identity::WorkerId;
-use crate::load::LoadShare;
+use crate::model::WorkerId;
+use crate::net::load::LoadShare;
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
 
 /// Connections waiting for a ready worker beyond this many stay in the kernel's queue.
@@ -361,7 +361,7 @@ struct Bound {
     unix: Option<std::os::unix::net::UnixListener>,
     dispatch: Option<Arc<Dispatch>>,
     /// With `Shared` over TCP: each worker's open connections, shared with the workers.
-    load: Option<crate::load::LoadTable>,
+    load: Option<crate::net::load::LoadTable>,
 }
 
 /// Every address the master has bound, by the address workers asked for.
@@ -586,7 +586,7 @@ fn bind(
             };
             if balance == Balance::Shared {
                 // Without the table workers still share the queue, only less evenly.
-                let load = crate::load::LoadTable::new()
+                let load = crate::net::load::LoadTable::new()
                     .map_err(|e| tracing::warn!("no load table for {addr:?}: {e}"))
                     .ok();
                 return Ok(Bound {
@@ -747,11 +747,11 @@ impl Listener {
         match &self.source {
             Source::Socket(socket) => {
                 // Above its share, a worker lets the others take what arrives meanwhile.
-                for _ in 0..crate::load::MAX_HOLDS {
+                for _ in 0..crate::net::load::MAX_HOLDS {
                     if !self.load_share().is_some_and(LoadShare::over_share) {
                         break;
                     }
-                    tokio::time::sleep(crate::load::HOLD).await;
+                    tokio::time::sleep(crate::net::load::HOLD).await;
                 }
                 let (stream, peer) = socket.accept().await?;
                 Ok((self.connection(stream, None), peer))

@@ -23,9 +23,9 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use crate::master::WorkerState;
-use crate::metrics;
-use crate::status::ClusterStatus;
+use crate::model::WorkerState;
+use crate::observe::metrics::{self, WorkerMetricsText};
+use crate::observe::status::ClusterStatus;
 
 /// Where the status server gets its data (the supervisor implements it over its command
 /// channel).
@@ -39,17 +39,6 @@ pub(crate) trait StatusSource: Send + Sync + 'static {
         &self,
         timeout: Duration,
     ) -> impl Future<Output = Vec<WorkerMetricsText>> + Send;
-}
-
-/// One worker's metrics as it encoded them (OpenMetrics text ending in `# EOF`).
-#[derive(Debug, Clone)]
-pub(crate) struct WorkerMetricsText {
-    /// The worker's group, added as the `group` label of its samples.
-    pub group: String,
-    /// The worker's slot, added as the `slot` label.
-    pub slot: usize,
-    /// The text.
-    pub text: String,
 }
 
 /// Settings of the master's status server.
@@ -315,7 +304,7 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::metrics::tests::{check_openmetrics, status, worker};
+    use crate::observe::metrics::tests::{check_openmetrics, status, worker};
 
     /// Any test wait longer than this is a hang.
     const BOUND: Duration = Duration::from_secs(10);

@@ -21,9 +21,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry, Unit};
 
-use crate::master::WorkerState;
-use crate::status::{ClusterStatus, WorkerStatus};
-use crate::status_server::WorkerMetricsText;
+use crate::model::WorkerState;
+use crate::observe::status::{ClusterStatus, WorkerStatus};
 
 /// A worker's own metrics: a prometheus-client [`Registry`] that the master scrapes through
 /// the worker's channel and serves, labelled with the worker's `group` and `slot`, on its
@@ -95,6 +94,17 @@ impl WorkerMetrics {
             }
         }
     }
+}
+
+/// One worker's metrics as it encoded them (OpenMetrics text ending in `# EOF`).
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerMetricsText {
+    /// The worker's group, added as the `group` label of its samples.
+    pub group: String,
+    /// The worker's slot, added as the `slot` label.
+    pub slot: usize,
+    /// The text.
+    pub text: String,
 }
 
 /// The whole `/metrics` exposition: the cluster's own metrics from `status`, then every
@@ -661,7 +671,7 @@ pub(crate) mod tests {
     use prometheus_client::registry::Unit;
 
     use super::*;
-    use crate::status::{MasterStatus, RestartCount};
+    use crate::observe::status::{MasterStatus, RestartCount};
 
     /// Checks that `text` is a valid OpenMetrics exposition, as far as a merge can break it:
     /// every sample belongs to a family declared by a preceding `# TYPE` with a name the type

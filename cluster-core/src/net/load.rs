@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::identity::WorkerId;
+use crate::model::WorkerId;
 use crate::sys::SharedCounters;
 
 /// Entries per table: at most this many workers share one listener's load at a time.

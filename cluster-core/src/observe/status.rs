@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::master::WorkerState;
+use crate::model::WorkerState;
 
 /// A snapshot of the whole cluster.
 #[derive(Debug, Clone, Serialize)]

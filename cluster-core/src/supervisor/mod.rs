@@ -8,23 +8,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub(crate) mod restart;
+pub(crate) mod signals;
+mod spawner;
+
 use cluster_ipc::{Channel, Config, bootstrap};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
-use crate::identity::{
-    ENV_GENERATION, ENV_GROUP, ENV_HEARTBEAT_MS, ENV_IPC_FD, ENV_SLOT, WorkerId,
-};
-use crate::listener::MasterListeners;
-pub(crate) use crate::master::SlotKey;
-use crate::master::{ExitKind, WorkerInfo, WorkerState};
+use crate::identity::{ENV_GENERATION, ENV_GROUP, ENV_HEARTBEAT_MS, ENV_IPC_FD, ENV_SLOT};
 use crate::messaging::Pending;
+use crate::model::{ExitKind, SlotKey, WorkerId, WorkerInfo, WorkerState};
+use crate::net::listener::MasterListeners;
+use crate::observe::status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
 use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
 use crate::protocol::{Balance, ListenAddr, ToMaster, ToWorker};
-use crate::restart::{Decision, Exit as RestartExit, Intensity, SlotBackoff, decide};
-use crate::spawner::Spawner;
-use crate::status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
+use crate::supervisor::restart::{Decision, Exit as RestartExit, Intensity, SlotBackoff, decide};
+use crate::supervisor::spawner::Spawner;
 use crate::{Error, Result, sys};
 
 /// Exit code of a master that gave up after too many restarts (EX_TEMPFAIL), distinct from a
@@ -900,7 +901,7 @@ impl Supervisor {
             for (s, slot) in group.slots.iter_mut().enumerate() {
                 let replacing = slot.next.is_some();
                 for r in slot.all_mut() {
-                    let Some(usage) = r.pid.and_then(crate::resources::sample) else {
+                    let Some(usage) = r.pid.and_then(crate::observe::resources::sample) else {
                         continue;
                     };
                     r.usage = Some((usage.rss_bytes, usage.cpu_seconds));
@@ -1393,16 +1394,16 @@ impl Supervisor {
                 child.id().unwrap_or(0)
             );
             if let Some(out) = child.stdout.take() {
-                self.forwarders.spawn(crate::logs::forward(
+                self.forwarders.spawn(crate::observe::logs::forward(
                     out,
-                    crate::logs::Stream::Stdout,
+                    crate::observe::logs::Stream::Stdout,
                     prefix.clone(),
                 ));
             }
             if let Some(err) = child.stderr.take() {
-                self.forwarders.spawn(crate::logs::forward(
+                self.forwarders.spawn(crate::observe::logs::forward(
                     err,
-                    crate::logs::Stream::Stderr,
+                    crate::observe::logs::Stream::Stderr,
                     prefix,
                 ));
             }
@@ -1416,7 +1417,7 @@ pub(crate) struct CommandSource {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
 }
 
-impl crate::status_server::StatusSource for CommandSource {
+impl crate::observe::status_server::StatusSource for CommandSource {
     async fn status(&self) -> Option<ClusterStatus> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Status { reply }).ok()?;
@@ -1426,7 +1427,7 @@ impl crate::status_server::StatusSource for CommandSource {
     async fn worker_metrics(
         &self,
         timeout: Duration,
-    ) -> Vec<crate::status_server::WorkerMetricsText> {
+    ) -> Vec<crate::observe::metrics::WorkerMetricsText> {
         let (reply, rx) = oneshot::channel();
         if self
             .commands
@@ -1439,7 +1440,11 @@ impl crate::status_server::StatusSource for CommandSource {
             .unwrap_or_default()
             .into_iter()
             .map(
-                |(group, slot, text)| crate::status_server::WorkerMetricsText { group, slot, text },
+                |(group, slot, text)| crate::observe::metrics::WorkerMetricsText {
+                    group,
+                    slot,
+                    text,
+                },
             )
             .collect()
     }
@@ -1492,7 +1497,7 @@ async fn watch(
     ready_timeout: Duration,
     internal: mpsc::UnboundedSender<Internal>,
     mut kill: oneshot::Receiver<()>,
-    in_flight: Arc<crate::listener::InFlightTable>,
+    in_flight: Arc<crate::net::listener::InFlightTable>,
 ) {
     let mut killed = false;
     let mut receiver = None;

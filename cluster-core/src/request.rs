@@ -1,0 +1,84 @@
+//! A request that expects one answer, from either side of a channel.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::messaging::encode;
+use crate::model::SlotKey;
+use crate::protocol::{ToMaster, ToWorker};
+use crate::supervisor::Command;
+use crate::{Error, Result};
+
+/// Where the answer to a [`Request`] goes.
+pub(crate) enum ReplyTo {
+    /// A worker answers the master over its channel.
+    Master(cluster_ipc::Sender<ToMaster>),
+    /// The master answers a worker through the supervisor.
+    Worker {
+        to: SlotKey,
+        commands: mpsc::UnboundedSender<Command>,
+    },
+}
+
+/// A request that expects one answer of type `A`. Dropping it without answering makes the
+/// asker time out.
+pub struct Request<Q, A> {
+    msg: Q,
+    id: u64,
+    reply: ReplyTo,
+    _answer: PhantomData<fn(A)>,
+}
+
+impl<Q: fmt::Debug, A> fmt::Debug for Request<Q, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .field("msg", &self.msg)
+            .finish()
+    }
+}
+
+impl<Q, A> Request<Q, A> {
+    pub(crate) fn new(msg: Q, id: u64, reply: ReplyTo) -> Self {
+        Request {
+            msg,
+            id,
+            reply,
+            _answer: PhantomData,
+        }
+    }
+}
+
+impl<Q, A: Serialize> Request<Q, A> {
+    /// The request's message.
+    pub fn message(&self) -> &Q {
+        &self.msg
+    }
+
+    /// Sends the answer.
+    pub async fn respond(self, answer: &A) -> Result<()> {
+        let payload = encode(answer)?;
+        match self.reply {
+            ReplyTo::Master(sender) => Ok(sender
+                .send(&ToMaster::Response {
+                    id: self.id,
+                    payload,
+                })
+                .await?),
+            ReplyTo::Worker { to, commands } => {
+                let (reply, done) = oneshot::channel();
+                let msg = ToWorker::Response {
+                    id: self.id,
+                    payload,
+                };
+                commands
+                    .send(Command::Send { to, msg, reply })
+                    .map_err(|_| Error::Disconnected("supervisor"))?;
+                done.await.map_err(|_| Error::Disconnected("supervisor"))?
+            }
+        }
+    }
+}
