@@ -696,7 +696,7 @@ async fn load_client(addr: SocketAddr, stop: impl Fn() -> bool, tally: Arc<Tally
         };
         while !stop() {
             n += 1;
-            let path = if n % 4 == 0 { "/work" } else { "/" };
+            let path = if n.is_multiple_of(4) { "/work" } else { "/" };
             let exchange = async {
                 client.send(path).await?;
                 client.read_response().await
