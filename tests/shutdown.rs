@@ -107,7 +107,7 @@ fn a_worker_ignoring_shutdown_is_killed_after_grace() {
     }
 }
 
-/// See `SIGNAL_DEBOUNCE` in cluster-core/src/supervisor.rs.
+/// See `SIGNAL_DEBOUNCE` in cluster-core/src/supervisor/mod.rs.
 const SIGNAL_DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// With a 30 s grace and workers that ignore shutdown, a second signal ends it at once.
@@ -129,7 +129,7 @@ fn second_signal_skips_the_grace(first: Signal, second: Signal) {
         fx.dump()
     );
     // The master takes a repeat within 250 ms of the first signal for the same request
-    // (SIGNAL_DEBOUNCE in cluster-core/src/supervisor.rs). It handled the first before asking
+    // (SIGNAL_DEBOUNCE in cluster-core/src/supervisor/mod.rs). It handled the first before asking
     // the workers to stop, so 250 ms from now are 250 ms after it, however slow the machine.
     std::thread::sleep(SIGNAL_DEBOUNCE + Duration::from_millis(50));
 

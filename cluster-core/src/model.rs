@@ -19,7 +19,7 @@ pub enum Role {
 /// Identifies one worker process: its group, its slot in the group (0-based, stable across
 /// restarts) and its generation (1 for the first process in the slot, incremented by each
 /// restart or reload).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkerId {
     /// The group's name.
     pub group: Arc<str>,
@@ -36,7 +36,7 @@ impl fmt::Display for WorkerId {
 }
 
 /// A worker's place in its group: what stays the same when the process in it is replaced.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SlotKey {
     /// The group's name.
     pub group: Arc<str>,

@@ -19,7 +19,10 @@
 // call these items.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that the supervisor's tests can run it paused.
+use tokio::time::Instant;
 
 use crate::options::{Backoff, RestartMode, RestartPolicy};
 

@@ -1,0 +1,264 @@
+//! What the master's code, the status server and `MasterContext` ask of the supervisor, and
+//! the snapshots it answers with. Nothing here waits for a worker.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::outbox::{OUTBOX_CAPACITY, Outgoing, Refused};
+use super::process::Launcher;
+use super::slot::Phase;
+use super::{Stopping, Supervisor};
+use crate::model::{SlotKey, WorkerInfo};
+use crate::observe::metrics::WorkerMetricsText;
+use crate::observe::status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
+use crate::protocol::{self, ToWorker};
+use crate::{Error, Result};
+
+/// Requests from the master's code.
+pub(crate) enum Command {
+    Send {
+        to: SlotKey,
+        msg: ToWorker,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Broadcast {
+        group: Option<String>,
+        msg: ToWorker,
+        reply: oneshot::Sender<usize>,
+    },
+    Scale {
+        group: String,
+        count: usize,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Workers {
+        reply: oneshot::Sender<Vec<WorkerInfo>>,
+    },
+    Reload,
+    Status {
+        reply: oneshot::Sender<ClusterStatus>,
+    },
+    WorkerMetrics {
+        timeout: Duration,
+        reply: oneshot::Sender<Vec<WorkerMetricsText>>,
+    },
+    Shutdown,
+}
+
+impl<L: Launcher> Supervisor<L> {
+    pub(super) async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { to, msg, reply } => self.send_to(&to, msg, reply),
+            Command::Broadcast { group, msg, reply } => {
+                let outboxes: Vec<_> = self
+                    .groups
+                    .iter()
+                    .filter(|g| group.as_deref().is_none_or(|name| *g.name == *name))
+                    .flat_map(|g| g.slots.values())
+                    .filter_map(|s| s.current.as_ref())
+                    .filter(|p| !p.is_stopping())
+                    .filter_map(|p| p.phase.outbox().cloned())
+                    .collect();
+                let sent = outboxes
+                    .iter()
+                    .filter(|tx| tx.send(msg.clone()).is_ok())
+                    .count();
+                let _ = reply.send(sent);
+            }
+            Command::Scale {
+                group,
+                count,
+                reply,
+            } => {
+                let result = match self.group_index(&group) {
+                    Some(g) => {
+                        self.resize(g, count).await;
+                        Ok(())
+                    }
+                    None => Err(Error::NoWorker(format!("no group named {group:?}"))),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Workers { reply } => {
+                let now = Instant::now();
+                let workers = self
+                    .groups
+                    .iter()
+                    .flat_map(|g| {
+                        g.slots
+                            .values()
+                            .flat_map(|s| s.procs().map(move |p| (s.restarts, p)))
+                            .chain(g.leaving.iter().map(|p| (0, p)))
+                    })
+                    .map(|(restarts, p)| WorkerInfo {
+                        id: p.id.clone(),
+                        pid: p.pid,
+                        state: p.phase.state(),
+                        started: std::time::Instant::now()
+                            .checked_sub(now.saturating_duration_since(p.started))
+                            .unwrap_or_else(std::time::Instant::now),
+                        restarts,
+                        connections: self.listeners.open_connections(&p.id),
+                    })
+                    .collect();
+                let _ = reply.send(workers);
+            }
+            Command::Shutdown => self.begin_stop(Stopping::Requested),
+            Command::Reload => self.start_reload().await,
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::WorkerMetrics { timeout, reply } => self.collect_metrics(timeout, reply),
+        }
+    }
+
+    /// Queues `msg` for the worker serving slot `to`; `reply` learns whether it was written.
+    fn send_to(&mut self, to: &SlotKey, msg: ToWorker, reply: oneshot::Sender<Result<()>>) {
+        let outbox = self
+            .slot_mut(to)
+            .and_then(|slot| slot.current.as_ref())
+            .and_then(|p| p.phase.outbox().cloned());
+        let Some(outbox) = outbox else {
+            let _ = reply.send(Err(Error::NoWorker(format!("{}/{}", to.group, to.slot))));
+            return;
+        };
+        let out = Outgoing {
+            msg,
+            fds: Vec::new(),
+            done: Some(reply),
+            then: None,
+        };
+        if let Err(refused) = outbox.push(out) {
+            let (refused, out) = *refused;
+            let why = match refused {
+                Refused::Full => format!("has not read its last {OUTBOX_CAPACITY} messages"),
+                Refused::Closed => "has closed its channel".to_owned(),
+            };
+            if let Some(reply) = out.done {
+                let _ = reply.send(Err(Error::NoWorker(format!(
+                    "{}/{}: the worker {why}",
+                    to.group, to.slot
+                ))));
+            }
+        }
+    }
+
+    pub(super) fn status(&self) -> ClusterStatus {
+        let now = Instant::now();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut workers = Vec::new();
+        for group in &self.groups {
+            let slots = group
+                .slots
+                .values()
+                .flat_map(|s| s.procs().map(move |p| (s.restarts, p)));
+            for (restarts, p) in slots.chain(group.leaving.iter().map(|p| (0, p))) {
+                workers.push(WorkerStatus {
+                    group: group.name.to_string(),
+                    slot: p.id.slot,
+                    pid: p.pid,
+                    generation: p.id.generation,
+                    state: p.phase.state(),
+                    restarts,
+                    uptime_ms: millis(now.saturating_duration_since(p.started)),
+                    rss_bytes: p.usage.map(|u| u.0),
+                    cpu_seconds: p.usage.map(|u| u.1),
+                    connections: (p.connections as usize)
+                        .max(self.listeners.open_connections(&p.id)),
+                    event_loop_lag_ms: p.lag.map(|lag| lag.as_secs_f64() * 1e3),
+                });
+            }
+        }
+        let restarts: Vec<RestartCount> = self
+            .restart_reasons
+            .iter()
+            .map(|((group, slot, reason), count)| RestartCount {
+                group: group.to_string(),
+                slot: *slot,
+                reason,
+                count: *count,
+            })
+            .collect();
+        ClusterStatus {
+            master: MasterStatus {
+                pid: std::process::id(),
+                uptime_ms: millis(now.saturating_duration_since(self.started)),
+                // Restarts after unexpected exits, like each slot's `restarts`: a memory
+                // replacement is listed by reason but is not one (nor counts toward
+                // `max_restarts`).
+                restarts_total: restarts
+                    .iter()
+                    .filter(|r| r.reason != "memory")
+                    .map(|r| r.count)
+                    .sum(),
+                reloads_total: self.reloads_total,
+            },
+            workers,
+            restarts,
+            ipc_messages_sent: protocol::SENT.load(Ordering::Relaxed),
+            ipc_messages_received: self.ipc_received,
+        }
+    }
+
+    /// Asks every ready worker for its metrics; a task gathers the answers until `timeout`,
+    /// so a slow or dead worker is skipped and never holds up the supervisor or the scrape.
+    fn collect_metrics(
+        &mut self,
+        timeout: Duration,
+        reply: oneshot::Sender<Vec<WorkerMetricsText>>,
+    ) {
+        let deadline = Instant::now() + timeout;
+        let mut waiting = Vec::new();
+        for group in &self.groups {
+            for (&slot, s) in &group.slots {
+                let Some(Phase::Ready { tx }) = s.current.as_ref().map(|p| &p.phase) else {
+                    continue;
+                };
+                let (guard, rx) = self.pending.register();
+                // A worker whose outbox is full is simply skipped.
+                if tx.send(ToWorker::MetricsRequest { id: guard.id }).is_ok() {
+                    waiting.push((group.name.to_string(), slot, guard, rx));
+                }
+            }
+        }
+        tokio::spawn(async move {
+            let mut texts = Vec::new();
+            for (group, slot, guard, rx) in waiting {
+                if let Ok(Ok(text)) = tokio::time::timeout_at(deadline, rx).await {
+                    let text = String::from_utf8_lossy(&text).into_owned();
+                    texts.push(WorkerMetricsText { group, slot, text });
+                }
+                drop(guard);
+            }
+            let _ = reply.send(texts);
+        });
+    }
+}
+
+/// The status server's view of the cluster, asked of the supervisor over its command queue.
+pub(crate) struct CommandSource {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+}
+
+impl crate::observe::status_server::StatusSource for CommandSource {
+    async fn status(&self) -> Option<ClusterStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Status { reply }).ok()?;
+        rx.await.ok()
+    }
+
+    async fn worker_metrics(&self, timeout: Duration) -> Vec<WorkerMetricsText> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::WorkerMetrics { timeout, reply })
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}

@@ -1,0 +1,545 @@
+//! A worker's life as the supervisor sees it: started, online, ready, stopped or killed,
+//! exited, and what follows an exit (restart, nothing, or giving up on the cluster).
+
+use tokio::time::Instant;
+
+use super::outbox::{Outbox, Outgoing, Refused};
+use super::process::{Internal, Launched, Launcher};
+use super::restart::{Decision, Exit as RestartExit, decide};
+use super::slot::{Phase, Place, Proc, StopReason};
+use super::{RawEvent, Stopping, Supervisor, notice};
+use crate::Error;
+use crate::model::{ExitKind, WorkerId};
+use crate::protocol::{Balance, ListenAddr, ToMaster, ToWorker};
+
+impl<L: Launcher> Supervisor<L> {
+    pub(super) async fn on_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Online { id, sender } => self.on_online(id, sender),
+            Internal::FromWorker { id, msg } => self.on_message(id, msg).await,
+            Internal::Exited { id, exit } => self.on_exit(id, exit).await,
+            Internal::Listening { id, listener } => self.on_listening(&id, listener),
+        }
+    }
+
+    fn on_online(&mut self, id: WorkerId, sender: cluster_ipc::Sender<ToWorker>) {
+        let notify = self.internal_tx.clone();
+        let Supervisor {
+            groups, outboxes, ..
+        } = self;
+        let Some(p) = super::find(groups, &id) else {
+            // Already gone: dropping the sender closes the channel.
+            return;
+        };
+        let outbox = Outbox::start(&id, sender.clone(), notify, outboxes);
+        p.link = Some(sender);
+        p.last_beat = Some(Instant::now());
+        match &mut p.phase {
+            Phase::Starting { ready_by } => {
+                p.phase = Phase::Online {
+                    tx: outbox,
+                    ready_by: *ready_by,
+                };
+            }
+            Phase::Stopping { tx, .. } => {
+                // Asked to stop before its channel was up (and killed then): say it anyway,
+                // in case the kill is still on its way.
+                let _ = outbox.send(ToWorker::Shutdown);
+                *tx = Some(outbox);
+            }
+            Phase::Online { .. } | Phase::Ready { .. } => return,
+        }
+        tracing::debug!("worker {id} online");
+        self.emit(RawEvent::Online { id });
+    }
+
+    async fn on_message(&mut self, id: WorkerId, msg: ToMaster) {
+        self.ipc_received += 1;
+        match msg {
+            ToMaster::Ready => {
+                let Some(p) = self.proc_mut(&id) else { return };
+                let tx = match &p.phase {
+                    Phase::Online { tx, .. } => tx.clone(),
+                    _ => return,
+                };
+                p.phase = Phase::Ready { tx };
+                tracing::debug!("worker {id} ready");
+                self.emit(RawEvent::Ready { id: id.clone() });
+                self.promote_if_replacement(&id).await;
+            }
+            ToMaster::User(payload) => self.emit(RawEvent::Message { from: id, payload }),
+            ToMaster::Request {
+                id: request,
+                payload,
+            } => self.emit(RawEvent::Request {
+                from: id,
+                id: request,
+                payload,
+            }),
+            ToMaster::Response { id, payload } => self.pending.complete(id, payload),
+            ToMaster::Exiting { failed } => {
+                if let Some(p) = self.proc_mut(&id) {
+                    p.exiting = Some(failed);
+                }
+            }
+            ToMaster::Listen {
+                id: request,
+                addr,
+                balance,
+            } => self.on_listen(id, request, addr, balance),
+            ToMaster::Accepted { conn } => self.listeners.in_flight().ack(conn),
+            ToMaster::Heartbeat {
+                lag_us,
+                connections,
+            } => {
+                if let Some(p) = self.proc_mut(&id) {
+                    p.last_beat = Some(Instant::now());
+                    p.lag = Some(std::time::Duration::from_micros(lag_us));
+                    p.connections = connections;
+                }
+            }
+            ToMaster::Metrics { id, text } => self.pending.complete(id, text.into_bytes()),
+            ToMaster::Closed { listener } => self.listeners.closed(&id, listener),
+        }
+    }
+
+    fn on_listen(
+        &mut self,
+        id: WorkerId,
+        request: u64,
+        addr: ListenAddr,
+        balance: Option<Balance>,
+    ) {
+        let balance = balance.unwrap_or(self.options.get_balance());
+        let Some(p) = self.proc_mut(&id) else { return };
+        let Some(outbox) = p.phase.outbox().cloned() else {
+            return;
+        };
+        let stopping = p.is_stopping();
+        let (result, fds) = match self.listeners.listen(addr, balance) {
+            Ok((info, fd)) => (Ok(info), fd.into_iter().collect()),
+            Err(e) => {
+                notice!(warn, "worker {id}: {e}");
+                (Err(e), Vec::new())
+            }
+        };
+        // Once the answer is written, connections handed to the worker arrive after it. A
+        // worker asked to stop meanwhile gets none.
+        let then = match (&result, stopping) {
+            (Ok(info), false) => Some(Internal::Listening {
+                id: id.clone(),
+                listener: info.listener,
+            }),
+            _ => None,
+        };
+        let out = Outgoing {
+            msg: ToWorker::Listening {
+                id: request,
+                result,
+            },
+            fds,
+            done: None,
+            then,
+        };
+        if outbox.push(out).is_err_and(|r| r.0 == Refused::Full) {
+            notice!(warn, "worker {id} does not read its channel");
+        }
+    }
+
+    /// The answer to a listen request was written: the worker joins the listener's rotation.
+    fn on_listening(&mut self, id: &WorkerId, listener: u32) {
+        let Some(p) = self.proc_mut(id) else { return };
+        if p.is_stopping() {
+            return;
+        }
+        let (Some(link), Some(outbox)) = (p.link.clone(), p.phase.outbox().cloned()) else {
+            return;
+        };
+        self.listeners.join(listener, id, &link);
+        if let Some((msg, fd)) = self.listeners.load_share(listener, id) {
+            let mut out = Outgoing::new(msg);
+            out.fds.push(fd);
+            let _ = outbox.push(out);
+        }
+    }
+
+    /// Asks process `id` to stop, to be killed at `deadline` if it has not. It leaves the
+    /// rotation of master-accepted connections first, so every connection it was handed
+    /// arrives before the request and gets served.
+    pub(super) fn stop_proc(&mut self, id: &WorkerId, deadline: Instant, reason: StopReason) {
+        self.listeners.remove(id);
+        let Some(p) = self.proc_mut(id) else { return };
+        if p.is_stopping() {
+            return;
+        }
+        let tx = p.phase.outbox().cloned();
+        let asked = tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(ToWorker::Shutdown).is_ok());
+        p.phase = Phase::Stopping {
+            tx,
+            kill_at: deadline,
+            reason,
+        };
+        if !asked {
+            // Not online yet (no work to finish), or not reading its channel: it cannot be
+            // asked.
+            p.kill();
+        }
+    }
+
+    /// Kills process `id` at once, for `reason`.
+    fn kill_proc(&mut self, id: &WorkerId, reason: StopReason) {
+        self.listeners.remove(id);
+        let Some(p) = self.proc_mut(id) else { return };
+        if p.killed() {
+            return;
+        }
+        let tx = p.phase.outbox().cloned();
+        p.phase = Phase::Stopping {
+            tx,
+            kill_at: Instant::now(),
+            reason,
+        };
+        p.kill();
+    }
+
+    async fn on_exit(&mut self, id: WorkerId, exit: ExitKind) {
+        self.listeners.remove(&id);
+        let Some(g) = self.group_index(&id.group) else {
+            return;
+        };
+        let group = &mut self.groups[g];
+        let place = group
+            .slots
+            .get(&id.slot)
+            .and_then(|s| s.place_of(id.generation));
+        let Some(place) = place else {
+            // A process of a slot removed by a scale-down.
+            if let Some(i) = group.leaving.iter().position(|p| p.id == id) {
+                group.leaving.swap_remove(i);
+                tracing::info!("worker {id} {exit} after its slot was removed");
+                self.emit_exit(id, exit, true, false);
+            }
+            return;
+        };
+        let Some(slot) = group.slots.get_mut(&id.slot) else {
+            return;
+        };
+        let Some(p) = slot.take(place) else { return };
+        match place {
+            Place::Draining(_) => {
+                tracing::info!("worker {id} {exit} after being replaced");
+                self.emit_exit(id, exit, true, false);
+            }
+            Place::Next => {
+                let deliberate = p.phase.stop_reason().is_some_and(StopReason::deliberate);
+                let orphaned = slot.current.is_none();
+                self.emit_exit(id.clone(), exit, deliberate, false);
+                if !deliberate {
+                    let error = format!("replacement worker {id} {exit} before it became ready");
+                    self.reload_failed(&id.key(), error).await;
+                }
+                // Its old worker is gone too (it crashed while this one started): the slot
+                // must not stay empty.
+                if orphaned && self.stopping.is_none() {
+                    if let Some(slot) = self.slot_mut(&id.key()) {
+                        slot.restart_at = Some(Instant::now());
+                    }
+                }
+            }
+            Place::Current => {
+                let clean =
+                    p.exiting == Some(false) || (p.exiting.is_none() && exit == ExitKind::Code(0));
+                let stop = p.phase.stop_reason();
+                let kind = match stop {
+                    Some(reason) if reason.deliberate() => RestartExit::Deliberate,
+                    None if clean => RestartExit::Clean,
+                    _ => RestartExit::Failure,
+                };
+                let reason = stop.map_or("crash", StopReason::restart_reason);
+                self.after_exit(g, id, exit, kind, reason).await;
+            }
+        }
+    }
+
+    fn emit_exit(&mut self, id: WorkerId, exit: ExitKind, expected: bool, restarting: bool) {
+        self.emit(RawEvent::Exit {
+            id,
+            exit,
+            expected,
+            restarting,
+        });
+    }
+
+    /// Decides what follows the exit (or failed spawn) of a slot's current worker: restart,
+    /// leave the slot empty, or give up on the whole cluster.
+    pub(super) async fn after_exit(
+        &mut self,
+        g: usize,
+        id: WorkerId,
+        exit: ExitKind,
+        kind: RestartExit,
+        reason: &'static str,
+    ) {
+        let now = Instant::now();
+        let expected = kind != RestartExit::Failure;
+        let failure = kind == RestartExit::Failure;
+        let mut restarting = false;
+        if self.stopping.is_none() {
+            let Supervisor {
+                groups,
+                restart_reasons,
+                ..
+            } = self;
+            let group = &mut groups[g];
+            let Some(slot) = group.slots.get_mut(&id.slot) else {
+                return;
+            };
+            match decide(
+                group.policy.get_mode(),
+                kind,
+                now,
+                &mut group.intensity,
+                &mut slot.backoff,
+            ) {
+                Decision::Restart { after } => {
+                    slot.restarts += u64::from(failure);
+                    if failure {
+                        *restart_reasons
+                            .entry((id.group.clone(), id.slot, reason))
+                            .or_default() += 1;
+                    }
+                    // A crash while its replacement is starting: the replacement takes the
+                    // slot when ready (the crash still counted above).
+                    if slot.next.is_none() {
+                        slot.restart_at = Some(now + after);
+                        restarting = true;
+                    }
+                }
+                Decision::DoNotRestart => {}
+                Decision::GiveUp { count } => {
+                    let error = Error::RestartLimit {
+                        group: id.group.to_string(),
+                        slot: id.slot,
+                        last_exit: exit.to_string(),
+                        restarts: count,
+                        max_restarts: group.policy.get_max_restarts(),
+                        window_ms: group.policy.get_max_restarts_interval().as_millis(),
+                    };
+                    tracing::error!("{error}");
+                    self.emit_exit(id.clone(), exit, expected, false);
+                    self.emit(RawEvent::RestartLimit { id, exit });
+                    self.begin_stop(Stopping::RestartLimit(error));
+                    return;
+                }
+            }
+        }
+        if expected {
+            tracing::info!("worker {id} {exit}");
+        } else {
+            notice!(
+                warn,
+                "worker {id} {exit} unexpectedly{}",
+                if restarting { ", restarting" } else { "" }
+            );
+        }
+        let key = id.key();
+        self.emit_exit(id, exit, expected, restarting);
+        let due = self
+            .slot_mut(&key)
+            .and_then(|s| s.restart_at.filter(|t| *t <= now).map(|_| s));
+        if let Some(slot) = due {
+            slot.restart_at = None;
+            self.spawn_into(g, key.slot, false).await;
+        }
+    }
+
+    /// Starts a process in slot `slot` of group `g`: as its current worker, or (`next`) as
+    /// the replacement that takes over once ready.
+    pub(super) async fn spawn_into(&mut self, g: usize, slot: usize, next: bool) {
+        let group = &mut self.groups[g];
+        let generation = group.generations.entry(slot).or_default();
+        *generation += 1;
+        let id = WorkerId {
+            group: group.name.clone(),
+            slot,
+            generation: *generation,
+        };
+        let env = group.options.get_env().to_vec();
+        match self.launcher.launch(&id, &env).await {
+            Ok(Launched { pid, kill }) => {
+                let now = Instant::now();
+                let ready_by = now + self.options.get_ready_timeout();
+                let proc = Proc::new(id.clone(), pid, kill, now, ready_by);
+                let Some(s) = self.groups[g].slots.get_mut(&slot) else {
+                    return;
+                };
+                s.backoff.on_start(now);
+                let place = if next { &mut s.next } else { &mut s.current };
+                if let Some(old) = place.replace(proc) {
+                    // Never expected: keep the process we would otherwise lose track of.
+                    s.draining.push(old);
+                }
+                tracing::debug!("spawned worker {id} (pid {})", pid.unwrap_or(0));
+                if let Some(pid) = pid {
+                    self.emit(RawEvent::Spawned { id, pid });
+                }
+            }
+            Err(e) if next => {
+                let error = format!("cannot spawn replacement worker {id}: {e}");
+                Box::pin(self.reload_failed(&id.key(), error)).await;
+            }
+            Err(e) => {
+                notice!(error, "cannot spawn worker {id}: {e}");
+                // A spawn that fails is a failed start: it counts, and backs off.
+                Box::pin(self.after_exit(
+                    g,
+                    id,
+                    ExitKind::Code(-1),
+                    RestartExit::Failure,
+                    "failed_start",
+                ))
+                .await;
+            }
+        }
+    }
+
+    pub(super) async fn on_timers(&mut self) {
+        let now = Instant::now();
+        let heartbeat = self.options.get_heartbeat_timeout();
+        let mut hung = Vec::new();
+        let mut unready = Vec::new();
+        let mut late = Vec::new();
+        for p in self.procs() {
+            if p.hung_at(heartbeat).is_some_and(|t| t <= now) {
+                hung.push(p.id.clone());
+            }
+            match p.phase {
+                Phase::Starting { ready_by } | Phase::Online { ready_by, .. }
+                    if ready_by <= now =>
+                {
+                    unready.push(p.id.clone())
+                }
+                Phase::Stopping { kill_at, .. } if kill_at <= now => late.push(p.id.clone()),
+                _ => {}
+            }
+        }
+        for id in hung {
+            if let Some(timeout) = heartbeat {
+                notice!(
+                    warn,
+                    "worker {id} is hung (no heartbeat from its runtime for {} ms): killing it",
+                    timeout.as_millis()
+                );
+            }
+            self.kill_proc(&id, StopReason::Hung);
+        }
+        for id in unready {
+            notice!(warn, "worker {id} did not become ready in time: killing it");
+            self.kill_proc(&id, StopReason::FailedStart);
+        }
+        let stopping = self.stopping.is_some();
+        for id in late {
+            let Some(p) = self.proc_mut(&id) else {
+                continue;
+            };
+            if p.killed() {
+                continue;
+            }
+            notice!(
+                warn,
+                "worker {id} did not stop within the grace period: killing it"
+            );
+            p.kill();
+            self.killed_after_grace |= stopping;
+        }
+        while self.outboxes.try_join_next().is_some() {}
+        if stopping {
+            return;
+        }
+        if self.next_sample <= now {
+            self.next_sample = now + self.options.get_sample_interval();
+            self.sample().await;
+        }
+        let due: Vec<(usize, usize)> = self
+            .groups
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(g, group)| {
+                group.slots.iter_mut().filter_map(move |(&s, slot)| {
+                    slot.restart_at.is_some_and(|t| t <= now).then(|| {
+                        slot.restart_at = None;
+                        (g, s)
+                    })
+                })
+            })
+            .collect();
+        for (g, s) in due {
+            // A slot whose worker is back (a replacement took over meanwhile) needs none.
+            if self.groups[g]
+                .slots
+                .get(&s)
+                .is_some_and(|slot| slot.current.is_none() && slot.next.is_none())
+            {
+                self.spawn_into(g, s, false).await;
+            }
+        }
+    }
+
+    /// Reads every worker's memory and CPU, and replaces (the reload way) a worker that stayed
+    /// over `max_memory` for `memory_samples` samples in a row: one slot at a time, so a leak
+    /// shared by every worker does not recycle them all at once.
+    async fn sample(&mut self) {
+        let limit = self.options.get_max_memory();
+        let needed = self.options.get_memory_samples();
+        let mut over = None;
+        let Supervisor {
+            groups, launcher, ..
+        } = self;
+        for (g, group) in groups.iter_mut().enumerate() {
+            for (&s, slot) in &mut group.slots {
+                let replacing = slot.next.is_some();
+                for p in slot.procs_mut() {
+                    let Some(usage) = p.pid.and_then(|pid| launcher.usage(pid)) else {
+                        continue;
+                    };
+                    p.usage = Some((usage.rss_bytes, usage.cpu_seconds));
+                    match limit {
+                        Some(limit) if usage.rss_bytes > limit && !p.is_stopping() => {
+                            p.over_memory += 1
+                        }
+                        _ => p.over_memory = 0,
+                    }
+                }
+                let current = slot
+                    .current
+                    .as_ref()
+                    .filter(|p| matches!(p.phase, Phase::Ready { .. }));
+                if let (Some(p), true, false) = (current, over.is_none(), replacing) {
+                    if p.over_memory >= needed {
+                        over = Some((g, s, p.id.clone(), p.usage.map_or(0, |u| u.0)));
+                    }
+                }
+            }
+        }
+        let (Some(limit), Some((g, s, id, rss))) = (limit, over) else {
+            return;
+        };
+        if self.recycling.is_some() || self.reload.is_some() {
+            return;
+        }
+        notice!(
+            warn,
+            "worker {id} uses {} MiB, over max_memory ({} MiB) for {needed} samples: replacing it",
+            rss >> 20,
+            limit >> 20
+        );
+        *self
+            .restart_reasons
+            .entry((id.group.clone(), id.slot, "memory"))
+            .or_default() += 1;
+        self.recycling = Some(id.key());
+        self.spawn_into(g, s, true).await;
+    }
+}

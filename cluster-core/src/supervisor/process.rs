@@ -1,0 +1,312 @@
+//! The supervisor's one way to processes: start a worker, hear how it fares, read its usage.
+//!
+//! [`Launcher`] is the seam: the supervisor's logic runs against [`Processes`] (real children
+//! spawned from the spawner thread) in production, and against a fake in its unit tests, where
+//! time is tokio's paused clock and a test plays the workers.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_ipc::{Channel, Config, bootstrap};
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot};
+
+use super::spawner::Spawner;
+use crate::identity::{ENV_GENERATION, ENV_GROUP, ENV_HEARTBEAT_MS, ENV_IPC_FD, ENV_SLOT};
+use crate::model::{ExitKind, WorkerId};
+use crate::net::listener::InFlightTable;
+use crate::observe::logs;
+use crate::observe::resources::{self, Usage};
+use crate::protocol::{ToMaster, ToWorker};
+use crate::{Error, Result, sys};
+
+/// What the processes (and their outboxes) report to the supervisor's loop.
+pub(crate) enum Internal {
+    /// The worker's channel is up.
+    Online {
+        id: WorkerId,
+        sender: cluster_ipc::Sender<ToWorker>,
+    },
+    FromWorker {
+        id: WorkerId,
+        msg: ToMaster,
+    },
+    Exited {
+        id: WorkerId,
+        exit: ExitKind,
+    },
+    /// The worker's outbox wrote the answer to its listen request: connections handed from
+    /// now on reach it after that answer, so it may join the listener's rotation.
+    Listening {
+        id: WorkerId,
+        listener: u32,
+    },
+}
+
+/// A started worker process.
+pub(crate) struct Launched {
+    pub(crate) pid: Option<u32>,
+    /// Fired to kill the process (SIGKILL); its exit is reported as usual.
+    pub(crate) kill: oneshot::Sender<()>,
+}
+
+/// Lets the master's code adjust one worker's command line and environment.
+#[derive(Debug, Default)]
+pub struct SpawnSettings {
+    /// Extra arguments, after the master's own.
+    pub args: Vec<OsString>,
+    /// Extra environment variables.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// Called before each worker is spawned.
+pub type SpawnHook = Arc<dyn Fn(&WorkerId, &mut SpawnSettings) + Send + Sync>;
+
+/// How the supervisor starts workers and learns about them. Everything a process does after
+/// it started (its channel coming up, its messages, its exit) arrives as [`Internal`] on the
+/// queue the launcher was made with.
+pub(crate) trait Launcher: Send + 'static {
+    /// Starts worker `id` with the group's extra environment.
+    fn launch(
+        &mut self,
+        id: &WorkerId,
+        env: &[(String, String)],
+    ) -> impl Future<Output = Result<Launched>> + Send;
+
+    /// Resident memory and CPU time of a live worker.
+    fn usage(&self, pid: u32) -> Option<Usage>;
+
+    /// Waits (bounded) for what outlives the workers: the copies of their last output lines.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Real worker processes: this executable, re-executed with the worker variables.
+pub(crate) struct Processes {
+    /// Remembered at start, so that a binary replaced on disk later is what new workers run.
+    exe: PathBuf,
+    args: Vec<OsString>,
+    master_pid: i32,
+    spawner: Spawner,
+    hook: Option<SpawnHook>,
+    heartbeat_interval: Duration,
+    ready_timeout: Duration,
+    prefix_logs: bool,
+    internal: mpsc::UnboundedSender<Internal>,
+    in_flight: Arc<InFlightTable>,
+    /// Tasks copying workers' output: the master waits for them before it exits, so the
+    /// last lines of its workers are not lost.
+    forwarders: tokio::task::JoinSet<()>,
+}
+
+/// What [`Processes`] needs from the options.
+pub(crate) struct ProcessSettings {
+    pub(crate) hook: Option<SpawnHook>,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) prefix_logs: bool,
+}
+
+impl Processes {
+    pub(crate) fn new(
+        settings: ProcessSettings,
+        internal: mpsc::UnboundedSender<Internal>,
+        in_flight: Arc<InFlightTable>,
+    ) -> Result<Self> {
+        let exe =
+            std::env::current_exe().map_err(|e| Error::io("cannot find this program's path", e))?;
+        let spawner = Spawner::start(tokio::runtime::Handle::current())
+            .map_err(|e| Error::io("cannot start the spawner thread", e))?;
+        Ok(Processes {
+            exe,
+            args: std::env::args_os().skip(1).collect(),
+            master_pid: std::process::id() as i32,
+            spawner,
+            hook: settings.hook,
+            heartbeat_interval: settings.heartbeat_interval,
+            ready_timeout: settings.ready_timeout,
+            prefix_logs: settings.prefix_logs,
+            internal,
+            in_flight,
+            forwarders: tokio::task::JoinSet::new(),
+        })
+    }
+
+    async fn start(
+        &mut self,
+        id: &WorkerId,
+        env: &[(String, String)],
+    ) -> Result<(Child, std::os::unix::net::UnixStream)> {
+        let mut settings = SpawnSettings::default();
+        if let Some(hook) = &self.hook {
+            hook(id, &mut settings);
+        }
+        let (ours, child_end) = bootstrap::socketpair()?;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args(&self.args)
+            .args(&settings.args)
+            .env(ENV_GROUP, &*id.group)
+            .env(ENV_SLOT, id.slot.to_string())
+            .env(ENV_GENERATION, id.generation.to_string())
+            .env(
+                ENV_HEARTBEAT_MS,
+                self.heartbeat_interval.as_millis().to_string(),
+            )
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(settings.env)
+            // The terminal's input stays with the master.
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        child_end.pass_to(cmd.as_std_mut(), ENV_IPC_FD);
+        sys::kill_with_parent(&mut cmd, self.master_pid);
+        sys::ignore_terminal_signals(&mut cmd);
+        if self.prefix_logs {
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+        }
+        let mut child = self
+            .spawner
+            .spawn(cmd)
+            .await
+            .map_err(|e| Error::io(format!("cannot start {}", self.exe.display()), e))?;
+        drop(child_end);
+        // Reap finished forwarders so they do not pile up across restarts.
+        while self.forwarders.try_join_next().is_some() {}
+        if self.prefix_logs {
+            // Each line of the worker reaches the master's matching stream whole, prefixed
+            // with who wrote it.
+            let prefix = format!(
+                "[{}/{} pid {}] ",
+                id.group,
+                id.slot,
+                child.id().unwrap_or(0)
+            );
+            if let Some(out) = child.stdout.take() {
+                self.forwarders
+                    .spawn(logs::forward(out, logs::Stream::Stdout, prefix.clone()));
+            }
+            if let Some(err) = child.stderr.take() {
+                self.forwarders
+                    .spawn(logs::forward(err, logs::Stream::Stderr, prefix));
+            }
+        }
+        Ok((child, ours))
+    }
+}
+
+impl Launcher for Processes {
+    async fn launch(&mut self, id: &WorkerId, env: &[(String, String)]) -> Result<Launched> {
+        let (child, stream) = self.start(id, env).await?;
+        let pid = child.id();
+        let (kill, kill_rx) = oneshot::channel();
+        tokio::spawn(watch(
+            id.clone(),
+            child,
+            stream,
+            self.ready_timeout,
+            self.internal.clone(),
+            kill_rx,
+            self.in_flight.clone(),
+        ));
+        Ok(Launched { pid, kill })
+    }
+
+    fn usage(&self, pid: u32) -> Option<Usage> {
+        resources::sample(pid)
+    }
+
+    async fn finish(&mut self) {
+        let forwarders = async { while self.forwarders.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(2), forwarders).await;
+    }
+}
+
+fn exit_kind(status: std::io::Result<std::process::ExitStatus>) -> ExitKind {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => ExitKind::Code(code),
+            (None, Some(sig)) => ExitKind::Signal(sig),
+            (None, None) => ExitKind::Code(-1),
+        },
+        // wait() itself failed: report it as a failure.
+        Err(_) => ExitKind::Code(-1),
+    }
+}
+
+/// Watches one worker process: its handshake, its messages, its exit. The `Child` lives here,
+/// so it is always reaped (no zombies) and its pid is never signalled after being reaped.
+async fn watch(
+    id: WorkerId,
+    mut child: Child,
+    stream: std::os::unix::net::UnixStream,
+    ready_timeout: Duration,
+    internal: mpsc::UnboundedSender<Internal>,
+    mut kill: oneshot::Receiver<()>,
+    in_flight: Arc<InFlightTable>,
+) {
+    let mut killed = false;
+    let mut receiver = None;
+    let handshake = tokio::time::timeout(
+        ready_timeout,
+        Channel::<ToWorker, ToMaster>::from_std(stream, Config::default()),
+    );
+    tokio::select! {
+        result = handshake => match result {
+            Ok(Ok(channel)) => {
+                let (sender, rx) = channel.split();
+                receiver = Some(rx);
+                let _ = internal.send(Internal::Online { id: id.clone(), sender });
+            }
+            Ok(Err(e)) => {
+                super::notice!(warn, "worker {id}: handshake failed: {e}");
+                let _ = child.start_kill();
+                killed = true;
+            }
+            Err(_) => {
+                super::notice!(warn, "worker {id}: no handshake within {} ms", ready_timeout.as_millis());
+                let _ = child.start_kill();
+                killed = true;
+            }
+        },
+        status = child.wait() => {
+            let _ = internal.send(Internal::Exited { id, exit: exit_kind(status) });
+            return;
+        }
+        _ = &mut kill => {
+            let _ = child.start_kill();
+            killed = true;
+        }
+    }
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                // Deliver what the worker sent before it exited (its `Exiting` message).
+                if let Some(rx) = receiver.as_mut() {
+                    while let Ok(Ok(Some(msg))) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                        let _ = internal.send(Internal::FromWorker { id: id.clone(), msg });
+                    }
+                }
+                let _ = internal.send(Internal::Exited { id, exit: exit_kind(status) });
+                return;
+            }
+            msg = async { match receiver.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match msg {
+                // Acknowledgements of handed connections are the busiest message with a
+                // master-accept policy: settle them here, off the supervisor's loop.
+                Ok(Some(ToMaster::Accepted { conn })) => in_flight.ack(conn),
+                Ok(Some(msg)) => { let _ = internal.send(Internal::FromWorker { id: id.clone(), msg }); }
+                Ok(None) => receiver = None,
+                Err(e) => {
+                    tracing::warn!("worker {id}: {e}");
+                    receiver = None;
+                }
+            },
+            _ = &mut kill, if !killed => {
+                let _ = child.start_kill();
+                killed = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Replacing workers without a gap: the rolling reload (every slot, `reload_parallelism` at a
+//! time), the memory replacement of one slot, and scaling a group up or down. A replacement
+//! starts beside the worker it replaces and takes over only once ready; if it fails, the old
+//! workers keep serving.
+
+use tokio::time::Instant;
+
+use super::process::Launcher;
+use super::restart::SlotBackoff;
+use super::slot::{Slot, StopReason};
+use super::{RawEvent, Reload, Supervisor, notice};
+use crate::model::{SlotKey, WorkerId};
+
+impl<L: Launcher> Supervisor<L> {
+    /// Starts a rolling reload, or asks the one under way for one more pass.
+    pub(super) async fn start_reload(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if let Some(reload) = &mut self.reload {
+            reload.again = true;
+            return;
+        }
+        let queue = self
+            .groups
+            .iter()
+            .flat_map(|g| {
+                g.slots
+                    .keys()
+                    .map(|&slot| SlotKey::new(&g.name, slot))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.reload = Some(Reload {
+            queue,
+            active: Vec::new(),
+            again: false,
+        });
+        self.emit(RawEvent::ReloadStarted);
+        self.pump_reload().await;
+    }
+
+    /// Starts replacements until `reload_parallelism` are under way; ends the pass when
+    /// every slot is done.
+    pub(super) async fn pump_reload(&mut self) {
+        loop {
+            let parallelism = self.options.get_reload_parallelism();
+            let Some(reload) = &mut self.reload else {
+                return;
+            };
+            if reload.active.len() >= parallelism {
+                return;
+            }
+            let Some(key) = reload.queue.pop_front() else {
+                if !reload.active.is_empty() {
+                    return;
+                }
+                let again = reload.again;
+                self.reload = None;
+                self.reloads_total += 1;
+                notice!(info, "rolling reload finished");
+                self.emit(RawEvent::ReloadFinished);
+                if again {
+                    Box::pin(self.start_reload()).await;
+                }
+                return;
+            };
+            let Some(g) = self.group_index(&key.group) else {
+                continue;
+            };
+            // A slot removed by a scale-down since the pass began has nothing to replace.
+            let Some(slot) = self.groups[g].slots.get(&key.slot) else {
+                continue;
+            };
+            let replacing = slot.next.is_some();
+            if let Some(reload) = &mut self.reload {
+                reload.active.push(key.clone());
+            }
+            // A memory replacement already under way is this slot's replacement too.
+            if !replacing {
+                Box::pin(self.spawn_into(g, key.slot, true)).await;
+            }
+        }
+    }
+
+    /// A replacement became ready: it takes its slot and the old worker drains.
+    pub(super) async fn promote_if_replacement(&mut self, id: &WorkerId) {
+        let key = id.key();
+        let deadline = Instant::now() + self.options.get_grace();
+        let Some(slot) = self.slot_mut(&key) else {
+            return;
+        };
+        if slot
+            .next
+            .as_ref()
+            .is_none_or(|p| p.id.generation != id.generation)
+        {
+            return;
+        }
+        let old = std::mem::replace(&mut slot.current, slot.next.take());
+        if let Some(old) = old {
+            let old_id = old.id.clone();
+            slot.draining.push(old);
+            self.stop_proc(&old_id, deadline, StopReason::Replaced);
+        }
+        if self.recycling.as_ref() == Some(&key) {
+            self.recycling = None;
+        }
+        if let Some(reload) = &mut self.reload {
+            reload.active.retain(|k| *k != key);
+        }
+        self.pump_reload().await;
+    }
+
+    /// The replacement for slot `key` failed: a memory replacement is given up, a reload
+    /// stops; the old workers keep serving, and the operator is told why.
+    pub(super) async fn reload_failed(&mut self, key: &SlotKey, error: String) {
+        if self.recycling.as_ref() == Some(key) {
+            self.recycling = None;
+            notice!(
+                error,
+                "memory replacement failed, the old worker keeps serving: {error}"
+            );
+        }
+        if !self.reload.as_ref().is_some_and(|r| r.active.contains(key)) {
+            return;
+        }
+        let Some(reload) = self.reload.take() else {
+            return;
+        };
+        notice!(
+            error,
+            "rolling reload aborted, the old workers keep serving: {error}"
+        );
+        let deadline = Instant::now() + self.options.get_grace();
+        for key in reload.active {
+            if self.recycling.as_ref() == Some(&key) {
+                // The memory replacement it adopted goes on as before the reload.
+                continue;
+            }
+            let next = self
+                .slot_mut(&key)
+                .and_then(|s| s.next.as_ref())
+                .map(|p| p.id.clone());
+            if let Some(id) = next {
+                self.stop_proc(&id, deadline, StopReason::Abandoned);
+            }
+        }
+        self.emit(RawEvent::ReloadFailed { error });
+    }
+
+    /// Grows group `g` to `count` slots (the lowest free slot numbers), or removes its highest
+    /// slots: their workers stop gracefully and are not replaced.
+    pub(super) async fn resize(&mut self, g: usize, count: usize) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let live = self.groups[g].slots.len();
+        if count > live {
+            let mut wanted = count - live;
+            let mut number = 0;
+            while wanted > 0 {
+                if !self.groups[g].slots.contains_key(&number) {
+                    let backoff = SlotBackoff::new(self.groups[g].policy.get_backoff());
+                    self.groups[g].slots.insert(number, Slot::new(backoff));
+                    self.spawn_into(g, number, false).await;
+                    wanted -= 1;
+                }
+                number += 1;
+            }
+            return;
+        }
+        let deadline = Instant::now() + self.options.get_grace();
+        let removed: Vec<usize> = self.groups[g]
+            .slots
+            .keys()
+            .rev()
+            .take(live - count)
+            .copied()
+            .collect();
+        for number in removed {
+            let group = &mut self.groups[g];
+            let Some(slot) = group.slots.remove(&number) else {
+                continue;
+            };
+            let key = SlotKey::new(&group.name, number);
+            let ids: Vec<WorkerId> = slot.procs().map(|p| p.id.clone()).collect();
+            group.leaving.extend(slot.current);
+            group.leaving.extend(slot.next);
+            group.leaving.extend(slot.draining);
+            for id in ids {
+                self.stop_proc(&id, deadline, StopReason::Retired);
+            }
+            if self.recycling.as_ref() == Some(&key) {
+                self.recycling = None;
+            }
+            if let Some(reload) = &mut self.reload {
+                reload.queue.retain(|k| *k != key);
+                reload.active.retain(|k| *k != key);
+            }
+        }
+        // A replacement the reload waited for may have left with its slot.
+        self.pump_reload().await;
+    }
+}

@@ -1,0 +1,485 @@
+//! The supervisor's logic against fake processes, on tokio's paused clock: every interleaving
+//! that real processes make hard to reach, in milliseconds.
+//!
+//! A fake process is a task that plays a worker over a real channel pair: it comes online,
+//! becomes ready, beats, and exits 0 when asked to stop, unless its [`Behaviour`] says
+//! otherwise; a test can also make it exit, crash or answer at any moment. Every test checks
+//! at the end that the supervisor's view (the `Workers` snapshot) and the set of fake
+//! processes alive are the same: no worker left running, none counted twice.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cluster_ipc::{Channel, Config};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::process::{Internal, Launched, Launcher};
+use super::{Command, RawEvent, Supervisor};
+use crate::messaging::Pending;
+use crate::model::{ExitKind, SlotKey, WorkerId, WorkerInfo, WorkerState};
+use crate::observe::resources::Usage;
+use crate::options::{GroupOptions, Options, Signal};
+use crate::protocol::{ToMaster, ToWorker};
+use crate::{Error, Result};
+
+mod faults;
+mod reload;
+mod shutdown;
+
+/// How a fake process behaves on its own.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Behaviour {
+    /// Its channel comes up.
+    pub online: bool,
+    /// It says it is ready once online.
+    pub ready: bool,
+    /// It sends heartbeats.
+    pub beats: bool,
+    /// It exits 0 when asked to stop.
+    pub obeys: bool,
+    /// The launch fails.
+    pub spawn_fails: bool,
+}
+
+impl Behaviour {
+    pub(super) const HEALTHY: Behaviour = Behaviour {
+        online: true,
+        ready: true,
+        beats: true,
+        obeys: true,
+        spawn_fails: false,
+    };
+    pub(super) const NEVER_READY: Behaviour = Behaviour {
+        ready: false,
+        ..Behaviour::HEALTHY
+    };
+    pub(super) const STUBBORN: Behaviour = Behaviour {
+        obeys: false,
+        ..Behaviour::HEALTHY
+    };
+    pub(super) const HANGS: Behaviour = Behaviour {
+        beats: false,
+        ..Behaviour::HEALTHY
+    };
+    pub(super) const SPAWN_FAILS: Behaviour = Behaviour {
+        spawn_fails: true,
+        ..Behaviour::HEALTHY
+    };
+}
+
+/// What a test can make a fake process do.
+#[derive(Debug)]
+pub(super) enum Act {
+    Ready,
+    Exit(i32),
+}
+
+/// The fake processes' shared world.
+#[derive(Default)]
+struct World {
+    /// Behaviours of the next launches, in order; HEALTHY once empty.
+    plan: VecDeque<Behaviour>,
+    /// The fake processes alive now.
+    alive: BTreeSet<WorkerId>,
+    /// Every launch, in order.
+    launched: Vec<WorkerId>,
+    /// Their controls.
+    acts: BTreeMap<WorkerId, mpsc::UnboundedSender<Act>>,
+    /// What each received.
+    received: BTreeMap<WorkerId, Vec<ToWorker>>,
+    /// Resident bytes reported by the sampler, by pid.
+    rss: BTreeMap<u32, u64>,
+    next_pid: u32,
+}
+
+struct Fake {
+    world: Arc<Mutex<World>>,
+    internal: mpsc::UnboundedSender<Internal>,
+}
+
+fn world(w: &Arc<Mutex<World>>) -> std::sync::MutexGuard<'_, World> {
+    w.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Launcher for Fake {
+    async fn launch(&mut self, id: &WorkerId, _env: &[(String, String)]) -> Result<Launched> {
+        let (behaviour, pid, acts) = {
+            let mut w = world(&self.world);
+            let behaviour = w.plan.pop_front().unwrap_or(Behaviour::HEALTHY);
+            if behaviour.spawn_fails {
+                return Err(Error::io(
+                    "cannot start the fake worker",
+                    std::io::Error::from_raw_os_error(nix::libc::EAGAIN),
+                ));
+            }
+            w.next_pid += 1;
+            let pid = 1000 + w.next_pid;
+            w.alive.insert(id.clone());
+            w.launched.push(id.clone());
+            let (tx, rx) = mpsc::unbounded_channel();
+            w.acts.insert(id.clone(), tx);
+            (behaviour, pid, rx)
+        };
+        let (kill, killed) = oneshot::channel();
+        tokio::spawn(play(
+            id.clone(),
+            behaviour,
+            self.internal.clone(),
+            killed,
+            acts,
+            self.world.clone(),
+        ));
+        Ok(Launched {
+            pid: Some(pid),
+            kill,
+        })
+    }
+
+    fn usage(&self, pid: u32) -> Option<Usage> {
+        let rss = world(&self.world).rss.get(&pid).copied().unwrap_or(1 << 20);
+        Some(Usage {
+            rss_bytes: rss,
+            cpu_seconds: 0.0,
+        })
+    }
+
+    async fn finish(&mut self) {}
+}
+
+/// One fake process's life.
+async fn play(
+    id: WorkerId,
+    behaviour: Behaviour,
+    internal: mpsc::UnboundedSender<Internal>,
+    mut killed: oneshot::Receiver<()>,
+    mut acts: mpsc::UnboundedReceiver<Act>,
+    w: Arc<Mutex<World>>,
+) {
+    let say = |msg| {
+        let _ = internal.send(Internal::FromWorker {
+            id: id.clone(),
+            msg,
+        });
+    };
+    let mut inbox = None;
+    if behaviour.online {
+        let Ok((ours, theirs)) = Channel::<ToWorker, ToMaster>::pair(Config::default()).await
+        else {
+            return;
+        };
+        let _ = internal.send(Internal::Online {
+            id: id.clone(),
+            sender: ours.sender(),
+        });
+        inbox = Some(theirs);
+        if behaviour.ready {
+            say(ToMaster::Ready);
+        }
+    }
+    let mut beat = tokio::time::interval(Duration::from_millis(500));
+    let exit = loop {
+        tokio::select! {
+            _ = &mut killed => break ExitKind::Signal(nix::libc::SIGKILL),
+            act = acts.recv() => match act {
+                Some(Act::Ready) => say(ToMaster::Ready),
+                Some(Act::Exit(code)) => break ExitKind::Code(code),
+                None => {}
+            },
+            msg = async {
+                match inbox.as_mut() {
+                    Some(inbox) => inbox.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match msg {
+                Ok(Some(msg)) => {
+                    let shutdown = msg == ToWorker::Shutdown;
+                    world(&w).received.entry(id.clone()).or_default().push(msg);
+                    if shutdown && behaviour.obeys {
+                        say(ToMaster::Exiting { failed: false });
+                        break ExitKind::Code(0);
+                    }
+                }
+                _ => inbox = None,
+            },
+            _ = beat.tick(), if behaviour.beats && inbox.is_some() => say(ToMaster::Heartbeat { lag_us: 0, connections: 0 }),
+        }
+    };
+    world(&w).alive.remove(&id);
+    let _ = internal.send(Internal::Exited { id, exit });
+}
+
+/// A supervisor under test, with its queues.
+pub(super) struct Harness {
+    world: Arc<Mutex<World>>,
+    commands: mpsc::UnboundedSender<Command>,
+    events: mpsc::Receiver<RawEvent>,
+    signals: mpsc::UnboundedSender<Signal>,
+    master_done: Option<oneshot::Sender<bool>>,
+    run: Option<JoinHandle<(i32, Option<Error>)>>,
+    /// Every event seen so far, as text.
+    pub seen: Vec<String>,
+}
+
+/// Plenty: every wait in these tests is on the paused clock, which jumps to the next timer.
+const WAIT: Duration = Duration::from_secs(600);
+
+pub(super) fn group(count: usize) -> GroupOptions {
+    GroupOptions::new("worker").count(count)
+}
+
+pub(super) fn key(slot: usize) -> SlotKey {
+    SlotKey::new("worker", slot)
+}
+
+pub(super) fn wid(slot: usize, generation: u64) -> WorkerId {
+    WorkerId {
+        group: "worker".into(),
+        slot,
+        generation,
+    }
+}
+
+fn describe(event: &RawEvent) -> String {
+    match event {
+        RawEvent::Spawned { id, .. } => format!("spawned {id}"),
+        RawEvent::Online { id } => format!("online {id}"),
+        RawEvent::Ready { id } => format!("ready {id}"),
+        RawEvent::Exit {
+            id,
+            expected,
+            restarting,
+            ..
+        } => format!(
+            "exit {id}{}{}",
+            if *expected { "" } else { " unexpected" },
+            if *restarting { " restarting" } else { "" }
+        ),
+        RawEvent::RestartLimit { id, .. } => format!("restart-limit {id}"),
+        RawEvent::ReloadStarted => "reload-started".into(),
+        RawEvent::ReloadFinished => "reload-finished".into(),
+        RawEvent::ReloadFailed { .. } => "reload-failed".into(),
+        RawEvent::Message { from, .. } => format!("message {from}"),
+        RawEvent::Request { from, .. } => format!("request {from}"),
+    }
+}
+
+impl Harness {
+    /// Starts a supervisor with `options` and `groups`; the first launches behave as `plan`.
+    pub(super) fn start(options: Options, groups: Vec<GroupOptions>, plan: &[Behaviour]) -> Self {
+        let world = Arc::new(Mutex::new(World {
+            plan: plan.iter().copied().collect(),
+            ..World::default()
+        }));
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (events_tx, events) = mpsc::channel(4096);
+        let (signals, signals_rx) = mpsc::unbounded_channel();
+        let (master_done, done_rx) = oneshot::channel();
+        let w = world.clone();
+        let supervisor = Supervisor::with_launcher(
+            options,
+            groups,
+            commands_rx,
+            Some(events_tx),
+            Arc::new(Pending::default()),
+            move |internal, _| Ok(Fake { world: w, internal }),
+        )
+        .unwrap();
+        let run = tokio::spawn(supervisor.run(signals_rx, done_rx));
+        Harness {
+            world,
+            commands,
+            events,
+            signals,
+            master_done: Some(master_done),
+            run: Some(run),
+            seen: Vec::new(),
+        }
+    }
+
+    /// The behaviours of the next launches.
+    pub(super) fn plan(&self, behaviours: &[Behaviour]) {
+        world(&self.world).plan.extend(behaviours.iter().copied());
+    }
+
+    /// Waits for the event described as `want` (see [`describe`]), keeping every event seen.
+    pub(super) async fn expect(&mut self, want: &str) {
+        let found = tokio::time::timeout(WAIT, async {
+            while let Some(event) = self.events.recv().await {
+                let text = describe(&event);
+                self.seen.push(text.clone());
+                if text == want {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "never saw {want:?}; saw {:#?}",
+            self.seen
+        );
+    }
+
+    /// Whether the events in `order` were seen, in that order (others may stand between).
+    pub(super) fn assert_order(&self, order: &[&str]) {
+        let mut at = 0;
+        for want in order {
+            match self.seen[at..].iter().position(|s| s == want) {
+                Some(i) => at += i + 1,
+                None => panic!(
+                    "{want:?} not seen after position {at}; seen {:#?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Asserts that `event` was never seen.
+    pub(super) fn assert_never(&self, event: &str) {
+        assert!(
+            !self.seen.iter().any(|s| s == event),
+            "{event:?} was seen: {:#?}",
+            self.seen
+        );
+    }
+
+    pub(super) fn act(&self, id: &WorkerId, act: Act) {
+        let tx = world(&self.world).acts.get(id).cloned();
+        tx.expect("no such fake process").send(act).unwrap();
+    }
+
+    pub(super) fn signal(&self, sig: Signal) {
+        self.signals.send(sig).unwrap();
+    }
+
+    pub(super) fn command(&self, cmd: Command) {
+        assert!(self.commands.send(cmd).is_ok(), "the supervisor is gone");
+    }
+
+    pub(super) fn reload(&self) {
+        self.command(Command::Reload);
+    }
+
+    pub(super) async fn scale(&self, count: usize) {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Scale {
+            group: "worker".into(),
+            count,
+            reply,
+        });
+        rx.await.unwrap().unwrap();
+    }
+
+    pub(super) async fn workers(&self) -> Vec<WorkerInfo> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Workers { reply });
+        rx.await.unwrap()
+    }
+
+    pub(super) async fn status(&self) -> crate::observe::status::ClusterStatus {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Status { reply });
+        rx.await.unwrap()
+    }
+
+    pub(super) fn set_rss(&self, pid: u32, bytes: u64) {
+        world(&self.world).rss.insert(pid, bytes);
+    }
+
+    pub(super) fn launched(&self) -> Vec<WorkerId> {
+        world(&self.world).launched.clone()
+    }
+
+    pub(super) fn received(&self, id: &WorkerId) -> Vec<ToWorker> {
+        world(&self.world)
+            .received
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The master function ended, failed or not.
+    pub(super) fn master_done(&mut self, failed: bool) {
+        if let Some(tx) = self.master_done.take() {
+            let _ = tx.send(failed);
+        }
+    }
+
+    /// Asserts that the live fake processes are exactly the supervisor's workers, that each
+    /// slot has exactly one worker that is not stopping, and that these are `slots`.
+    pub(super) async fn assert_settled(&self, slots: &[usize]) {
+        let workers = self.workers().await;
+        let alive = world(&self.world).alive.clone();
+        let listed: BTreeSet<WorkerId> = workers.iter().map(|w| w.id.clone()).collect();
+        assert_eq!(
+            listed.len(),
+            workers.len(),
+            "a worker listed twice: {workers:#?}"
+        );
+        assert_eq!(listed, alive, "supervisor's view vs processes alive");
+        let serving: Vec<usize> = workers
+            .iter()
+            .filter(|w| w.state != WorkerState::Stopping)
+            .map(|w| w.id.slot)
+            .collect();
+        assert_eq!(serving, slots, "slots served: {workers:#?}");
+    }
+
+    /// Waits until every process in the supervisor's view is in `state`.
+    pub(super) async fn wait_state(&self, state: WorkerState) {
+        let wait = async {
+            while !self.workers().await.iter().all(|w| w.state == state) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .expect("the workers never reached the state");
+    }
+
+    /// Waits until every process in the supervisor's view is ready (or none is left
+    /// stopping), so a snapshot is taken at rest.
+    pub(super) async fn settle(&self) {
+        let rest = async {
+            loop {
+                let workers = self.workers().await;
+                if workers.iter().all(|w| w.state == WorkerState::Ready) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, rest)
+            .await
+            .expect("the cluster never came to rest");
+    }
+
+    /// Waits for the supervisor to end; returns its exit code and checks no process is left.
+    pub(super) async fn finished(&mut self) -> (i32, Option<Error>) {
+        let run = self.run.take().expect("finished twice");
+        let result = tokio::time::timeout(WAIT, run)
+            .await
+            .expect("the supervisor never ended")
+            .unwrap();
+        while let Ok(event) = self.events.try_recv() {
+            self.seen.push(describe(&event));
+        }
+        let alive = world(&self.world).alive.clone();
+        assert!(alive.is_empty(), "processes left running: {alive:?}");
+        result
+    }
+
+    /// Shuts down with SIGTERM and waits for the end.
+    pub(super) async fn shutdown(&mut self) -> (i32, Option<Error>) {
+        self.signal(Signal::SIGTERM);
+        self.finished().await
+    }
+}
+
+/// Options for tests: the defaults but with a quick restart backoff, so tests read easily.
+pub(super) fn options() -> Options {
+    Options::new()
+}
