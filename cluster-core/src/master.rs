@@ -80,6 +80,17 @@ pub enum Event<D, U> {
         /// What went wrong.
         error: String,
     },
+    /// A worker process could not be started (the descriptor or process limit, the binary
+    /// missing or being replaced). Its slot tries again after `retry_in`, backing off while
+    /// it keeps failing; this is not a restart and never counts toward `max_restarts`.
+    SpawnFailed {
+        /// The worker that was to start.
+        id: WorkerId,
+        /// Why it could not.
+        error: String,
+        /// When the slot tries again.
+        retry_in: Duration,
+    },
     /// A worker's message did not decode as `U` (the worker runs other message types).
     BadMessage {
         /// The sender.
@@ -197,6 +208,15 @@ where
                 restarting,
             },
             RawEvent::RestartLimit { id, exit } => Event::RestartLimit { id, exit },
+            RawEvent::SpawnFailed {
+                id,
+                error,
+                retry_in,
+            } => Event::SpawnFailed {
+                id,
+                error,
+                retry_in,
+            },
             RawEvent::ReloadStarted => Event::ReloadStarted,
             RawEvent::ReloadFinished => Event::ReloadFinished,
             RawEvent::ReloadFailed { error } => Event::ReloadFailed { error },

@@ -213,6 +213,14 @@ fn cluster_metrics(status: &ClusterStatus) -> String {
     reloads.inc_by(status.master.reloads_total);
     registry.register("cluster_reloads", "Completed rolling reloads", reloads);
 
+    let spawn_failures = Counter::<u64>::default();
+    spawn_failures.inc_by(status.master.spawn_failures_total);
+    registry.register(
+        "cluster_spawn_failures",
+        "Worker processes that could not be started (retried with a backoff, not counted as restarts)",
+        spawn_failures,
+    );
+
     let ipc = Family::<DirectionLabels, Counter>::default();
     ipc.get_or_create(&DirectionLabels { direction: "sent" })
         .inc_by(status.ipc_messages_sent);
@@ -890,6 +898,8 @@ pub(crate) mod tests {
                 uptime_ms: 61_500,
                 restarts_total: 5,
                 reloads_total: 2,
+                spawn_failures_total: 3,
+                spawn_error: None,
             },
             workers: vec![
                 worker(WorkerState::Ready, 0),
@@ -960,6 +970,7 @@ pub(crate) mod tests {
             r#"cluster_workers{state="stopping"} 0"#,
             r#"cluster_worker_restarts_total{group="web",slot="0",reason="crash"} 5"#,
             "cluster_reloads_total 2",
+            "cluster_spawn_failures_total 3",
             r#"cluster_ipc_messages_total{direction="sent"} 10"#,
             r#"cluster_ipc_messages_total{direction="received"} 20"#,
             r#"cluster_worker_resident_memory_bytes{group="web",slot="1"} 10485760"#,

@@ -30,6 +30,11 @@ pub struct MasterStatus {
     pub restarts_total: u64,
     /// Completed rolling reloads.
     pub reloads_total: u64,
+    /// Worker processes that could not be started (EMFILE, EAGAIN, a binary missing or
+    /// being replaced): retried with a backoff, never counted toward `max_restarts`.
+    pub spawn_failures_total: u64,
+    /// Why the last start failed, while its slot still waits for a worker.
+    pub spawn_error: Option<String>,
 }
 
 /// One worker process.

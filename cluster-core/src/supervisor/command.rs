@@ -195,6 +195,8 @@ impl<L: Launcher> Supervisor<L> {
                     .map(|r| r.count)
                     .sum(),
                 reloads_total: self.reloads_total,
+                spawn_failures_total: self.spawn_failures_total,
+                spawn_error: self.spawn_error.clone(),
             },
             workers,
             restarts,

@@ -1,6 +1,8 @@
 //! A worker's life as the supervisor sees it: started, online, ready, stopped or killed,
 //! exited, and what follows an exit (restart, nothing, or giving up on the cluster).
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::outbox::{Outbox, Outgoing, Refused};
@@ -9,6 +11,19 @@ use super::restart::{Decision, Exit as RestartExit, decide};
 use super::slot::{Phase, Place, Proc, StopReason};
 use super::{RawEvent, Stopping, Supervisor, notice};
 use crate::Error;
+
+/// The first retry of a failed start; each further failure in a row doubles it.
+const SPAWN_RETRY_BASE: Duration = Duration::from_millis(100);
+/// The longest wait between two tries to start a worker.
+const SPAWN_RETRY_CAP: Duration = Duration::from_secs(10);
+
+/// How long to wait after the `failures`-th failed start in a row.
+fn spawn_retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    SPAWN_RETRY_BASE
+        .saturating_mul(1 << doublings)
+        .min(SPAWN_RETRY_CAP)
+}
 use crate::model::{ExitKind, WorkerId};
 use crate::protocol::{Balance, ListenAddr, ToMaster, ToWorker};
 
@@ -94,7 +109,7 @@ impl<L: Launcher> Supervisor<L> {
             } => {
                 if let Some(p) = self.proc_mut(&id) {
                     p.last_beat = Some(Instant::now());
-                    p.lag = Some(std::time::Duration::from_micros(lag_us));
+                    p.lag = Some(Duration::from_micros(lag_us));
                     p.connections = connections;
                 }
             }
@@ -376,6 +391,7 @@ impl<L: Launcher> Supervisor<L> {
                     return;
                 };
                 s.backoff.on_start(now);
+                s.spawn_failures = 0;
                 let place = if next { &mut s.next } else { &mut s.current };
                 if let Some(old) = place.replace(proc) {
                     // Never expected: keep the process we would otherwise lose track of.
@@ -385,24 +401,45 @@ impl<L: Launcher> Supervisor<L> {
                 if let Some(pid) = pid {
                     self.emit(RawEvent::Spawned { id, pid });
                 }
+                let retrying = self
+                    .groups
+                    .iter()
+                    .any(|g| g.slots.values().any(|s| s.spawn_failures > 0));
+                if !retrying {
+                    self.spawn_error = None;
+                }
             }
             Err(e) if next => {
                 let error = format!("cannot spawn replacement worker {id}: {e}");
                 Box::pin(self.reload_failed(&id.key(), error)).await;
             }
-            Err(e) => {
-                notice!(error, "cannot spawn worker {id}: {e}");
-                // A spawn that fails is a failed start: it counts, and backs off.
-                Box::pin(self.after_exit(
-                    g,
-                    id,
-                    ExitKind::Code(-1),
-                    RestartExit::Failure,
-                    "failed_start",
-                ))
-                .await;
-            }
+            Err(e) => self.spawn_failed(id, &e),
         }
+    }
+
+    /// A worker could not be started. That says nothing about the worker's code (the
+    /// descriptor or process limit, or a binary being replaced by a deploy), so it is not a
+    /// restart: the slot retries on a backoff of its own, for as long as it takes.
+    fn spawn_failed(&mut self, id: WorkerId, error: &Error) {
+        let Some(slot) = self.slot_mut(&id.key()) else {
+            return;
+        };
+        slot.spawn_failures = slot.spawn_failures.saturating_add(1);
+        let retry_in = spawn_retry_delay(slot.spawn_failures);
+        slot.restart_at = Some(Instant::now() + retry_in);
+        let error = error.to_string();
+        notice!(
+            error,
+            "cannot start worker {id}: {error}; retrying in {} ms (not counted as a restart)",
+            retry_in.as_millis()
+        );
+        self.spawn_failures_total += 1;
+        self.spawn_error = Some(format!("worker {id}: {error}"));
+        self.emit(RawEvent::SpawnFailed {
+            id,
+            error,
+            retry_in,
+        });
     }
 
     pub(super) async fn on_timers(&mut self) {

@@ -67,6 +67,11 @@ pub(crate) enum RawEvent {
         id: WorkerId,
         exit: ExitKind,
     },
+    SpawnFailed {
+        id: WorkerId,
+        error: String,
+        retry_in: Duration,
+    },
     ReloadStarted,
     ReloadFinished,
     ReloadFailed {
@@ -157,6 +162,10 @@ pub(crate) struct Supervisor<L = Processes> {
     next_sample: Instant,
     /// The slot being replaced for using too much memory (one at a time).
     recycling: Option<SlotKey>,
+    /// Worker processes that could not be started.
+    spawn_failures_total: u64,
+    /// The last start failure, while a slot still waits for its retry.
+    spawn_error: Option<String>,
 }
 
 impl Supervisor<Processes> {
@@ -240,6 +249,8 @@ impl<L: Launcher> Supervisor<L> {
             ipc_received: 0,
             next_sample: now,
             recycling: None,
+            spawn_failures_total: 0,
+            spawn_error: None,
         })
     }
 

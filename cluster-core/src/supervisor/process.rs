@@ -116,6 +116,7 @@ impl Processes {
         internal: mpsc::UnboundedSender<Internal>,
         in_flight: Arc<InFlightTable>,
     ) -> Result<Self> {
+        raise_descriptor_limit();
         let exe =
             std::env::current_exe().map_err(|e| Error::io("cannot find this program's path", e))?;
         let spawner = Spawner::start(tokio::runtime::Handle::current())
@@ -224,6 +225,22 @@ impl Launcher for Processes {
     }
 }
 
+/// Raises this process's soft limit on open descriptors to the hard limit. The master holds
+/// descriptors for every worker (channel, output pipes) and, under a master-accept policy,
+/// for every connection in flight; the soft default of 1,024 is reached long before the hard
+/// limit the administrator granted. Workers inherit the raised limit.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!("cannot raise the open-descriptor limit from {soft} to {hard}: {e}");
+        }
+    }
+}
+
 fn exit_kind(status: std::io::Result<std::process::ExitStatus>) -> ExitKind {
     match status {
         Ok(status) => match (status.code(), status.signal()) {
@@ -308,5 +325,19 @@ async fn watch(
                 killed = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_limit() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let low = hard.min(256);
+        setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
+        super::raise_descriptor_limit();
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
     }
 }

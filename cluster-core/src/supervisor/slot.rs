@@ -186,6 +186,8 @@ pub(crate) struct Slot {
     pub(crate) restart_at: Option<Instant>,
     /// Restarts after unexpected exits.
     pub(crate) restarts: u64,
+    /// Failed starts in a row: the retry backs off with them.
+    pub(crate) spawn_failures: u32,
 }
 
 impl Slot {
@@ -197,6 +199,7 @@ impl Slot {
             backoff,
             restart_at: None,
             restarts: 0,
+            spawn_failures: 0,
         }
     }
 

@@ -135,10 +135,30 @@ async fn a_hung_worker_is_killed_by_the_watchdog_and_restarted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_spawn_counts_as_a_failed_start_and_is_retried() {
-    let mut h = Harness::start(options(), vec![group(1)], &[Behaviour::SPAWN_FAILS]);
-    h.expect("ready worker/0#2").await;
-    h.assert_order(&["exit worker/0#1 unexpected restarting", "ready worker/0#2"]);
+async fn failed_spawns_back_off_are_reported_and_never_count_as_restarts() {
+    // Ten failures in a row, far beyond max_restarts (3) within its window (10 s).
+    let mut h = Harness::start(options(), vec![group(1)], &[Behaviour::SPAWN_FAILS; 10]);
+    let mut at = Vec::new();
+    for generation in 1..=10 {
+        at.push(
+            h.expect_at(&format!("spawn-failed worker/0#{generation}"))
+                .await,
+        );
+    }
+    let waits: Vec<u128> = at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+    assert_eq!(
+        waits,
+        [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000],
+        "the retry doubles from 100 ms up to 10 s"
+    );
+    let status = h.status().await;
+    assert_eq!(status.master.spawn_failures_total, 10);
+    assert!(status.master.spawn_error.is_some());
+    h.expect("ready worker/0#11").await;
+    h.assert_never("restart-limit worker/0#10");
+    let status = h.status().await;
+    assert_eq!(status.master.restarts_total, 0);
+    assert_eq!(status.master.spawn_error, None);
     h.assert_settled(&[0]).await;
     assert_eq!(h.shutdown().await.0, 0);
 }

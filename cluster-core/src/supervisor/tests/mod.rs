@@ -257,6 +257,7 @@ fn describe(event: &RawEvent) -> String {
             if *restarting { " restarting" } else { "" }
         ),
         RawEvent::RestartLimit { id, .. } => format!("restart-limit {id}"),
+        RawEvent::SpawnFailed { id, .. } => format!("spawn-failed {id}"),
         RawEvent::ReloadStarted => "reload-started".into(),
         RawEvent::ReloadFinished => "reload-finished".into(),
         RawEvent::ReloadFailed { .. } => "reload-failed".into(),
@@ -321,6 +322,12 @@ impl Harness {
             "never saw {want:?}; saw {:#?}",
             self.seen
         );
+    }
+
+    /// Waits for `want` like [`Harness::expect`] and says when it came.
+    pub(super) async fn expect_at(&mut self, want: &str) -> tokio::time::Instant {
+        self.expect(want).await;
+        tokio::time::Instant::now()
     }
 
     /// Whether the events in `order` were seen, in that order (others may stand between).
