@@ -368,14 +368,7 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
     loop {
         let (msg, mut fds) = match rx.recv_with_fds().await {
             Ok(Some(msg)) => msg,
-            Ok(None) | Err(_) => {
-                // The master died (its parent-death signal normally gets here first).
-                eprintln!(
-                    "cluster worker {}: the master is gone, exiting",
-                    std::process::id()
-                );
-                std::process::exit(EXIT_MASTER_GONE);
-            }
+            Ok(None) | Err(_) => master_gone(),
         };
         match msg {
             ToWorker::Shutdown => {
@@ -466,6 +459,21 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
             }
         }
     }
+}
+
+/// Ends the process at once: the master died (its parent-death signal normally gets here
+/// first).
+#[allow(
+    clippy::exit,
+    reason = "an orphaned worker must not serve on: its connections and shutdown belong to a \
+              master that is gone, and the worker function may never return"
+)]
+fn master_gone() -> ! {
+    eprintln!(
+        "cluster worker {}: the master is gone, exiting",
+        std::process::id()
+    );
+    std::process::exit(EXIT_MASTER_GONE);
 }
 
 /// Queues a connection the master handed over for the listener it belongs to.
