@@ -124,8 +124,8 @@ where
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(make(reply))
-            .map_err(|_| Error::Disconnected("supervisor"))?;
-        rx.await.map_err(|_| Error::Disconnected("supervisor"))
+            .map_err(|_| Error::disconnected("supervisor"))?;
+        rx.await.map_err(|_| Error::disconnected("supervisor"))
     }
 
     /// Sends a message to the worker currently in `to`.
@@ -204,7 +204,7 @@ where
                 Ok(msg) => Event::Message { from, msg },
                 Err(e) => Event::BadMessage {
                     from,
-                    error: e.to_string(),
+                    error: format!("{e:#}"),
                 },
             },
             RawEvent::Request { from, id, payload } => match messaging::decode::<U>(&payload) {
@@ -220,7 +220,7 @@ where
                 }
                 Err(e) => Event::BadMessage {
                     from,
-                    error: e.to_string(),
+                    error: format!("{e:#}"),
                 },
             },
         })

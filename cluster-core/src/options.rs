@@ -27,7 +27,7 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 ///
 /// # Errors
 ///
-/// [`Error::InvalidOption`] (option `signals`) naming the input when it is not a signal name
+/// [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) (option `signals`) naming the input when it is not a signal name
 /// this platform knows.
 ///
 /// # Examples
@@ -46,12 +46,9 @@ pub fn parse_signal(name: &str) -> Result<Signal, Error> {
     } else {
         format!("SIG{upper}")
     };
-    full.parse::<Signal>().map_err(|_| Error::InvalidOption {
-        option: "signals",
-        reason: format!(
+    full.parse::<Signal>().map_err(|_| Error::invalid_option("signals", format!(
             "unknown signal name {name:?}; expected a name such as \"SIGTERM\", \"TERM\" or \"sigterm\""
-        ),
-    })
+        )))
 }
 
 /// Why a signal cannot be used as a shutdown or reload signal, or `None` if it can.
@@ -77,18 +74,18 @@ fn unfit_signal(signal: Signal) -> Option<&'static str> {
 fn validate_signal_list(option: &'static str, signals: &[Signal]) -> Result<(), Error> {
     for (i, &signal) in signals.iter().enumerate() {
         if let Some(why) = unfit_signal(signal) {
-            return Err(Error::InvalidOption {
+            return Err(Error::invalid_option(
                 option,
-                reason: format!(
+                format!(
                     "{signal} cannot be used: {why}; use signals such as SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2"
                 ),
-            });
+            ));
         }
         if signals[..i].contains(&signal) {
-            return Err(Error::InvalidOption {
+            return Err(Error::invalid_option(
                 option,
-                reason: format!("{signal} is listed twice; list each signal once"),
-            });
+                format!("{signal} is listed twice; list each signal once"),
+            ));
         }
     }
     Ok(())
@@ -101,10 +98,10 @@ const MAX_ACCEPT_COALESCING: Duration = Duration::from_millis(100);
 
 fn validate_not_huge(option: &'static str, value: Duration) -> Result<(), Error> {
     if value > MAX_DURATION {
-        return Err(Error::InvalidOption {
+        return Err(Error::invalid_option(
             option,
-            reason: format!("{value:?} is too long; use at most 365 days"),
-        });
+            format!("{value:?} is too long; use at most 365 days"),
+        ));
     }
     Ok(())
 }
@@ -310,14 +307,9 @@ impl Backoff {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] with option `backoff`; the reason names the field.
+    /// [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) with option `backoff`; the reason names the field.
     pub fn validate(&self) -> Result<(), Error> {
-        let err = |reason: String| {
-            Err(Error::InvalidOption {
-                option: "backoff",
-                reason,
-            })
-        };
+        let err = |reason: String| Err(Error::invalid_option("backoff", reason));
         if !self.factor.is_finite() || self.factor < 1.0 {
             return err(format!(
                 "factor {} is invalid; use a finite factor >= 1.0 (1.0 keeps the delay constant)",
@@ -455,16 +447,15 @@ impl RestartPolicy {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] with option `max_restarts_interval` or `backoff`.
+    /// [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) with option `max_restarts_interval` or `backoff`.
     pub fn validate(&self) -> Result<(), Error> {
         if self.max_restarts_interval.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "max_restarts_interval",
-                reason:
-                    "zero would never count two exits together, so the limit could never trigger; \
+            return Err(Error::invalid_option(
+                "max_restarts_interval",
+                "zero would never count two exits together, so the limit could never trigger; \
                          use a positive duration such as 10 s"
-                        .to_owned(),
-            });
+                    .to_owned(),
+            ));
         }
         validate_not_huge("max_restarts_interval", self.max_restarts_interval)?;
         self.backoff.validate()
@@ -872,66 +863,65 @@ impl Options {
     ///
     /// # Errors
     ///
-    /// The first problem found, as [`Error::InvalidOption`] naming the option as the builder
+    /// The first problem found, as [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) naming the option as the builder
     /// spells it, with a reason that says what would be accepted.
     pub fn validate(&self) -> Result<(), Error> {
         if self.heartbeat_interval.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "heartbeat_interval",
-                reason: "must be more than zero".into(),
-            });
+            return Err(Error::invalid_option(
+                "heartbeat_interval",
+                "must be more than zero".into(),
+            ));
         }
         if let Some(timeout) = self.heartbeat_timeout {
             if timeout <= self.heartbeat_interval {
-                return Err(Error::InvalidOption {
-                    option: "heartbeat_timeout",
-                    reason: format!(
+                return Err(Error::invalid_option(
+                    "heartbeat_timeout",
+                    format!(
                         "{} ms is not longer than heartbeat_interval ({} ms): every worker would look hung",
                         timeout.as_millis(),
                         self.heartbeat_interval.as_millis()
                     ),
-                });
+                ));
             }
         }
         if self.memory_samples == 0 {
-            return Err(Error::InvalidOption {
-                option: "memory_samples",
-                reason: "must be at least 1".into(),
-            });
+            return Err(Error::invalid_option(
+                "memory_samples",
+                "must be at least 1".into(),
+            ));
         }
         if self.sample_interval.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "sample_interval",
-                reason: "must be more than zero".into(),
-            });
+            return Err(Error::invalid_option(
+                "sample_interval",
+                "must be more than zero".into(),
+            ));
         }
         if self.accept_coalescing > MAX_ACCEPT_COALESCING {
-            return Err(Error::InvalidOption {
-                option: "accept_coalescing",
-                reason: format!(
+            return Err(Error::invalid_option(
+                "accept_coalescing",
+                format!(
                     "{:?} would hold new connections in the queue that long under load; use at \
                      most {MAX_ACCEPT_COALESCING:?} (or zero to hand each one out at once)",
                     self.accept_coalescing
                 ),
-            });
+            ));
         }
         if self.reload_parallelism == 0 {
-            return Err(Error::InvalidOption {
-                option: "reload_parallelism",
-                reason: "must be at least 1 (slots replaced at once during a rolling reload)"
-                    .into(),
-            });
+            return Err(Error::invalid_option(
+                "reload_parallelism",
+                "must be at least 1 (slots replaced at once during a rolling reload)".into(),
+            ));
         }
         validate_count("count", self.count, None)?;
         self.restart.validate()?;
         validate_not_huge("grace", self.grace)?;
         if self.signals.is_empty() {
-            return Err(Error::InvalidOption {
-                option: "signals",
-                reason: "no shutdown signal, so the cluster could only be stopped with SIGKILL; \
+            return Err(Error::invalid_option(
+                "signals",
+                "no shutdown signal, so the cluster could only be stopped with SIGKILL; \
                          list at least one, e.g. SIGINT and SIGTERM"
                     .to_owned(),
-            });
+            ));
         }
         validate_signal_list("signals", &self.signals)?;
         validate_signal_list("reload_signals", &self.reload_signals)?;
@@ -940,19 +930,16 @@ impl Options {
             .iter()
             .find(|s| self.signals.contains(s))
         {
-            return Err(Error::InvalidOption {
-                option: "reload_signals",
-                reason: format!(
+            return Err(Error::invalid_option(
+                "reload_signals",
+                format!(
                     "{signal} is also a shutdown signal in `signals`; a signal can either stop or reload the cluster, not both"
                 ),
-            });
+            ));
         }
         if self.ready_timeout.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "ready_timeout",
-                reason: "zero leaves a worker no time to report ready; use a positive duration such as 30 s"
-                    .to_owned(),
-            });
+            return Err(Error::invalid_option("ready_timeout", "zero leaves a worker no time to report ready; use a positive duration such as 30 s"
+                    .to_owned()));
         }
         validate_not_huge("ready_timeout", self.ready_timeout)
     }
@@ -961,10 +948,10 @@ impl Options {
 fn validate_count(option: &'static str, count: Count, group: Option<&str>) -> Result<(), Error> {
     if count == Count::Fixed(0) {
         let whose = group.map_or_else(String::new, |g| format!("group `{g}`: "));
-        return Err(Error::InvalidOption {
+        return Err(Error::invalid_option(
             option,
-            reason: format!("{whose}0 workers would run nothing; use at least 1, or count_cpus()"),
-        });
+            format!("{whose}0 workers would run nothing; use at least 1, or count_cpus()"),
+        ));
     }
     Ok(())
 }
@@ -1076,7 +1063,7 @@ impl GroupOptions {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] with option `name`, `count`, `env`, or one of the restart
+    /// [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) with option `name`, `count`, `env`, or one of the restart
     /// policy's options.
     pub fn validate(&self) -> Result<(), Error> {
         if self.name.is_empty()
@@ -1085,13 +1072,13 @@ impl GroupOptions {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(Error::InvalidOption {
-                option: "name",
-                reason: format!(
+            return Err(Error::invalid_option(
+                "name",
+                format!(
                     "group name {:?} is invalid; use a non-empty name made of A-Z, a-z, 0-9, `_` and `-`",
                     self.name
                 ),
-            });
+            ));
         }
         validate_count("count", self.count, Some(&self.name))?;
         for (key, value) in &self.env {
@@ -1112,10 +1099,10 @@ impl GroupOptions {
                 None
             };
             if let Some(reason) = reason {
-                return Err(Error::InvalidOption {
-                    option: "env",
-                    reason: format!("group `{}`: {reason}", self.name),
-                });
+                return Err(Error::invalid_option(
+                    "env",
+                    format!("group `{}`: {reason}", self.name),
+                ));
             }
         }
         match &self.restart {
@@ -1132,7 +1119,10 @@ mod tests {
 
     fn option_of(result: Result<(), Error>) -> (&'static str, String) {
         match result {
-            Err(Error::InvalidOption { option, reason }) => (option, reason),
+            Err(e) if e.kind() == crate::ErrorKind::InvalidOption => (
+                e.option().expect("InvalidOption names the option"),
+                e.to_string(),
+            ),
             other => panic!("expected InvalidOption, got {other:?}"),
         }
     }

@@ -76,8 +76,8 @@ impl<Q, A: Serialize> Request<Q, A> {
                 };
                 commands
                     .send(Command::Send { to, msg, reply })
-                    .map_err(|_| Error::Disconnected("supervisor"))?;
-                done.await.map_err(|_| Error::Disconnected("supervisor"))?
+                    .map_err(|_| Error::disconnected("supervisor"))?;
+                done.await.map_err(|_| Error::disconnected("supervisor"))?
             }
         }
     }

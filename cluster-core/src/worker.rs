@@ -24,7 +24,7 @@ use crate::model::WorkerId;
 use crate::net::listener::{self, Handed, Listener, WorkerListeners};
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
 use crate::request::{ReplyTo, Request};
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// Exit code of a worker whose environment names no usable channel (EX_CONFIG).
 pub const EXIT_BOOTSTRAP: i32 = 78;
@@ -205,7 +205,7 @@ where
     /// # async fn demo(ctx: cluster_core::WorkerContext) -> cluster_core::Result<()> {
     /// let listener = ctx.listen("127.0.0.1:8000".parse().unwrap()).await?;
     /// loop {
-    ///     let (conn, peer) = listener.accept().await.map_err(|e| cluster_core::Error::Worker(e.to_string()))?;
+    ///     let (conn, peer) = listener.accept().await.map_err(cluster_core::Error::other)?;
     ///     // serve `conn` (AsyncRead + AsyncWrite), e.g. with hyper
     /// #   drop((conn, peer));
     /// }
@@ -228,9 +228,12 @@ where
             .ask_listen(ListenAddr::Unix(path.to_path_buf()), Some(Balance::Shared))
             .await;
         let result = result.and_then(|(_, mut fds, _)| {
-            let fd = fds
-                .pop()
-                .ok_or_else(|| Error::Worker("the master sent no socket".into()))?;
+            let fd = fds.pop().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Ipc,
+                    "the master answered a listen without its socket",
+                )
+            })?;
             let socket = std::os::unix::net::UnixListener::from(fd);
             socket
                 .set_nonblocking(true)
@@ -266,8 +269,12 @@ where
         self.sender
             .send(&ToMaster::Listen { id, addr, balance })
             .await?;
-        let (result, fds, queue) = rx.await.map_err(|_| Error::Disconnected("master"))?;
-        Ok((result.map_err(Error::Listen)?, fds, queue))
+        let (result, fds, queue) = rx.await.map_err(|_| Error::disconnected("master"))?;
+        Ok((
+            result.map_err(|e| Error::new(ErrorKind::Listen, e))?,
+            fds,
+            queue,
+        ))
     }
 
     async fn listen_inner(&self, addr: ListenAddr, balance: Option<Balance>) -> Result<Listener> {
@@ -285,9 +292,12 @@ where
         let io = |what: &'static str| move |e| Error::io(what, e);
         match info.balance {
             Balance::Shared => {
-                let fd = fds
-                    .pop()
-                    .ok_or_else(|| Error::Worker("the master sent no listening socket".into()))?;
+                let fd = fds.pop().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Ipc,
+                        "the master answered a listen without its socket",
+                    )
+                })?;
                 let socket = std::net::TcpListener::from(fd);
                 socket
                     .set_nonblocking(true)
@@ -305,10 +315,17 @@ where
             }
             Balance::ReusePort => {
                 let ListenAddr::Tcp(sock) = addr else {
-                    return Err(Error::Listen("ReusePort needs a TCP address".into()));
+                    return Err(Error::new(
+                        ErrorKind::Listen,
+                        "ReusePort needs a TCP address; use Balance::Shared for a Unix socket",
+                    ));
                 };
                 let socket = listener::bind_tcp(sock, true).map_err(|e| {
-                    Error::Listen(format!("cannot listen on {sock} with SO_REUSEPORT: {e}"))
+                    Error::new(
+                        ErrorKind::Listen,
+                        format!("cannot listen on {sock} with SO_REUSEPORT"),
+                    )
+                    .with_source(e)
                 })?;
                 let local = socket.local_addr().ok();
                 let socket = tokio::net::TcpListener::from_std(socket)
@@ -378,14 +395,14 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
             }
             ToWorker::User(payload) => match messaging::decode::<D>(&payload) {
                 Ok(msg) => deliver(&incoming, Incoming::Message(msg)).await,
-                Err(e) => tracing::warn!("dropped a message from the master: {e}"),
+                Err(e) => tracing::warn!("dropped a message from the master: {e:#}"),
             },
             ToWorker::Request { id, payload } => match messaging::decode::<D>(&payload) {
                 Ok(msg) => {
                     let request = Request::new(msg, id, ReplyTo::Master(reply.clone()));
                     deliver(&incoming, Incoming::Request(request)).await
                 }
-                Err(e) => tracing::warn!("dropped a request from the master: {e}"),
+                Err(e) => tracing::warn!("dropped a request from the master: {e:#}"),
             },
             ToWorker::Response { id, payload } => pending.complete(id, payload),
             ToWorker::MetricsRequest { id } => {
@@ -558,21 +575,16 @@ pub enum Outcome {
 }
 
 /// Runs a worker process's whole life inside a runtime: bootstrap, handshake, the user's
-/// function, then a final message to the master. Returns the process exit code.
-pub(crate) async fn run<D, U, F, Fut>(id: WorkerId, auto_ready: bool, f: F) -> i32
+/// function, then a final message to the master. Returns once the function has ended and the
+/// master has been told how; the error says why the worker failed.
+pub(crate) async fn run<D, U, F, Fut>(id: WorkerId, auto_ready: bool, f: F) -> Result<()>
 where
     D: DeserializeOwned + Send + 'static,
     U: Serialize + Send + 'static,
     F: FnOnce(WorkerContext<D, U>) -> Fut,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    let channel = match connect().await {
-        Ok(channel) => channel,
-        Err(e) => {
-            eprintln!("cluster worker {id}: {e}");
-            return EXIT_BOOTSTRAP;
-        }
-    };
+    let channel = connect().await?;
     let (sender, receiver) = channel.split();
     let shutdown = CancellationToken::new();
     let pending = Arc::new(Pending::default());
@@ -619,28 +631,32 @@ where
     let mut work = Box::pin(f(ctx));
     let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
     shared.first_poll_done.store(true, Ordering::SeqCst);
-    if shared.maybe_ready().await.is_err() {
-        return EXIT_MASTER_GONE;
-    }
+    shared.maybe_ready().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Disconnected,
+            "the master is gone: the worker could not report that it is ready",
+        )
+        .with_source(e)
+    })?;
     let outcome = match first {
         Poll::Ready(outcome) => outcome,
         // A panic in the worker's function is a failure like any other, reported to the master.
         Poll::Pending => match tokio::spawn(work).await {
             Ok(outcome) => outcome,
-            Err(e) if e.is_panic() => Outcome::Failed("the worker function panicked".into()),
+            Err(e) if e.is_panic() => Outcome::Failed(format!(
+                "the worker function panicked: {}",
+                crate::cluster::panic_message(&*e.into_panic())
+            )),
             Err(e) => Outcome::Failed(e.to_string()),
         },
     };
-    let failed = match &outcome {
-        Outcome::Ok => false,
-        Outcome::Failed(reason) => {
-            eprintln!("cluster worker {id}: {reason}");
-            true
-        }
-    };
+    let failed = matches!(outcome, Outcome::Failed(_));
     let _ = sender.send(&ToMaster::Exiting { failed }).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), sender.flush()).await;
-    if failed { 1 } else { 0 }
+    match outcome {
+        Outcome::Ok => Ok(()),
+        Outcome::Failed(reason) => Err(Error::new(ErrorKind::WorkerFailed, reason)),
+    }
 }
 
 /// The interval the master asked for, in `CLUSTER_HEARTBEAT_MS` (default 1 s).
@@ -652,17 +668,24 @@ fn heartbeat_interval() -> Duration {
         .map_or(Duration::from_secs(1), Duration::from_millis)
 }
 
+/// Every failure here is `Bootstrap`: the process is not a worker its master can talk to.
 async fn connect() -> Result<Channel<ToMaster, ToWorker>> {
-    let stream = bootstrap::from_env(ENV_IPC_FD)?.ok_or_else(|| {
-        Error::Bootstrap(format!(
-            "{ENV_IPC_FD} is not set: this process has the cluster worker variables but no channel to a master"
-        ))
-    })?;
+    let bootstrap = |message: &'static str| Error::new(ErrorKind::Bootstrap, message);
+    let stream = bootstrap::from_env(ENV_IPC_FD)
+        .map_err(|e| bootstrap("cannot take the channel to the master").with_source(e))?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Bootstrap,
+                format!(
+                    "{ENV_IPC_FD} is not set: this process has the cluster worker variables but no channel to a master"
+                ),
+            )
+        })?;
     tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         Channel::from_std(stream, Config::default()),
     )
     .await
-    .map_err(|_| Error::Bootstrap("the master did not answer the handshake within 10 s".into()))?
-    .map_err(Error::from)
+    .map_err(|_| bootstrap("the master did not answer the handshake within 10 s"))?
+    .map_err(|e| bootstrap("the handshake with the master failed").with_source(e))
 }

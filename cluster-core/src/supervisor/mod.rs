@@ -26,7 +26,7 @@ use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
 use crate::protocol::{Balance, ListenAddr, ToMaster, ToWorker};
 use crate::supervisor::restart::{Decision, Exit as RestartExit, Intensity, SlotBackoff, decide};
 use crate::supervisor::spawner::Spawner;
-use crate::{Error, Result, sys};
+use crate::{Error, ErrorKind, Result, sys};
 
 /// Exit code of a master that gave up after too many restarts (EX_TEMPFAIL), distinct from a
 /// crash of the master itself (101 for a Rust panic, 128+n for a signal).
@@ -215,7 +215,7 @@ struct Group {
 enum Stopping {
     Requested,
     RestartLimit(Error),
-    MasterFailed,
+    MasterFailed(Error),
 }
 
 pub(crate) struct Supervisor {
@@ -355,11 +355,12 @@ impl Supervisor {
     }
 
     /// Runs the cluster until it has stopped; returns the master's exit code and, when it gave
-    /// up, why. `master_done` reports whether the master's own function failed.
+    /// up, why. `master_done` reports how the master's own function ended: with the error that
+    /// shuts the cluster down, if it failed.
     pub(crate) async fn run(
         mut self,
         mut signals: mpsc::UnboundedReceiver<Signal>,
-        mut master_done: oneshot::Receiver<bool>,
+        mut master_done: oneshot::Receiver<Option<Error>>,
     ) -> (i32, Option<Error>) {
         for g in 0..self.groups.len() {
             let count = self.groups[g].options.get_count().resolve();
@@ -377,8 +378,8 @@ impl Supervisor {
                 Some(cmd) = self.commands_rx.recv() => self.on_command(cmd).await,
                 failed = &mut master_done, if master_running => {
                     master_running = false;
-                    if matches!(failed, Ok(true)) {
-                        self.begin_stop(Stopping::MasterFailed).await;
+                    if let Ok(Some(error)) = failed {
+                        self.begin_stop(Stopping::MasterFailed(error)).await;
                     }
                 }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
@@ -390,7 +391,7 @@ impl Supervisor {
         let _ = tokio::time::timeout(Duration::from_secs(2), forwarders).await;
         match self.stopping.take() {
             Some(Stopping::RestartLimit(e)) => (EXIT_RESTART_LIMIT, Some(e)),
-            Some(Stopping::MasterFailed) => (1, None),
+            Some(Stopping::MasterFailed(e)) => (1, Some(e)),
             _ if self.killed_after_grace => (EXIT_KILLED_AFTER_GRACE, None),
             _ => (0, None),
         }
@@ -696,14 +697,14 @@ impl Supervisor {
                 }
                 Decision::DoNotRestart => {}
                 Decision::GiveUp { count } => {
-                    let error = Error::RestartLimit {
-                        group: id.group.to_string(),
-                        slot: id.slot,
-                        last_exit: exit.to_string(),
-                        restarts: count,
-                        max_restarts: group.policy.get_max_restarts(),
-                        window_ms: group.policy.get_max_restarts_interval().as_millis(),
-                    };
+                    let error = Error::restart_limit(
+                        &id.group,
+                        id.slot,
+                        exit,
+                        count,
+                        group.policy.get_max_restarts(),
+                        group.policy.get_max_restarts_interval(),
+                    );
                     tracing::error!("{error}");
                     self.emit(RawEvent::Exit {
                         id: id.clone(),
@@ -1137,7 +1138,10 @@ impl Supervisor {
                     .and_then(|r| r.sender.clone());
                 let result = match sender {
                     Some(sender) => send_bounded(&sender, &msg).await,
-                    None => Err(Error::NoWorker(format!("{}/{}", to.group, to.slot))),
+                    None => Err(Error::new(
+                        ErrorKind::NoWorker,
+                        format!("no worker in {}/{}", to.group, to.slot),
+                    )),
                 };
                 let _ = reply.send(result);
             }
@@ -1167,7 +1171,10 @@ impl Supervisor {
                         self.resize(g, count).await;
                         Ok(())
                     }
-                    None => Err(Error::NoWorker(format!("no group named {group:?}"))),
+                    None => Err(Error::new(
+                        ErrorKind::NoWorker,
+                        format!("no group named {group:?}"),
+                    )),
                 };
                 let _ = reply.send(result);
             }
@@ -1323,11 +1330,11 @@ impl Supervisor {
                 }
             }
             Err(e) if next => {
-                self.reload_failed(format!("cannot spawn replacement worker {id}: {e}"))
+                self.reload_failed(format!("cannot spawn replacement worker {id}: {e:#}"))
                     .await;
             }
             Err(e) => {
-                notice!(error, "cannot spawn worker {id}: {e}");
+                notice!(error, "cannot spawn worker {id}: {e:#}");
                 // A spawn that fails is a failed start: it counts, and backs off.
                 Box::pin(self.after_exit(
                     g,
@@ -1455,7 +1462,11 @@ async fn send_bounded(sender: &cluster_ipc::Sender<ToWorker>, msg: &ToWorker) ->
     crate::protocol::SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match tokio::time::timeout(Duration::from_secs(1), sender.send(msg)).await {
         Ok(result) => Ok(result?),
-        Err(_) => Err(Error::Timeout { timeout_ms: 1000 }),
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            "the worker did not take the message within 1000 ms (it does not read its channel); \
+             the message was not sent",
+        )),
     }
 }
 
@@ -1513,7 +1524,7 @@ async fn watch(
                 let _ = internal.send(Internal::Online { id: id.clone(), sender });
             }
             Ok(Err(e)) => {
-                notice!(warn, "worker {id}: handshake failed: {e}");
+                notice!(warn, "worker {id}: handshake failed: {}", crate::error::chain(&e));
                 let _ = child.start_kill();
                 killed = true;
             }
@@ -1551,7 +1562,7 @@ async fn watch(
                 Ok(Some(msg)) => { let _ = internal.send(Internal::FromWorker { id: id.clone(), msg }); }
                 Ok(None) => receiver = None,
                 Err(e) => {
-                    tracing::warn!("worker {id}: {e}");
+                    tracing::warn!("worker {id}: {}", crate::error::chain(&e));
                     receiver = None;
                 }
             },
