@@ -343,7 +343,7 @@ impl Backoff {
 ///
 /// Like an Erlang/OTP supervisor's intensity: if more than `max_restarts` unexpected exits
 /// happen within any `max_restarts_interval`, the cluster is shut down with
-/// [`Error::RestartLimit`] instead of restarting in a loop.
+/// [`ErrorKind::RestartLimit`](crate::ErrorKind::RestartLimit) instead of restarting in a loop.
 ///
 /// # Examples
 ///
