@@ -175,6 +175,7 @@ struct GroupEntry<D, U> {
 ///         .run()
 /// }
 /// ```
+#[must_use = "a cluster does nothing until `run()` or `try_run()` is called"]
 pub struct Cluster<D = (), U = ()> {
     options: Options,
     groups: Vec<GroupEntry<D, U>>,

@@ -224,6 +224,7 @@ impl RestartMode {
 /// assert_eq!(backoff.get_base(), Duration::from_millis(50));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
 pub struct Backoff {
     base: Duration,
     factor: f64,
@@ -244,35 +245,30 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The defaults: base 100 ms, factor 2, cap 5 s, reset after 10 s.
-    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The delay before the second consecutive restart (the first is immediate). Zero makes
     /// every restart immediate.
-    #[must_use]
     pub fn base(mut self, base: Duration) -> Self {
         self.base = base;
         self
     }
 
     /// The growth of the delay from one consecutive failure to the next; 1.0 keeps it constant.
-    #[must_use]
     pub fn factor(mut self, factor: f64) -> Self {
         self.factor = factor;
         self
     }
 
     /// The longest delay.
-    #[must_use]
     pub fn cap(mut self, cap: Duration) -> Self {
         self.cap = cap;
         self
     }
 
     /// How long a worker must stay up for its failure streak to be forgotten.
-    #[must_use]
     pub fn reset_after(mut self, reset_after: Duration) -> Self {
         self.reset_after = reset_after;
         self
@@ -359,6 +355,7 @@ impl Backoff {
 /// assert!(policy.validate().is_ok());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
 pub struct RestartPolicy {
     max_restarts: u32,
     max_restarts_interval: Duration,
@@ -379,41 +376,35 @@ impl Default for RestartPolicy {
 
 impl RestartPolicy {
     /// The defaults: at most 3 restarts within 10 s, default [`Backoff`], [`RestartMode::Permanent`].
-    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// How many unexpected exits are tolerated within `max_restarts_interval`; one more gives
     /// up. Zero gives up at the first crash.
-    #[must_use]
     pub fn max_restarts(mut self, max_restarts: u32) -> Self {
         self.max_restarts = max_restarts;
         self
     }
 
     /// The sliding window over which `max_restarts` is counted.
-    #[must_use]
     pub fn max_restarts_interval(mut self, interval: Duration) -> Self {
         self.max_restarts_interval = interval;
         self
     }
 
     /// [`RestartPolicy::max_restarts_interval`] in milliseconds, as the origin took it.
-    #[must_use]
     pub fn max_restarts_interval_ms(self, ms: u64) -> Self {
         self.max_restarts_interval(Duration::from_millis(ms))
     }
 
     /// The pacing of consecutive restarts of one worker slot.
-    #[must_use]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
     }
 
     /// Which exits are restarted.
-    #[must_use]
     pub fn mode(mut self, mode: RestartMode) -> Self {
         self.mode = mode;
         self
@@ -432,7 +423,6 @@ impl RestartPolicy {
     }
 
     /// See [`RestartPolicy::backoff`].
-    #[must_use]
     pub fn get_backoff(&self) -> Backoff {
         self.backoff
     }
@@ -488,6 +478,7 @@ impl RestartPolicy {
 /// # Ok::<(), cluster_core::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[must_use]
 pub struct Options {
     count: Count,
     restart: RestartPolicy,
@@ -534,60 +525,51 @@ impl Default for Options {
 
 impl Options {
     /// The defaults (see [`Options`]).
-    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// How many workers to run: a number, or a [`Count`].
-    #[must_use]
     pub fn count(mut self, count: impl Into<Count>) -> Self {
         self.count = count.into();
         self
     }
 
     /// One worker per available CPU.
-    #[must_use]
     pub fn count_cpus(self) -> Self {
         self.count(Count::Cpus)
     }
 
     /// Replaces the whole restart policy.
-    #[must_use]
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = policy;
         self
     }
 
     /// See [`RestartPolicy::max_restarts`].
-    #[must_use]
     pub fn max_restarts(mut self, max_restarts: u32) -> Self {
         self.restart = self.restart.max_restarts(max_restarts);
         self
     }
 
     /// See [`RestartPolicy::max_restarts_interval`].
-    #[must_use]
     pub fn max_restarts_interval(mut self, interval: Duration) -> Self {
         self.restart = self.restart.max_restarts_interval(interval);
         self
     }
 
     /// [`Options::max_restarts_interval`] in milliseconds, as the origin took it.
-    #[must_use]
     pub fn max_restarts_interval_ms(self, ms: u64) -> Self {
         self.max_restarts_interval(Duration::from_millis(ms))
     }
 
     /// See [`RestartPolicy::backoff`].
-    #[must_use]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.restart = self.restart.backoff(backoff);
         self
     }
 
     /// See [`RestartPolicy::mode`].
-    #[must_use]
     pub fn restart_mode(mut self, mode: RestartMode) -> Self {
         self.restart = self.restart.mode(mode);
         self
@@ -596,20 +578,17 @@ impl Options {
     /// How long workers get to finish after being asked to stop, before they are killed.
     ///
     /// Zero is accepted and means no grace: workers are killed at once.
-    #[must_use]
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
     }
 
     /// [`Options::grace`] in milliseconds, as the origin took it.
-    #[must_use]
     pub fn grace_ms(self, ms: u64) -> Self {
         self.grace(Duration::from_millis(ms))
     }
 
     /// The signals that make the master shut the cluster down gracefully.
-    #[must_use]
     pub fn signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
         self.signals = signals.into_iter().collect();
         self
@@ -617,27 +596,23 @@ impl Options {
 
     /// The signals that make the master replace its workers one by one (rolling reload).
     /// Empty disables reload by signal.
-    #[must_use]
     pub fn reload_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
         self.reload_signals = signals.into_iter().collect();
         self
     }
 
     /// How long a new worker has to report ready; one that does not is counted as a failure.
-    #[must_use]
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
         self
     }
 
     /// [`Options::ready_timeout`] in milliseconds.
-    #[must_use]
     pub fn ready_timeout_ms(self, ms: u64) -> Self {
         self.ready_timeout(Duration::from_millis(ms))
     }
 
     /// Whether each line a worker writes is prefixed with its group and slot.
-    #[must_use]
     pub fn worker_prefix_logs(mut self, prefix: bool) -> Self {
         self.worker_prefix_logs = prefix;
         self
@@ -650,7 +625,6 @@ impl Options {
     }
 
     /// See [`Options::restart`].
-    #[must_use]
     pub fn get_restart(&self) -> &RestartPolicy {
         &self.restart
     }
@@ -668,7 +642,6 @@ impl Options {
     }
 
     /// See [`Options::backoff`].
-    #[must_use]
     pub fn get_backoff(&self) -> Backoff {
         self.restart.get_backoff()
     }
@@ -705,7 +678,6 @@ impl Options {
 
     /// How connections of the addresses workers `listen` on are spread over them (default
     /// [`Balance::Shared`]); a worker can override it per address with `listen_with`.
-    #[must_use]
     pub fn balance(mut self, balance: Balance) -> Self {
         self.balance = balance;
         self
@@ -731,7 +703,6 @@ impl Options {
     /// let latency_first = Options::new().accept_coalescing(Duration::ZERO);
     /// assert!(latency_first.validate().is_ok());
     /// ```
-    #[must_use]
     pub fn accept_coalescing(mut self, window: Duration) -> Self {
         self.accept_coalescing = window;
         self
@@ -743,7 +714,6 @@ impl Options {
     }
 
     /// How many slots a rolling reload replaces at once (default 1).
-    #[must_use]
     pub fn reload_parallelism(mut self, slots: usize) -> Self {
         self.reload_parallelism = slots;
         self
@@ -757,7 +727,6 @@ impl Options {
     /// How often each worker's runtime reports that it is alive (default 1 s). The report
     /// comes from a task on the worker's own runtime, so a runtime stuck in a busy loop or a
     /// deadlock stops reporting.
-    #[must_use]
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = interval;
         self
@@ -771,7 +740,6 @@ impl Options {
     /// A worker whose runtime has not reported for this long is killed and restarted as
     /// hung, counted like a crash (default 30 s, like gunicorn's worker timeout; `None` turns
     /// the watchdog off).
-    #[must_use]
     pub fn heartbeat_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.heartbeat_timeout = timeout;
         self
@@ -786,7 +754,6 @@ impl Options {
     /// [`Options::memory_samples`] consecutive samples (default: no limit). The replacement
     /// is started and ready before the old worker drains, never more than one slot at a time,
     /// and it never counts toward `max_restarts`.
-    #[must_use]
     pub fn max_memory(mut self, bytes: Option<u64>) -> Self {
         self.max_memory = bytes;
         self
@@ -799,7 +766,6 @@ impl Options {
 
     /// Consecutive samples over `max_memory` before a worker is replaced (default 3), so a
     /// short spike does not recycle it.
-    #[must_use]
     pub fn memory_samples(mut self, samples: u32) -> Self {
         self.memory_samples = samples;
         self
@@ -811,7 +777,6 @@ impl Options {
     }
 
     /// How often the master reads each worker's memory and CPU from /proc (default 1 s).
-    #[must_use]
     pub fn sample_interval(mut self, interval: Duration) -> Self {
         self.sample_interval = interval;
         self
@@ -824,7 +789,6 @@ impl Options {
 
     /// Serve `/status`, `/metrics`, `/healthz` and `/readyz` from the master on this address
     /// (default: off).
-    #[must_use]
     pub fn status_addr(mut self, addr: Option<std::net::SocketAddr>) -> Self {
         self.status_addr = addr;
         self
@@ -836,7 +800,6 @@ impl Options {
     }
 
     /// `/readyz` answers 200 when at least this many workers are ready (default 1).
-    #[must_use]
     pub fn min_ready(mut self, workers: usize) -> Self {
         self.min_ready = workers;
         self
@@ -974,6 +937,7 @@ fn validate_count(option: &'static str, count: Count, group: Option<&str>) -> Re
 /// # Ok::<(), cluster_core::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[must_use]
 pub struct GroupOptions {
     name: String,
     count: Count,
@@ -984,7 +948,6 @@ pub struct GroupOptions {
 impl GroupOptions {
     /// A group with the given name, the default count (2), no extra environment, and the
     /// cluster's restart policy.
-    #[must_use]
     pub fn new(name: impl Into<String>) -> Self {
         GroupOptions {
             name: name.into(),
@@ -995,21 +958,18 @@ impl GroupOptions {
     }
 
     /// How many workers this group runs.
-    #[must_use]
     pub fn count(mut self, count: impl Into<Count>) -> Self {
         self.count = count.into();
         self
     }
 
     /// One worker per available CPU.
-    #[must_use]
     pub fn count_cpus(self) -> Self {
         self.count(Count::Cpus)
     }
 
     /// Adds an environment variable to this group's workers; a later value for the same key
     /// replaces the earlier one.
-    #[must_use]
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         let key = key.into();
         let value = value.into();
@@ -1021,7 +981,6 @@ impl GroupOptions {
     }
 
     /// A restart policy for this group instead of the cluster's.
-    #[must_use]
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = Some(policy);
         self
@@ -1052,7 +1011,6 @@ impl GroupOptions {
     }
 
     /// The policy that applies to this group: its own, or else `cluster`'s.
-    #[must_use]
     pub fn effective_restart<'a>(&'a self, cluster: &'a Options) -> &'a RestartPolicy {
         self.restart.as_ref().unwrap_or(&cluster.restart)
     }
