@@ -206,6 +206,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+#[allow(
+    clippy::exit,
+    reason = "a benchmark process that hangs must end without waiting for the stuck threads"
+)]
 fn start_watchdog(who: &'static str) {
     std::thread::spawn(move || {
         std::thread::sleep(PROCESS_WATCHDOG);

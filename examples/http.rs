@@ -100,7 +100,7 @@ async fn worker(
         .peer_addr(false);
     cluster::http::serve(listener, handler, ctx.shutdown_token(), options)
         .await
-        .map_err(|e| cluster::Error::Worker(format!("serving HTTP: {e}")))?;
+        .map_err(|e| cluster::Error::other(format!("serving HTTP: {e}")))?;
     Ok(())
 }
 

@@ -121,7 +121,7 @@ impl Worker for Calculator {
                 Ok(answer) => answer,
                 // A busy master: idle a little and ask again. Any other error means the master
                 // is gone, and ends this worker.
-                Err(cluster::Error::Timeout { .. }) => {
+                Err(e) if e.kind() == cluster::ErrorKind::Timeout => {
                     eprintln!("Worker {}: no answer from the master in time", ctx.id());
                     Down::NoJob
                 }

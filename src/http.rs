@@ -456,6 +456,7 @@ impl Readiness {
 /// # let _ = options;
 /// ```
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct DrainOptions {
     quiet_period: Duration,
     shutdown_delay: Duration,

@@ -7,7 +7,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cluster::{Cluster, Error, GroupOptions, Options, Signal};
+use cluster::{Cluster, ErrorKind, GroupOptions, Options, Signal};
 use support::{Fixture, WAIT};
 
 #[test]
@@ -41,7 +41,11 @@ fn bad_options_stop_the_master_before_any_worker_starts() {
 
 fn rejected(cluster: &Cluster<(), ()>) -> (&'static str, String) {
     match cluster.validate() {
-        Err(Error::InvalidOption { option, reason }) => (option, reason),
+        // The message carries the reason after the option's name.
+        Err(e) if e.kind() == ErrorKind::InvalidOption => (
+            e.option().expect("InvalidOption names the option"),
+            e.to_string(),
+        ),
         other => panic!("expected InvalidOption, got {other:?}"),
     }
 }

@@ -20,10 +20,13 @@ pub fn role() -> Result<Role, crate::Error> {
         return Ok(Role::Master);
     };
     let bad = |var: &str, reason: String| {
-        crate::Error::Bootstrap(format!(
-            "{var}: {reason}; this process was started with the cluster worker variables but not by a cluster master \
-             (unset {ENV_GROUP} to run it as a master)"
-        ))
+        crate::Error::new(
+            crate::ErrorKind::Bootstrap,
+            format!(
+                "{var}: {reason}; this process was started with the cluster worker variables but not by a cluster master \
+                 (unset {ENV_GROUP} to run it as a master)"
+            ),
+        )
     };
     let group = group
         .into_string()

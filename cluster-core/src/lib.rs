@@ -27,7 +27,7 @@ mod sys;
 mod worker;
 
 pub use cluster::{BoxError, Cluster, IntoOutcome, Master, Message, Runtime, Worker};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use identity::role;
 pub use master::{Event, MasterContext};
 pub use model::{ExitKind, Role, SlotKey, WorkerId, WorkerInfo, WorkerState};

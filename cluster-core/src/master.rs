@@ -102,6 +102,12 @@ pub enum Event<D, U> {
 
 /// The master's handle on the cluster: messages to workers, events from them, scaling and
 /// shutdown. `D` is the type of messages sent to workers, `U` of those they send back.
+///
+/// Every method goes through the supervisor's command queue. A command is queued when its
+/// future is first polled, and the supervisor carries it out whether or not anyone still waits
+/// for the answer: dropping a future (a `select!` arm that lost, a timeout) gives up the
+/// answer, not the command. Once the cluster has stopped, the supervisor is gone and every
+/// method fails with [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected).
 pub struct MasterContext<D = (), U = ()> {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) events: Arc<Mutex<mpsc::Receiver<RawEvent>>>,
@@ -135,11 +141,29 @@ where
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(make(reply))
-            .map_err(|_| Error::Disconnected("supervisor"))?;
-        rx.await.map_err(|_| Error::Disconnected("supervisor"))
+            .map_err(|_| Error::disconnected("supervisor"))?;
+        rx.await.map_err(|_| Error::disconnected("supervisor"))
     }
 
-    /// Sends a message to the worker currently in `to`.
+    /// Sends a message to the worker currently in `to`. Returns once the message is written
+    /// to that worker's channel, not when the worker has read it. The message waits in the
+    /// worker's outbox (never in the supervisor) while the worker's channel is full.
+    ///
+    /// # Errors
+    ///
+    /// - [`Codec`](crate::ErrorKind::Codec): `msg` cannot be encoded; nothing was sent.
+    /// - [`NoWorker`](crate::ErrorKind::NoWorker): no worker in `to`, or its worker is not
+    ///   online yet (between spawn and its channel's handshake), or its outbox is full (it
+    ///   has not read its last 1,024 messages); nothing was sent.
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the worker's channel is closed (it
+    ///   is exiting), or the cluster has stopped.
+    /// - [`Ipc`](crate::ErrorKind::Ipc): the channel refused the message (larger than its
+    ///   frame limit) or broke.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once polled, the message is the supervisor's to send: dropping the future does not take
+    /// it back, the worker may still receive it; only the outcome is lost.
     pub async fn send(&self, to: &SlotKey, msg: &D) -> Result<()> {
         let msg = ToWorker::User(messaging::encode(msg)?);
         self.ask(|reply| Command::Send {
@@ -150,7 +174,20 @@ where
         .await?
     }
 
-    /// Sends a message to every worker that is online; returns how many it went to.
+    /// Sends a message to every worker that is online and not stopping; returns how many it
+    /// was queued for. A worker whose channel is closed, or whose outbox is full (it has not
+    /// read its last 1,024 messages), is left out of the count rather than failing the
+    /// broadcast.
+    ///
+    /// # Errors
+    ///
+    /// - [`Codec`](crate::ErrorKind::Codec): `msg` cannot be encoded; nothing was sent.
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the cluster has stopped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once polled, the broadcast is the supervisor's to carry out: dropping the future does
+    /// not stop it, only the count is lost.
     pub async fn broadcast(&self, msg: &D) -> Result<usize> {
         let msg = ToWorker::User(messaging::encode(msg)?);
         self.ask(|reply| Command::Broadcast {
@@ -161,7 +198,17 @@ where
         .await
     }
 
-    /// Sends a message to every online worker of one group.
+    /// Sends a message to every online worker of one group, as [`MasterContext::broadcast`]
+    /// does; a group that does not exist gets it 0 times.
+    ///
+    /// # Errors
+    ///
+    /// - [`Codec`](crate::ErrorKind::Codec): `msg` cannot be encoded; nothing was sent.
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the cluster has stopped.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`MasterContext::broadcast`]: dropping the future loses only the count.
     pub async fn broadcast_group(&self, group: &str, msg: &D) -> Result<usize> {
         let msg = ToWorker::User(messaging::encode(msg)?);
         self.ask(|reply| Command::Broadcast {
@@ -172,7 +219,25 @@ where
         .await
     }
 
-    /// Asks the worker in `to` and waits up to `timeout` for its answer.
+    /// Asks the worker in `to` and waits up to `timeout` for its answer. The timeout counts
+    /// from when the request is written to the worker's channel.
+    ///
+    /// # Errors
+    ///
+    /// - [`Codec`](crate::ErrorKind::Codec): `msg` cannot be encoded (nothing was sent), or
+    ///   the answer does not decode as `U`.
+    /// - [`NoWorker`](crate::ErrorKind::NoWorker): no worker in `to`, it is not online yet, or
+    ///   its outbox is full (it has not read its last 1,024 messages).
+    /// - [`Timeout`](crate::ErrorKind::Timeout): no answer within `timeout` (the worker dropped
+    ///   the [`Request`], is busy, or exited meanwhile).
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the worker's channel is closed, or
+    ///   the cluster has stopped.
+    /// - [`Ipc`](crate::ErrorKind::Ipc): the channel refused the request or broke.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once polled, the request is the supervisor's to send: dropping the future does not take
+    /// it back, so the worker may still receive it and answer. The answer is then discarded.
     pub async fn request(&self, to: &SlotKey, msg: &D, timeout: Duration) -> Result<U> {
         let payload = messaging::encode(msg)?;
         let (guard, rx) = self.pending.register();
@@ -189,7 +254,21 @@ where
         messaging::await_response(guard, rx, timeout, "worker").await
     }
 
-    /// The next event; `None` once the cluster has stopped.
+    /// The next event; `None` once the cluster has stopped and every event before has been
+    /// read. Clones of the context share one queue: each event goes to one caller.
+    ///
+    /// The queue holds 4096 events; while it is full, the supervisor drops new ones (with a
+    /// warning) rather than wait, so a master function should keep reading.
+    ///
+    /// # Errors
+    ///
+    /// None: the end of the cluster is `None`. A message from a worker that does not decode as
+    /// `U` is an [`Event::BadMessage`], not an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: an event is taken off the queue only by a call that returns it, so
+    /// dropping the future loses none.
     pub async fn next_event(&self) -> Option<Event<D, U>> {
         let raw = self.events.lock().await.recv().await?;
         Some(match raw {
@@ -224,7 +303,7 @@ where
                 Ok(msg) => Event::Message { from, msg },
                 Err(e) => Event::BadMessage {
                     from,
-                    error: e.to_string(),
+                    error: format!("{e:#}"),
                 },
             },
             RawEvent::Request { from, id, payload } => match messaging::decode::<U>(&payload) {
@@ -240,19 +319,38 @@ where
                 }
                 Err(e) => Event::BadMessage {
                     from,
-                    error: e.to_string(),
+                    error: format!("{e:#}"),
                 },
             },
         })
     }
 
     /// A snapshot of every worker.
+    ///
+    /// # Errors
+    ///
+    /// [`Disconnected`](crate::ErrorKind::Disconnected): the cluster has stopped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing; a dropped future's snapshot is thrown away.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
         self.ask(|reply| Command::Workers { reply }).await
     }
 
     /// Sets the number of workers of `group`: new slots start at once; removed slots (the
-    /// highest) stop gracefully.
+    /// highest) stop gracefully. Returns once the change has begun, not when the new workers
+    /// are ready or the removed ones have exited.
+    ///
+    /// # Errors
+    ///
+    /// - [`NoWorker`](crate::ErrorKind::NoWorker): no group named `group`.
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the cluster has stopped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once polled, the scaling is the supervisor's to do: dropping the future does not undo
+    /// or stop it.
     pub async fn scale(&self, group: &str, count: usize) -> Result<()> {
         self.ask(|reply| Command::Scale {
             group: group.into(),
@@ -264,6 +362,14 @@ where
 
     /// The cluster's state now: the master's figures and every live worker's (the data
     /// behind `GET /status`).
+    ///
+    /// # Errors
+    ///
+    /// [`Disconnected`](crate::ErrorKind::Disconnected): the cluster has stopped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing; a dropped future's snapshot is thrown away.
     pub async fn status(&self) -> Result<crate::observe::status::ClusterStatus> {
         self.ask(|reply| Command::Status { reply }).await
     }

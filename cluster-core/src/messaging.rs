@@ -84,12 +84,8 @@ pub(crate) async fn await_response<A: DeserializeOwned>(
 ) -> Result<A> {
     let payload = match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(payload)) => payload,
-        Ok(Err(_)) => return Err(Error::Disconnected(peer)),
-        Err(_) => {
-            return Err(Error::Timeout {
-                timeout_ms: timeout.as_millis(),
-            });
-        }
+        Ok(Err(_)) => return Err(Error::disconnected(peer)),
+        Err(_) => return Err(Error::timeout(peer, timeout)),
     };
     drop(guard);
     decode(&payload)

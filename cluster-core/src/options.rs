@@ -27,7 +27,7 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 ///
 /// # Errors
 ///
-/// [`Error::InvalidOption`] (option `signals`) naming the input when it is not a signal name
+/// [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) (option `signals`) naming the input when it is not a signal name
 /// this platform knows.
 ///
 /// # Examples
@@ -46,12 +46,9 @@ pub fn parse_signal(name: &str) -> Result<Signal, Error> {
     } else {
         format!("SIG{upper}")
     };
-    full.parse::<Signal>().map_err(|_| Error::InvalidOption {
-        option: "signals",
-        reason: format!(
+    full.parse::<Signal>().map_err(|_| Error::invalid_option("signals", format!(
             "unknown signal name {name:?}; expected a name such as \"SIGTERM\", \"TERM\" or \"sigterm\""
-        ),
-    })
+        )))
 }
 
 /// Why a signal cannot be used as a shutdown or reload signal, or `None` if it can.
@@ -77,18 +74,18 @@ fn unfit_signal(signal: Signal) -> Option<&'static str> {
 fn validate_signal_list(option: &'static str, signals: &[Signal]) -> Result<(), Error> {
     for (i, &signal) in signals.iter().enumerate() {
         if let Some(why) = unfit_signal(signal) {
-            return Err(Error::InvalidOption {
+            return Err(Error::invalid_option(
                 option,
-                reason: format!(
+                format!(
                     "{signal} cannot be used: {why}; use signals such as SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 or SIGUSR2"
                 ),
-            });
+            ));
         }
         if signals[..i].contains(&signal) {
-            return Err(Error::InvalidOption {
+            return Err(Error::invalid_option(
                 option,
-                reason: format!("{signal} is listed twice; list each signal once"),
-            });
+                format!("{signal} is listed twice; list each signal once"),
+            ));
         }
     }
     Ok(())
@@ -101,10 +98,10 @@ const MAX_ACCEPT_COALESCING: Duration = Duration::from_millis(100);
 
 fn validate_not_huge(option: &'static str, value: Duration) -> Result<(), Error> {
     if value > MAX_DURATION {
-        return Err(Error::InvalidOption {
+        return Err(Error::invalid_option(
             option,
-            reason: format!("{value:?} is too long; use at most 365 days"),
-        });
+            format!("{value:?} is too long; use at most 365 days"),
+        ));
     }
     Ok(())
 }
@@ -227,6 +224,7 @@ impl RestartMode {
 /// assert_eq!(backoff.get_base(), Duration::from_millis(50));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
 pub struct Backoff {
     base: Duration,
     factor: f64,
@@ -247,35 +245,30 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The defaults: base 100 ms, factor 2, cap 5 s, reset after 10 s.
-    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The delay before the second consecutive restart (the first is immediate). Zero makes
     /// every restart immediate.
-    #[must_use]
     pub fn base(mut self, base: Duration) -> Self {
         self.base = base;
         self
     }
 
     /// The growth of the delay from one consecutive failure to the next; 1.0 keeps it constant.
-    #[must_use]
     pub fn factor(mut self, factor: f64) -> Self {
         self.factor = factor;
         self
     }
 
     /// The longest delay.
-    #[must_use]
     pub fn cap(mut self, cap: Duration) -> Self {
         self.cap = cap;
         self
     }
 
     /// How long a worker must stay up for its failure streak to be forgotten.
-    #[must_use]
     pub fn reset_after(mut self, reset_after: Duration) -> Self {
         self.reset_after = reset_after;
         self
@@ -310,14 +303,9 @@ impl Backoff {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] with option `backoff`; the reason names the field.
+    /// [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) with option `backoff`; the reason names the field.
     pub fn validate(&self) -> Result<(), Error> {
-        let err = |reason: String| {
-            Err(Error::InvalidOption {
-                option: "backoff",
-                reason,
-            })
-        };
+        let err = |reason: String| Err(Error::invalid_option("backoff", reason));
         if !self.factor.is_finite() || self.factor < 1.0 {
             return err(format!(
                 "factor {} is invalid; use a finite factor >= 1.0 (1.0 keeps the delay constant)",
@@ -351,7 +339,7 @@ impl Backoff {
 ///
 /// Like an Erlang/OTP supervisor's intensity: if more than `max_restarts` unexpected exits
 /// happen within any `max_restarts_interval`, the cluster is shut down with
-/// [`Error::RestartLimit`] instead of restarting in a loop.
+/// [`ErrorKind::RestartLimit`](crate::ErrorKind::RestartLimit) instead of restarting in a loop.
 ///
 /// # Examples
 ///
@@ -367,6 +355,7 @@ impl Backoff {
 /// assert!(policy.validate().is_ok());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[must_use]
 pub struct RestartPolicy {
     max_restarts: u32,
     max_restarts_interval: Duration,
@@ -387,41 +376,35 @@ impl Default for RestartPolicy {
 
 impl RestartPolicy {
     /// The defaults: at most 3 restarts within 10 s, default [`Backoff`], [`RestartMode::Permanent`].
-    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// How many unexpected exits are tolerated within `max_restarts_interval`; one more gives
     /// up. Zero gives up at the first crash.
-    #[must_use]
     pub fn max_restarts(mut self, max_restarts: u32) -> Self {
         self.max_restarts = max_restarts;
         self
     }
 
     /// The sliding window over which `max_restarts` is counted.
-    #[must_use]
     pub fn max_restarts_interval(mut self, interval: Duration) -> Self {
         self.max_restarts_interval = interval;
         self
     }
 
     /// [`RestartPolicy::max_restarts_interval`] in milliseconds, as the origin took it.
-    #[must_use]
     pub fn max_restarts_interval_ms(self, ms: u64) -> Self {
         self.max_restarts_interval(Duration::from_millis(ms))
     }
 
     /// The pacing of consecutive restarts of one worker slot.
-    #[must_use]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
     }
 
     /// Which exits are restarted.
-    #[must_use]
     pub fn mode(mut self, mode: RestartMode) -> Self {
         self.mode = mode;
         self
@@ -440,7 +423,6 @@ impl RestartPolicy {
     }
 
     /// See [`RestartPolicy::backoff`].
-    #[must_use]
     pub fn get_backoff(&self) -> Backoff {
         self.backoff
     }
@@ -455,16 +437,15 @@ impl RestartPolicy {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] with option `max_restarts_interval` or `backoff`.
+    /// [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) with option `max_restarts_interval` or `backoff`.
     pub fn validate(&self) -> Result<(), Error> {
         if self.max_restarts_interval.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "max_restarts_interval",
-                reason:
-                    "zero would never count two exits together, so the limit could never trigger; \
+            return Err(Error::invalid_option(
+                "max_restarts_interval",
+                "zero would never count two exits together, so the limit could never trigger; \
                          use a positive duration such as 10 s"
-                        .to_owned(),
-            });
+                    .to_owned(),
+            ));
         }
         validate_not_huge("max_restarts_interval", self.max_restarts_interval)?;
         self.backoff.validate()
@@ -497,6 +478,7 @@ impl RestartPolicy {
 /// # Ok::<(), cluster_core::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[must_use]
 pub struct Options {
     count: Count,
     restart: RestartPolicy,
@@ -543,60 +525,51 @@ impl Default for Options {
 
 impl Options {
     /// The defaults (see [`Options`]).
-    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// How many workers to run: a number, or a [`Count`].
-    #[must_use]
     pub fn count(mut self, count: impl Into<Count>) -> Self {
         self.count = count.into();
         self
     }
 
     /// One worker per available CPU.
-    #[must_use]
     pub fn count_cpus(self) -> Self {
         self.count(Count::Cpus)
     }
 
     /// Replaces the whole restart policy.
-    #[must_use]
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = policy;
         self
     }
 
     /// See [`RestartPolicy::max_restarts`].
-    #[must_use]
     pub fn max_restarts(mut self, max_restarts: u32) -> Self {
         self.restart = self.restart.max_restarts(max_restarts);
         self
     }
 
     /// See [`RestartPolicy::max_restarts_interval`].
-    #[must_use]
     pub fn max_restarts_interval(mut self, interval: Duration) -> Self {
         self.restart = self.restart.max_restarts_interval(interval);
         self
     }
 
     /// [`Options::max_restarts_interval`] in milliseconds, as the origin took it.
-    #[must_use]
     pub fn max_restarts_interval_ms(self, ms: u64) -> Self {
         self.max_restarts_interval(Duration::from_millis(ms))
     }
 
     /// See [`RestartPolicy::backoff`].
-    #[must_use]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.restart = self.restart.backoff(backoff);
         self
     }
 
     /// See [`RestartPolicy::mode`].
-    #[must_use]
     pub fn restart_mode(mut self, mode: RestartMode) -> Self {
         self.restart = self.restart.mode(mode);
         self
@@ -605,20 +578,17 @@ impl Options {
     /// How long workers get to finish after being asked to stop, before they are killed.
     ///
     /// Zero is accepted and means no grace: workers are killed at once.
-    #[must_use]
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
     }
 
     /// [`Options::grace`] in milliseconds, as the origin took it.
-    #[must_use]
     pub fn grace_ms(self, ms: u64) -> Self {
         self.grace(Duration::from_millis(ms))
     }
 
     /// The signals that make the master shut the cluster down gracefully.
-    #[must_use]
     pub fn signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
         self.signals = signals.into_iter().collect();
         self
@@ -626,27 +596,23 @@ impl Options {
 
     /// The signals that make the master replace its workers one by one (rolling reload).
     /// Empty disables reload by signal.
-    #[must_use]
     pub fn reload_signals(mut self, signals: impl IntoIterator<Item = Signal>) -> Self {
         self.reload_signals = signals.into_iter().collect();
         self
     }
 
     /// How long a new worker has to report ready; one that does not is counted as a failure.
-    #[must_use]
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
         self
     }
 
     /// [`Options::ready_timeout`] in milliseconds.
-    #[must_use]
     pub fn ready_timeout_ms(self, ms: u64) -> Self {
         self.ready_timeout(Duration::from_millis(ms))
     }
 
     /// Whether each line a worker writes is prefixed with its group and slot.
-    #[must_use]
     pub fn worker_prefix_logs(mut self, prefix: bool) -> Self {
         self.worker_prefix_logs = prefix;
         self
@@ -659,7 +625,6 @@ impl Options {
     }
 
     /// See [`Options::restart`].
-    #[must_use]
     pub fn get_restart(&self) -> &RestartPolicy {
         &self.restart
     }
@@ -677,7 +642,6 @@ impl Options {
     }
 
     /// See [`Options::backoff`].
-    #[must_use]
     pub fn get_backoff(&self) -> Backoff {
         self.restart.get_backoff()
     }
@@ -714,7 +678,6 @@ impl Options {
 
     /// How connections of the addresses workers `listen` on are spread over them (default
     /// [`Balance::Shared`]); a worker can override it per address with `listen_with`.
-    #[must_use]
     pub fn balance(mut self, balance: Balance) -> Self {
         self.balance = balance;
         self
@@ -740,7 +703,6 @@ impl Options {
     /// let latency_first = Options::new().accept_coalescing(Duration::ZERO);
     /// assert!(latency_first.validate().is_ok());
     /// ```
-    #[must_use]
     pub fn accept_coalescing(mut self, window: Duration) -> Self {
         self.accept_coalescing = window;
         self
@@ -752,7 +714,6 @@ impl Options {
     }
 
     /// How many slots a rolling reload replaces at once (default 1).
-    #[must_use]
     pub fn reload_parallelism(mut self, slots: usize) -> Self {
         self.reload_parallelism = slots;
         self
@@ -766,7 +727,6 @@ impl Options {
     /// How often each worker's runtime reports that it is alive (default 1 s). The report
     /// comes from a task on the worker's own runtime, so a runtime stuck in a busy loop or a
     /// deadlock stops reporting.
-    #[must_use]
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = interval;
         self
@@ -780,7 +740,6 @@ impl Options {
     /// A worker whose runtime has not reported for this long is killed and restarted as
     /// hung, counted like a crash (default 30 s, like gunicorn's worker timeout; `None` turns
     /// the watchdog off).
-    #[must_use]
     pub fn heartbeat_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.heartbeat_timeout = timeout;
         self
@@ -795,7 +754,6 @@ impl Options {
     /// [`Options::memory_samples`] consecutive samples (default: no limit). The replacement
     /// is started and ready before the old worker drains, never more than one slot at a time,
     /// and it never counts toward `max_restarts`.
-    #[must_use]
     pub fn max_memory(mut self, bytes: Option<u64>) -> Self {
         self.max_memory = bytes;
         self
@@ -808,7 +766,6 @@ impl Options {
 
     /// Consecutive samples over `max_memory` before a worker is replaced (default 3), so a
     /// short spike does not recycle it.
-    #[must_use]
     pub fn memory_samples(mut self, samples: u32) -> Self {
         self.memory_samples = samples;
         self
@@ -820,7 +777,6 @@ impl Options {
     }
 
     /// How often the master reads each worker's memory and CPU from /proc (default 1 s).
-    #[must_use]
     pub fn sample_interval(mut self, interval: Duration) -> Self {
         self.sample_interval = interval;
         self
@@ -833,7 +789,6 @@ impl Options {
 
     /// Serve `/status`, `/metrics`, `/healthz` and `/readyz` from the master on this address
     /// (default: off).
-    #[must_use]
     pub fn status_addr(mut self, addr: Option<std::net::SocketAddr>) -> Self {
         self.status_addr = addr;
         self
@@ -845,7 +800,6 @@ impl Options {
     }
 
     /// `/readyz` answers 200 when at least this many workers are ready (default 1).
-    #[must_use]
     pub fn min_ready(mut self, workers: usize) -> Self {
         self.min_ready = workers;
         self
@@ -872,66 +826,65 @@ impl Options {
     ///
     /// # Errors
     ///
-    /// The first problem found, as [`Error::InvalidOption`] naming the option as the builder
+    /// The first problem found, as [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) naming the option as the builder
     /// spells it, with a reason that says what would be accepted.
     pub fn validate(&self) -> Result<(), Error> {
         if self.heartbeat_interval.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "heartbeat_interval",
-                reason: "must be more than zero".into(),
-            });
+            return Err(Error::invalid_option(
+                "heartbeat_interval",
+                "must be more than zero".into(),
+            ));
         }
         if let Some(timeout) = self.heartbeat_timeout {
             if timeout <= self.heartbeat_interval {
-                return Err(Error::InvalidOption {
-                    option: "heartbeat_timeout",
-                    reason: format!(
+                return Err(Error::invalid_option(
+                    "heartbeat_timeout",
+                    format!(
                         "{} ms is not longer than heartbeat_interval ({} ms): every worker would look hung",
                         timeout.as_millis(),
                         self.heartbeat_interval.as_millis()
                     ),
-                });
+                ));
             }
         }
         if self.memory_samples == 0 {
-            return Err(Error::InvalidOption {
-                option: "memory_samples",
-                reason: "must be at least 1".into(),
-            });
+            return Err(Error::invalid_option(
+                "memory_samples",
+                "must be at least 1".into(),
+            ));
         }
         if self.sample_interval.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "sample_interval",
-                reason: "must be more than zero".into(),
-            });
+            return Err(Error::invalid_option(
+                "sample_interval",
+                "must be more than zero".into(),
+            ));
         }
         if self.accept_coalescing > MAX_ACCEPT_COALESCING {
-            return Err(Error::InvalidOption {
-                option: "accept_coalescing",
-                reason: format!(
+            return Err(Error::invalid_option(
+                "accept_coalescing",
+                format!(
                     "{:?} would hold new connections in the queue that long under load; use at \
                      most {MAX_ACCEPT_COALESCING:?} (or zero to hand each one out at once)",
                     self.accept_coalescing
                 ),
-            });
+            ));
         }
         if self.reload_parallelism == 0 {
-            return Err(Error::InvalidOption {
-                option: "reload_parallelism",
-                reason: "must be at least 1 (slots replaced at once during a rolling reload)"
-                    .into(),
-            });
+            return Err(Error::invalid_option(
+                "reload_parallelism",
+                "must be at least 1 (slots replaced at once during a rolling reload)".into(),
+            ));
         }
         validate_count("count", self.count, None)?;
         self.restart.validate()?;
         validate_not_huge("grace", self.grace)?;
         if self.signals.is_empty() {
-            return Err(Error::InvalidOption {
-                option: "signals",
-                reason: "no shutdown signal, so the cluster could only be stopped with SIGKILL; \
+            return Err(Error::invalid_option(
+                "signals",
+                "no shutdown signal, so the cluster could only be stopped with SIGKILL; \
                          list at least one, e.g. SIGINT and SIGTERM"
                     .to_owned(),
-            });
+            ));
         }
         validate_signal_list("signals", &self.signals)?;
         validate_signal_list("reload_signals", &self.reload_signals)?;
@@ -940,19 +893,16 @@ impl Options {
             .iter()
             .find(|s| self.signals.contains(s))
         {
-            return Err(Error::InvalidOption {
-                option: "reload_signals",
-                reason: format!(
+            return Err(Error::invalid_option(
+                "reload_signals",
+                format!(
                     "{signal} is also a shutdown signal in `signals`; a signal can either stop or reload the cluster, not both"
                 ),
-            });
+            ));
         }
         if self.ready_timeout.is_zero() {
-            return Err(Error::InvalidOption {
-                option: "ready_timeout",
-                reason: "zero leaves a worker no time to report ready; use a positive duration such as 30 s"
-                    .to_owned(),
-            });
+            return Err(Error::invalid_option("ready_timeout", "zero leaves a worker no time to report ready; use a positive duration such as 30 s"
+                    .to_owned()));
         }
         validate_not_huge("ready_timeout", self.ready_timeout)
     }
@@ -961,10 +911,10 @@ impl Options {
 fn validate_count(option: &'static str, count: Count, group: Option<&str>) -> Result<(), Error> {
     if count == Count::Fixed(0) {
         let whose = group.map_or_else(String::new, |g| format!("group `{g}`: "));
-        return Err(Error::InvalidOption {
+        return Err(Error::invalid_option(
             option,
-            reason: format!("{whose}0 workers would run nothing; use at least 1, or count_cpus()"),
-        });
+            format!("{whose}0 workers would run nothing; use at least 1, or count_cpus()"),
+        ));
     }
     Ok(())
 }
@@ -987,6 +937,7 @@ fn validate_count(option: &'static str, count: Count, group: Option<&str>) -> Re
 /// # Ok::<(), cluster_core::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[must_use]
 pub struct GroupOptions {
     name: String,
     count: Count,
@@ -997,7 +948,6 @@ pub struct GroupOptions {
 impl GroupOptions {
     /// A group with the given name, the default count (2), no extra environment, and the
     /// cluster's restart policy.
-    #[must_use]
     pub fn new(name: impl Into<String>) -> Self {
         GroupOptions {
             name: name.into(),
@@ -1008,21 +958,18 @@ impl GroupOptions {
     }
 
     /// How many workers this group runs.
-    #[must_use]
     pub fn count(mut self, count: impl Into<Count>) -> Self {
         self.count = count.into();
         self
     }
 
     /// One worker per available CPU.
-    #[must_use]
     pub fn count_cpus(self) -> Self {
         self.count(Count::Cpus)
     }
 
     /// Adds an environment variable to this group's workers; a later value for the same key
     /// replaces the earlier one.
-    #[must_use]
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         let key = key.into();
         let value = value.into();
@@ -1034,7 +981,6 @@ impl GroupOptions {
     }
 
     /// A restart policy for this group instead of the cluster's.
-    #[must_use]
     pub fn restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = Some(policy);
         self
@@ -1065,7 +1011,6 @@ impl GroupOptions {
     }
 
     /// The policy that applies to this group: its own, or else `cluster`'s.
-    #[must_use]
     pub fn effective_restart<'a>(&'a self, cluster: &'a Options) -> &'a RestartPolicy {
         self.restart.as_ref().unwrap_or(&cluster.restart)
     }
@@ -1076,7 +1021,7 @@ impl GroupOptions {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidOption`] with option `name`, `count`, `env`, or one of the restart
+    /// [`ErrorKind::InvalidOption`](crate::ErrorKind::InvalidOption) with option `name`, `count`, `env`, or one of the restart
     /// policy's options.
     pub fn validate(&self) -> Result<(), Error> {
         if self.name.is_empty()
@@ -1085,13 +1030,13 @@ impl GroupOptions {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(Error::InvalidOption {
-                option: "name",
-                reason: format!(
+            return Err(Error::invalid_option(
+                "name",
+                format!(
                     "group name {:?} is invalid; use a non-empty name made of A-Z, a-z, 0-9, `_` and `-`",
                     self.name
                 ),
-            });
+            ));
         }
         validate_count("count", self.count, Some(&self.name))?;
         for (key, value) in &self.env {
@@ -1112,10 +1057,10 @@ impl GroupOptions {
                 None
             };
             if let Some(reason) = reason {
-                return Err(Error::InvalidOption {
-                    option: "env",
-                    reason: format!("group `{}`: {reason}", self.name),
-                });
+                return Err(Error::invalid_option(
+                    "env",
+                    format!("group `{}`: {reason}", self.name),
+                ));
             }
         }
         match &self.restart {
@@ -1132,7 +1077,10 @@ mod tests {
 
     fn option_of(result: Result<(), Error>) -> (&'static str, String) {
         match result {
-            Err(Error::InvalidOption { option, reason }) => (option, reason),
+            Err(e) if e.kind() == crate::ErrorKind::InvalidOption => (
+                e.option().expect("InvalidOption names the option"),
+                e.to_string(),
+            ),
             other => panic!("expected InvalidOption, got {other:?}"),
         }
     }

@@ -58,7 +58,28 @@ impl<Q, A: Serialize> Request<Q, A> {
         &self.msg
     }
 
-    /// Sends the answer.
+    /// Sends the answer. An answer that arrives after the asker's timeout is discarded there.
+    ///
+    /// # Errors
+    ///
+    /// - [`Codec`](crate::ErrorKind::Codec): `answer` cannot be encoded; nothing was sent.
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the asker is gone (in a worker: the
+    ///   master; in the master: the asking worker's channel is closed, or the cluster has
+    ///   stopped).
+    /// - [`NoWorker`](crate::ErrorKind::NoWorker) (in the master): the asker's slot has no
+    ///   worker any more, or its outbox is full (it has not read its last 1,024 messages);
+    ///   nothing was sent. If the slot has a new worker, the answer goes to it, which
+    ///   discards it.
+    /// - [`Ipc`](crate::ErrorKind::Ipc): the answer is larger than the frame limit, or the
+    ///   channel broke.
+    ///
+    /// # Cancel safety
+    ///
+    /// In a worker, cancel safe: the answer is queued whole or not at all, and once queued it
+    /// is delivered unless the channel fails. In the master, once polled the answer is the
+    /// supervisor's to send: dropping the future does not take it back, only the outcome is
+    /// lost. Either way the request was consumed: a dropped future cannot answer again, and
+    /// the asker times out if nothing was sent.
     pub async fn respond(self, answer: &A) -> Result<()> {
         let payload = encode(answer)?;
         match self.reply {
@@ -76,8 +97,8 @@ impl<Q, A: Serialize> Request<Q, A> {
                 };
                 commands
                     .send(Command::Send { to, msg, reply })
-                    .map_err(|_| Error::Disconnected("supervisor"))?;
-                done.await.map_err(|_| Error::Disconnected("supervisor"))?
+                    .map_err(|_| Error::disconnected("supervisor"))?;
+                done.await.map_err(|_| Error::disconnected("supervisor"))?
             }
         }
     }

@@ -24,7 +24,7 @@ use crate::model::WorkerId;
 use crate::net::listener::{self, Handed, Listener, WorkerListeners};
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
 use crate::request::{ReplyTo, Request};
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// Exit code of a worker whose environment names no usable channel (EX_CONFIG).
 pub const EXIT_BOOTSTRAP: i32 = 78;
@@ -83,10 +83,15 @@ struct WorkerShared {
 
 impl WorkerShared {
     async fn send_ready(&self) -> Result<()> {
-        if !self.ready_sent.swap(true, Ordering::SeqCst) {
-            self.sender.send(&ToMaster::Ready).await?;
+        if self.ready_sent.swap(true, Ordering::SeqCst) {
+            return Ok(());
         }
-        Ok(())
+        // The send waits while the channel's buffer is full; a caller that gives up then has
+        // sent nothing, and the flag must let the next call send the report.
+        let mut unsent = Unsent(Some(&self.ready_sent));
+        let sent = self.sender.send(&ToMaster::Ready).await;
+        unsent.0 = None;
+        Ok(sent?)
     }
 
     /// Ready once the first poll is done and no listen is under way.
@@ -97,6 +102,17 @@ impl WorkerShared {
             self.send_ready().await?;
         }
         Ok(())
+    }
+}
+
+/// Clears a "sent" flag when dropped still holding it: the send it guarded never happened.
+struct Unsent<'a>(Option<&'a AtomicBool>);
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0 {
+            flag.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -142,13 +158,44 @@ where
         self.id.slot
     }
 
-    /// Sends a message to the master.
+    /// Sends a message to the master. Returns once the message is queued on the channel
+    /// (waiting while its write buffer is full), not when the master has read it.
+    ///
+    /// # Errors
+    ///
+    /// - [`Codec`](crate::ErrorKind::Codec): `msg` cannot be encoded; nothing was sent.
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the master is gone (the channel is
+    ///   closed).
+    /// - [`Ipc`](crate::ErrorKind::Ipc): the message is larger than the channel's frame limit
+    ///   (nothing was sent), or the channel broke.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the message is queued whole or not at all. A future dropped while it waits
+    /// for room sent nothing; once queued, the message is delivered unless the channel fails.
     pub async fn send(&self, msg: &U) -> Result<()> {
         let payload = messaging::encode(msg)?;
         Ok(self.sender.send(&ToMaster::User(payload)).await?)
     }
 
-    /// Asks the master and waits up to `timeout` for its answer.
+    /// Asks the master and waits up to `timeout` for its answer. The timeout counts from when
+    /// the request is queued on the channel.
+    ///
+    /// # Errors
+    ///
+    /// - [`Codec`](crate::ErrorKind::Codec): `msg` cannot be encoded (nothing was sent), or
+    ///   the answer does not decode as `D`.
+    /// - [`Timeout`](crate::ErrorKind::Timeout): no answer within `timeout` (the master
+    ///   function dropped the [`Request`], is busy, or reads no events).
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the master is gone.
+    /// - [`Ipc`](crate::ErrorKind::Ipc): the request is larger than the frame limit, or the
+    ///   channel broke.
+    ///
+    /// # Cancel safety
+    ///
+    /// A future dropped before the request was queued sent nothing. Once it is queued,
+    /// dropping the future does not take it back: the master may still receive the request
+    /// and answer, and the answer is discarded.
     pub async fn request(&self, msg: &U, timeout: Duration) -> Result<D> {
         let payload = messaging::encode(msg)?;
         let (guard, rx) = self.pending.register();
@@ -162,7 +209,18 @@ where
     }
 
     /// The next message or request from the master; `None` once the master has asked this
-    /// worker to stop and every message sent before has been received.
+    /// worker to stop and every message sent before has been received. Clones of the context
+    /// share one queue: each message goes to one caller.
+    ///
+    /// # Errors
+    ///
+    /// None: the end is `None`. A message that does not decode as `D` is dropped with a
+    /// warning.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is taken off the queue only by a call that returns it, so
+    /// dropping the future loses none.
     pub async fn recv(&self) -> Option<Incoming<D, U>> {
         self.incoming.lock().await.recv().await
     }
@@ -192,7 +250,18 @@ where
     /// Without it, a worker is ready as soon as every `listen` its function started before
     /// its first `await` that did not complete at once has finished (a worker that listens on
     /// nothing is ready at once). A worker that does slow setup before listening should call
-    /// `ready()` itself once it can serve.
+    /// `ready()` itself once it can serve. A second call, or one after the automatic report,
+    /// does nothing.
+    ///
+    /// # Errors
+    ///
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the master is gone.
+    /// - [`Ipc`](crate::ErrorKind::Ipc): the channel broke.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped before the report was queued, the worker is not
+    /// reported ready, and a later call (or the automatic report) sends it.
     pub async fn ready(&self) -> Result<()> {
         self.shared.send_ready().await
     }
@@ -201,11 +270,30 @@ where
     /// policy. The master binds it once and keeps it for the cluster's life; an address it
     /// cannot bind is an error naming the cause (address in use, permission denied).
     ///
+    /// # Errors
+    ///
+    /// - [`Listen`](crate::ErrorKind::Listen): the master cannot listen on `addr` (in use,
+    ///   permission denied), the address is already listened on with another balance policy,
+    ///   or (with [`Balance::ReusePort`]) this worker cannot bind it with `SO_REUSEPORT`.
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the master is gone.
+    /// - [`Io`](crate::ErrorKind::Io): the socket could not be registered with the runtime.
+    /// - [`Ipc`](crate::ErrorKind::Ipc): the master answered without the socket, or the
+    ///   channel broke.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: await it to the end. Once polled, the master has been asked, and a
+    /// dropped future does not withdraw the request: the master binds the address anyway (for
+    /// the cluster's life), and with a master-accept policy (round-robin, least-connections,
+    /// sticky) puts this worker in the rotation, so connections handed to it for that address
+    /// are closed unserved. The automatic readiness report also waits for this listen to end,
+    /// so such a worker is ready only once it calls [`WorkerContext::ready`].
+    ///
     /// ```no_run
     /// # async fn demo(ctx: cluster_core::WorkerContext) -> cluster_core::Result<()> {
     /// let listener = ctx.listen("127.0.0.1:8000".parse().unwrap()).await?;
     /// loop {
-    ///     let (conn, peer) = listener.accept().await.map_err(|e| cluster_core::Error::Worker(e.to_string()))?;
+    ///     let (conn, peer) = listener.accept().await.map_err(cluster_core::Error::other)?;
     ///     // serve `conn` (AsyncRead + AsyncWrite), e.g. with hyper
     /// #   drop((conn, peer));
     /// }
@@ -216,21 +304,47 @@ where
     }
 
     /// [`WorkerContext::listen`] with a balance policy for this address.
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkerContext::listen`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`WorkerContext::listen`].
     pub async fn listen_with(&self, addr: SocketAddr, balance: Balance) -> Result<Listener> {
         self.listen_inner(ListenAddr::Tcp(addr), Some(balance))
             .await
     }
 
     /// Listens on a Unix stream socket path shared by the whole cluster (`Shared` policy).
+    ///
+    /// # Errors
+    ///
+    /// - [`Listen`](crate::ErrorKind::Listen): the master cannot listen on `path` (it exists,
+    ///   permission denied), or it is already listened on with another policy.
+    /// - [`Disconnected`](crate::ErrorKind::Disconnected): the master is gone.
+    /// - [`Io`](crate::ErrorKind::Io): the socket could not be registered with the runtime.
+    /// - [`Ipc`](crate::ErrorKind::Ipc): the master answered without the socket, or the
+    ///   channel broke.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a dropped future does not withdraw the request, the master binds the
+    /// path anyway, and the automatic readiness report waits for this listen forever (call
+    /// [`WorkerContext::ready`]). The socket itself is closed with the dropped answer.
     pub async fn listen_unix(&self, path: &Path) -> Result<tokio::net::UnixListener> {
         self.shared.listens_in_flight.fetch_add(1, Ordering::SeqCst);
         let result = self
             .ask_listen(ListenAddr::Unix(path.to_path_buf()), Some(Balance::Shared))
             .await;
         let result = result.and_then(|(_, mut fds, _)| {
-            let fd = fds
-                .pop()
-                .ok_or_else(|| Error::Worker("the master sent no socket".into()))?;
+            let fd = fds.pop().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Ipc,
+                    "the master answered a listen without its socket",
+                )
+            })?;
             let socket = std::os::unix::net::UnixListener::from(fd);
             socket
                 .set_nonblocking(true)
@@ -266,8 +380,12 @@ where
         self.sender
             .send(&ToMaster::Listen { id, addr, balance })
             .await?;
-        let (result, fds, queue) = rx.await.map_err(|_| Error::Disconnected("master"))?;
-        Ok((result.map_err(Error::Listen)?, fds, queue))
+        let (result, fds, queue) = rx.await.map_err(|_| Error::disconnected("master"))?;
+        Ok((
+            result.map_err(|e| Error::new(ErrorKind::Listen, e))?,
+            fds,
+            queue,
+        ))
     }
 
     async fn listen_inner(&self, addr: ListenAddr, balance: Option<Balance>) -> Result<Listener> {
@@ -285,9 +403,12 @@ where
         let io = |what: &'static str| move |e| Error::io(what, e);
         match info.balance {
             Balance::Shared => {
-                let fd = fds
-                    .pop()
-                    .ok_or_else(|| Error::Worker("the master sent no listening socket".into()))?;
+                let fd = fds.pop().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Ipc,
+                        "the master answered a listen without its socket",
+                    )
+                })?;
                 let socket = std::net::TcpListener::from(fd);
                 socket
                     .set_nonblocking(true)
@@ -305,10 +426,17 @@ where
             }
             Balance::ReusePort => {
                 let ListenAddr::Tcp(sock) = addr else {
-                    return Err(Error::Listen("ReusePort needs a TCP address".into()));
+                    return Err(Error::new(
+                        ErrorKind::Listen,
+                        "ReusePort needs a TCP address; use Balance::Shared for a Unix socket",
+                    ));
                 };
                 let socket = listener::bind_tcp(sock, true).map_err(|e| {
-                    Error::Listen(format!("cannot listen on {sock} with SO_REUSEPORT: {e}"))
+                    Error::new(
+                        ErrorKind::Listen,
+                        format!("cannot listen on {sock} with SO_REUSEPORT"),
+                    )
+                    .with_source(e)
                 })?;
                 let local = socket.local_addr().ok();
                 let socket = tokio::net::TcpListener::from_std(socket)
@@ -344,6 +472,14 @@ where
     }
 
     /// Resolves when this worker is asked to stop.
+    ///
+    /// # Errors
+    ///
+    /// None.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the request to stop stays; a later call resolves at once.
     pub async fn shutdown_requested(&self) {
         self.shutdown.cancelled().await
     }
@@ -368,14 +504,7 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
     loop {
         let (msg, mut fds) = match rx.recv_with_fds().await {
             Ok(Some(msg)) => msg,
-            Ok(None) | Err(_) => {
-                // The master died (its parent-death signal normally gets here first).
-                eprintln!(
-                    "cluster worker {}: the master is gone, exiting",
-                    std::process::id()
-                );
-                std::process::exit(EXIT_MASTER_GONE);
-            }
+            Ok(None) | Err(_) => master_gone(),
         };
         match msg {
             ToWorker::Shutdown => {
@@ -385,14 +514,14 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
             }
             ToWorker::User(payload) => match messaging::decode::<D>(&payload) {
                 Ok(msg) => deliver(&incoming, Incoming::Message(msg)).await,
-                Err(e) => tracing::warn!("dropped a message from the master: {e}"),
+                Err(e) => tracing::warn!("dropped a message from the master: {e:#}"),
             },
             ToWorker::Request { id, payload } => match messaging::decode::<D>(&payload) {
                 Ok(msg) => {
                     let request = Request::new(msg, id, ReplyTo::Master(reply.clone()));
                     deliver(&incoming, Incoming::Request(request)).await
                 }
-                Err(e) => tracing::warn!("dropped a request from the master: {e}"),
+                Err(e) => tracing::warn!("dropped a request from the master: {e:#}"),
             },
             ToWorker::Response { id, payload } => pending.complete(id, payload),
             ToWorker::MetricsRequest { id } => {
@@ -466,6 +595,21 @@ async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
             }
         }
     }
+}
+
+/// Ends the process at once: the master died (its parent-death signal normally gets here
+/// first).
+#[allow(
+    clippy::exit,
+    reason = "an orphaned worker must not serve on: its connections and shutdown belong to a \
+              master that is gone, and the worker function may never return"
+)]
+fn master_gone() -> ! {
+    eprintln!(
+        "cluster worker {}: the master is gone, exiting",
+        std::process::id()
+    );
+    std::process::exit(EXIT_MASTER_GONE);
 }
 
 /// Queues a connection the master handed over for the listener it belongs to.
@@ -550,21 +694,16 @@ pub enum Outcome {
 }
 
 /// Runs a worker process's whole life inside a runtime: bootstrap, handshake, the user's
-/// function, then a final message to the master. Returns the process exit code.
-pub(crate) async fn run<D, U, F, Fut>(id: WorkerId, auto_ready: bool, f: F) -> i32
+/// function, then a final message to the master. Returns once the function has ended and the
+/// master has been told how; the error says why the worker failed.
+pub(crate) async fn run<D, U, F, Fut>(id: WorkerId, auto_ready: bool, f: F) -> Result<()>
 where
     D: DeserializeOwned + Send + 'static,
     U: Serialize + Send + 'static,
     F: FnOnce(WorkerContext<D, U>) -> Fut,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    let channel = match connect().await {
-        Ok(channel) => channel,
-        Err(e) => {
-            eprintln!("cluster worker {id}: {e}");
-            return EXIT_BOOTSTRAP;
-        }
-    };
+    let channel = connect().await?;
     let (sender, receiver) = channel.split();
     let shutdown = CancellationToken::new();
     let pending = Arc::new(Pending::default());
@@ -611,28 +750,32 @@ where
     let mut work = Box::pin(f(ctx));
     let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
     shared.first_poll_done.store(true, Ordering::SeqCst);
-    if shared.maybe_ready().await.is_err() {
-        return EXIT_MASTER_GONE;
-    }
+    shared.maybe_ready().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Disconnected,
+            "the master is gone: the worker could not report that it is ready",
+        )
+        .with_source(e)
+    })?;
     let outcome = match first {
         Poll::Ready(outcome) => outcome,
         // A panic in the worker's function is a failure like any other, reported to the master.
         Poll::Pending => match tokio::spawn(work).await {
             Ok(outcome) => outcome,
-            Err(e) if e.is_panic() => Outcome::Failed("the worker function panicked".into()),
+            Err(e) if e.is_panic() => Outcome::Failed(format!(
+                "the worker function panicked: {}",
+                crate::cluster::panic_message(&*e.into_panic())
+            )),
             Err(e) => Outcome::Failed(e.to_string()),
         },
     };
-    let failed = match &outcome {
-        Outcome::Ok => false,
-        Outcome::Failed(reason) => {
-            eprintln!("cluster worker {id}: {reason}");
-            true
-        }
-    };
+    let failed = matches!(outcome, Outcome::Failed(_));
     let _ = sender.send(&ToMaster::Exiting { failed }).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), sender.flush()).await;
-    if failed { 1 } else { 0 }
+    match outcome {
+        Outcome::Ok => Ok(()),
+        Outcome::Failed(reason) => Err(Error::new(ErrorKind::WorkerFailed, reason)),
+    }
 }
 
 /// The interval the master asked for, in `CLUSTER_HEARTBEAT_MS` (default 1 s).
@@ -644,17 +787,95 @@ fn heartbeat_interval() -> Duration {
         .map_or(Duration::from_secs(1), Duration::from_millis)
 }
 
+/// Every failure here is `Bootstrap`: the process is not a worker its master can talk to.
 async fn connect() -> Result<Channel<ToMaster, ToWorker>> {
-    let stream = bootstrap::from_env(ENV_IPC_FD)?.ok_or_else(|| {
-        Error::Bootstrap(format!(
-            "{ENV_IPC_FD} is not set: this process has the cluster worker variables but no channel to a master"
-        ))
-    })?;
+    let bootstrap = |message: &'static str| Error::new(ErrorKind::Bootstrap, message);
+    let stream = bootstrap::from_env(ENV_IPC_FD)
+        .map_err(|e| bootstrap("cannot take the channel to the master").with_source(e))?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Bootstrap,
+                format!(
+                    "{ENV_IPC_FD} is not set: this process has the cluster worker variables but no channel to a master"
+                ),
+            )
+        })?;
     tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         Channel::from_std(stream, Config::default()),
     )
     .await
-    .map_err(|_| Error::Bootstrap("the master did not answer the handshake within 10 s".into()))?
-    .map_err(Error::from)
+    .map_err(|_| bootstrap("the master did not answer the handshake within 10 s"))?
+    .map_err(|e| bootstrap("the handshake with the master failed").with_source(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bound on waits that should be quick.
+    const STEP: Duration = Duration::from_secs(5);
+
+    /// A worker's shared state on a channel whose master end the test holds.
+    async fn shared_with_master(
+        config: Config,
+    ) -> (Arc<WorkerShared>, cluster_ipc::Receiver<ToMaster>) {
+        let (worker, master) = Channel::<ToMaster, ToWorker>::pair(config).await.unwrap();
+        let (sender, _) = worker.split();
+        let (_, from_worker) = master.split();
+        let (closes, _) = mpsc::unbounded_channel();
+        let shared = Arc::new(WorkerShared {
+            sender,
+            listeners: WorkerListeners::default(),
+            listen_waiters: std::sync::Mutex::new(HashMap::new()),
+            next_listen: AtomicU64::new(0),
+            listens_in_flight: AtomicUsize::new(0),
+            first_poll_done: AtomicBool::new(true),
+            ready_sent: AtomicBool::new(false),
+            closes,
+            live: Arc::default(),
+            metrics: std::sync::Mutex::new(None),
+        });
+        (shared, from_worker)
+    }
+
+    /// A `ready` dropped while the channel is full sent nothing, so it must not count as sent:
+    /// the next call reports the worker ready.
+    #[tokio::test]
+    async fn a_ready_report_dropped_before_it_was_queued_is_sent_by_the_next_call() {
+        let (shared, mut from_worker) =
+            shared_with_master(Config::default().with_write_buffer(64 << 10)).await;
+        // Fill the socket and then the channel's buffer: the master end reads nothing yet.
+        let mut queued = 0;
+        loop {
+            let big = ToMaster::User(vec![0; 32 << 10]);
+            let send = shared.sender.send(&big);
+            match tokio::time::timeout(Duration::from_millis(100), send).await {
+                Ok(result) => result.unwrap(),
+                Err(_) => break,
+            }
+            queued += 1;
+            assert!(queued < 10_000, "the channel never filled up");
+        }
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), shared.send_ready()).await;
+        assert!(gave_up.is_err(), "the report waited for room");
+        assert!(!shared.ready_sent.load(Ordering::SeqCst));
+
+        // The master reads what was queued; the next call reports ready.
+        let reader = tokio::spawn(async move {
+            loop {
+                match tokio::time::timeout(STEP, from_worker.recv()).await {
+                    Ok(Ok(Some(ToMaster::Ready))) => return true,
+                    Ok(Ok(Some(_))) => {}
+                    _ => return false,
+                }
+            }
+        });
+        tokio::time::timeout(STEP, shared.send_ready())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(shared.ready_sent.load(Ordering::SeqCst));
+        assert!(reader.await.unwrap(), "the master got the ready report");
+    }
 }

@@ -35,6 +35,7 @@ const READ_WINDOW: usize = 64 << 10;
 /// assert_eq!(config.max_frame_len(), 1 << 20);
 /// ```
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct Config {
     max_frame_len: usize,
     write_buffer: usize,

@@ -8,8 +8,9 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The socket failed (the peer vanished, the descriptor was closed, ...).
-    #[error("I/O error on the IPC socket: {0}")]
+    /// The socket failed (the peer vanished, the descriptor was closed, ...). The
+    /// [`io::Error`] is the `source()`, not part of the message.
+    #[error("I/O error on the IPC socket")]
     Io(#[from] io::Error),
     /// A frame header announced more bytes than the configured limit.
     #[error(
@@ -144,3 +145,27 @@ pub enum Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// The common thiserror mistake, `#[error("...: {0}")]` with `#[from]`, prints the cause
+    /// twice once a reporter walks `source()`: the message must leave it to `source()`.
+    #[test]
+    fn no_message_repeats_its_source() {
+        let with_sources = [Error::Io(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the peer hung up",
+        ))];
+        for error in &with_sources {
+            let source = error.source().expect("a variant with a source").to_string();
+            assert!(
+                !error.to_string().contains(&source),
+                "{error} repeats its source {source}"
+            );
+        }
+    }
+}

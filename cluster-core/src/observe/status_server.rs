@@ -43,6 +43,7 @@ pub(crate) trait StatusSource: Send + Sync + 'static {
 
 /// Settings of the master's status server.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct StatusOptions {
     /// `GET /readyz` answers 200 only when at least this many workers are ready. Default 1.
     pub min_ready: usize,

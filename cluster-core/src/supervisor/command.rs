@@ -15,7 +15,7 @@ use crate::model::{SlotKey, WorkerInfo};
 use crate::observe::metrics::WorkerMetricsText;
 use crate::observe::status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
 use crate::protocol::{self, ToWorker};
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// Requests from the master's code.
 pub(crate) enum Command {
@@ -78,7 +78,10 @@ impl<L: Launcher> Supervisor<L> {
                         self.resize(g, count).await;
                         Ok(())
                     }
-                    None => Err(Error::NoWorker(format!("no group named {group:?}"))),
+                    None => Err(Error::new(
+                        ErrorKind::NoWorker,
+                        format!("no group named {group:?}"),
+                    )),
                 };
                 let _ = reply.send(result);
             }
@@ -122,7 +125,10 @@ impl<L: Launcher> Supervisor<L> {
             .and_then(|slot| slot.current.as_ref())
             .and_then(|p| p.phase.outbox().cloned());
         let Some(outbox) = outbox else {
-            let _ = reply.send(Err(Error::NoWorker(format!("{}/{}", to.group, to.slot))));
+            let _ = reply.send(Err(Error::new(
+                ErrorKind::NoWorker,
+                format!("no worker in {}/{}", to.group, to.slot),
+            )));
             return;
         };
         let out = Outgoing {
@@ -138,10 +144,13 @@ impl<L: Launcher> Supervisor<L> {
                 Refused::Closed => "has closed its channel".to_owned(),
             };
             if let Some(reply) = out.done {
-                let _ = reply.send(Err(Error::NoWorker(format!(
-                    "{}/{}: the worker {why}",
-                    to.group, to.slot
-                ))));
+                let _ = reply.send(Err(Error::new(
+                    ErrorKind::NoWorker,
+                    format!(
+                        "the worker in {}/{} {why}; the message was not sent",
+                        to.group, to.slot
+                    ),
+                )));
             }
         }
     }

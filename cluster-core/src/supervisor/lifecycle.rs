@@ -334,14 +334,14 @@ impl<L: Launcher> Supervisor<L> {
                 }
                 Decision::DoNotRestart => {}
                 Decision::GiveUp { count } => {
-                    let error = Error::RestartLimit {
-                        group: id.group.to_string(),
-                        slot: id.slot,
-                        last_exit: exit.to_string(),
-                        restarts: count,
-                        max_restarts: group.policy.get_max_restarts(),
-                        window_ms: group.policy.get_max_restarts_interval().as_millis(),
-                    };
+                    let error = Error::restart_limit(
+                        &id.group,
+                        id.slot,
+                        exit,
+                        count,
+                        group.policy.get_max_restarts(),
+                        group.policy.get_max_restarts_interval(),
+                    );
                     tracing::error!("{error}");
                     self.emit_exit(id.clone(), exit, expected, false);
                     self.emit(RawEvent::RestartLimit { id, exit });
@@ -410,7 +410,7 @@ impl<L: Launcher> Supervisor<L> {
                 }
             }
             Err(e) if next => {
-                let error = format!("cannot spawn replacement worker {id}: {e}");
+                let error = format!("cannot spawn replacement worker {id}: {e:#}");
                 Box::pin(self.reload_failed(&id.key(), error)).await;
             }
             Err(e) => self.spawn_failed(id, &e),
@@ -427,7 +427,7 @@ impl<L: Launcher> Supervisor<L> {
         slot.spawn_failures = slot.spawn_failures.saturating_add(1);
         let retry_in = spawn_retry_delay(slot.spawn_failures);
         slot.restart_at = Some(Instant::now() + retry_in);
-        let error = error.to_string();
+        let error = format!("{error:#}");
         notice!(
             error,
             "cannot start worker {id}: {error}; retrying in {} ms (not counted as a restart)",

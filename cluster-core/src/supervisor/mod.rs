@@ -129,7 +129,7 @@ struct Reload {
 enum Stopping {
     Requested,
     RestartLimit(Error),
-    MasterFailed,
+    MasterFailed(Error),
 }
 
 /// A shutdown signal repeated within this is not "a second signal".
@@ -269,11 +269,12 @@ impl<L: Launcher> Supervisor<L> {
     }
 
     /// Runs the cluster until it has stopped; returns the master's exit code and, when it gave
-    /// up, why. `master_done` reports whether the master's own function failed.
+    /// up, why. `master_done` reports how the master's own function ended: with the error that
+    /// shuts the cluster down, if it failed.
     pub(crate) async fn run(
         mut self,
         mut signals: mpsc::UnboundedReceiver<Signal>,
-        mut master_done: oneshot::Receiver<bool>,
+        mut master_done: oneshot::Receiver<Option<Error>>,
     ) -> (i32, Option<Error>) {
         let names: Vec<Arc<str>> = self.groups.iter().map(|g| g.name.clone()).collect();
         for name in names {
@@ -294,8 +295,8 @@ impl<L: Launcher> Supervisor<L> {
                 Some(cmd) = self.commands_rx.recv() => self.on_command(cmd).await,
                 failed = &mut master_done, if master_running => {
                     master_running = false;
-                    if matches!(failed, Ok(true)) {
-                        self.begin_stop(Stopping::MasterFailed);
+                    if let Ok(Some(error)) = failed {
+                        self.begin_stop(Stopping::MasterFailed(error));
                     }
                 }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -306,7 +307,7 @@ impl<L: Launcher> Supervisor<L> {
         self.launcher.finish().await;
         match self.stopping.take() {
             Some(Stopping::RestartLimit(e)) => (EXIT_RESTART_LIMIT, Some(e)),
-            Some(Stopping::MasterFailed) => (1, None),
+            Some(Stopping::MasterFailed(e)) => (1, Some(e)),
             _ if self.killed_after_grace => (EXIT_KILLED_AFTER_GRACE, None),
             _ => (0, None),
         }

@@ -278,7 +278,7 @@ async fn watch(
                 let _ = internal.send(Internal::Online { id: id.clone(), sender });
             }
             Ok(Err(e)) => {
-                super::notice!(warn, "worker {id}: handshake failed: {e}");
+                super::notice!(warn, "worker {id}: handshake failed: {}", crate::error::chain(&e));
                 let _ = child.start_kill();
                 killed = true;
             }
@@ -316,7 +316,7 @@ async fn watch(
                 Ok(Some(msg)) => { let _ = internal.send(Internal::FromWorker { id: id.clone(), msg }); }
                 Ok(None) => receiver = None,
                 Err(e) => {
-                    tracing::warn!("worker {id}: {e}");
+                    tracing::warn!("worker {id}: {}", crate::error::chain(&e));
                     receiver = None;
                 }
             },

@@ -220,7 +220,7 @@ pub(crate) enum Decision {
     /// Leave the slot empty (deliberate exit, or the restart mode says so).
     DoNotRestart,
     /// The restart intensity was exceeded: `count` unexpected exits within the window. Shut the
-    /// cluster down with `Error::RestartLimit`.
+    /// cluster down with `ErrorKind::RestartLimit`.
     GiveUp { count: usize },
 }
 

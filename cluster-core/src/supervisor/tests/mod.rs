@@ -216,7 +216,7 @@ pub(super) struct Harness {
     commands: mpsc::UnboundedSender<Command>,
     events: mpsc::Receiver<RawEvent>,
     signals: mpsc::UnboundedSender<Signal>,
-    master_done: Option<oneshot::Sender<bool>>,
+    master_done: Option<oneshot::Sender<Option<Error>>>,
     run: Option<JoinHandle<(i32, Option<Error>)>>,
     /// Every event seen so far, as text.
     pub seen: Vec<String>,
@@ -411,7 +411,7 @@ impl Harness {
     /// The master function ended, failed or not.
     pub(super) fn master_done(&mut self, failed: bool) {
         if let Some(tx) = self.master_done.take() {
-            let _ = tx.send(failed);
+            let _ = tx.send(failed.then(|| Error::other("the master function failed")));
         }
     }
 
