@@ -18,7 +18,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cluster::{Cluster, Event, GroupOptions, MasterContext, RestartPolicy, WorkerContext};
+use cluster::options::RestartPolicy;
+use cluster::{Cluster, Event, GroupOptions, MasterContext, WorkerContext};
 
 fn main() -> std::process::ExitCode {
     let web = GroupOptions::new("web")

@@ -33,7 +33,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cluster::http::{DrainOptions, Readiness};
-use cluster::prometheus_client::metrics::counter::Counter;
+use cluster::observe::prometheus_client::metrics::counter::Counter;
 use cluster::{Balance, Cluster, Count, Runtime, Signal, WorkerContext};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};

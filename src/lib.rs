@@ -87,8 +87,54 @@
     not(test),
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
-pub use cluster_core::*;
+// The everyday names, at the root; everything else in the module of its part.
+pub use cluster_core::{
+    Balance, BoxError, Cluster, Count, Error, ErrorKind, Event, GroupOptions, Incoming, Master,
+    MasterContext, Message, Options, Request, Result, Runtime, Signal, SlotKey, Worker,
+    WorkerContext, WorkerId,
+};
 pub use cluster_ipc as ipc;
+
+/// The master's side: its context, the events it sees, what it knows of each worker, and its
+/// exit codes.
+pub mod master {
+    pub use cluster_core::{
+        EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, Event, ExitKind, Master, MasterContext,
+        SlotKey, SpawnHook, SpawnSettings, WorkerInfo, WorkerState,
+    };
+}
+
+/// The worker's side: its context, what it receives, how its function ends, and its exit
+/// codes.
+pub mod worker {
+    pub use cluster_core::{
+        EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, IntoOutcome, Outcome, Role, Worker,
+        WorkerContext, WorkerId, role,
+    };
+}
+
+/// Ports shared by the cluster: the worker's listener and its connections, and how
+/// connections are spread.
+pub mod net {
+    pub use cluster_core::{Balance, Connection, Listener};
+}
+
+/// What the cluster shows about itself: the status snapshot behind `GET /status`, the status
+/// server's options, and the metrics a worker exports.
+pub mod observe {
+    pub use cluster_core::{
+        ClusterStatus, MasterStatus, RestartCount, StatusOptions, WorkerMetrics, WorkerStatus,
+        prometheus_client,
+    };
+}
+
+/// Options of the cluster and of its groups, and the types of their values.
+pub mod options {
+    pub use cluster_core::{
+        Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Runtime,
+        Signal, parse_signal,
+    };
+}
 
 #[cfg(feature = "http")]
 pub mod http;

@@ -128,7 +128,12 @@ fn worker_variables_without_a_channel_exit_with_exit_bootstrap() {
         let code = fx.wait_exit_code(Duration::from_secs(8));
         fx.finish(WAIT);
         let stderr = fx.stderr();
-        assert_eq!(code, cluster::EXIT_BOOTSTRAP, "{extra:?}\n{}", fx.dump());
+        assert_eq!(
+            code,
+            cluster::worker::EXIT_BOOTSTRAP,
+            "{extra:?}\n{}",
+            fx.dump()
+        );
         assert!(
             stderr.contains(names),
             "{extra:?}: the message names {names:?}: {stderr}"

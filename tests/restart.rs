@@ -79,7 +79,7 @@ fn a_worker_crashing_at_start_hits_the_restart_limit_without_a_fork_storm() {
     let elapsed = started.elapsed();
     assert_eq!(
         code,
-        cluster::EXIT_RESTART_LIMIT,
+        cluster::master::EXIT_RESTART_LIMIT,
         "after {elapsed:?}\n{}",
         fx.dump()
     );

@@ -75,7 +75,12 @@ fn a_worker_ignoring_shutdown_is_killed_after_grace() {
     fx.signal(Signal::SIGTERM);
     let code = fx.wait_exit_code(WAIT);
     let took = asked.elapsed();
-    assert_eq!(code, cluster::EXIT_KILLED_AFTER_GRACE, "{}", fx.dump());
+    assert_eq!(
+        code,
+        cluster::master::EXIT_KILLED_AFTER_GRACE,
+        "{}",
+        fx.dump()
+    );
     assert!(
         took >= grace,
         "the master waited the grace period, not less: {took:?}\n{}",
@@ -137,7 +142,12 @@ fn second_signal_skips_the_grace(first: Signal, second: Signal) {
     fx.signal(second);
     let code = fx.wait_exit_code(Duration::from_secs(10));
     let took = again.elapsed();
-    assert_eq!(code, cluster::EXIT_KILLED_AFTER_GRACE, "{}", fx.dump());
+    assert_eq!(
+        code,
+        cluster::master::EXIT_KILLED_AFTER_GRACE,
+        "{}",
+        fx.dump()
+    );
     assert!(
         took < Duration::from_secs(5),
         "the second signal skipped the 30 s grace: {took:?}\n{}",

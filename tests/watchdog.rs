@@ -104,7 +104,7 @@ fn a_hung_worker_counts_toward_max_restarts_like_a_crash() {
     let exit = fx.wait_exit(WAIT);
     assert_eq!(
         exit,
-        Exit::Code(cluster::EXIT_RESTART_LIMIT),
+        Exit::Code(cluster::master::EXIT_RESTART_LIMIT),
         "{}",
         fx.dump()
     );

@@ -445,7 +445,7 @@ fn check_context(arg: &FnArg, marker: Marker, context: &str) -> syn::Result<Mess
 }
 
 /// Accepts `()` (written or not) and `Result<(), E>` or an alias `Result<()>`: the types
-/// `cluster::IntoOutcome` is implemented for.
+/// `cluster::worker::IntoOutcome` is implemented for.
 fn check_return(output: &ReturnType, name: &str) -> syn::Result<()> {
     let ReturnType::Type(_, ty) = output else {
         return Ok(());
