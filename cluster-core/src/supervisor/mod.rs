@@ -299,11 +299,11 @@ impl Supervisor {
             .into_iter()
             .map(|group| {
                 let policy = group
-                    .get_restart()
+                    .restart()
                     .copied()
-                    .unwrap_or_else(|| *options.get_restart());
+                    .unwrap_or_else(|| *options.restart());
                 Group {
-                    name: group.get_name().into(),
+                    name: group.name().into(),
                     intensity: Intensity::from_policy(&policy),
                     options: group,
                     policy,
@@ -311,7 +311,7 @@ impl Supervisor {
                 }
             })
             .collect();
-        let listeners = MasterListeners::new(options.get_accept_coalescing());
+        let listeners = MasterListeners::new(options.accept_coalescing());
         Ok(Supervisor {
             exe,
             args,
@@ -362,7 +362,7 @@ impl Supervisor {
         mut master_done: oneshot::Receiver<bool>,
     ) -> (i32, Option<Error>) {
         for g in 0..self.groups.len() {
-            let count = self.groups[g].options.get_count().resolve();
+            let count = self.groups[g].options.count().resolve();
             self.resize(g, count).await;
         }
         let mut master_running = true;
@@ -421,10 +421,9 @@ impl Supervisor {
             for r in slot.all() {
                 consider(r.ready_by);
                 consider(r.kill_at);
-                if let (Some(timeout), false) = (
-                    self.options.get_heartbeat_timeout(),
-                    r.stop_requested || r.hung,
-                ) {
+                if let (Some(timeout), false) =
+                    (self.options.heartbeat_timeout(), r.stop_requested || r.hung)
+                {
                     consider(r.last_beat.map(|beat| beat + timeout));
                 }
             }
@@ -471,7 +470,7 @@ impl Supervisor {
             }
             return;
         }
-        if self.options.get_reload_signals().contains(&sig) {
+        if self.options.reload_signals().contains(&sig) {
             notice!(info, "{}: rolling reload", sig.as_str());
             self.start_reload().await;
             return;
@@ -487,7 +486,7 @@ impl Supervisor {
         }
         self.stopping = Some(why);
         self.reload = None;
-        let deadline = Instant::now() + self.options.get_grace();
+        let deadline = Instant::now() + self.options.grace();
         for slot in self.groups.iter_mut().flat_map(|g| &mut g.slots) {
             slot.restart_at = None;
             for r in slot.all_mut() {
@@ -673,7 +672,7 @@ impl Supervisor {
         if !stopping && !retired {
             let slot = &mut group.slots[s];
             match decide(
-                group.policy.get_mode(),
+                group.policy.mode(),
                 kind,
                 now,
                 &mut group.intensity,
@@ -701,8 +700,8 @@ impl Supervisor {
                         slot: id.slot,
                         last_exit: exit.to_string(),
                         restarts: count,
-                        max_restarts: group.policy.get_max_restarts(),
-                        window_ms: group.policy.get_max_restarts_interval().as_millis(),
+                        max_restarts: group.policy.max_restarts(),
+                        window_ms: group.policy.max_restarts_interval().as_millis(),
                     };
                     tracing::error!("{error}");
                     self.emit(RawEvent::Exit {
@@ -751,7 +750,7 @@ impl Supervisor {
         addr: ListenAddr,
         balance: Option<Balance>,
     ) {
-        let default = self.options.get_balance();
+        let default = self.options.balance();
         let Some(r) = self.running_mut(&id) else {
             return;
         };
@@ -894,8 +893,8 @@ impl Supervisor {
     /// over `max_memory` for `memory_samples` samples in a row: one slot at a time, so a leak
     /// shared by every worker does not recycle them all at once.
     async fn sample(&mut self) {
-        let limit = self.options.get_max_memory();
-        let needed = self.options.get_memory_samples();
+        let limit = self.options.max_memory();
+        let needed = self.options.memory_samples();
         let mut over = None;
         for (g, group) in self.groups.iter_mut().enumerate() {
             for (s, slot) in group.slots.iter_mut().enumerate() {
@@ -981,7 +980,7 @@ impl Supervisor {
             let Some(reload) = &mut self.reload else {
                 return;
             };
-            if reload.active.len() >= self.options.get_reload_parallelism() {
+            if reload.active.len() >= self.options.reload_parallelism() {
                 return;
             }
             let Some((g, s)) = reload.queue.pop_front() else {
@@ -1013,7 +1012,7 @@ impl Supervisor {
             return;
         };
         let s = id.slot;
-        let deadline = Instant::now() + self.options.get_grace();
+        let deadline = Instant::now() + self.options.grace();
         let Some(slot) = self.groups[g].slots.get_mut(s) else {
             return;
         };
@@ -1054,7 +1053,7 @@ impl Supervisor {
             error,
             "rolling reload aborted, the old workers keep serving: {error}"
         );
-        let deadline = Instant::now() + self.options.get_grace();
+        let deadline = Instant::now() + self.options.grace();
         for (g, s) in reload.active {
             if let Some(next) = self.groups[g].slots[s].next.as_mut() {
                 stop_worker(&mut self.listeners, next, deadline).await;
@@ -1066,7 +1065,7 @@ impl Supervisor {
     async fn on_timers(&mut self) {
         let now = Instant::now();
         let stopping = self.stopping.is_some();
-        let heartbeat_timeout = self.options.get_heartbeat_timeout();
+        let heartbeat_timeout = self.options.heartbeat_timeout();
         let mut killed_late = false;
         let mut due = Vec::new();
         for g in 0..self.groups.len() {
@@ -1120,7 +1119,7 @@ impl Supervisor {
         // Reap finished forwarders so they do not pile up across restarts.
         while self.forwarders.try_join_next().is_some() {}
         if !stopping && self.next_sample <= now {
-            self.next_sample = now + self.options.get_sample_interval();
+            self.next_sample = now + self.options.sample_interval();
             self.sample().await;
         }
         for (g, s) in due {
@@ -1225,7 +1224,7 @@ impl Supervisor {
             }
             for _ in 0..wanted {
                 let s = self.groups[g].slots.len();
-                let backoff = SlotBackoff::new(self.groups[g].policy.get_backoff());
+                let backoff = SlotBackoff::new(self.groups[g].policy.backoff());
                 self.groups[g].slots.push(SlotState {
                     generation: 0,
                     running: None,
@@ -1239,7 +1238,7 @@ impl Supervisor {
                 self.spawn(g, s).await;
             }
         } else {
-            let deadline = Instant::now() + self.options.get_grace();
+            let deadline = Instant::now() + self.options.grace();
             let mut to_retire = live - count;
             for s in (0..self.groups[g].slots.len()).rev() {
                 if to_retire == 0 {
@@ -1295,7 +1294,7 @@ impl Supervisor {
                     sender: None,
                     kill: Some(kill_tx),
                     started: now,
-                    ready_by: Some(now + self.options.get_ready_timeout()),
+                    ready_by: Some(now + self.options.ready_timeout()),
                     kill_at: None,
                     stop_requested: false,
                     exiting: None,
@@ -1311,7 +1310,7 @@ impl Supervisor {
                     id.clone(),
                     child,
                     stream,
-                    self.options.get_ready_timeout(),
+                    self.options.ready_timeout(),
                     self.internal_tx.clone(),
                     kill_rx,
                     self.listeners.in_flight(),
@@ -1360,12 +1359,9 @@ impl Supervisor {
             .env(ENV_GENERATION, id.generation.to_string())
             .env(
                 ENV_HEARTBEAT_MS,
-                self.options
-                    .get_heartbeat_interval()
-                    .as_millis()
-                    .to_string(),
+                self.options.heartbeat_interval().as_millis().to_string(),
             )
-            .envs(self.groups[g].options.get_env().iter().map(|(k, v)| (k, v)))
+            .envs(self.groups[g].options.env().iter().map(|(k, v)| (k, v)))
             .envs(settings.env)
             // The terminal's input stays with the master.
             .stdin(std::process::Stdio::null())
@@ -1373,7 +1369,7 @@ impl Supervisor {
         child_end.pass_to(cmd.as_std_mut(), ENV_IPC_FD);
         sys::kill_with_parent(&mut cmd, self.pid);
         sys::ignore_terminal_signals(&mut cmd);
-        let prefix_logs = self.options.get_worker_prefix_logs();
+        let prefix_logs = self.options.worker_prefix_logs();
         if prefix_logs {
             cmd.stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
