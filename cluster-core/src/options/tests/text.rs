@@ -336,3 +336,34 @@ fn rust_expressions_of_values() {
     assert_eq!(expr("min_ready", "0"), "0usize");
     assert!(OptionSpec::find("count").unwrap().rust_expr("0").is_err());
 }
+
+/// The README's option table is the table's: each row's name, default, attribute, builder,
+/// accepted values and meaning. On a mismatch the message holds the table to paste.
+#[test]
+fn readme_lists_every_option() {
+    let readme = include_str!("../../../../README.md");
+    let header = "| option | default | `#[cluster::main]` | builder | accepts | meaning |";
+    let mut expected = vec![header.to_owned(), "|---|---|---|---|---|---|".to_owned()];
+    for spec in OPTIONS {
+        expected.push(format!(
+            "| `{}` | `{}` | `{}` | `.{}(…)` | {} | {} |",
+            spec.name(),
+            spec.default_text(),
+            spec.attribute_example(),
+            spec.setter(),
+            spec.accepts(),
+            spec.doc()
+        ));
+    }
+    let found: Vec<&str> = readme
+        .lines()
+        .skip_while(|line| *line != header)
+        .take_while(|line| line.starts_with('|'))
+        .collect();
+    assert_eq!(
+        found,
+        expected,
+        "README.md's option table differs from the options table; the table should read:\n{}\n",
+        expected.join("\n")
+    );
+}
