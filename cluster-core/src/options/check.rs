@@ -17,10 +17,6 @@ pub(super) type Checked = Result<(), String>;
 /// `Instant`s, which panics on overflow; a year is far beyond any sensible timeout.
 pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-/// The longest `accept_coalescing` window: beyond it the wait, not the work, would decide a
-/// connection's latency.
-pub(super) const MAX_ACCEPT_COALESCING: Duration = Duration::from_millis(100);
-
 pub(super) fn not_huge(value: &Duration) -> Checked {
     if *value > MAX_DURATION {
         return Err(format!(
@@ -75,16 +71,6 @@ pub(super) fn reload_parallelism(slots: &usize) -> Checked {
             "0 slots replaced at once would never finish a rolling reload; use at least 1"
                 .to_owned(),
         );
-    }
-    Ok(())
-}
-
-pub(super) fn accept_coalescing(window: &Duration) -> Checked {
-    if *window > MAX_ACCEPT_COALESCING {
-        return Err(format!(
-            "{} would hold new connections in the queue that long under load; use at most 100ms, or 0 to hand each connection out at once",
-            super::parse::duration_text(window)
-        ));
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::parse::ParseError;
+use super::parse::{ParseError, duration_text};
 use super::value::{Bytes, OptionValue};
 use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
 use crate::Error;
@@ -388,7 +388,15 @@ options_table! {
     accept_coalescing: Duration = Duration::from_millis(1);
     set with_accept_coalescing(Duration);
     text "1ms", accepts "a duration of at most 100ms";
-    check check::accept_coalescing;
+    // Beyond 100 ms the wait, not the work, would decide a connection's latency.
+    check |window: &Duration| if *window <= Duration::from_millis(100) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} would hold new connections in the queue that long under load; use at most 100ms, or 0 to hand each connection out at once",
+            duration_text(window)
+        ))
+    };
 
     /// Which exits of a worker are restarted: always, only after a failure, or never.
     restart_mode: RestartMode = RestartMode::Permanent;

@@ -4,7 +4,7 @@ mod text;
 
 use std::time::Duration;
 
-use super::check::{MAX_ACCEPT_COALESCING, MAX_DURATION};
+use super::check::MAX_DURATION;
 use super::*;
 use Signal::*;
 
@@ -36,7 +36,7 @@ fn defaults_equal_the_origin() {
 #[test]
 fn accept_coalescing_is_bounded() {
     assert_eq!(Options::new().accept_coalescing(), Duration::from_millis(1));
-    for ok in [Duration::ZERO, MAX_ACCEPT_COALESCING] {
+    for ok in [Duration::ZERO, Duration::from_millis(100)] {
         assert!(Options::new().with_accept_coalescing(ok).validate().is_ok());
     }
     let long = Options::new().with_accept_coalescing(Duration::from_secs(1));
