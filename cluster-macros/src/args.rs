@@ -131,18 +131,7 @@ impl Args {
             let name = key.unraw().to_string();
             let spec = OptionSpec::find(&name);
             if spec.is_none() && !NOT_OPTIONS.contains(&name.as_str()) {
-                let keys: Vec<&str> = cluster_core::options::OPTIONS
-                    .iter()
-                    .map(OptionSpec::name)
-                    .chain(NOT_OPTIONS.iter().copied())
-                    .collect();
-                errors.push(syn::Error::new(
-                    key.span(),
-                    format!(
-                        "unknown option `{name}`; the options of `#[cluster::main]` are: {}",
-                        keys.join(", ")
-                    ),
-                ));
+                errors.push(syn::Error::new(key.span(), unknown_option(&name)));
                 continue;
             }
             if seen.contains(&name) {
@@ -247,6 +236,48 @@ impl Args {
             ));
         }
     }
+}
+
+/// The error for a key that is no option: the nearest one if it looks like a typo, else the
+/// list. Naming one key keeps the message, and its UI test, the same when options are added.
+fn unknown_option(name: &str) -> String {
+    let keys = || {
+        cluster_core::options::OPTIONS
+            .iter()
+            .map(OptionSpec::name)
+            .chain(NOT_OPTIONS.iter().copied())
+    };
+    let nearest = keys()
+        .map(|key| (edit_distance(name, key), key))
+        .min()
+        .filter(|(distance, key)| *distance <= 2.max(key.len() / 4));
+    match nearest {
+        Some((_, key)) => format!(
+            "unknown option `{name}`; did you mean `{key}`? (the options are in the README's Options table)"
+        ),
+        None => format!(
+            "unknown option `{name}`; the options of `#[cluster::main]` are: {}",
+            keys().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Levenshtein distance, for the suggestion on a misspelt key.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 /// The error of the table's parser, as the master would print it, on `span`.
@@ -511,6 +542,21 @@ mod tests {
         let (_, result) = parse(quote::quote!(accept_coalescing = 1, accept_coalescing = 2));
         let error = result.unwrap_err().to_string();
         assert_eq!(error, "duplicate option `accept_coalescing`");
+    }
+
+    #[test]
+    fn unknown_keys() {
+        let error = |tokens| parse(tokens).1.unwrap_err().to_string();
+        assert!(error(quote::quote!(cout = 4)).contains("did you mean `count`?"));
+        assert!(
+            error(quote::quote!(heartbeat_timout = 4))
+                .contains("did you mean `heartbeat_timeout`?")
+        );
+        assert!(error(quote::quote!(r#crate2 = 4)).contains("did you mean `crate`?"));
+        let listed = error(quote::quote!(frobnicate = 4));
+        assert!(listed.contains("are: count, max_restarts,"), "{listed}");
+        assert!(listed.ends_with("worker, master, crate"), "{listed}");
+        assert_eq!(super::edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]
