@@ -71,18 +71,12 @@ fn config() -> Result<(SocketAddr, Count, Balance), String> {
     let addr = addr
         .parse()
         .map_err(|e| format!("bad HOST/PORT {addr}: {e}"))?;
-    let count = match std::env::var("WORKERS") {
-        Err(_) => Count::Cpus,
-        Ok(n) => Count::Fixed(n.parse().map_err(|e| format!("bad WORKERS {n:?}: {e}"))?),
-    };
-    let balance = match var("POLICY", "shared").as_str() {
-        "shared" => Balance::Shared,
-        "round-robin" => Balance::RoundRobin,
-        "least-connections" => Balance::LeastConnections,
-        "sticky" => Balance::Sticky,
-        "reuseport" => Balance::ReusePort,
-        other => return Err(format!("unknown POLICY {other:?}")),
-    };
+    let count: Count = var("WORKERS", "cpus")
+        .parse()
+        .map_err(|e| format!("bad WORKERS: {e}"))?;
+    let balance: Balance = var("POLICY", "shared")
+        .parse()
+        .map_err(|e| format!("bad POLICY: {e}"))?;
     Ok((addr, count, balance))
 }
 
@@ -95,11 +89,11 @@ fn main() -> ExitCode {
         }
     };
     let options = cluster::Options::new()
-        .count(count)
-        .balance(balance)
-        .signals([Signal::SIGINT, Signal::SIGTERM])
-        .reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
-        .grace(GRACE);
+        .with_count(count)
+        .with_balance(balance)
+        .with_signals([Signal::SIGINT, Signal::SIGTERM])
+        .with_reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
+        .with_grace(GRACE);
     Cluster::<(), ()>::new()
         .options(options)
         // One single-threaded worker per CPU: the prefork model, no hand-offs between threads.

@@ -23,20 +23,20 @@ use cluster::{Cluster, Event, GroupOptions, MasterContext, WorkerContext};
 
 fn main() -> std::process::ExitCode {
     let web = GroupOptions::new("web")
-        .count(3)
-        .env("WORKER_TYPE", "web")
-        .env("GREETING", "Hello from Web Worker");
+        .with_count(3)
+        .with_env("WORKER_TYPE", "web")
+        .with_env("GREETING", "Hello from Web Worker");
     let background = GroupOptions::new("background")
-        .count(1)
-        .env("WORKER_TYPE", "background")
+        .with_count(1)
+        .with_env("WORKER_TYPE", "background")
         // The origin runs its task every 5 s; shorter here so that it shows in a short run.
-        .env("TASK_INTERVAL_MS", "1500")
+        .with_env("TASK_INTERVAL_MS", "1500")
         // Background jobs talk to flaky outside systems (mail, queues): tolerate more failures
         // there than in the web group, which keeps the cluster's default (3 within 10 s).
-        .restart(
+        .with_restart(
             RestartPolicy::new()
-                .max_restarts(10)
-                .max_restarts_interval(Duration::from_secs(60)),
+                .with_max_restarts(10)
+                .with_max_restarts_interval(Duration::from_secs(60)),
         );
 
     Cluster::<(), ()>::new()

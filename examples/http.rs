@@ -43,17 +43,6 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-fn policy(name: &str) -> Option<Balance> {
-    Some(match name {
-        "shared" => Balance::Shared,
-        "round-robin" => Balance::RoundRobin,
-        "least-connections" => Balance::LeastConnections,
-        "sticky" => Balance::Sticky,
-        "reuseport" => Balance::ReusePort,
-        _ => return None,
-    })
-}
-
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -114,16 +103,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(balance) = policy(&env_or("POLICY", "shared")) else {
-        eprintln!(
-            "http: POLICY must be one of shared, round-robin, least-connections, sticky, reuseport"
-        );
-        return ExitCode::from(2);
+    let balance: Balance = match env_or("POLICY", "shared").parse() {
+        Ok(balance) => balance,
+        Err(e) => {
+            eprintln!("http: bad POLICY: {e}");
+            return ExitCode::from(2);
+        }
     };
-    let count = match std::env::var("WORKERS").ok().map(|w| w.parse::<usize>()) {
-        None => Count::Cpus,
-        Some(Ok(n)) => Count::Fixed(n),
-        Some(Err(e)) => {
+    let count: Count = match env_or("WORKERS", "cpus").parse() {
+        Ok(count) => count,
+        Err(e) => {
             eprintln!("http: bad WORKERS: {e}");
             return ExitCode::from(2);
         }
@@ -159,16 +148,16 @@ fn main() -> ExitCode {
         }
     };
     let options = cluster::Options::new()
-        .count(count)
-        .balance(balance)
-        .signals([Signal::SIGINT, Signal::SIGTERM])
-        .reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
+        .with_count(count)
+        .with_balance(balance)
+        .with_signals([Signal::SIGINT, Signal::SIGTERM])
+        .with_reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
         // Draining may take the shutdown delay, then a few seconds for slow requests.
-        .grace(delay + Duration::from_secs(10))
-        .status_addr(status_addr)
-        .heartbeat_timeout(Some(Duration::from_secs(10)))
-        .max_memory(Some(max_memory_mb << 20))
-        .accept_coalescing(Duration::from_millis(coalescing_ms));
+        .with_grace(delay + Duration::from_secs(10))
+        .with_status_addr(status_addr)
+        .with_heartbeat_timeout(Some(Duration::from_secs(10)))
+        .with_max_memory(Some(max_memory_mb << 20))
+        .with_accept_coalescing(Duration::from_millis(coalescing_ms));
     Cluster::<(), ()>::new()
         .options(options)
         .worker_runtime(runtime)

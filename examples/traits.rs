@@ -51,7 +51,7 @@ impl Master for Coordinator {
     type Up = Up;
 
     fn options(&self) -> Options {
-        Options::new().count(3).grace_ms(2000)
+        Options::new().with_count(3).with_grace_ms(2000)
     }
 
     // Runs in the master only, before any worker is spawned: the place to load what the

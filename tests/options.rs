@@ -64,8 +64,8 @@ fn validate_rejects_bad_clusters_naming_the_option() {
     assert!(reason.contains("SIGKILL"), "{reason}");
     assert_eq!(rejected(&with_worker().signals([])).0, "signals");
     let overlap = Options::new()
-        .signals([Signal::SIGINT, Signal::SIGHUP])
-        .reload_signals([Signal::SIGHUP]);
+        .with_signals([Signal::SIGINT, Signal::SIGHUP])
+        .with_reload_signals([Signal::SIGHUP]);
     assert_eq!(
         rejected(&with_worker().options(overlap)).0,
         "reload_signals"
@@ -84,10 +84,10 @@ fn validate_rejects_bad_clusters_naming_the_option() {
         .group(GroupOptions::new("web"), |_ctx| async {});
     assert_eq!(rejected(&same_name).0, "group");
     let empty_group =
-        Cluster::<(), ()>::new().group(GroupOptions::new("web").count(0), |_ctx| async {});
+        Cluster::<(), ()>::new().group(GroupOptions::new("web").with_count(0), |_ctx| async {});
     assert_eq!(rejected(&empty_group).0, "count");
     let reserved = Cluster::<(), ()>::new().group(
-        GroupOptions::new("web").env("CLUSTER_IPC_FD", "3"),
+        GroupOptions::new("web").with_env("CLUSTER_IPC_FD", "3"),
         |_ctx| async {},
     );
     assert_eq!(rejected(&reserved).0, "env");

@@ -201,7 +201,7 @@ impl<D, U> fmt::Debug for Cluster<D, U> {
                 &self
                     .groups
                     .iter()
-                    .map(|g| g.options.get_name())
+                    .map(|g| g.options.name())
                     .collect::<Vec<_>>(),
             )
             .finish_non_exhaustive()
@@ -266,7 +266,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
     ///
     /// ```no_run
     /// # use cluster_core::{Balance, Cluster};
-    /// let cluster = Cluster::<(), ()>::new().configure(|o| o.balance(Balance::RoundRobin).min_ready(2));
+    /// let cluster = Cluster::<(), ()>::new().configure(|o| o.with_balance(Balance::RoundRobin).with_min_ready(2));
     /// ```
     pub fn configure(self, f: impl FnOnce(Options) -> Options) -> Self {
         self.with_options(f)
@@ -277,44 +277,44 @@ impl<D: Message, U: Message> Cluster<D, U> {
         self
     }
 
-    /// Number of workers of the default group (default 2). See [`Options::count`].
+    /// Number of workers of the default group (default 2). See [`Options::with_count`].
     pub fn count(self, count: usize) -> Self {
-        self.with_options(|o| o.count(count))
+        self.with_options(|o| o.with_count(count))
     }
 
     /// One worker per CPU.
     pub fn count_cpus(self) -> Self {
-        self.with_options(|o| o.count_cpus())
+        self.with_options(|o| o.with_count_cpus())
     }
 
-    /// See [`Options::max_restarts`] (default 3).
+    /// See [`Options::with_max_restarts`] (default 3).
     pub fn max_restarts(self, max: u32) -> Self {
-        self.with_options(|o| o.max_restarts(max))
+        self.with_options(|o| o.with_max_restarts(max))
     }
 
-    /// See [`Options::max_restarts_interval`] (default 10 s).
+    /// See [`Options::with_max_restarts_interval`] (default 10 s).
     pub fn max_restarts_interval(self, interval: Duration) -> Self {
-        self.with_options(|o| o.max_restarts_interval(interval))
+        self.with_options(|o| o.with_max_restarts_interval(interval))
     }
 
     /// [`Cluster::max_restarts_interval`] in milliseconds, as the origin took it.
     pub fn max_restarts_interval_ms(self, ms: u64) -> Self {
-        self.with_options(|o| o.max_restarts_interval_ms(ms))
+        self.with_options(|o| o.with_max_restarts_interval_ms(ms))
     }
 
-    /// See [`Options::grace`] (default 5 s).
+    /// See [`Options::with_grace`] (default 5 s).
     pub fn grace(self, grace: Duration) -> Self {
-        self.with_options(|o| o.grace(grace))
+        self.with_options(|o| o.with_grace(grace))
     }
 
     /// [`Cluster::grace`] in milliseconds, as the origin took it.
     pub fn grace_ms(self, ms: u64) -> Self {
-        self.with_options(|o| o.grace_ms(ms))
+        self.with_options(|o| o.with_grace_ms(ms))
     }
 
     /// The signals that shut the cluster down gracefully (default SIGINT and SIGTERM).
     pub fn signals(self, signals: impl IntoIterator<Item = Signal>) -> Self {
-        self.with_options(|o| o.signals(signals))
+        self.with_options(|o| o.with_signals(signals.into_iter().collect::<Vec<_>>()))
     }
 
     /// The worker function of the default group, `worker`, which has the cluster's `count`.
@@ -414,11 +414,11 @@ impl<D: Message, U: Message> Cluster<D, U> {
             g.options.validate()?;
             if self.groups[..i]
                 .iter()
-                .any(|h| h.options.get_name() == g.options.get_name())
+                .any(|h| h.options.name() == g.options.name())
             {
                 return invalid(
                     "group",
-                    format!("two groups are named {:?}", g.options.get_name()),
+                    format!("two groups are named {:?}", g.options.name()),
                 );
             }
         }
@@ -525,7 +525,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
         let Some(entry) = self
             .groups
             .into_iter()
-            .find(|g| *g.options.get_name() == *id.group)
+            .find(|g| *g.options.name() == *id.group)
         else {
             return Err(Error::new(
                 ErrorKind::Bootstrap,
@@ -557,20 +557,15 @@ impl<D: Message, U: Message> Cluster<D, U> {
             .map_err(|e| Error::io("cannot start the tokio runtime", e))?;
         for g in &mut self.groups {
             if g.inherits_count {
-                g.options = g.options.clone().count(self.options.get_count());
+                g.options = g.options.clone().with_count(self.options.count());
             }
         }
         runtime.block_on(self.supervise())
     }
 
     async fn supervise(self) -> Result<ExitCode, Error> {
-        let signals = signals::listen(
-            &[
-                self.options.get_signals(),
-                self.options.get_reload_signals(),
-            ]
-            .concat(),
-        )?;
+        let signals =
+            signals::listen(&[self.options.signals(), self.options.reload_signals()].concat())?;
         if let Some(hook) = self.before_fork {
             if let Outcome::Failed(e) = hook().await {
                 return Err(Error::new(
@@ -581,7 +576,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
         }
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let status_stop = tokio_util::sync::CancellationToken::new();
-        if let Some(addr) = self.options.get_status_addr() {
+        if let Some(addr) = self.options.status_addr() {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Error::new(ErrorKind::Listen, format!("cannot serve status on {addr}"))
                     .with_source(e)
@@ -590,7 +585,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
                 commands: commands_tx.clone(),
             });
             let options = crate::observe::status_server::StatusOptions {
-                min_ready: self.options.get_min_ready(),
+                min_ready: self.options.min_ready(),
                 ..Default::default()
             };
             tokio::spawn(crate::observe::status_server::serve_status(

@@ -19,7 +19,7 @@ mod messaging;
 mod model;
 mod net;
 mod observe;
-mod options;
+pub mod options;
 mod protocol;
 mod request;
 mod supervisor;

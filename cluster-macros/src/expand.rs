@@ -1,13 +1,11 @@
 //! `main` generated from the checked options and functions.
 
-use std::net::SocketAddr;
-
-use proc_macro2::{Ident, Literal, Span, TokenStream};
-use quote::{ToTokens as _, quote, quote_spanned};
-use syn::{ItemFn, LitBool};
+use proc_macro2::{Group, Ident, Span, TokenStream, TokenTree};
+use quote::{quote, quote_spanned};
+use syn::ItemFn;
 
 use crate::app::{self, App, Messages};
-use crate::args::{Args, Count, Errors, RawArgs, Runtime, Spanned};
+use crate::args::{Args, Errors, RawArgs, Runtime};
 
 /// The whole of `#[cluster::main]`: on any error, the user's item (markers removed) and the
 /// errors, as tokio does, so that the rest of the crate still resolves and IDEs keep working.
@@ -37,6 +35,7 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
     app::check_main_signature(&input.sig, &mut errors);
     let app = app::analyze(&input.block, krate.as_ref(), &mut errors);
     let build = build(&args, &app, &mut errors);
+    let options = option_calls(&args, &mut errors);
     if let Err(e) = errors.finish() {
         app::strip_markers(&mut input.block, krate.as_ref());
         // What was wrong with the signature is reported above; rustc's own errors on an
@@ -48,7 +47,6 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
         // The body is never run as it stands; its functions are only unused because of the error.
         return with_error(quote!(#[allow(unused)] #input), e);
     }
-    let options = option_calls(&args);
     let ItemFn {
         attrs, vis, sig, ..
     } = &input;
@@ -160,34 +158,9 @@ fn build(args: &Args, app: &App, errors: &mut Errors) -> TokenStream {
     }
 }
 
-fn option_calls(args: &Args) -> Vec<TokenStream> {
+fn option_calls(args: &Args, errors: &mut Errors) -> Vec<TokenStream> {
     let krate = crate_path(args);
     let mut calls = Vec::new();
-    if let Some(count) = &args.count {
-        calls.push(match count.value {
-            Count::Fixed(n) => {
-                let n = spanned_lit(Literal::usize_unsuffixed(n), count.span);
-                quote_spanned!(count.span=> .count(#n))
-            }
-            Count::Cpus => quote_spanned!(count.span=> .count_cpus()),
-        });
-    }
-    if let Some(max) = &args.max_restarts {
-        let n = spanned_lit(Literal::u32_unsuffixed(max.value), max.span);
-        calls.push(quote_spanned!(max.span=> .max_restarts(#n)));
-    }
-    if let Some(interval) = &args.max_restarts_interval {
-        let ms = spanned_lit(Literal::u64_unsuffixed(interval.value), interval.span);
-        calls.push(quote_spanned!(interval.span=> .max_restarts_interval_ms(#ms)));
-    }
-    if let Some(grace) = &args.grace {
-        let ms = spanned_lit(Literal::u64_unsuffixed(grace.value), grace.span);
-        calls.push(quote_spanned!(grace.span=> .grace_ms(#ms)));
-    }
-    if let Some(signals) = &args.signals {
-        let names = &signals.value;
-        calls.push(quote_spanned!(signals.span=> .signals([#(#krate::Signal::#names),*])));
-    }
     if let Some(runtime) = &args.runtime {
         let variant = match runtime.value {
             Runtime::MultiThread => quote!(MultiThread),
@@ -195,148 +168,42 @@ fn option_calls(args: &Args) -> Vec<TokenStream> {
         };
         calls.push(quote_spanned!(runtime.span=> .worker_runtime(#krate::Runtime::#variant)));
     }
-    // The options below have no shortcut on `Cluster`: each is set through `configure`,
-    // one call per option so that rustc's errors on a call land on its value.
-    if let Some(balance) = &args.balance {
-        let variant = Ident::new(balance.value.variant(), balance.span);
-        calls.push(configure(
-            balance,
-            quote_spanned!(balance.span=> balance(#krate::Balance::#variant)),
-        ));
-    }
-    if let Some(window) = &args.accept_coalescing {
-        let value = millis(window.value, window.span);
-        calls.push(configure(
-            window,
-            quote_spanned!(window.span=> accept_coalescing(#value)),
-        ));
-    }
-    if let Some(signals) = &args.reload_signals {
-        let names = &signals.value;
-        calls.push(configure(
-            signals,
-            quote_spanned!(signals.span=> reload_signals([#(#krate::Signal::#names),*])),
-        ));
-    }
-    if let Some(n) = &args.reload_parallelism {
-        let lit = spanned_lit(Literal::usize_unsuffixed(n.value), n.span);
-        calls.push(configure(
-            n,
-            quote_spanned!(n.span=> reload_parallelism(#lit)),
-        ));
-    }
-    for (setter, duration) in [
-        ("ready_timeout", &args.ready_timeout),
-        ("heartbeat_interval", &args.heartbeat_interval),
-        ("sample_interval", &args.sample_interval),
-    ] {
-        if let Some(ms) = duration {
-            let setter = Ident::new(setter, ms.span);
-            let value = millis(ms.value, ms.span);
-            calls.push(configure(ms, quote_spanned!(ms.span=> #setter(#value))));
-        }
-    }
-    if let Some(timeout) = &args.heartbeat_timeout {
-        let value = optional(
-            timeout.value.map(|ms| millis(ms, timeout.span)),
-            timeout.span,
-        );
-        calls.push(configure(
-            timeout,
-            quote_spanned!(timeout.span=> heartbeat_timeout(#value)),
-        ));
-    }
-    if let Some(bytes) = &args.max_memory {
-        let value = optional(
-            bytes
-                .value
-                .map(|n| spanned_lit(Literal::u64_unsuffixed(n), bytes.span).into_token_stream()),
-            bytes.span,
-        );
-        calls.push(configure(
-            bytes,
-            quote_spanned!(bytes.span=> max_memory(#value)),
-        ));
-    }
-    if let Some(n) = &args.memory_samples {
-        let lit = spanned_lit(Literal::u32_unsuffixed(n.value), n.span);
-        calls.push(configure(n, quote_spanned!(n.span=> memory_samples(#lit))));
-    }
-    if let Some(addr) = &args.status_addr {
-        let value = optional(addr.value.map(|a| socket_addr(a, addr.span)), addr.span);
-        calls.push(configure(
-            addr,
-            quote_spanned!(addr.span=> status_addr(#value)),
-        ));
-    }
-    if let Some(n) = &args.min_ready {
-        let lit = spanned_lit(Literal::usize_unsuffixed(n.value), n.span);
-        calls.push(configure(n, quote_spanned!(n.span=> min_ready(#lit))));
-    }
-    if let Some(prefix) = &args.worker_prefix_logs {
-        let value = LitBool::new(prefix.value, prefix.span);
-        calls.push(configure(
-            prefix,
-            quote_spanned!(prefix.span=> worker_prefix_logs(#value)),
-        ));
+    // Each option through `configure` with the table's setter, one call per option so that
+    // rustc's errors on a call land on its value.
+    let krate_text = krate.to_string();
+    for option in &args.options {
+        let span = option.span;
+        let text = option.expr.replace("$crate", &krate_text);
+        let Some(value) = errors.check(text.parse::<TokenStream>().map_err(|e| {
+            syn::Error::new(
+                span,
+                format!("cluster-macros wrote an invalid expression {text:?}: {e}"),
+            )
+        })) else {
+            continue;
+        };
+        let value = respan(value, span);
+        let setter = Ident::new(option.spec.setter(), span);
+        calls.push(quote_spanned! {span=>
+            .configure(|__cluster_options| __cluster_options.#setter(#value))
+        });
     }
     calls
 }
 
-/// `.configure(|o| o.<call>)`: how an option without a builder shortcut is set.
-fn configure<T>(option: &Spanned<T>, call: TokenStream) -> TokenStream {
-    quote_spanned!(option.span=> .configure(|__cluster_options| __cluster_options.#call))
-}
-
-fn millis(ms: u64, span: Span) -> TokenStream {
-    let ms = spanned_lit(Literal::u64_unsuffixed(ms), span);
-    quote_spanned!(span=> ::std::time::Duration::from_millis(#ms))
-}
-
-fn optional(value: Option<TokenStream>, span: Span) -> TokenStream {
-    match value {
-        Some(value) => quote_spanned!(span=> ::std::option::Option::Some(#value)),
-        None => quote_spanned!(span=> ::std::option::Option::None),
-    }
-}
-
-/// The address as constructor calls: it was parsed at compile time, so the generated code
-/// has nothing left to parse (and nothing to unwrap).
-fn socket_addr(addr: SocketAddr, span: Span) -> TokenStream {
-    let port = spanned_lit(Literal::u16_unsuffixed(addr.port()), span);
-    match addr {
-        SocketAddr::V4(v4) => {
-            let octets = v4
-                .ip()
-                .octets()
-                .map(|o| spanned_lit(Literal::u8_unsuffixed(o), span));
-            quote_spanned! {span=>
-                ::std::net::SocketAddr::V4(::std::net::SocketAddrV4::new(
-                    ::std::net::Ipv4Addr::new(#(#octets),*),
-                    #port,
-                ))
+/// The tokens with the span of what the user wrote, for rustc's errors.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let TokenTree::Group(group) = &tree {
+                let mut inner = Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                tree = TokenTree::Group(inner);
+            } else {
+                tree.set_span(span);
             }
-        }
-        SocketAddr::V6(v6) => {
-            let segments = v6
-                .ip()
-                .segments()
-                .map(|s| spanned_lit(Literal::u16_unsuffixed(s), span));
-            let flowinfo = spanned_lit(Literal::u32_unsuffixed(v6.flowinfo()), span);
-            let scope_id = spanned_lit(Literal::u32_unsuffixed(v6.scope_id()), span);
-            quote_spanned! {span=>
-                ::std::net::SocketAddr::V6(::std::net::SocketAddrV6::new(
-                    ::std::net::Ipv6Addr::new(#(#segments),*),
-                    #port,
-                    #flowinfo,
-                    #scope_id,
-                ))
-            }
-        }
-    }
-}
-
-fn spanned_lit(mut lit: Literal, span: Span) -> Literal {
-    lit.set_span(span);
-    lit
+            tree
+        })
+        .collect()
 }

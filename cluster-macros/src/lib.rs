@@ -6,7 +6,7 @@
 //! **Functions.** The functions of the app go *inside* `main`, each marked with its role:
 //!
 //! ```ignore
-//! #[cluster::main(count = 4, max_restarts = 5, max_restarts_interval = 15000, grace = 3000,
+//! #[cluster::main(count = 4, max_restarts = 5, max_restarts_interval = "15s", grace = 3000,
 //!                 signals = [SIGINT, SIGTERM, SIGHUP])]
 //! fn main() {
 //!     #[cluster::master] // optional
@@ -58,47 +58,36 @@
 //! ```text
 //! #[cluster::main(option = value, ...)]
 //!
-//! count                 = 4 | cpus                    workers (default 2)
-//! max_restarts          = 5                           restarts allowed per interval (default 3)
-//! max_restarts_interval = 15000 | "15s"               integer milliseconds, or a string with
-//! grace                 = 3000  | "3s"                ms, s, m or h ("500ms", "1m")
-//! signals               = [SIGINT, TERM, "SIGHUP"]    shutdown signals, with or without SIG
-//! runtime               = "multi_thread" | "current_thread"    the workers' tokio runtime
-//! balance               = "round-robin" | RoundRobin  "shared" (default), "round-robin",
-//!                                                     "least-connections", "sticky", "reuseport"
-//! accept_coalescing     = 1 | "2ms" | 0               master's accept rounds (<= 100 ms, 0 = off)
-//! reload_signals        = [SIGUSR2]                   rolling-reload signals; [] turns them off
-//! reload_parallelism    = 2                           slots replaced at once in a reload (>= 1)
-//! ready_timeout         = 30000 | "30s"               time to report ready (> 0)
-//! heartbeat_interval    = 1000  | "1s"                workers' heartbeat period (> 0)
-//! heartbeat_timeout     = "30s" | "off"               hang watchdog (> heartbeat_interval)
-//! max_memory            = 536870912 | "512MiB" | "off"   bytes; B kB MB GB TB (10^3),
-//!                                                     KiB MiB GiB TiB (2^10)
-//! memory_samples        = 3                           samples over max_memory to replace (>= 1)
-//! sample_interval       = 1000  | "1s"                /proc sampling period (> 0)
-//! status_addr           = "127.0.0.1:8001" | "off"    /status, /metrics, /healthz, /readyz
-//! min_ready             = 1                           ready workers for /readyz
-//! worker_prefix_logs    = true | false                prefix worker output with group/slot
-//! worker                = <expr: impl cluster::Worker>   an app written as types
-//! master                = <expr: impl cluster::Master>   (with worker)
-//! crate                 = "::path::to::cluster"       where the cluster crate is
+//! <any option of cluster::Options>   count = 4 | cpus, grace = "3s" | 3000, signals = [INT, "TERM"],
+//!                                    balance = "round-robin" | RoundRobin, max_memory = "512MiB", ...
+//! runtime = "multi_thread" | "current_thread"     the workers' tokio runtime
+//! worker  = <expr: impl cluster::Worker>          an app written as types
+//! master  = <expr: impl cluster::Master>          (with worker)
+//! crate   = "::path::to::cluster"                 where the cluster crate is
 //! ```
 //!
-//! The options without a shortcut on `Cluster` (from `balance` to `worker_prefix_logs`) are
-//! set through `Cluster::configure`; see `cluster::Options` for what each one does.
+//! The options are the entries of cluster-core's options table (`cluster::options::OPTIONS`,
+//! listed with their defaults and accepted values in the README's "Options" table): every
+//! entry is a key here, its value checked at compile time by the parser and the rule the
+//! master applies at start-up, and set through `Cluster::configure` with the entry's builder
+//! method. A value is written as the table's text, in Rust syntax: a number or `true`/`false`
+//! bare (a number in quotes is refused, so that `max_memory = "512"` is not read as bytes
+//! when MiB were meant), a name bare or as a string (`cpus`, `RoundRobin`, `"round-robin"`,
+//! `"off"`), a list in brackets (`[SIGINT, "TERM"]`), anything else as a string (`"3s"`,
+//! `"512MiB"`, `"127.0.0.1:8001"`). Options given here are applied after
+//! `Master::options()`, so the attribute wins.
 //!
-//! Each mistake is a compile error on the token at fault: an unknown or repeated option, a
-//! zero count, a bad duration, a zero where a positive value is needed, an `accept_coalescing`
-//! over 100 ms, an unknown balance strategy, a bad memory size or unit, a `status_addr` that
-//! is not an IP address and port, a `heartbeat_timeout` not longer than the
-//! `heartbeat_interval` written beside it, an unknown signal or one that cannot be caught
-//! (`SIGKILL`, `SIGSTOP`, the fault signals `SIGILL`, `SIGFPE`, `SIGSEGV`, `SIGBUS`,
-//! `SIGTRAP`, and `SIGCHLD`, `SIGPIPE`), a signal in both `signals` and `reload_signals`
-//! (reported in the list written second), a missing or second worker, a hook that is not
-//! `async`, takes the wrong parameters or returns something other than `()` / `Result<(), E>`,
-//! and master and worker contexts whose message types differ. Message types are compared as
-//! written: the macro cannot resolve paths, so spell them the same way in both (a type alias
-//! helps).
+//! Each mistake is a compile error on the token at fault, with the message the master would
+//! print: an unknown or repeated option, a value the option's parser or rule refuses (a zero
+//! count, a bad duration, an `accept_coalescing` over 100 ms, an unknown balance strategy, a
+//! bad memory size or unit, a `status_addr` that is not an IP address and port, an unknown
+//! signal or one that cannot be caught, a signal listed twice), each bad item of a list on
+//! that item; a `heartbeat_timeout` not longer than the `heartbeat_interval` written beside
+//! it; a signal in both `signals` and `reload_signals` (reported in the list written second);
+//! a missing or second worker, a hook that is not `async`, takes the wrong parameters or
+//! returns something other than `()` / `Result<(), E>`, and master and worker contexts whose
+//! message types differ. Message types are compared as written: the macro cannot resolve
+//! paths, so spell them the same way in both (a type alias helps).
 
 #![cfg_attr(
     not(test),

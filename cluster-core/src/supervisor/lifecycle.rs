@@ -125,7 +125,7 @@ impl<L: Launcher> Supervisor<L> {
         addr: ListenAddr,
         balance: Option<Balance>,
     ) {
-        let balance = balance.unwrap_or(self.options.get_balance());
+        let balance = balance.unwrap_or(self.options.balance());
         let Some(p) = self.proc_mut(&id) else { return };
         let Some(outbox) = p.phase.outbox().cloned() else {
             return;
@@ -312,7 +312,7 @@ impl<L: Launcher> Supervisor<L> {
                 return;
             };
             match decide(
-                group.policy.get_mode(),
+                group.policy.mode(),
                 kind,
                 now,
                 &mut group.intensity,
@@ -339,8 +339,8 @@ impl<L: Launcher> Supervisor<L> {
                         id.slot,
                         exit,
                         count,
-                        group.policy.get_max_restarts(),
-                        group.policy.get_max_restarts_interval(),
+                        group.policy.max_restarts(),
+                        group.policy.max_restarts_interval(),
                     );
                     tracing::error!("{error}");
                     self.emit_exit(id.clone(), exit, expected, false);
@@ -381,11 +381,11 @@ impl<L: Launcher> Supervisor<L> {
             slot,
             generation: *generation,
         };
-        let env = group.options.get_env().to_vec();
+        let env = group.options.env().to_vec();
         match self.launcher.launch(&id, &env).await {
             Ok(Launched { pid, kill }) => {
                 let now = Instant::now();
-                let ready_by = now + self.options.get_ready_timeout();
+                let ready_by = now + self.options.ready_timeout();
                 let proc = Proc::new(id.clone(), pid, kill, now, ready_by);
                 let Some(s) = self.groups[g].slots.get_mut(&slot) else {
                     return;
@@ -444,7 +444,7 @@ impl<L: Launcher> Supervisor<L> {
 
     pub(super) async fn on_timers(&mut self) {
         let now = Instant::now();
-        let heartbeat = self.options.get_heartbeat_timeout();
+        let heartbeat = self.options.heartbeat_timeout();
         let mut hung = Vec::new();
         let mut unready = Vec::new();
         let mut late = Vec::new();
@@ -496,7 +496,7 @@ impl<L: Launcher> Supervisor<L> {
             return;
         }
         if self.next_sample <= now {
-            self.next_sample = now + self.options.get_sample_interval();
+            self.next_sample = now + self.options.sample_interval();
             self.sample().await;
         }
         let due: Vec<(usize, usize)> = self
@@ -528,8 +528,8 @@ impl<L: Launcher> Supervisor<L> {
     /// over `max_memory` for `memory_samples` samples in a row: one slot at a time, so a leak
     /// shared by every worker does not recycle them all at once.
     async fn sample(&mut self) {
-        let limit = self.options.get_max_memory();
-        let needed = self.options.get_memory_samples();
+        let limit = self.options.max_memory();
+        let needed = self.options.memory_samples();
         let mut over = None;
         let Supervisor {
             groups, launcher, ..

@@ -179,9 +179,9 @@ impl Supervisor<Processes> {
     ) -> Result<Self> {
         let settings = ProcessSettings {
             hook: spawn_hook,
-            heartbeat_interval: options.get_heartbeat_interval(),
-            ready_timeout: options.get_ready_timeout(),
-            prefix_logs: options.get_worker_prefix_logs(),
+            heartbeat_interval: options.heartbeat_interval(),
+            ready_timeout: options.ready_timeout(),
+            prefix_logs: options.worker_prefix_logs(),
         };
         Supervisor::with_launcher(options, groups, commands_rx, events, pending, |tx, fl| {
             Processes::new(settings, tx, fl)
@@ -207,17 +207,17 @@ impl<L: Launcher> Supervisor<L> {
         ) -> Result<L>,
     {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let listeners = MasterListeners::new(options.get_accept_coalescing());
+        let listeners = MasterListeners::new(options.accept_coalescing());
         let launcher = make_launcher(internal_tx.clone(), listeners.in_flight())?;
         let groups = groups
             .into_iter()
             .map(|group| {
                 let policy = group
-                    .get_restart()
+                    .restart()
                     .copied()
-                    .unwrap_or_else(|| *options.get_restart());
+                    .unwrap_or_else(|| *options.restart());
                 Group {
-                    name: group.get_name().into(),
+                    name: group.name().into(),
                     intensity: Intensity::from_policy(&policy),
                     options: group,
                     policy,
@@ -279,7 +279,7 @@ impl<L: Launcher> Supervisor<L> {
         let names: Vec<Arc<str>> = self.groups.iter().map(|g| g.name.clone()).collect();
         for name in names {
             if let Some(g) = self.group_index(&name) {
-                let count = self.groups[g].options.get_count().resolve();
+                let count = self.groups[g].options.count().resolve();
                 self.resize(g, count).await;
             }
         }
@@ -348,7 +348,7 @@ impl<L: Launcher> Supervisor<L> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let heartbeat = self.options.get_heartbeat_timeout();
+        let heartbeat = self.options.heartbeat_timeout();
         let mut next = self.procs().filter_map(|p| p.deadline(heartbeat)).min();
         if self.stopping.is_none() {
             let restarts = self
@@ -382,7 +382,7 @@ impl<L: Launcher> Supervisor<L> {
             }
             return;
         }
-        if self.options.get_reload_signals().contains(&sig) {
+        if self.options.reload_signals().contains(&sig) {
             notice!(info, "{}: rolling reload", sig.as_str());
             self.start_reload().await;
             return;
@@ -400,7 +400,7 @@ impl<L: Launcher> Supervisor<L> {
         self.stopping = Some(why);
         self.reload = None;
         self.recycling = None;
-        let deadline = Instant::now() + self.options.get_grace();
+        let deadline = Instant::now() + self.options.grace();
         for slot in self.groups.iter_mut().flat_map(|g| g.slots.values_mut()) {
             slot.restart_at = None;
         }

@@ -44,7 +44,7 @@ impl<L: Launcher> Supervisor<L> {
     /// every slot is done.
     pub(super) async fn pump_reload(&mut self) {
         loop {
-            let parallelism = self.options.get_reload_parallelism();
+            let parallelism = self.options.reload_parallelism();
             let Some(reload) = &mut self.reload else {
                 return;
             };
@@ -86,7 +86,7 @@ impl<L: Launcher> Supervisor<L> {
     /// A replacement became ready: it takes its slot and the old worker drains.
     pub(super) async fn promote_if_replacement(&mut self, id: &WorkerId) {
         let key = id.key();
-        let deadline = Instant::now() + self.options.get_grace();
+        let deadline = Instant::now() + self.options.grace();
         let Some(slot) = self.slot_mut(&key) else {
             return;
         };
@@ -132,7 +132,7 @@ impl<L: Launcher> Supervisor<L> {
             error,
             "rolling reload aborted, the old workers keep serving: {error}"
         );
-        let deadline = Instant::now() + self.options.get_grace();
+        let deadline = Instant::now() + self.options.grace();
         for key in reload.active {
             if self.recycling.as_ref() == Some(&key) {
                 // The memory replacement it adopted goes on as before the reload.
@@ -161,7 +161,7 @@ impl<L: Launcher> Supervisor<L> {
             let mut number = 0;
             while wanted > 0 {
                 if !self.groups[g].slots.contains_key(&number) {
-                    let backoff = SlotBackoff::new(self.groups[g].policy.get_backoff());
+                    let backoff = SlotBackoff::new(self.groups[g].policy.backoff());
                     self.groups[g].slots.insert(number, Slot::new(backoff));
                     self.spawn_into(g, number, false).await;
                     wanted -= 1;
@@ -170,7 +170,7 @@ impl<L: Launcher> Supervisor<L> {
             }
             return;
         }
-        let deadline = Instant::now() + self.options.get_grace();
+        let deadline = Instant::now() + self.options.grace();
         let removed: Vec<usize> = self.groups[g]
             .slots
             .keys()

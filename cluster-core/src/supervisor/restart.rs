@@ -48,10 +48,7 @@ impl Intensity {
     }
 
     pub(crate) fn from_policy(policy: &RestartPolicy) -> Self {
-        Self::new(
-            policy.get_max_restarts(),
-            policy.get_max_restarts_interval(),
-        )
+        Self::new(policy.max_restarts(), policy.max_restarts_interval())
     }
 
     /// Records one unexpected exit at `now`.
@@ -147,7 +144,7 @@ impl SlotBackoff {
     /// their own. An exit with no recorded start (the spawn itself failed) counts as quick.
     pub(crate) fn on_exit(&mut self, now: Instant, failure: bool) -> Duration {
         let stable = self.started_at.take().is_some_and(|start| {
-            now.saturating_duration_since(start) >= self.backoff.get_reset_after()
+            now.saturating_duration_since(start) >= self.backoff.reset_after()
         });
         if stable {
             self.failures = 0;
@@ -183,9 +180,9 @@ impl SlotBackoff {
     /// The delay for the `n`-th exit of a streak: 0 for the first, then base, base*factor, ...
     fn delay(&self, n: u32) -> Duration {
         let (base, cap, factor) = (
-            self.backoff.get_base(),
-            self.backoff.get_cap(),
-            self.backoff.get_factor(),
+            self.backoff.base(),
+            self.backoff.cap(),
+            self.backoff.factor(),
         );
         if n <= 1 || base.is_zero() {
             return Duration::ZERO;
@@ -425,19 +422,19 @@ mod tests {
     fn odd_backoffs_do_not_panic() {
         let t = Instant::now();
         for backoff in [
-            Backoff::new().factor(f64::NAN),
-            Backoff::new().factor(-2.0),
-            Backoff::new().factor(f64::MAX).cap(Duration::MAX),
-            Backoff::new().base(Duration::ZERO),
-            Backoff::new().factor(1.0),
+            Backoff::new().with_factor(f64::NAN),
+            Backoff::new().with_factor(-2.0),
+            Backoff::new().with_factor(f64::MAX).with_cap(Duration::MAX),
+            Backoff::new().with_base(Duration::ZERO),
+            Backoff::new().with_factor(1.0),
         ] {
             let mut slot = SlotBackoff::new(backoff);
             for _ in 0..200 {
                 let d = slot.on_exit(t, true);
-                assert!(d <= backoff.get_cap().max(backoff.get_base()));
+                assert!(d <= backoff.cap().max(backoff.base()));
             }
         }
-        let mut constant = SlotBackoff::new(Backoff::new().factor(1.0));
+        let mut constant = SlotBackoff::new(Backoff::new().with_factor(1.0));
         let delays: Vec<_> = (0..4).map(|_| constant.on_exit(t, true)).collect();
         assert_eq!(delays, [Duration::ZERO, MS * 100, MS * 100, MS * 100]);
     }
@@ -446,7 +443,7 @@ mod tests {
         let policy = RestartPolicy::new();
         (
             Intensity::from_policy(&policy),
-            SlotBackoff::new(policy.get_backoff()),
+            SlotBackoff::new(policy.backoff()),
         )
     }
 

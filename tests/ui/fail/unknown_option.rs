@@ -1,4 +1,4 @@
-// A misspelt option is reported on its name, with the list of valid ones.
+// A misspelt option is reported on its name, with the nearest valid one.
 #[cluster::main(cout = 4)]
 fn main() {
     #[cluster::worker]

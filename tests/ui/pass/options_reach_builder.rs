@@ -108,37 +108,37 @@ fn ran_with(app: fn() -> ExitCode) -> Options {
 
 fn main() {
     let o = ran_with(every_option);
-    assert_eq!(o.get_balance(), Balance::LeastConnections);
-    assert_eq!(o.get_accept_coalescing(), Duration::from_millis(2));
-    assert_eq!(o.get_reload_signals(), [Signal::SIGUSR2, Signal::SIGHUP]);
-    assert_eq!(o.get_reload_parallelism(), 3);
-    assert_eq!(o.get_ready_timeout(), Duration::from_secs(10));
-    assert_eq!(o.get_heartbeat_interval(), Duration::from_millis(500));
-    assert_eq!(o.get_heartbeat_timeout(), Some(Duration::from_secs(5)));
-    assert_eq!(o.get_max_memory(), Some(512 * 1024 * 1024));
-    assert_eq!(o.get_memory_samples(), 5);
-    assert_eq!(o.get_sample_interval(), Duration::from_secs(2));
+    assert_eq!(o.balance(), Balance::LeastConnections);
+    assert_eq!(o.accept_coalescing(), Duration::from_millis(2));
+    assert_eq!(o.reload_signals(), [Signal::SIGUSR2, Signal::SIGHUP]);
+    assert_eq!(o.reload_parallelism(), 3);
+    assert_eq!(o.ready_timeout(), Duration::from_secs(10));
+    assert_eq!(o.heartbeat_interval(), Duration::from_millis(500));
+    assert_eq!(o.heartbeat_timeout(), Some(Duration::from_secs(5)));
+    assert_eq!(o.max_memory(), Some(512 * 1024 * 1024));
+    assert_eq!(o.memory_samples(), 5);
+    assert_eq!(o.sample_interval(), Duration::from_secs(2));
     let addr: SocketAddr = "127.0.0.1:8001".parse().unwrap();
-    assert_eq!(o.get_status_addr(), Some(addr));
-    assert_eq!(o.get_min_ready(), 0);
-    assert!(!o.get_worker_prefix_logs());
+    assert_eq!(o.status_addr(), Some(addr));
+    assert_eq!(o.min_ready(), 0);
+    assert!(!o.worker_prefix_logs());
     assert!(o.validate().is_ok());
 
     let o = ran_with(other_spellings);
-    assert_eq!(o.get_balance(), Balance::ReusePort);
-    assert_eq!(o.get_accept_coalescing(), Duration::ZERO);
-    assert!(o.get_reload_signals().is_empty());
-    assert_eq!(o.get_heartbeat_timeout(), None);
-    assert_eq!(o.get_max_memory(), Some(100_000));
+    assert_eq!(o.balance(), Balance::ReusePort);
+    assert_eq!(o.accept_coalescing(), Duration::ZERO);
+    assert!(o.reload_signals().is_empty());
+    assert_eq!(o.heartbeat_timeout(), None);
+    assert_eq!(o.max_memory(), Some(100_000));
     let addr: SocketAddr = "[::1]:9000".parse().unwrap();
-    assert_eq!(o.get_status_addr(), Some(addr));
-    assert!(o.get_worker_prefix_logs());
+    assert_eq!(o.status_addr(), Some(addr));
+    assert!(o.worker_prefix_logs());
     assert!(o.validate().is_ok());
 
     let o = ran_with(more_spellings);
-    assert_eq!(o.get_max_memory(), Some(100_000_000));
-    assert_eq!(o.get_status_addr(), None);
-    assert_eq!(o.get_balance(), Balance::RoundRobin);
-    assert_eq!(o.get_accept_coalescing(), Duration::from_millis(100));
+    assert_eq!(o.max_memory(), Some(100_000_000));
+    assert_eq!(o.status_addr(), None);
+    assert_eq!(o.balance(), Balance::RoundRobin);
+    assert_eq!(o.accept_coalescing(), Duration::from_millis(100));
     assert!(o.validate().is_ok());
 }

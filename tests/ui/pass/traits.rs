@@ -22,7 +22,7 @@ impl Master for Boss {
     type Down = u32;
     type Up = String;
     fn options(&self) -> Options {
-        Options::new().count(3)
+        Options::new().with_count(3)
     }
     async fn run(self, ctx: MasterContext<u32, String>) -> Result<(), BoxError> {
         ctx.broadcast(&1).await?;

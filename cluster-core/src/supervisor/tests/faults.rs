@@ -79,7 +79,7 @@ async fn crashes_spread_beyond_the_window_keep_restarting() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_does_not_restart_a_clean_exit_but_does_a_crash() {
-    let options = options().restart_mode(RestartMode::Transient);
+    let options = options().with_restart_mode(RestartMode::Transient);
     let mut h = Harness::start(options, vec![group(2)], &[]);
     h.expect("ready worker/1#1").await;
     h.act(&wid(0, 1), Act::Exit(0));
@@ -93,7 +93,7 @@ async fn transient_does_not_restart_a_clean_exit_but_does_a_crash() {
 
 #[tokio::test(start_paused = true)]
 async fn temporary_restarts_nothing_and_the_cluster_runs_on_empty() {
-    let options = options().restart_mode(RestartMode::Temporary);
+    let options = options().with_restart_mode(RestartMode::Temporary);
     let mut h = Harness::start(options, vec![group(1)], &[]);
     h.expect("ready worker/0#1").await;
     h.act(&wid(0, 1), Act::Exit(9));
@@ -106,7 +106,7 @@ async fn temporary_restarts_nothing_and_the_cluster_runs_on_empty() {
 
 #[tokio::test(start_paused = true)]
 async fn a_worker_never_ready_is_killed_at_ready_timeout_and_restarted() {
-    let options = options().ready_timeout(Duration::from_secs(3));
+    let options = options().with_ready_timeout(Duration::from_secs(3));
     let mut h = Harness::start(options, vec![group(1)], &[Behaviour::NEVER_READY]);
     let t0 = Instant::now();
     h.expect("exit worker/0#1 unexpected restarting").await;
@@ -120,7 +120,7 @@ async fn a_worker_never_ready_is_killed_at_ready_timeout_and_restarted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_worker_is_killed_by_the_watchdog_and_restarted() {
-    let options = options().heartbeat_timeout(Some(Duration::from_secs(10)));
+    let options = options().with_heartbeat_timeout(Some(Duration::from_secs(10)));
     let mut h = Harness::start(options, vec![group(2)], &[Behaviour::HANGS]);
     let t0 = Instant::now();
     h.expect("exit worker/0#1 unexpected restarting").await;
@@ -165,9 +165,9 @@ async fn failed_spawns_back_off_are_reported_and_never_count_as_restarts() {
 #[tokio::test(start_paused = true)]
 async fn a_worker_over_max_memory_is_replaced_before_it_stops() {
     let options = options()
-        .max_memory(Some(100 << 20))
-        .memory_samples(2)
-        .sample_interval(Duration::from_secs(1));
+        .with_max_memory(Some(100 << 20))
+        .with_memory_samples(2)
+        .with_sample_interval(Duration::from_secs(1));
     let mut h = Harness::start(options, vec![group(2)], &[]);
     h.expect("ready worker/1#1").await;
     let pid = h.workers().await[0].pid.unwrap();

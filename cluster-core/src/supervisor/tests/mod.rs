@@ -226,7 +226,7 @@ pub(super) struct Harness {
 const WAIT: Duration = Duration::from_secs(600);
 
 pub(super) fn group(count: usize) -> GroupOptions {
-    GroupOptions::new("worker").count(count)
+    GroupOptions::new("worker").with_count(count)
 }
 
 pub(super) fn key(slot: usize) -> SlotKey {

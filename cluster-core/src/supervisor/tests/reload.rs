@@ -30,7 +30,7 @@ async fn a_reload_replaces_one_slot_at_a_time_each_after_its_successor_is_ready(
 
 #[tokio::test(start_paused = true)]
 async fn reload_parallelism_starts_that_many_replacements_at_once() {
-    let options = options().reload_parallelism(2);
+    let options = options().with_reload_parallelism(2);
     let mut h = Harness::start(options, vec![group(3)], &[]);
     h.expect("ready worker/2#1").await;
     h.plan(&[Behaviour::NEVER_READY, Behaviour::NEVER_READY]);
@@ -145,7 +145,7 @@ async fn a_crash_of_the_replacement_rolls_the_reload_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_replacement_never_ready_is_killed_at_ready_timeout_and_the_reload_rolls_back() {
-    let options = options().ready_timeout(Duration::from_secs(5));
+    let options = options().with_ready_timeout(Duration::from_secs(5));
     let mut h = Harness::start(options, vec![group(2)], &[]);
     h.expect("ready worker/1#1").await;
     h.plan(&[Behaviour::NEVER_READY]);
@@ -212,9 +212,9 @@ async fn the_restart_limit_reached_during_a_reload_stops_the_cluster() {
 #[tokio::test(start_paused = true)]
 async fn a_reload_asked_during_a_memory_replacement_adopts_it() {
     let options = options()
-        .max_memory(Some(100 << 20))
-        .memory_samples(1)
-        .sample_interval(Duration::from_secs(1));
+        .with_max_memory(Some(100 << 20))
+        .with_memory_samples(1)
+        .with_sample_interval(Duration::from_secs(1));
     let mut h = Harness::start(options, vec![group(2)], &[]);
     h.expect("ready worker/1#1").await;
     h.plan(&[Behaviour::NEVER_READY]);

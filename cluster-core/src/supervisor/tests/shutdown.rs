@@ -20,7 +20,7 @@ async fn a_shutdown_stops_every_worker_and_exits_0() {
 
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_ignores_the_request_is_killed_at_grace_and_the_code_says_so() {
-    let options = options().grace(Duration::from_secs(4));
+    let options = options().with_grace(Duration::from_secs(4));
     let mut h = Harness::start(options, vec![group(2)], &[Behaviour::STUBBORN]);
     h.expect("ready worker/1#1").await;
     let t0 = Instant::now();
@@ -45,7 +45,7 @@ async fn a_second_signal_kills_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_repeat_within_the_debounce_is_the_same_request() {
-    let options = options().grace(Duration::from_secs(3));
+    let options = options().with_grace(Duration::from_secs(3));
     let mut h = Harness::start(options, vec![group(1)], &[Behaviour::STUBBORN]);
     h.expect("ready worker/0#1").await;
     let t0 = Instant::now();
@@ -71,8 +71,8 @@ async fn a_shutdown_during_a_reload_stops_old_and_new_workers() {
 #[tokio::test(start_paused = true)]
 async fn a_hung_worker_during_shutdown_is_killed_at_grace_not_at_the_watchdog() {
     let options = options()
-        .grace(Duration::from_secs(2))
-        .heartbeat_timeout(Some(Duration::from_secs(30)));
+        .with_grace(Duration::from_secs(2))
+        .with_heartbeat_timeout(Some(Duration::from_secs(30)));
     let stuck = Behaviour {
         beats: false,
         obeys: false,

@@ -1,0 +1,471 @@
+//! The one table of the cluster's options. Each entry gives an option's name, type, default,
+//! builder method, text forms and rule; from it come the [`Options`] struct and its
+//! `Default`, the `with_*` setters and the getters, each option's check in
+//! [`Options::validate`], the text parsers of [`Options::set_from_str`], and [`OPTIONS`], the
+//! list that the README's table, the tests and `#[cluster::main]` read (the attribute accepts
+//! exactly these keys, parsed by these parsers).
+//!
+//! Adding an option is one entry here: a value type that is not yet an [`OptionValue`] also
+//! needs that impl in value.rs. An entry reads:
+//!
+//! ```text
+//! /// Doc of the setter; its first line is the README's "meaning".
+//! name: Type [as GetterType] = default expression;
+//! [at path.in.options;]              (stored elsewhere than a field of its own name)
+//! set with_name(SetterArgument);
+//! text "default as text", accepts "what the text may be";
+//! [check rule;]                      (fn(&Type) -> Result<(), String or ParseError>)
+//! [parse function, print function;]  (instead of the type's OptionValue text)
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::parse::{ParseError, duration_text};
+use super::value::{Bytes, OptionValue};
+use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
+use crate::Error;
+
+/// One option as the table describes it; see [`OPTIONS`].
+#[derive(Clone, Copy)]
+pub struct OptionSpec {
+    name: &'static str,
+    setter: &'static str,
+    default: &'static str,
+    accepts: &'static str,
+    doc: &'static [&'static str],
+    list: bool,
+    set: fn(&mut Options, &str) -> Result<(), ParseError>,
+    text: fn(&Options) -> String,
+    rust: fn(&str) -> Result<String, ParseError>,
+    check: fn(&Options) -> Result<(), ParseError>,
+}
+
+impl OptionSpec {
+    /// The option's name: the key of `#[cluster::main]`, the getter, and what errors name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The builder method of [`Options`] that sets it (`with_grace`).
+    #[must_use]
+    pub fn setter(&self) -> &'static str {
+        self.setter
+    }
+
+    /// The default, as text that [`OptionSpec::parse`] reads back (`"5s"`).
+    #[must_use]
+    pub fn default_text(&self) -> &'static str {
+        self.default
+    }
+
+    /// What the text may be (`"a duration: ..."`), for docs and errors.
+    #[must_use]
+    pub fn accepts(&self) -> &'static str {
+        self.accepts
+    }
+
+    /// The first paragraph of the option's documentation, on one line.
+    #[must_use]
+    pub fn doc(&self) -> String {
+        self.doc
+            .iter()
+            .map(|line| line.trim())
+            .take_while(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Whether the value is a list (written `[a, b]` in `#[cluster::main]`, `"a, b"` as text).
+    #[must_use]
+    pub fn is_list(&self) -> bool {
+        self.list
+    }
+
+    /// The option as `#[cluster::main]` writes it, with its default: `grace = "5s"`,
+    /// `count = 2`, `signals = [SIGINT, SIGTERM]`.
+    #[must_use]
+    pub fn attribute_example(&self) -> String {
+        let value = self.default;
+        if self.list {
+            format!("{} = [{value}]", self.name)
+        } else if value.bytes().all(|b| b.is_ascii_digit()) || value == "true" || value == "false" {
+            format!("{} = {value}", self.name)
+        } else {
+            format!("{} = {value:?}", self.name)
+        }
+    }
+
+    /// Sets this option of `options` from text, checked by the option's rule.
+    ///
+    /// # Errors
+    ///
+    /// an error of kind [`InvalidOption`](crate::ErrorKind::InvalidOption) naming the option, with what was wrong and what is accepted;
+    /// `options` is then unchanged.
+    pub fn set(&self, options: &mut Options, text: &str) -> Result<(), Error> {
+        (self.set)(options, text).map_err(|e| self.error(&e))
+    }
+
+    /// Checks a text without setting anything.
+    ///
+    /// # Errors
+    ///
+    /// As [`OptionSpec::set`]; the [`ParseError`] tells which item of a list is at fault.
+    pub fn parse(&self, text: &str) -> Result<(), ParseError> {
+        (self.rust)(text).map(drop)
+    }
+
+    /// The value of this option in `options`, as text that [`OptionSpec::set`] reads back.
+    #[must_use]
+    pub fn value_text(&self, options: &Options) -> String {
+        (self.text)(options)
+    }
+
+    /// For `#[cluster::main]`: the checked value as a Rust expression whose paths to this
+    /// crate start with `$crate`.
+    #[doc(hidden)]
+    pub fn rust_expr(&self, text: &str) -> Result<String, ParseError> {
+        (self.rust)(text)
+    }
+
+    /// The option's rule applied to its value in `options`.
+    pub(super) fn check(&self, options: &Options) -> Result<(), Error> {
+        (self.check)(options).map_err(|e| self.error(&e))
+    }
+
+    /// The error of this option for `problem`, as the master reports it.
+    #[must_use]
+    pub fn error(&self, problem: &ParseError) -> Error {
+        Error::invalid_option(self.name, problem.to_string())
+    }
+
+    /// The option of this name, if there is one.
+    #[must_use]
+    pub fn find(name: &str) -> Option<&'static OptionSpec> {
+        OPTIONS.iter().find(|spec| spec.name == name)
+    }
+}
+
+impl std::fmt::Debug for OptionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OptionSpec")
+            .field("name", &self.name)
+            .field("default", &self.default)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a getter returns its value: a copy, or a slice of a list.
+trait Get<'a, Out> {
+    fn get(&'a self) -> Out;
+}
+
+impl<T: Copy> Get<'_, T> for T {
+    fn get(&self) -> T {
+        *self
+    }
+}
+
+impl<'a> Get<'a, &'a [Signal]> for Vec<Signal> {
+    fn get(&'a self) -> &'a [Signal] {
+        self
+    }
+}
+
+/// The table's reader: see the module documentation for an entry's grammar.
+macro_rules! options_table {
+    // The struct: a field for each option stored under its own name.
+    (@struct {$($attr:tt)*} [$($field:tt)*] [$($init:tt)*]) => {
+        $($attr)*
+        pub struct Options { $($field)* }
+
+        impl Options {
+            /// The options stored in fields of their own, at their defaults; `Default` then
+            /// sets those stored elsewhere.
+            fn fields_at_defaults() -> Self {
+                Options { $($init)* }
+            }
+        }
+    };
+    (@struct $attr:tt [$($field:tt)*] [$($init:tt)*]
+        at $($at:ident).+ => $name:ident: $ty:ty = $default:expr; $($rest:tt)*) => {
+        options_table!(@struct $attr [$($field)*] [$($init)*] $($rest)*);
+    };
+    (@struct $attr:tt [$($field:tt)*] [$($init:tt)*]
+        $name:ident: $ty:ty = $default:expr; $($rest:tt)*) => {
+        options_table!(@struct $attr [$($field)* pub(super) $name: $ty,] [$($init)* $name: $default,] $($rest)*);
+    };
+    (@place $o:ident; $name:ident) => { $o.$name };
+    (@place $o:ident; $name:ident; $($at:ident).+) => { $o.$($at).+ };
+    (@get $ty:ty) => { $ty };
+    (@get $ty:ty as $get:ty) => { $get };
+    (@check) => { |_| Ok::<(), ParseError>(()) };
+    (@check $check:expr) => { |value| ($check)(value).map_err(ParseError::from) };
+    (@parse $ty:ty) => { <$ty as OptionValue>::parse_text };
+    (@parse $ty:ty, $parse:path) => { $parse };
+    (@print $ty:ty) => { <$ty as OptionValue>::to_text };
+    (@print $ty:ty, $print:path) => { $print };
+    (
+        $(#[$struct_attr:meta])*
+        pub struct Options { $($extra:ident: $extra_ty:ty = $extra_init:expr,)* }
+        $(
+            $(#[doc = $doc:literal])+
+            $name:ident: $ty:ty $(as $get:ty)? = $default:expr;
+            $(at $($at:ident).+;)?
+            set $setter:ident($arg:ty);
+            text $text:literal, accepts $accepts:literal;
+            $(check $check:expr;)?
+            $(parse $parse:path, print $print:path;)?
+        )+
+    ) => {
+        options_table!(@struct {$(#[$struct_attr])*}
+            [$(pub(super) $extra: $extra_ty,)*] [$($extra: $extra_init,)*]
+            $($(at $($at).+ =>)? $name: $ty = $default;)+);
+
+        impl Default for Options {
+            fn default() -> Self {
+                let mut o = Options::fields_at_defaults();
+                $($(
+                    let field = &mut o.$($at).+;
+                    *field = $default;
+                )?)+
+                o
+            }
+        }
+
+        impl Options {
+            $(
+                $(#[doc = $doc])+
+                #[doc = ""]
+                #[doc = concat!("Default `", $text, "`. As text ([`Options::set_from_str`], `#[cluster::main]`): ", $accepts, ".")]
+                #[must_use]
+                #[allow(clippy::useless_conversion)] // `Into` for the types that take more than one
+                pub fn $setter(mut self, value: $arg) -> Self {
+                    let o = &mut self;
+                    let field = &mut options_table!(@place o; $name $(; $($at).+)?);
+                    *field = value.into();
+                    self
+                }
+
+                #[doc = concat!("The `", stringify!($name), "` option: see [`Options::", stringify!($setter), "`].")]
+                #[must_use]
+                pub fn $name(&self) -> options_table!(@get $ty $(as $get)?) {
+                    let o = self;
+                    Get::get(&options_table!(@place o; $name $(; $($at).+)?))
+                }
+            )+
+        }
+
+        /// Every option of [`Options`], in the order of the README's table.
+        pub static OPTIONS: &[OptionSpec] = &[$(
+            OptionSpec {
+                name: stringify!($name),
+                setter: stringify!($setter),
+                default: $text,
+                accepts: $accepts,
+                doc: &[$($doc),+],
+                list: <$ty as OptionValue>::LIST,
+                set: |o, text| {
+                    let value: $ty = (options_table!(@parse $ty $(, $parse)?))(text)?;
+                    (options_table!(@check $($check)?))(&value)?;
+                    let field = &mut options_table!(@place o; $name $(; $($at).+)?);
+                    *field = value;
+                    Ok(())
+                },
+                text: |o| (options_table!(@print $ty $(, $print)?))(&options_table!(@place o; $name $(; $($at).+)?)),
+                rust: |text| {
+                    let value: $ty = (options_table!(@parse $ty $(, $parse)?))(text)?;
+                    (options_table!(@check $($check)?))(&value)?;
+                    Ok(OptionValue::to_rust(&value))
+                },
+                check: |o| (options_table!(@check $($check)?))(&options_table!(@place o; $name $(; $($at).+)?)),
+            },
+        )+];
+    };
+}
+
+options_table! {
+    /// Cluster-wide options.
+    ///
+    /// Built from the defaults with the `with_*` methods, read with the getters of the same
+    /// names without `with_`; [`OPTIONS`] lists them with their defaults and text forms.
+    /// Defaults: 2 workers, at most 3 restarts within 10 s, 5 s grace, shutdown on `SIGINT` and
+    /// `SIGTERM`, rolling reload on `SIGUSR2`, 30 s to report ready, worker output prefixed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cluster_core::{Options, Signal};
+    ///
+    /// let options = Options::new()
+    ///     .with_count(4)
+    ///     .with_max_restarts(5)
+    ///     .with_max_restarts_interval(Duration::from_secs(15))
+    ///     .with_grace(Duration::from_secs(3))
+    ///     .with_signals([Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP]);
+    /// options.validate()?;
+    /// assert_eq!(options.count().resolve(), 4);
+    ///
+    /// // The origin's millisecond options, and the same as text.
+    /// let mut same = Options::new().with_grace_ms(3000).with_max_restarts_interval_ms(15_000);
+    /// assert_eq!(same.grace(), Duration::from_secs(3));
+    /// same.set_from_str("grace", "3s")?;
+    /// assert_eq!(same.grace(), Duration::from_secs(3));
+    /// # Ok::<(), cluster_core::Error>(())
+    /// ```
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Options {
+        // Every field of the policy is an option below, which sets it.
+        restart: RestartPolicy = RestartPolicy::UNSET,
+    }
+
+    /// How many workers the default group runs: a number, or one per CPU.
+    count: Count = Count::Fixed(2);
+    set with_count(impl Into<Count>);
+    text "2", accepts "a number of workers (at least 1), or `cpus` for one per CPU";
+    check check::count;
+
+    /// How many unexpected exits are tolerated within `max_restarts_interval`; one more and
+    /// the master gives up. Zero gives up at the first crash.
+    max_restarts: u32 = 3;
+    at restart.max_restarts;
+    set with_max_restarts(u32);
+    text "3", accepts "a whole number";
+
+    /// The sliding window over which `max_restarts` is counted.
+    max_restarts_interval: Duration = Duration::from_secs(10);
+    at restart.max_restarts_interval;
+    set with_max_restarts_interval(Duration);
+    text "10s", accepts "a positive duration";
+    check check::max_restarts_interval;
+
+    /// How long workers get to finish after being asked to stop, before they are killed; zero
+    /// kills at once.
+    grace: Duration = Duration::from_secs(5);
+    set with_grace(Duration);
+    text "5s", accepts "a duration";
+    check check::not_huge;
+
+    /// The signals that make the master shut the cluster down gracefully.
+    signals: Vec<Signal> as &[Signal] = vec![Signal::SIGINT, Signal::SIGTERM];
+    set with_signals(impl Into<Vec<Signal>>);
+    text "SIGINT, SIGTERM", accepts "signal names, with or without `SIG`; at least one";
+    check check::shutdown_signals;
+
+    /// The signals that make the master replace its workers slot by slot (rolling reload);
+    /// empty turns reload by signal off. None may also be a shutdown signal.
+    reload_signals: Vec<Signal> as &[Signal] = vec![Signal::SIGUSR2];
+    set with_reload_signals(impl Into<Vec<Signal>>);
+    text "SIGUSR2", accepts "signal names, with or without `SIG`; may be empty";
+    check check::reload_signals;
+
+    /// How many slots a rolling reload replaces at once.
+    reload_parallelism: usize = 1;
+    set with_reload_parallelism(usize);
+    text "1", accepts "a whole number, at least 1";
+    check check::reload_parallelism;
+
+    /// How connections of the addresses workers `listen` on are spread over them; a worker
+    /// can override it per address with `listen_with`.
+    balance: Balance = Balance::Shared;
+    set with_balance(Balance);
+    text "shared", accepts "`shared`, `round-robin`, `least-connections`, `sticky` or `reuseport`";
+
+    /// With a policy where the master accepts (`round-robin`, `least-connections`, `sticky`):
+    /// under load, its rounds of accepts are at least this far apart (0 turns it off).
+    ///
+    /// A connection that arrives after a quiet spell of this length is handed out at once, so
+    /// an idle server adds no latency; under load each round hands every worker its share in
+    /// one message, so the master and the workers wake once per round instead of once per
+    /// connection. Rounds follow tokio's timer, whose resolution is 1 ms.
+    accept_coalescing: Duration = Duration::from_millis(1);
+    set with_accept_coalescing(Duration);
+    text "1ms", accepts "a duration of at most 100ms";
+    // Beyond 100 ms the wait, not the work, would decide a connection's latency.
+    check |window: &Duration| if *window <= Duration::from_millis(100) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} would hold new connections in the queue that long under load; use at most 100ms, or 0 to hand each connection out at once",
+            duration_text(window)
+        ))
+    };
+
+    /// Which exits of a worker are restarted: always, only after a failure, or never.
+    restart_mode: RestartMode = RestartMode::Permanent;
+    at restart.mode;
+    set with_restart_mode(RestartMode);
+    text "permanent", accepts "`permanent`, `transient` or `temporary`";
+
+    /// The delay before restarting a slot that keeps failing: from `base`, growing by `factor`
+    /// up to `cap`, forgotten once a worker stayed up `reset_after` (see [`Backoff`]).
+    backoff: Backoff = Backoff::default();
+    at restart.backoff;
+    set with_backoff(Backoff);
+    text "base=100ms, factor=2, cap=5s, reset_after=10s",
+        accepts "`field=value` pairs of base, factor, cap, reset_after";
+    check check::backoff;
+
+    /// How long a new worker has to report ready; one that does not is killed as a failed
+    /// start.
+    ready_timeout: Duration = Duration::from_secs(30);
+    set with_ready_timeout(Duration);
+    text "30s", accepts "a positive duration";
+    check check::ready_timeout;
+
+    /// How often each worker's runtime reports that it is alive. The report comes from a
+    /// task on the worker's own runtime, so a runtime stuck in a busy loop stops reporting.
+    heartbeat_interval: Duration = Duration::from_secs(1);
+    set with_heartbeat_interval(Duration);
+    text "1s", accepts "a positive duration";
+    check check::heartbeat_interval;
+
+    /// A worker whose runtime has not reported for this long is killed and restarted as hung,
+    /// counted like a crash (like gunicorn's worker timeout); `None` (`off`) turns the watchdog
+    /// off.
+    heartbeat_timeout: Option<Duration> = Some(Duration::from_secs(30));
+    set with_heartbeat_timeout(Option<Duration>);
+    text "30s", accepts "a duration longer than `heartbeat_interval`, or `off`";
+    check check::heartbeat_timeout;
+
+    /// Replace a worker whose resident memory stays above this many bytes for
+    /// `memory_samples` consecutive samples. The replacement is ready before the old worker
+    /// drains, one slot at a time, and never counts toward `max_restarts`.
+    max_memory: Option<u64> = None;
+    set with_max_memory(Option<u64>);
+    text "off", accepts "a byte size such as `512MiB`, or `off`";
+    check check::max_memory;
+    parse Bytes::parse_optional, print Bytes::optional_text;
+
+    /// Consecutive samples over `max_memory` before a worker is replaced, so that a short
+    /// spike does not recycle it.
+    memory_samples: u32 = 3;
+    set with_memory_samples(u32);
+    text "3", accepts "a whole number, at least 1";
+    check check::memory_samples;
+
+    /// How often the master reads each worker's memory and CPU from /proc.
+    sample_interval: Duration = Duration::from_secs(1);
+    set with_sample_interval(Duration);
+    text "1s", accepts "a positive duration";
+    check check::sample_interval;
+
+    /// Serve `/status`, `/metrics`, `/healthz` and `/readyz` from the master on this address.
+    status_addr: Option<SocketAddr> = None;
+    set with_status_addr(Option<SocketAddr>);
+    text "off", accepts "an IP address and port such as `127.0.0.1:8001`, or `off`";
+
+    /// `/readyz` answers 200 when at least this many workers are ready.
+    min_ready: usize = 1;
+    set with_min_ready(usize);
+    text "1", accepts "a whole number";
+
+    /// Whether each line a worker writes is forwarded with its group and slot as a prefix.
+    worker_prefix_logs: bool = true;
+    set with_worker_prefix_logs(bool);
+    text "true", accepts "`true` or `false`";
+}

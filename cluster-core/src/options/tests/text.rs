@@ -1,0 +1,369 @@
+//! The table, the text forms of every option, and the README's copy of the table.
+
+use std::time::Duration;
+
+use super::option_of;
+use crate::options::*;
+use Signal::*;
+
+#[test]
+fn every_default_text_reads_back_as_the_default() {
+    let defaults = Options::default();
+    for spec in OPTIONS {
+        assert_eq!(
+            spec.value_text(&defaults),
+            spec.default_text(),
+            "{}: the documented default is the default's text",
+            spec.name()
+        );
+        let mut o = Options::default();
+        spec.set(&mut o, spec.default_text())
+            .unwrap_or_else(|e| panic!("{}: {e}", spec.name()));
+        assert_eq!(o, defaults, "{}", spec.name());
+        assert!(
+            spec.rust_expr(spec.default_text()).is_ok(),
+            "{}",
+            spec.name()
+        );
+        assert!(spec.doc().ends_with('.'), "{}: {}", spec.name(), spec.doc());
+        assert!(spec.setter() == format!("with_{}", spec.name()));
+    }
+    let mut names: Vec<&str> = OPTIONS.iter().map(OptionSpec::name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), OPTIONS.len(), "each option once");
+}
+
+#[test]
+fn every_option_round_trips_through_its_text() {
+    let o = Options::new()
+        .with_count_cpus()
+        .with_max_restarts(7)
+        .with_max_restarts_interval(Duration::from_secs(90))
+        .with_grace(Duration::from_millis(1500))
+        .with_signals([SIGTERM, SIGQUIT])
+        .with_reload_signals([])
+        .with_reload_parallelism(4)
+        .with_balance(Balance::LeastConnections)
+        .with_accept_coalescing(Duration::from_micros(2500))
+        .with_restart_mode(RestartMode::Transient)
+        .with_backoff(
+            Backoff::new()
+                .with_factor(1.5)
+                .with_cap(Duration::from_secs(60)),
+        )
+        .with_ready_timeout(Duration::from_secs(3600))
+        .with_heartbeat_interval(Duration::from_millis(250))
+        .with_heartbeat_timeout(None)
+        .with_max_memory(Some(1536 << 20))
+        .with_memory_samples(5)
+        .with_sample_interval(Duration::from_secs(2))
+        .with_status_addr(Some("[::1]:9000".parse().unwrap()))
+        .with_min_ready(0)
+        .with_worker_prefix_logs(false);
+    assert!(o.validate().is_ok());
+    let mut copy = Options::default();
+    for spec in OPTIONS {
+        let text = spec.value_text(&o);
+        assert_ne!(
+            text,
+            spec.default_text(),
+            "{}: every value differs",
+            spec.name()
+        );
+        copy.set_from_str(spec.name(), &text)
+            .unwrap_or_else(|e| panic!("{}: {e}", spec.name()));
+    }
+    assert_eq!(copy, o);
+    assert_eq!(
+        OPTIONS
+            .iter()
+            .find(|s| s.name() == "max_memory")
+            .map(|s| s.value_text(&o)),
+        Some("1536MiB".to_owned())
+    );
+}
+
+#[test]
+fn set_from_str_applies_the_rules_and_names_the_option() {
+    let mut o = Options::new();
+    o.set_from_str("grace", "3s").unwrap();
+    o.set_from_str("count", "4").unwrap();
+    o.set_from_str("signals", "int, TERM,sighup").unwrap();
+    o.set_from_str("max_memory", "512MiB").unwrap();
+    o.set_from_str("status_addr", "127.0.0.1:8001").unwrap();
+    o.set_from_str("balance", "round-robin").unwrap();
+    o.set_from_str("backoff", "base=50ms, cap=2s").unwrap();
+    assert_eq!(o.grace(), Duration::from_secs(3));
+    assert_eq!(o.count(), Count::Fixed(4));
+    assert_eq!(o.signals(), [SIGINT, SIGTERM, SIGHUP]);
+    assert_eq!(o.max_memory(), Some(512 << 20));
+    assert_eq!(o.status_addr(), Some("127.0.0.1:8001".parse().unwrap()));
+    assert_eq!(o.balance(), Balance::RoundRobin);
+    assert_eq!(
+        o.backoff(),
+        Backoff::new()
+            .with_base(Duration::from_millis(50))
+            .with_cap(Duration::from_secs(2))
+    );
+
+    let before = o.clone();
+    for (key, text, option, says) in [
+        ("count", "0", "count", "at least 1"),
+        ("count", "four", "count", "`cpus`"),
+        ("grace", "3x", "grace", "unknown unit \"x\""),
+        ("grace", "9000h", "grace", "at most 365 days"),
+        (
+            "accept_coalescing",
+            "1s",
+            "accept_coalescing",
+            "1s would hold",
+        ),
+        (
+            "accept_coalescing",
+            "9000h",
+            "accept_coalescing",
+            "at most 100ms, or 0",
+        ),
+        ("signals", "", "signals", "no shutdown signal"),
+        ("signals", "INT, KILL", "signals", "SIGKILL cannot be used"),
+        ("signals", "INT, SIGINT", "signals", "listed twice"),
+        ("reload_signals", "USR2, NOPE", "reload_signals", "\"NOPE\""),
+        ("max_memory", "0", "max_memory", "0 bytes"),
+        ("max_memory", "1.5GiB", "max_memory", "fractions"),
+        ("heartbeat_timeout", "of", "heartbeat_timeout", "or \"off\""),
+        (
+            "ready_timeout",
+            "0ms",
+            "ready_timeout",
+            "no time to report ready",
+        ),
+        (
+            "worker_prefix_logs",
+            "yes",
+            "worker_prefix_logs",
+            "true or false",
+        ),
+        ("min_ready", "-1", "min_ready", "whole number"),
+        (
+            "status_addr",
+            "localhost:8001",
+            "status_addr",
+            "IP address and port",
+        ),
+        ("balance", "round_robin", "balance", "\"round-robin\""),
+        ("restart_mode", "sometimes", "restart_mode", "transient"),
+        ("backoff", "factor=0.5", "backoff", "factor 0.5"),
+        ("cout", "4", "unknown", "the options are: count, "),
+    ] {
+        let (got, reason) = option_of(o.set_from_str(key, text));
+        assert_eq!(got, option, "{key} = {text:?}: {reason}");
+        assert!(reason.contains(says), "{key} = {text:?}: {reason}");
+        assert_eq!(o, before, "{key} = {text:?}: nothing changed");
+    }
+}
+
+#[test]
+fn list_errors_say_which_item() {
+    let spec = OptionSpec::find("signals").unwrap();
+    assert_eq!(spec.parse("INT, NOPE, TERM").unwrap_err().item(), Some(1));
+    assert_eq!(spec.parse("INT, TERM, KILL").unwrap_err().item(), Some(2));
+    assert_eq!(spec.parse("INT, TERM, INT").unwrap_err().item(), Some(2));
+    assert_eq!(spec.parse("").unwrap_err().item(), None);
+    assert!(
+        OptionSpec::find("reload_signals")
+            .unwrap()
+            .parse("")
+            .is_ok()
+    );
+    assert!(spec.is_list());
+    assert!(!OptionSpec::find("grace").unwrap().is_list());
+}
+
+#[test]
+fn rules_between_options() {
+    let o = Options::new()
+        .with_heartbeat_interval(Duration::from_secs(2))
+        .with_heartbeat_timeout(Some(Duration::from_secs(2)));
+    let (option, reason) = option_of(o.validate());
+    assert_eq!(option, "heartbeat_timeout");
+    assert!(
+        reason.contains("2s is not longer than `heartbeat_interval` (2s)"),
+        "{reason}"
+    );
+    let off = o.with_heartbeat_timeout(None);
+    assert!(off.validate().is_ok());
+    let (option, _) = option_of(
+        Options::new()
+            .with_heartbeat_interval(Duration::ZERO)
+            .validate(),
+    );
+    assert_eq!(option, "heartbeat_interval");
+    let (option, _) = option_of(Options::new().with_max_memory(Some(0)).validate());
+    assert_eq!(option, "max_memory");
+    for (option, o) in [
+        (
+            "heartbeat_interval",
+            Options::new().with_heartbeat_interval(Duration::MAX),
+        ),
+        (
+            "sample_interval",
+            Options::new().with_sample_interval(Duration::MAX),
+        ),
+    ] {
+        assert_eq!(option_of(o.validate()).0, option);
+    }
+}
+
+#[test]
+fn durations_as_text() {
+    for (text, ms) in [
+        ("500ms", 500),
+        ("3s", 3000),
+        (" 3 s ", 3000),
+        ("1m", 60_000),
+        ("2h", 7_200_000),
+        ("3000", 3000),
+        ("0", 0),
+    ] {
+        assert_eq!(
+            parse_duration(text),
+            Ok(Duration::from_millis(ms)),
+            "{text:?}"
+        );
+    }
+    assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+    assert_eq!(parse_duration("10ns"), Ok(Duration::from_nanos(10)));
+    for bad in [
+        "s",
+        "3x",
+        "1.5s",
+        "-1",
+        "",
+        "99999999999999999999h",
+        "9999999999999999999h",
+    ] {
+        assert!(parse_duration(bad).is_err(), "{bad:?}");
+    }
+    for (d, text) in [
+        (Duration::ZERO, "0s"),
+        (Duration::from_millis(100), "100ms"),
+        (Duration::from_secs(5), "5s"),
+        (Duration::from_secs(90), "90s"),
+        (Duration::from_secs(120), "2m"),
+        (Duration::from_secs(7200), "2h"),
+        (Duration::from_micros(2500), "2500us"),
+        (Duration::from_nanos(7), "7ns"),
+    ] {
+        assert_eq!(duration_text(&d), text);
+        assert_eq!(parse_duration(text), Ok(d));
+    }
+}
+
+#[test]
+fn byte_sizes_as_text() {
+    assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+    assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+    assert_eq!(parse_bytes("100MB"), Ok(100_000_000));
+    assert_eq!(parse_bytes(" 2 kb "), Ok(2000));
+    assert_eq!(parse_bytes("7B"), Ok(7));
+    assert_eq!(parse_bytes("1TiB"), Ok(1 << 40));
+    assert_eq!(parse_bytes("512"), Ok(512));
+    for bad in ["MiB", "512MiBs", "1.5GiB", "99999999999TiB", "-1"] {
+        assert!(parse_bytes(bad).is_err(), "{bad:?}");
+    }
+    for n in [0, 7, 1000, 1024, 1536 << 20, 100_000_000, 1 << 40, u64::MAX] {
+        assert_eq!(parse_bytes(&bytes_text(n)), Ok(n), "{n}");
+    }
+    assert_eq!(bytes_text(512 << 20), "512MiB");
+    assert_eq!(bytes_text(100_000_000), "100MB");
+    assert_eq!(bytes_text(7), "7B");
+}
+
+#[test]
+fn types_parse_what_they_display() {
+    for b in [
+        Balance::Shared,
+        Balance::RoundRobin,
+        Balance::LeastConnections,
+        Balance::Sticky,
+        Balance::ReusePort,
+    ] {
+        assert_eq!(b.to_string().parse(), Ok(b));
+        assert_eq!(format!("{b:?}").parse(), Ok(b), "the variant's name");
+    }
+    for c in [Count::Cpus, Count::Fixed(1), Count::Fixed(64)] {
+        assert_eq!(c.to_string().parse(), Ok(c));
+    }
+    for m in [
+        RestartMode::Permanent,
+        RestartMode::Transient,
+        RestartMode::Temporary,
+    ] {
+        assert_eq!(m.to_string().parse(), Ok(m));
+    }
+    let b = Backoff::new()
+        .with_factor(1.25)
+        .with_base(Duration::from_millis(30));
+    assert_eq!(b.to_string().parse(), Ok(b));
+    assert_eq!("".parse(), Ok(Backoff::default()));
+    let error = "base=50ms, nope=1".parse::<Backoff>().unwrap_err();
+    assert_eq!(error.item(), Some(1));
+}
+
+#[test]
+fn rust_expressions_of_values() {
+    let expr = |name: &str, text: &str| OptionSpec::find(name).unwrap().rust_expr(text).unwrap();
+    assert_eq!(expr("count", "cpus"), "$crate::Count::Cpus");
+    assert_eq!(expr("count", "4"), "$crate::Count::Fixed(4usize)");
+    assert_eq!(
+        expr("grace", "1500ms"),
+        "::std::time::Duration::new(1u64, 500000000u32)"
+    );
+    assert_eq!(
+        expr("reload_signals", "hup, USR2"),
+        "[$crate::Signal::SIGHUP, $crate::Signal::SIGUSR2]"
+    );
+    assert_eq!(
+        expr("balance", "round-robin"),
+        "$crate::Balance::RoundRobin"
+    );
+    assert_eq!(expr("max_memory", "off"), "::std::option::Option::None");
+    assert_eq!(
+        expr("max_memory", "1KiB"),
+        "::std::option::Option::Some(1024u64)"
+    );
+    assert_eq!(expr("min_ready", "0"), "0usize");
+    assert!(OptionSpec::find("count").unwrap().rust_expr("0").is_err());
+}
+
+/// The README's option table is the table's: each row's name, default, attribute, builder,
+/// accepted values and meaning. On a mismatch the message holds the table to paste.
+#[test]
+fn readme_lists_every_option() {
+    let readme = include_str!("../../../../README.md");
+    let header = "| option | default | `#[cluster::main]` | builder | accepts | meaning |";
+    let mut expected = vec![header.to_owned(), "|---|---|---|---|---|---|".to_owned()];
+    for spec in OPTIONS {
+        expected.push(format!(
+            "| `{}` | `{}` | `{}` | `.{}(…)` | {} | {} |",
+            spec.name(),
+            spec.default_text(),
+            spec.attribute_example(),
+            spec.setter(),
+            spec.accepts(),
+            spec.doc()
+        ));
+    }
+    let found: Vec<&str> = readme
+        .lines()
+        .skip_while(|line| *line != header)
+        .take_while(|line| line.starts_with('|'))
+        .collect();
+    assert_eq!(
+        found,
+        expected,
+        "README.md's option table differs from the options table; the table should read:\n{}\n",
+        expected.join("\n")
+    );
+}
