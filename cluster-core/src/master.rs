@@ -309,7 +309,7 @@ where
             RawEvent::Request { from, id, payload } => match messaging::decode::<U>(&payload) {
                 Ok(msg) => {
                     let reply = ReplyTo::Worker {
-                        to: from.key(),
+                        to: from.clone(),
                         commands: self.commands.clone(),
                     };
                     Event::Request {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
+use crate::model::WorkerId;
 use crate::{Error, Result};
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
@@ -23,10 +24,21 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 }
 
 /// Requests waiting for their response, by correlation id.
+///
+/// In a worker the only peer is the master, and [`Pending::complete`] takes any answer. In
+/// the master every peer is a worker, and an answer counts only from the worker the request
+/// was written to ([`Pending::expect_from`], [`Pending::complete_from`]): a late answer of a
+/// replaced worker, or one worker answering for another, completes nothing.
 #[derive(Default)]
 pub(crate) struct Pending {
     next_id: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
+    waiting: Mutex<HashMap<u64, Waiter>>,
+}
+
+struct Waiter {
+    /// The worker whose answer counts; `None` until the request is written to one.
+    from: Option<WorkerId>,
+    tx: oneshot::Sender<Vec<u8>>,
 }
 
 impl Pending {
@@ -37,7 +49,7 @@ impl Pending {
         self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
+            .insert(id, Waiter { from: None, tx });
         (
             PendingGuard {
                 pending: self.clone(),
@@ -55,8 +67,38 @@ impl Pending {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
         if let Some(waiter) = waiter {
-            let _ = waiter.send(payload);
+            let _ = waiter.tx.send(payload);
         }
+    }
+
+    /// Request `id` was written to worker `from`: only its answer counts.
+    pub(crate) fn expect_from(&self, id: u64, from: &WorkerId) {
+        if let Some(waiter) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&id)
+        {
+            waiter.from = Some(from.clone());
+        }
+    }
+
+    /// Delivers worker `from`'s answer to request `id`, if `id` was asked of `from`; returns
+    /// whether it did. A refused answer leaves the request waiting for the right worker.
+    pub(crate) fn complete_from(&self, id: u64, from: &WorkerId, payload: Vec<u8>) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if waiting
+            .get(&id)
+            .is_none_or(|w| w.from.as_ref() != Some(from))
+        {
+            return false;
+        }
+        let waiter = waiting.remove(&id);
+        drop(waiting);
+        if let Some(waiter) = waiter {
+            let _ = waiter.tx.send(payload);
+        }
+        true
     }
 }
 
@@ -89,4 +131,34 @@ pub(crate) async fn await_response<A: DeserializeOwned>(
     };
     drop(guard);
     decode(&payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(slot: usize, generation: u64) -> WorkerId {
+        WorkerId {
+            group: "worker".into(),
+            slot,
+            generation,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_counts_only_from_the_worker_asked() {
+        let pending = Arc::new(Pending::default());
+        let (guard, mut rx) = pending.register();
+        // Not yet written to anyone: no worker can answer it.
+        assert!(!pending.complete_from(guard.id, &worker(0, 1), vec![1]));
+        pending.expect_from(guard.id, &worker(0, 2));
+        // The replaced worker of the same slot, and another slot's worker: refused.
+        assert!(!pending.complete_from(guard.id, &worker(0, 1), vec![2]));
+        assert!(!pending.complete_from(guard.id, &worker(1, 2), vec![3]));
+        assert!(rx.try_recv().is_err());
+        assert!(pending.complete_from(guard.id, &worker(0, 2), vec![4]));
+        assert_eq!(rx.await.unwrap(), vec![4]);
+        // Completed once: a repeat is refused.
+        assert!(!pending.complete_from(guard.id, &worker(0, 2), vec![5]));
+    }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::messaging::encode;
-use crate::model::SlotKey;
+use crate::model::WorkerId;
 use crate::protocol::{ToMaster, ToWorker};
 use crate::supervisor::Command;
 use crate::{Error, Result};
@@ -16,9 +16,10 @@ use crate::{Error, Result};
 pub(crate) enum ReplyTo {
     /// A worker answers the master over its channel.
     Master(cluster_ipc::Sender<ToMaster>),
-    /// The master answers a worker through the supervisor.
+    /// The master answers a worker through the supervisor: that very process, not whichever
+    /// worker has its slot by then.
     Worker {
-        to: SlotKey,
+        to: WorkerId,
         commands: mpsc::UnboundedSender<Command>,
     },
 }
@@ -66,10 +67,9 @@ impl<Q, A: Serialize> Request<Q, A> {
     /// - [`Disconnected`](crate::ErrorKind::Disconnected): the asker is gone (in a worker: the
     ///   master; in the master: the asking worker's channel is closed, or the cluster has
     ///   stopped).
-    /// - [`NoWorker`](crate::ErrorKind::NoWorker) (in the master): the asker's slot has no
-    ///   worker any more, or its outbox is full (it has not read its last 1,024 messages);
-    ///   nothing was sent. If the slot has a new worker, the answer goes to it, which
-    ///   discards it.
+    /// - [`NoWorker`](crate::ErrorKind::NoWorker) (in the master): the asking worker has
+    ///   exited (its successor in the slot never gets an answer meant for it), or its outbox
+    ///   is full (it has not read its last 1,024 messages); nothing was sent.
     /// - [`Ipc`](crate::ErrorKind::Ipc): the answer is larger than the frame limit, or the
     ///   channel broke.
     ///
@@ -96,7 +96,7 @@ impl<Q, A: Serialize> Request<Q, A> {
                     payload,
                 };
                 commands
-                    .send(Command::Send { to, msg, reply })
+                    .send(Command::Answer { to, msg, reply })
                     .map_err(|_| Error::disconnected("supervisor"))?;
                 done.await.map_err(|_| Error::disconnected("supervisor"))?
             }

@@ -11,7 +11,7 @@ use super::outbox::{OUTBOX_CAPACITY, Outgoing, Refused};
 use super::process::Launcher;
 use super::slot::Phase;
 use super::{Stopping, Supervisor};
-use crate::model::{SlotKey, WorkerInfo};
+use crate::model::{SlotKey, WorkerId, WorkerInfo};
 use crate::observe::metrics::WorkerMetricsText;
 use crate::observe::status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
 use crate::protocol::{self, ToWorker};
@@ -21,6 +21,13 @@ use crate::{Error, ErrorKind, Result};
 pub(crate) enum Command {
     Send {
         to: SlotKey,
+        msg: ToWorker,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// The master's answer to worker `to`'s request: to that very process, not to whichever
+    /// worker has its slot now.
+    Answer {
+        to: WorkerId,
         msg: ToWorker,
         reply: oneshot::Sender<Result<()>>,
     },
@@ -51,7 +58,19 @@ pub(crate) enum Command {
 impl<L: Launcher> Supervisor<L> {
     pub(super) async fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Send { to, msg, reply } => self.send_to(&to, msg, reply),
+            Command::Send { to, msg, reply } => {
+                let target = self
+                    .slot_mut(&to)
+                    .and_then(|slot| slot.current.as_ref())
+                    .map(|p| p.id.clone());
+                let where_ = format!("{}/{}", to.group, to.slot);
+                self.send_to(target.as_ref(), &where_, msg, reply);
+            }
+            Command::Answer { to, msg, reply } => {
+                let target = self.proc_mut(&to).map(|p| p.id.clone());
+                let where_ = format!("worker {to} (it has exited)");
+                self.send_to(target.as_ref(), &where_, msg, reply);
+            }
             Command::Broadcast { group, msg, reply } => {
                 let outboxes: Vec<_> = self
                     .groups
@@ -118,19 +137,28 @@ impl<L: Launcher> Supervisor<L> {
         }
     }
 
-    /// Queues `msg` for the worker serving slot `to`; `reply` learns whether it was written.
-    fn send_to(&mut self, to: &SlotKey, msg: ToWorker, reply: oneshot::Sender<Result<()>>) {
-        let outbox = self
-            .slot_mut(to)
-            .and_then(|slot| slot.current.as_ref())
+    /// Queues `msg` for process `to` (`where_` names it for an error); `reply` learns
+    /// whether it was written. A request's answer will count only from that process.
+    fn send_to(
+        &mut self,
+        to: Option<&WorkerId>,
+        where_: &str,
+        msg: ToWorker,
+        reply: oneshot::Sender<Result<()>>,
+    ) {
+        let outbox = to
+            .and_then(|id| self.proc_mut(id))
             .and_then(|p| p.phase.outbox().cloned());
-        let Some(outbox) = outbox else {
+        let (Some(to), Some(outbox)) = (to, outbox) else {
             let _ = reply.send(Err(Error::new(
                 ErrorKind::NoWorker,
-                format!("no worker in {}/{}", to.group, to.slot),
+                format!("no worker in {where_}"),
             )));
             return;
         };
+        if let ToWorker::Request { id, .. } = &msg {
+            self.pending.expect_from(*id, to);
+        }
         let out = Outgoing {
             msg,
             fds: Vec::new(),
@@ -146,10 +174,7 @@ impl<L: Launcher> Supervisor<L> {
             if let Some(reply) = out.done {
                 let _ = reply.send(Err(Error::new(
                     ErrorKind::NoWorker,
-                    format!(
-                        "the worker in {}/{} {why}; the message was not sent",
-                        to.group, to.slot
-                    ),
+                    format!("the worker {to} {why}; the message was not sent"),
                 )));
             }
         }
@@ -175,9 +200,9 @@ impl<L: Launcher> Supervisor<L> {
                     uptime_ms: millis(now.saturating_duration_since(p.started)),
                     rss_bytes: p.usage.map(|u| u.0),
                     cpu_seconds: p.usage.map(|u| u.1),
-                    connections: (p.connections as usize)
+                    connections: (p.beat.connections() as usize)
                         .max(self.listeners.open_connections(&p.id)),
-                    event_loop_lag_ms: p.lag.map(|lag| lag.as_secs_f64() * 1e3),
+                    event_loop_lag_ms: p.beat.lag().map(|lag| lag.as_secs_f64() * 1e3),
                 });
             }
         }
@@ -225,10 +250,12 @@ impl<L: Launcher> Supervisor<L> {
         let mut waiting = Vec::new();
         for group in &self.groups {
             for (&slot, s) in &group.slots {
-                let Some(Phase::Ready { tx }) = s.current.as_ref().map(|p| &p.phase) else {
+                let Some((id, Phase::Ready { tx })) = s.current.as_ref().map(|p| (&p.id, &p.phase))
+                else {
                     continue;
                 };
                 let (guard, rx) = self.pending.register();
+                self.pending.expect_from(guard.id, id);
                 // A worker whose outbox is full is simply skipped.
                 if tx.send(ToWorker::MetricsRequest { id: guard.id }).is_ok() {
                     waiting.push((group.name.to_string(), slot, guard, rx));

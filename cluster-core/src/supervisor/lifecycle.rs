@@ -1,12 +1,14 @@
 //! A worker's life as the supervisor sees it: started, online, ready, stopped or killed,
 //! exited, and what follows an exit (restart, nothing, or giving up on the cluster).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::outbox::{Outbox, Outgoing, Refused};
 use super::process::{Internal, Launched, Launcher};
+use super::report::{Beat, Reporter};
 use super::restart::{Decision, Exit as RestartExit, decide};
 use super::slot::{Phase, Place, Proc, StopReason};
 use super::{RawEvent, Stopping, Supervisor, notice};
@@ -31,7 +33,7 @@ impl<L: Launcher> Supervisor<L> {
     pub(super) async fn on_internal(&mut self, internal: Internal) {
         match internal {
             Internal::Online { id, sender } => self.on_online(id, sender),
-            Internal::FromWorker { id, msg } => self.on_message(id, msg).await,
+            Internal::FromWorker { id, msg } => self.on_message(id, msg.into_inner()).await,
             Internal::Exited { id, exit } => self.on_exit(id, exit).await,
             Internal::Listening { id, listener } => self.on_listening(&id, listener),
         }
@@ -48,7 +50,6 @@ impl<L: Launcher> Supervisor<L> {
         };
         let outbox = Outbox::start(&id, sender.clone(), notify, outboxes);
         p.link = Some(sender);
-        p.last_beat = Some(Instant::now());
         match &mut p.phase {
             Phase::Starting { ready_by } => {
                 p.phase = Phase::Online {
@@ -71,6 +72,8 @@ impl<L: Launcher> Supervisor<L> {
     async fn on_message(&mut self, id: WorkerId, msg: ToMaster) {
         self.ipc_received += 1;
         match msg {
+            // Settled by the process's reporter; never queued.
+            ToMaster::Heartbeat { .. } | ToMaster::Accepted { .. } => {}
             ToMaster::Ready => {
                 let Some(p) = self.proc_mut(&id) else { return };
                 let tx = match &p.phase {
@@ -91,7 +94,16 @@ impl<L: Launcher> Supervisor<L> {
                 id: request,
                 payload,
             }),
-            ToMaster::Response { id, payload } => self.pending.complete(id, payload),
+            ToMaster::Response {
+                id: request,
+                payload,
+            } => {
+                if !self.pending.complete_from(request, &id, payload) {
+                    tracing::warn!(
+                        "worker {id} answered request {request}, which was not asked of it (or was answered already): ignored"
+                    );
+                }
+            }
             ToMaster::Exiting { failed } => {
                 if let Some(p) = self.proc_mut(&id) {
                     p.exiting = Some(failed);
@@ -102,18 +114,13 @@ impl<L: Launcher> Supervisor<L> {
                 addr,
                 balance,
             } => self.on_listen(id, request, addr, balance),
-            ToMaster::Accepted { conn } => self.listeners.in_flight().ack(conn),
-            ToMaster::Heartbeat {
-                lag_us,
-                connections,
-            } => {
-                if let Some(p) = self.proc_mut(&id) {
-                    p.last_beat = Some(Instant::now());
-                    p.lag = Some(Duration::from_micros(lag_us));
-                    p.connections = connections;
+            ToMaster::Metrics { id: request, text } => {
+                if !self.pending.complete_from(request, &id, text.into_bytes()) {
+                    tracing::warn!(
+                        "worker {id} sent metrics for scrape {request}, which was not asked of it: ignored"
+                    );
                 }
             }
-            ToMaster::Metrics { id, text } => self.pending.complete(id, text.into_bytes()),
             ToMaster::Closed { listener } => self.listeners.closed(&id, listener),
         }
     }
@@ -382,11 +389,18 @@ impl<L: Launcher> Supervisor<L> {
             generation: *generation,
         };
         let env = group.options.env().to_vec();
-        match self.launcher.launch(&id, &env).await {
+        let beat = Arc::new(Beat::new(self.started));
+        let reporter = Reporter::new(
+            id.clone(),
+            self.internal_tx.clone(),
+            beat.clone(),
+            self.listeners.in_flight(),
+        );
+        match self.launcher.launch(&id, &env, reporter).await {
             Ok(Launched { pid, kill }) => {
                 let now = Instant::now();
                 let ready_by = now + self.options.ready_timeout();
-                let proc = Proc::new(id.clone(), pid, kill, now, ready_by);
+                let proc = Proc::new(id.clone(), pid, kill, beat, now, ready_by);
                 let Some(s) = self.groups[g].slots.get_mut(&slot) else {
                     return;
                 };

@@ -19,6 +19,7 @@ mod lifecycle;
 mod outbox;
 mod process;
 mod reload;
+mod report;
 pub(crate) mod restart;
 pub(crate) mod signals;
 mod slot;
@@ -183,15 +184,14 @@ impl Supervisor<Processes> {
             ready_timeout: options.ready_timeout(),
             prefix_logs: options.worker_prefix_logs(),
         };
-        Supervisor::with_launcher(options, groups, commands_rx, events, pending, |tx, fl| {
-            Processes::new(settings, tx, fl)
+        Supervisor::with_launcher(options, groups, commands_rx, events, pending, || {
+            Processes::new(settings)
         })
     }
 }
 
 impl<L: Launcher> Supervisor<L> {
-    /// A supervisor whose processes come from `make_launcher`, given the queue they report on
-    /// and the table of connections handed to workers.
+    /// A supervisor whose processes come from the launcher `make_launcher` makes.
     pub(crate) fn with_launcher<F>(
         options: Options,
         groups: Vec<GroupOptions>,
@@ -201,14 +201,11 @@ impl<L: Launcher> Supervisor<L> {
         make_launcher: F,
     ) -> Result<Self>
     where
-        F: FnOnce(
-            mpsc::UnboundedSender<Internal>,
-            Arc<crate::net::listener::InFlightTable>,
-        ) -> Result<L>,
+        F: FnOnce() -> Result<L>,
     {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let listeners = MasterListeners::new(options.accept_coalescing());
-        let launcher = make_launcher(internal_tx.clone(), listeners.in_flight())?;
+        let launcher = make_launcher()?;
         let groups = groups
             .into_iter()
             .map(|group| {

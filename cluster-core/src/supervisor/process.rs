@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use cluster_ipc::{Channel, Config, bootstrap};
 use tokio::process::Child;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::report::{Credited, Reporter};
 use super::spawner::Spawner;
 use crate::identity::{ENV_GENERATION, ENV_GROUP, ENV_HEARTBEAT_MS, ENV_IPC_FD, ENV_SLOT};
 use crate::model::{ExitKind, WorkerId};
-use crate::net::listener::InFlightTable;
 use crate::observe::logs;
 use crate::observe::resources::{self, Usage};
 use crate::protocol::{ToMaster, ToWorker};
@@ -31,9 +31,10 @@ pub(crate) enum Internal {
         id: WorkerId,
         sender: cluster_ipc::Sender<ToWorker>,
     },
+    /// A message from the worker, holding one of its credits (see report.rs).
     FromWorker {
         id: WorkerId,
-        msg: ToMaster,
+        msg: Credited,
     },
     Exited {
         id: WorkerId,
@@ -66,15 +67,16 @@ pub struct SpawnSettings {
 /// Called before each worker is spawned.
 pub type SpawnHook = Arc<dyn Fn(&WorkerId, &mut SpawnSettings) + Send + Sync>;
 
-/// How the supervisor starts workers and learns about them. Everything a process does after
-/// it started (its channel coming up, its messages, its exit) arrives as [`Internal`] on the
-/// queue the launcher was made with.
+/// How the supervisor starts workers. Everything a process does after it started (its channel
+/// coming up, its messages, its exit) is reported through the [`Reporter`] it is launched
+/// with.
 pub(crate) trait Launcher: Send + 'static {
     /// Starts worker `id` with the group's extra environment.
     fn launch(
         &mut self,
         id: &WorkerId,
         env: &[(String, String)],
+        reporter: Reporter,
     ) -> impl Future<Output = Result<Launched>> + Send;
 
     /// Resident memory and CPU time of a live worker.
@@ -95,8 +97,6 @@ pub(crate) struct Processes {
     heartbeat_interval: Duration,
     ready_timeout: Duration,
     prefix_logs: bool,
-    internal: mpsc::UnboundedSender<Internal>,
-    in_flight: Arc<InFlightTable>,
     /// Tasks copying workers' output: the master waits for them before it exits, so the
     /// last lines of its workers are not lost.
     forwarders: tokio::task::JoinSet<()>,
@@ -111,11 +111,7 @@ pub(crate) struct ProcessSettings {
 }
 
 impl Processes {
-    pub(crate) fn new(
-        settings: ProcessSettings,
-        internal: mpsc::UnboundedSender<Internal>,
-        in_flight: Arc<InFlightTable>,
-    ) -> Result<Self> {
+    pub(crate) fn new(settings: ProcessSettings) -> Result<Self> {
         raise_descriptor_limit();
         let exe =
             std::env::current_exe().map_err(|e| Error::io("cannot find this program's path", e))?;
@@ -130,8 +126,6 @@ impl Processes {
             heartbeat_interval: settings.heartbeat_interval,
             ready_timeout: settings.ready_timeout,
             prefix_logs: settings.prefix_logs,
-            internal,
-            in_flight,
             forwarders: tokio::task::JoinSet::new(),
         })
     }
@@ -199,19 +193,16 @@ impl Processes {
 }
 
 impl Launcher for Processes {
-    async fn launch(&mut self, id: &WorkerId, env: &[(String, String)]) -> Result<Launched> {
+    async fn launch(
+        &mut self,
+        id: &WorkerId,
+        env: &[(String, String)],
+        reporter: Reporter,
+    ) -> Result<Launched> {
         let (child, stream) = self.start(id, env).await?;
         let pid = child.id();
         let (kill, kill_rx) = oneshot::channel();
-        tokio::spawn(watch(
-            id.clone(),
-            child,
-            stream,
-            self.ready_timeout,
-            self.internal.clone(),
-            kill_rx,
-            self.in_flight.clone(),
-        ));
+        tokio::spawn(watch(child, stream, self.ready_timeout, reporter, kill_rx));
         Ok(Launched { pid, kill })
     }
 
@@ -256,14 +247,13 @@ fn exit_kind(status: std::io::Result<std::process::ExitStatus>) -> ExitKind {
 /// Watches one worker process: its handshake, its messages, its exit. The `Child` lives here,
 /// so it is always reaped (no zombies) and its pid is never signalled after being reaped.
 async fn watch(
-    id: WorkerId,
     mut child: Child,
     stream: std::os::unix::net::UnixStream,
     ready_timeout: Duration,
-    internal: mpsc::UnboundedSender<Internal>,
+    reporter: Reporter,
     mut kill: oneshot::Receiver<()>,
-    in_flight: Arc<InFlightTable>,
 ) {
+    let id = reporter.id().clone();
     let mut killed = false;
     let mut receiver = None;
     let handshake = tokio::time::timeout(
@@ -275,7 +265,7 @@ async fn watch(
             Ok(Ok(channel)) => {
                 let (sender, rx) = channel.split();
                 receiver = Some(rx);
-                let _ = internal.send(Internal::Online { id: id.clone(), sender });
+                reporter.online(sender);
             }
             Ok(Err(e)) => {
                 super::notice!(warn, "worker {id}: handshake failed: {}", crate::error::chain(&e));
@@ -289,7 +279,7 @@ async fn watch(
             }
         },
         status = child.wait() => {
-            let _ = internal.send(Internal::Exited { id, exit: exit_kind(status) });
+            reporter.exited(exit_kind(status));
             return;
         }
         _ = &mut kill => {
@@ -303,17 +293,14 @@ async fn watch(
                 // Deliver what the worker sent before it exited (its `Exiting` message).
                 if let Some(rx) = receiver.as_mut() {
                     while let Ok(Ok(Some(msg))) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
-                        let _ = internal.send(Internal::FromWorker { id: id.clone(), msg });
+                        reporter.message(msg).await;
                     }
                 }
-                let _ = internal.send(Internal::Exited { id, exit: exit_kind(status) });
+                reporter.exited(exit_kind(status));
                 return;
             }
             msg = async { match receiver.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match msg {
-                // Acknowledgements of handed connections are the busiest message with a
-                // master-accept policy: settle them here, off the supervisor's loop.
-                Ok(Some(ToMaster::Accepted { conn })) => in_flight.ack(conn),
-                Ok(Some(msg)) => { let _ = internal.send(Internal::FromWorker { id: id.clone(), msg }); }
+                Ok(Some(msg)) => reporter.message(msg).await,
                 Ok(None) => receiver = None,
                 Err(e) => {
                     tracing::warn!("worker {id}: {}", crate::error::chain(&e));
@@ -325,19 +312,5 @@ async fn watch(
                 killed = true;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-
-    #[test]
-    fn the_descriptor_limit_is_raised_to_the_hard_limit() {
-        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        let low = hard.min(256);
-        setrlimit(Resource::RLIMIT_NOFILE, low, hard).unwrap();
-        super::raise_descriptor_limit();
-        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
     }
 }

@@ -1,12 +1,14 @@
 //! A slot and the worker processes in it. A process's life is one enum, [`Phase`], whose
 //! variants hold what only they need: no flags that can disagree with each other.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::outbox::Outbox;
+use super::report::Beat;
 use super::restart::SlotBackoff;
 use crate::model::{WorkerId, WorkerState};
 use crate::protocol::ToWorker;
@@ -99,12 +101,8 @@ pub(crate) struct Proc {
     pub(crate) link: Option<cluster_ipc::Sender<ToWorker>>,
     /// What it said when it exited on its own (`Some(failed)`).
     pub(crate) exiting: Option<bool>,
-    /// The last heartbeat (or when it came online): the watchdog's clock.
-    pub(crate) last_beat: Option<Instant>,
-    /// How late its runtime ran the last heartbeat.
-    pub(crate) lag: Option<Duration>,
-    /// Open connections it reported.
-    pub(crate) connections: u64,
+    /// Its heartbeats: the watchdog's clock, its event-loop lag and open connections.
+    pub(crate) beat: Arc<Beat>,
     /// Resident bytes and CPU seconds at the last sample.
     pub(crate) usage: Option<(u64, f64)>,
     /// Consecutive samples above `max_memory`.
@@ -116,6 +114,7 @@ impl Proc {
         id: WorkerId,
         pid: Option<u32>,
         kill: oneshot::Sender<()>,
+        beat: Arc<Beat>,
         now: Instant,
         ready_by: Instant,
     ) -> Self {
@@ -127,9 +126,7 @@ impl Proc {
             kill: Some(kill),
             link: None,
             exiting: None,
-            last_beat: None,
-            lag: None,
-            connections: 0,
+            beat,
             usage: None,
             over_memory: 0,
         }
@@ -154,7 +151,7 @@ impl Proc {
     /// When the watchdog gives up on it, if it watches it.
     pub(crate) fn hung_at(&self, timeout: Option<Duration>) -> Option<Instant> {
         match self.phase {
-            Phase::Online { .. } | Phase::Ready { .. } => Some(self.last_beat? + timeout?),
+            Phase::Online { .. } | Phase::Ready { .. } => Some(self.beat.last()? + timeout?),
             _ => None,
         }
     }

@@ -288,3 +288,89 @@ async fn a_master_function_that_returns_leaves_the_cluster_running() {
     h.assert_settled(&[0]).await;
     assert_eq!(h.shutdown().await.0, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_counts_only_from_the_process_that_was_asked() {
+    let mut h = Harness::start(options(), vec![group(2)], &[]);
+    h.expect("ready worker/1#1").await;
+    let (guard, mut answer) = h.pending.register();
+    let (reply, written) = oneshot::channel();
+    h.command(Command::Send {
+        to: key(0),
+        msg: ToWorker::Request {
+            id: guard.id,
+            payload: vec![1],
+        },
+        reply,
+    });
+    written.await.unwrap().unwrap();
+    // Another worker answers for worker 0: ignored.
+    h.act(
+        &wid(1, 1),
+        Act::Say(ToMaster::Response {
+            id: guard.id,
+            payload: vec![66],
+        }),
+    );
+    h.settle().await;
+    assert!(
+        answer.try_recv().is_err(),
+        "another worker's answer counted"
+    );
+    h.act(
+        &wid(0, 1),
+        Act::Say(ToMaster::Response {
+            id: guard.id,
+            payload: vec![2],
+        }),
+    );
+    let got = tokio::time::timeout(WAIT, &mut answer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, vec![2]);
+    assert_eq!(h.shutdown().await.0, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_masters_answer_goes_to_the_asking_process_never_to_its_successor() {
+    let mut h = Harness::start(options(), vec![group(1)], &[]);
+    h.expect("ready worker/0#1").await;
+    h.act(&wid(0, 1), Act::Exit(1));
+    h.expect("ready worker/0#2").await;
+    let (reply, rx) = oneshot::channel();
+    h.command(Command::Answer {
+        to: wid(0, 1),
+        msg: ToWorker::Response {
+            id: 0,
+            payload: vec![9],
+        },
+        reply,
+    });
+    let error = rx.await.unwrap().unwrap_err();
+    assert_eq!(error.kind(), crate::ErrorKind::NoWorker);
+    h.settle().await;
+    assert!(
+        h.received(&wid(0, 2)).is_empty(),
+        "the successor got the answer"
+    );
+    // While the asker lives, the answer reaches it.
+    let (reply, rx) = oneshot::channel();
+    h.command(Command::Answer {
+        to: wid(0, 2),
+        msg: ToWorker::Response {
+            id: 1,
+            payload: vec![8],
+        },
+        reply,
+    });
+    rx.await.unwrap().unwrap();
+    assert_eq!(h.shutdown().await.0, 0);
+    assert_eq!(
+        h.received(&wid(0, 2))[0],
+        ToWorker::Response {
+            id: 1,
+            payload: vec![8]
+        }
+    );
+}

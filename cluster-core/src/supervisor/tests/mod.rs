@@ -15,7 +15,8 @@ use cluster_ipc::{Channel, Config};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::process::{Internal, Launched, Launcher};
+use super::process::{Launched, Launcher};
+use super::report::Reporter;
 use super::{Command, RawEvent, Supervisor};
 use crate::messaging::Pending;
 use crate::model::{ExitKind, SlotKey, WorkerId, WorkerInfo, WorkerState};
@@ -74,6 +75,8 @@ impl Behaviour {
 pub(super) enum Act {
     Ready,
     Exit(i32),
+    /// Sends a message to the master.
+    Say(ToMaster),
 }
 
 /// The fake processes' shared world.
@@ -96,7 +99,6 @@ struct World {
 
 struct Fake {
     world: Arc<Mutex<World>>,
-    internal: mpsc::UnboundedSender<Internal>,
 }
 
 fn world(w: &Arc<Mutex<World>>) -> std::sync::MutexGuard<'_, World> {
@@ -104,7 +106,12 @@ fn world(w: &Arc<Mutex<World>>) -> std::sync::MutexGuard<'_, World> {
 }
 
 impl Launcher for Fake {
-    async fn launch(&mut self, id: &WorkerId, _env: &[(String, String)]) -> Result<Launched> {
+    async fn launch(
+        &mut self,
+        id: &WorkerId,
+        _env: &[(String, String)],
+        reporter: Reporter,
+    ) -> Result<Launched> {
         let (behaviour, pid, acts) = {
             let mut w = world(&self.world);
             let behaviour = w.plan.pop_front().unwrap_or(Behaviour::HEALTHY);
@@ -123,14 +130,7 @@ impl Launcher for Fake {
             (behaviour, pid, rx)
         };
         let (kill, killed) = oneshot::channel();
-        tokio::spawn(play(
-            id.clone(),
-            behaviour,
-            self.internal.clone(),
-            killed,
-            acts,
-            self.world.clone(),
-        ));
+        tokio::spawn(play(behaviour, reporter, killed, acts, self.world.clone()));
         Ok(Launched {
             pid: Some(pid),
             kill,
@@ -148,34 +148,25 @@ impl Launcher for Fake {
     async fn finish(&mut self) {}
 }
 
-/// One fake process's life.
+/// One fake process's life, reported as the real `watch` task reports a child's.
 async fn play(
-    id: WorkerId,
     behaviour: Behaviour,
-    internal: mpsc::UnboundedSender<Internal>,
+    reporter: Reporter,
     mut killed: oneshot::Receiver<()>,
     mut acts: mpsc::UnboundedReceiver<Act>,
     w: Arc<Mutex<World>>,
 ) {
-    let say = |msg| {
-        let _ = internal.send(Internal::FromWorker {
-            id: id.clone(),
-            msg,
-        });
-    };
+    let id = reporter.id().clone();
     let mut inbox = None;
     if behaviour.online {
         let Ok((ours, theirs)) = Channel::<ToWorker, ToMaster>::pair(Config::default()).await
         else {
             return;
         };
-        let _ = internal.send(Internal::Online {
-            id: id.clone(),
-            sender: ours.sender(),
-        });
+        reporter.online(ours.sender());
         inbox = Some(theirs);
         if behaviour.ready {
-            say(ToMaster::Ready);
+            reporter.message(ToMaster::Ready).await;
         }
     }
     let mut beat = tokio::time::interval(Duration::from_millis(500));
@@ -183,8 +174,9 @@ async fn play(
         tokio::select! {
             _ = &mut killed => break ExitKind::Signal(nix::libc::SIGKILL),
             act = acts.recv() => match act {
-                Some(Act::Ready) => say(ToMaster::Ready),
+                Some(Act::Ready) => reporter.message(ToMaster::Ready).await,
                 Some(Act::Exit(code)) => break ExitKind::Code(code),
+                Some(Act::Say(msg)) => reporter.message(msg).await,
                 None => {}
             },
             msg = async {
@@ -197,17 +189,19 @@ async fn play(
                     let shutdown = msg == ToWorker::Shutdown;
                     world(&w).received.entry(id.clone()).or_default().push(msg);
                     if shutdown && behaviour.obeys {
-                        say(ToMaster::Exiting { failed: false });
+                        reporter.message(ToMaster::Exiting { failed: false }).await;
                         break ExitKind::Code(0);
                     }
                 }
                 _ => inbox = None,
             },
-            _ = beat.tick(), if behaviour.beats && inbox.is_some() => say(ToMaster::Heartbeat { lag_us: 0, connections: 0 }),
+            _ = beat.tick(), if behaviour.beats && inbox.is_some() => {
+                reporter.message(ToMaster::Heartbeat { lag_us: 0, connections: 0 }).await
+            }
         }
     };
     world(&w).alive.remove(&id);
-    let _ = internal.send(Internal::Exited { id, exit });
+    reporter.exited(exit);
 }
 
 /// A supervisor under test, with its queues.
@@ -217,6 +211,8 @@ pub(super) struct Harness {
     events: mpsc::Receiver<RawEvent>,
     signals: mpsc::UnboundedSender<Signal>,
     master_done: Option<oneshot::Sender<Option<Error>>>,
+    /// The master's table of requests waiting for a worker's answer.
+    pub pending: Arc<Pending>,
     run: Option<JoinHandle<(i32, Option<Error>)>>,
     /// Every event seen so far, as text.
     pub seen: Vec<String>,
@@ -278,13 +274,14 @@ impl Harness {
         let (signals, signals_rx) = mpsc::unbounded_channel();
         let (master_done, done_rx) = oneshot::channel();
         let w = world.clone();
+        let pending = Arc::new(Pending::default());
         let supervisor = Supervisor::with_launcher(
             options,
             groups,
             commands_rx,
             Some(events_tx),
-            Arc::new(Pending::default()),
-            move |internal, _| Ok(Fake { world: w, internal }),
+            pending.clone(),
+            move || Ok(Fake { world: w }),
         )
         .unwrap();
         let run = tokio::spawn(supervisor.run(signals_rx, done_rx));
@@ -294,6 +291,7 @@ impl Harness {
             events,
             signals,
             master_done: Some(master_done),
+            pending,
             run: Some(run),
             seen: Vec::new(),
         }

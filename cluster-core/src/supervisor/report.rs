@@ -1,0 +1,240 @@
+//! How one worker process reports to the supervisor. The supervisor makes a [`Reporter`] for
+//! each process it launches; whatever watches the process (the real `watch` task, or a test's
+//! fake) reports through it, so that the rules below hold for both:
+//!
+//! - heartbeats never enter the supervisor's queue: they update the process's [`Beat`], which
+//!   the watchdog reads, so a worker flooding its channel cannot delay another's heartbeat and
+//!   get a healthy worker killed as hung;
+//! - acknowledgements of handed connections are settled at once, off the loop;
+//! - everything else a worker sends waits for one of its own [`CREDITS`]: a worker can have at
+//!   most that many messages in the supervisor's queue, and one that sends faster than the
+//!   supervisor reads is slowed down alone (its channel stops being read) instead of growing
+//!   the master's memory or delaying the others.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+
+use super::process::Internal;
+use crate::model::{ExitKind, WorkerId};
+use crate::net::listener::InFlightTable;
+use crate::protocol::{ToMaster, ToWorker};
+
+/// Messages of one worker that may wait in the supervisor's queue at once.
+pub(crate) const CREDITS: usize = 256;
+
+/// A process's last heartbeat, written by its reporter and read by the watchdog.
+#[derive(Debug)]
+pub(crate) struct Beat {
+    /// The supervisor's clock origin.
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last heartbeat (or to the channel coming up); 0: none.
+    last_ms: AtomicU64,
+    /// How late the worker's runtime ran that heartbeat.
+    lag_us: AtomicU64,
+    /// Open connections the worker reported with it.
+    connections: AtomicU64,
+}
+
+impl Beat {
+    pub(crate) fn new(epoch: Instant) -> Self {
+        Beat {
+            epoch,
+            last_ms: AtomicU64::new(0),
+            lag_us: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a sign of life now.
+    pub(crate) fn touch(&self) {
+        let ms = Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis();
+        // +1 keeps "now, at the epoch" apart from "never".
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the last sign of life was, if any.
+    pub(crate) fn last(&self) -> Option<Instant> {
+        match self.last_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.epoch + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    pub(crate) fn lag(&self) -> Option<Duration> {
+        self.last()
+            .map(|_| Duration::from_micros(self.lag_us.load(Ordering::Relaxed)))
+    }
+
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// A message from a worker in the supervisor's queue, holding one of that worker's credits
+/// until the supervisor has handled it.
+pub(crate) struct Credited {
+    pub(crate) msg: ToMaster,
+    _credit: OwnedSemaphorePermit,
+}
+
+impl Credited {
+    pub(crate) fn into_inner(self) -> ToMaster {
+        self.msg
+    }
+}
+
+/// One process's way to the supervisor.
+pub(crate) struct Reporter {
+    id: WorkerId,
+    internal: mpsc::UnboundedSender<Internal>,
+    beat: Arc<Beat>,
+    credits: Arc<Semaphore>,
+    in_flight: Arc<InFlightTable>,
+}
+
+impl Reporter {
+    pub(crate) fn new(
+        id: WorkerId,
+        internal: mpsc::UnboundedSender<Internal>,
+        beat: Arc<Beat>,
+        in_flight: Arc<InFlightTable>,
+    ) -> Self {
+        Reporter {
+            id,
+            internal,
+            beat,
+            credits: Arc::new(Semaphore::new(CREDITS)),
+            in_flight,
+        }
+    }
+
+    pub(crate) fn id(&self) -> &WorkerId {
+        &self.id
+    }
+
+    /// The worker's channel is up.
+    pub(crate) fn online(&self, sender: cluster_ipc::Sender<ToWorker>) {
+        self.beat.touch();
+        let _ = self.internal.send(Internal::Online {
+            id: self.id.clone(),
+            sender,
+        });
+    }
+
+    /// A message from the worker. Waits while the worker has [`CREDITS`] messages queued.
+    pub(crate) async fn message(&self, msg: ToMaster) {
+        match msg {
+            ToMaster::Heartbeat {
+                lag_us,
+                connections,
+            } => {
+                self.beat.lag_us.store(lag_us, Ordering::Relaxed);
+                self.beat.connections.store(connections, Ordering::Relaxed);
+                self.beat.touch();
+            }
+            // The busiest message under a master-accept policy: settled here, off the loop.
+            ToMaster::Accepted { conn } => self.in_flight.ack(conn),
+            msg => {
+                if self.credits.available_permits() == 0 {
+                    tracing::debug!(
+                        "worker {} has {CREDITS} messages waiting for the supervisor: its channel is no longer read until they are handled",
+                        self.id
+                    );
+                }
+                let Ok(credit) = self.credits.clone().acquire_owned().await else {
+                    return;
+                };
+                let _ = self.internal.send(Internal::FromWorker {
+                    id: self.id.clone(),
+                    msg: Credited {
+                        msg,
+                        _credit: credit,
+                    },
+                });
+            }
+        }
+    }
+
+    /// The process has exited: the last report.
+    pub(crate) fn exited(self, exit: ExitKind) {
+        let _ = self.internal.send(Internal::Exited { id: self.id, exit });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reporter(slot: usize, internal: &mpsc::UnboundedSender<Internal>) -> Reporter {
+        let id = WorkerId {
+            group: "worker".into(),
+            slot,
+            generation: 1,
+        };
+        let beat = Arc::new(Beat::new(Instant::now()));
+        Reporter::new(
+            id,
+            internal.clone(),
+            beat,
+            Arc::new(InFlightTable::default()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flooding_worker_is_held_to_its_credits_and_another_is_not_slowed() {
+        let (internal, mut queue) = mpsc::unbounded_channel();
+        let flooder = Arc::new(reporter(0, &internal));
+        let calm = reporter(1, &internal);
+        let flood = {
+            let flooder = flooder.clone();
+            tokio::spawn(async move {
+                for _ in 0..10 * CREDITS {
+                    flooder.message(ToMaster::User(vec![0; 16])).await;
+                }
+            })
+        };
+        // Let the flooder run until it blocks.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            queue.len(),
+            CREDITS,
+            "the flooder got more than its credits"
+        );
+        assert!(!flood.is_finished());
+        // The other worker's heartbeat is seen at once, and its message is queued without
+        // waiting for the flooder's to be handled.
+        calm.message(ToMaster::Heartbeat {
+            lag_us: 5,
+            connections: 3,
+        })
+        .await;
+        assert!(calm.beat.last().is_some());
+        assert_eq!(calm.beat.connections(), 3);
+        tokio::time::timeout(Duration::from_secs(1), calm.message(ToMaster::Ready))
+            .await
+            .expect("the calm worker waited for the flooder's credits");
+        assert_eq!(queue.len(), CREDITS + 1);
+        // Handling the flooder's messages gives its credits back, one by one.
+        let mut handled = 0;
+        while handled < 10 * CREDITS {
+            match queue.recv().await {
+                Some(Internal::FromWorker { id, msg }) if id.slot == 0 => {
+                    drop(msg);
+                    handled += 1;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        flood.await.unwrap();
+    }
+}
