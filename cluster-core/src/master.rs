@@ -174,10 +174,12 @@ where
         .await?
     }
 
-    /// Sends a message to every worker that is online and not stopping; returns how many it
-    /// was queued for. A worker whose channel is closed, or whose outbox is full (it has not
-    /// read its last 1,024 messages), is left out of the count rather than failing the
-    /// broadcast.
+    /// Sends a message to every worker that serves, or is starting to serve, a slot (not to
+    /// those stopping); returns how many it was queued for. A worker still starting (a
+    /// replacement during a reload, a restart) gets it as soon as its channel is up, before
+    /// anything else, so a configuration broadcast during a reload reaches the new workers. A
+    /// worker whose channel is closed, or whose outbox is full (it has not read its last 1,024
+    /// messages), is left out of the count rather than failing the broadcast.
     ///
     /// # Errors
     ///
@@ -198,7 +200,7 @@ where
         .await
     }
 
-    /// Sends a message to every online worker of one group, as [`MasterContext::broadcast`]
+    /// Sends a message to every worker of one group, as [`MasterContext::broadcast`]
     /// does; a group that does not exist gets it 0 times.
     ///
     /// # Errors

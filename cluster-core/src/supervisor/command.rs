@@ -72,19 +72,30 @@ impl<L: Launcher> Supervisor<L> {
                 self.send_to(target.as_ref(), &where_, msg, reply);
             }
             Command::Broadcast { group, msg, reply } => {
-                let outboxes: Vec<_> = self
+                // Every worker that is or will be serving: a replacement or restart still
+                // starting gets the message as soon as its channel is up, so a configuration
+                // broadcast during a reload reaches the new workers too.
+                let mut sent = 0;
+                let procs = self
                     .groups
-                    .iter()
+                    .iter_mut()
                     .filter(|g| group.as_deref().is_none_or(|name| *g.name == *name))
-                    .flat_map(|g| g.slots.values())
-                    .filter_map(|s| s.current.as_ref())
-                    .filter(|p| !p.is_stopping())
-                    .filter_map(|p| p.phase.outbox().cloned())
-                    .collect();
-                let sent = outboxes
-                    .iter()
-                    .filter(|tx| tx.send(msg.clone()).is_ok())
-                    .count();
+                    .flat_map(|g| g.slots.values_mut())
+                    .flat_map(|s| s.current.iter_mut().chain(s.next.iter_mut()));
+                for p in procs {
+                    let queued = match &p.phase {
+                        Phase::Stopping { .. } => false,
+                        Phase::Starting { .. } if p.held.len() < OUTBOX_CAPACITY => {
+                            p.held.push(msg.clone());
+                            true
+                        }
+                        Phase::Starting { .. } => false,
+                        Phase::Online { tx, .. } | Phase::Ready { tx } => {
+                            tx.send(msg.clone()).is_ok()
+                        }
+                    };
+                    sent += usize::from(queued);
+                }
                 let _ = reply.send(sent);
             }
             Command::Scale {

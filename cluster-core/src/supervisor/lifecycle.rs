@@ -49,6 +49,10 @@ impl<L: Launcher> Supervisor<L> {
             return;
         };
         let outbox = Outbox::start(&id, sender.clone(), notify, outboxes);
+        for msg in std::mem::take(&mut p.held) {
+            // Fewer than the outbox holds: it was empty until now.
+            let _ = outbox.send(msg);
+        }
         p.link = Some(sender);
         match &mut p.phase {
             Phase::Starting { ready_by } => {

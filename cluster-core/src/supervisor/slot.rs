@@ -103,6 +103,8 @@ pub(crate) struct Proc {
     pub(crate) exiting: Option<bool>,
     /// Its heartbeats: the watchdog's clock, its event-loop lag and open connections.
     pub(crate) beat: Arc<Beat>,
+    /// Broadcasts sent while it was starting, written first once its channel is up.
+    pub(crate) held: Vec<ToWorker>,
     /// Resident bytes and CPU seconds at the last sample.
     pub(crate) usage: Option<(u64, f64)>,
     /// Consecutive samples above `max_memory`.
@@ -127,6 +129,7 @@ impl Proc {
             link: None,
             exiting: None,
             beat,
+            held: Vec::new(),
             usage: None,
             over_memory: 0,
         }

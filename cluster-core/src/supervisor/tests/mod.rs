@@ -73,6 +73,8 @@ impl Behaviour {
 /// What a test can make a fake process do.
 #[derive(Debug)]
 pub(super) enum Act {
+    /// Brings the channel of a process started with `online: false` up.
+    Online,
     Ready,
     Exit(i32),
     /// Sends a message to the master.
@@ -159,21 +161,14 @@ async fn play(
     let id = reporter.id().clone();
     let mut inbox = None;
     if behaviour.online {
-        let Ok((ours, theirs)) = Channel::<ToWorker, ToMaster>::pair(Config::default()).await
-        else {
-            return;
-        };
-        reporter.online(ours.sender());
-        inbox = Some(theirs);
-        if behaviour.ready {
-            reporter.message(ToMaster::Ready).await;
-        }
+        inbox = come_online(&reporter, behaviour).await;
     }
     let mut beat = tokio::time::interval(Duration::from_millis(500));
     let exit = loop {
         tokio::select! {
             _ = &mut killed => break ExitKind::Signal(nix::libc::SIGKILL),
             act = acts.recv() => match act {
+                Some(Act::Online) => inbox = come_online(&reporter, behaviour).await,
                 Some(Act::Ready) => reporter.message(ToMaster::Ready).await,
                 Some(Act::Exit(code)) => break ExitKind::Code(code),
                 Some(Act::Say(msg)) => reporter.message(msg).await,
@@ -202,6 +197,21 @@ async fn play(
     };
     world(&w).alive.remove(&id);
     reporter.exited(exit);
+}
+
+/// Brings a fake process's channel up, and says it is ready if its behaviour says so.
+async fn come_online(
+    reporter: &Reporter,
+    behaviour: Behaviour,
+) -> Option<Channel<ToMaster, ToWorker>> {
+    let (ours, theirs) = Channel::<ToWorker, ToMaster>::pair(Config::default())
+        .await
+        .ok()?;
+    reporter.online(ours.sender());
+    if behaviour.ready {
+        reporter.message(ToMaster::Ready).await;
+    }
+    Some(theirs)
 }
 
 /// A supervisor under test, with its queues.

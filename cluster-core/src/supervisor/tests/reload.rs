@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use super::*;
 use crate::supervisor::EXIT_RESTART_LIMIT;
 
@@ -243,5 +245,35 @@ async fn a_replacement_that_cannot_be_spawned_rolls_the_reload_back() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     h.assert_settled(&[0, 1]).await;
     assert_eq!(h.status().await.master.restarts_total, 0);
+    assert_eq!(h.shutdown().await.0, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broadcast_during_a_reload_reaches_the_replacement_still_starting() {
+    let mut h = Harness::start(options(), vec![group(1)], &[]);
+    h.expect("ready worker/0#1").await;
+    let late = Behaviour {
+        online: false,
+        ..Behaviour::HEALTHY
+    };
+    h.plan(&[late]);
+    h.reload();
+    h.expect("spawned worker/0#2").await;
+    let (reply, rx) = oneshot::channel();
+    h.command(Command::Broadcast {
+        group: None,
+        msg: ToWorker::User(vec![7]),
+        reply,
+    });
+    assert_eq!(
+        rx.await.unwrap(),
+        2,
+        "the old worker and its starting replacement"
+    );
+    h.act(&wid(0, 2), Act::Online);
+    h.expect("reload-finished").await;
+    h.settle().await;
+    assert_eq!(h.received(&wid(0, 2)), vec![ToWorker::User(vec![7])]);
+    assert_eq!(h.received(&wid(0, 1))[0], ToWorker::User(vec![7]));
     assert_eq!(h.shutdown().await.0, 0);
 }
