@@ -72,6 +72,9 @@ pub(crate) fn watch_listener(
     .map_err(|e| e.into_parts().1)
 }
 
+/// The seals of the shared counters' memfd: its size is fixed for good.
+const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
 /// An array of `AtomicU32` in memory shared between processes: a memfd mapped read-write.
 /// The master creates it and passes the descriptor; each worker maps the same pages.
 pub(crate) struct SharedCounters {
@@ -90,7 +93,12 @@ impl SharedCounters {
     /// A new zeroed array of `len` counters.
     pub(crate) fn create(len: usize) -> io::Result<Self> {
         // SAFETY: the name is a NUL-terminated literal; memfd_create only reads it.
-        let raw = unsafe { libc::memfd_create(c"cluster-load".as_ptr(), libc::MFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::memfd_create(
+                c"cluster-load".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -101,12 +109,28 @@ impl SharedCounters {
         if unsafe { libc::ftruncate(raw, bytes as libc::off_t) } < 0 {
             return Err(io::Error::last_os_error());
         }
+        // Every worker maps the file read-write; sealed, none of them can shrink it (which
+        // would kill the master and every other worker with SIGBUS at their next touch), grow
+        // it, or lift the seals.
+        // SAFETY: fcntl on the memfd we own, with an integer argument.
+        if unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, SEALS) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
         Self::map(fd, len)
     }
 
     /// Maps an array of `len` counters received from the master. Fails if the file is
     /// smaller than that, rather than fault on access.
     pub(crate) fn open(fd: std::os::fd::OwnedFd, len: usize) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor we own, with no argument.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & SEALS != SEALS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the shared counters are not sealed against resizing: refusing to map them",
+            ));
+        }
         let bytes = Self::bytes(len)?;
         let size = std::fs::File::from(fd.try_clone()?).metadata()?.len();
         if size < bytes as u64 {
@@ -171,5 +195,48 @@ impl Drop for SharedCounters {
                 self.len * std::mem::size_of::<u32>(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::*;
+
+    #[test]
+    fn the_shared_counters_cannot_be_shrunk_grown_or_unsealed() {
+        let shared = SharedCounters::create(64).unwrap();
+        let raw = shared.fd().as_raw_fd();
+        // SAFETY: calls on a descriptor `shared` owns and keeps open.
+        unsafe {
+            assert_eq!(libc::ftruncate(raw, 0), -1, "shrunk");
+            assert_eq!(libc::ftruncate(raw, 1 << 20), -1, "grown");
+            assert_eq!(
+                libc::fcntl(raw, libc::F_ADD_SEALS, 0),
+                -1,
+                "seals added after F_SEAL_SEAL"
+            );
+        }
+        shared.counters()[63].store(7, std::sync::atomic::Ordering::Relaxed);
+        let worker = SharedCounters::open(shared.fd().try_clone_to_owned().unwrap(), 64).unwrap();
+        assert_eq!(
+            worker.counters()[63].load(std::sync::atomic::Ordering::Relaxed),
+            7
+        );
+    }
+
+    #[test]
+    fn an_unsealed_file_is_refused() {
+        // SAFETY: a NUL-terminated literal name; the descriptor is owned right after.
+        let raw = unsafe { libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: memfd_create just returned it; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ftruncate on the memfd we own.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), 256) }, 0);
+        let error = SharedCounters::open(fd, 64).err().unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("not sealed"), "{error}");
     }
 }
