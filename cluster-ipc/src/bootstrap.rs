@@ -73,6 +73,19 @@ static ADOPTED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 /// is set but names no Unix stream socket (the process was started by hand, or the descriptor
 /// was closed). The returned socket is CLOEXEC and non-blocking.
 pub fn from_env(var: &str) -> Result<Option<UnixStream>> {
+    adopt(var, false)
+}
+
+/// Like [`from_env`], and the socket's other end must be this process's parent (its
+/// `SO_PEERCRED` pid is the parent's pid), or it is left alone and refused. A program that a
+/// child starts in turn inherits the variable with the environment, and often a descriptor of
+/// the same number that is something else entirely: this keeps it from taking that
+/// descriptor for a channel to its parent.
+pub fn from_parent(var: &str) -> Result<Option<UnixStream>> {
+    adopt(var, true)
+}
+
+fn adopt(var: &str, from_parent: bool) -> Result<Option<UnixStream>> {
     let Some(value) = std::env::var_os(var) else {
         return Ok(None);
     };
@@ -98,6 +111,23 @@ pub fn from_env(var: &str) -> Result<Option<UnixStream>> {
         return Err(bad(format!(
             "file descriptor {raw} was already taken by this process"
         )));
+    }
+    if from_parent {
+        let parent = std::os::unix::process::parent_id();
+        // Checked before anything is taken: a descriptor that is not ours stays as it is.
+        match sys::peer_pid(raw) {
+            Ok(peer) if u32::try_from(peer).is_ok_and(|peer| peer == parent) => {}
+            Ok(peer) => {
+                return Err(bad(format!(
+                    "the other end of file descriptor {raw} is process {peer}, not this process's parent {parent}"
+                )));
+            }
+            Err(e) => {
+                return Err(bad(format!(
+                    "file descriptor {raw} is not a socket to this process's parent ({e})"
+                )));
+            }
+        }
     }
     let fd = sys::adopt_unix_stream(raw).map_err(bad)?;
     adopted.push(raw);

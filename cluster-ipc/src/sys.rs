@@ -149,6 +149,33 @@ fn int_sockopt(raw: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// The pid of the process at the other end of Unix socket `raw` when the connection (or the
+/// socketpair) was made.
+pub(crate) fn peer_pid(raw: RawFd) -> io::Result<libc::pid_t> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are live and sized for SO_PEERCRED; a bad descriptor gives EBADF,
+    // a socket of another kind an error or a zero pid.
+    let rc = unsafe {
+        libc::getsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(cred.pid)
+    }
+}
+
 /// Checks that the inherited descriptor `raw` is an open Unix stream socket, then takes
 /// ownership of it and sets CLOEXEC so our own children do not inherit it. A descriptor that
 /// fails the checks is left alone (it may be someone else's).

@@ -45,8 +45,8 @@ impl Drop for KillOnDrop {
 
 /// The child's side: rebuild the channel from the environment, take the listener, serve.
 async fn child_main() {
-    let stream = bootstrap::from_env(CHANNEL_VAR)
-        .expect("from_env")
+    let stream = bootstrap::from_parent(CHANNEL_VAR)
+        .expect("from_parent: the channel's other end is the parent")
         .expect("the parent set the variable");
     assert_eq!(stream.as_raw_fd(), bootstrap::CHILD_FD);
     assert!(is_cloexec(&stream), "the adopted channel must be CLOEXEC");
@@ -273,4 +273,34 @@ async fn from_env_adopts_a_unix_stream_once() {
     assert_eq!(within("recv", b.recv()).await.unwrap(), Some(11));
     drop(a);
     assert_eq!(within("end", b.recv()).await.unwrap(), None);
+}
+
+#[test]
+fn from_parent_refuses_a_socket_whose_other_end_is_not_the_parent_and_leaves_it_open() {
+    let var = "CLUSTER_IPC_TEST_NOT_THE_PARENT";
+    // A pair this process made: the other end is this process, not its parent, as for a
+    // program that a worker starts and that inherits the worker's channel variable.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let raw = theirs.as_raw_fd();
+    let cloexec = is_cloexec(&theirs);
+    set_env(var, &raw.to_string());
+    match bootstrap::from_parent(var) {
+        Err(Error::Bootstrap { reason, .. }) => {
+            assert!(
+                reason.contains(&format!("is process {}", std::process::id())),
+                "{reason:?}"
+            );
+            assert!(reason.contains("not this process's parent"), "{reason:?}");
+        }
+        other => panic!("expected Error::Bootstrap, got {other:?}"),
+    }
+    // Not taken: still open, unchanged, and still a working socket.
+    assert!(is_open(raw));
+    assert_eq!(is_cloexec(&theirs), cloexec);
+    std::io::Write::write_all(&mut &ours, b"x").unwrap();
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut &theirs, &mut byte).unwrap();
+    assert_eq!(&byte, b"x");
+    // A later from_parent may still try (nothing was recorded as adopted).
+    assert!(bootstrap::from_parent(var).is_err());
 }
