@@ -31,7 +31,7 @@ pub use process::{SpawnHook, SpawnSettings};
 
 use crate::messaging::Pending;
 use crate::model::{ExitKind, SlotKey, WorkerId};
-use crate::net::listener::MasterListeners;
+use crate::net::master_listeners::MasterListeners;
 use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
 use crate::{Error, Result};
 use process::{Internal, Launcher, ProcessSettings, Processes};
@@ -203,7 +203,7 @@ impl<L: Launcher> Supervisor<L> {
     where
         F: FnOnce(
             mpsc::UnboundedSender<Internal>,
-            Arc<crate::net::listener::InFlightTable>,
+            Arc<crate::net::dispatch::InFlightTable>,
         ) -> Result<L>,
     {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();

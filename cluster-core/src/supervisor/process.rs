@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::spawner::Spawner;
 use crate::identity::{ENV_GENERATION, ENV_GROUP, ENV_HEARTBEAT_MS, ENV_IPC_FD, ENV_SLOT};
 use crate::model::{ExitKind, WorkerId};
-use crate::net::listener::InFlightTable;
+use crate::net::dispatch::InFlightTable;
 use crate::observe::logs;
 use crate::observe::resources::{self, Usage};
 use crate::protocol::{ToMaster, ToWorker};
