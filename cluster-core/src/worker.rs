@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::identity::ENV_IPC_FD;
 use crate::messaging::{self, Pending};
 use crate::model::WorkerId;
+use crate::net::bind;
 use crate::net::listener::{self, Handed, Listener, WorkerListeners};
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster, ToWorker};
 use crate::request::{ReplyTo, Request};
@@ -431,7 +432,7 @@ where
                         "ReusePort needs a TCP address; use Balance::Shared for a Unix socket",
                     ));
                 };
-                let socket = listener::bind_tcp(sock, true).map_err(|e| {
+                let socket = bind::bind_tcp(sock, true).map_err(|e| {
                     Error::new(
                         ErrorKind::Listen,
                         format!("cannot listen on {sock} with SO_REUSEPORT"),

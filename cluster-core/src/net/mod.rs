@@ -1,5 +1,23 @@
 //! Sockets shared by the cluster: binding, the master's accept-and-hand-off, the shared load
 //! table, and the worker's side of a listener.
+//!
+//! The master binds each address once and keeps the socket for the cluster's whole life, so a
+//! worker that dies or is replaced never closes the port. With
+//! [`Balance::Shared`](crate::protocol::Balance::Shared) the master passes the listening
+//! socket itself and every worker accepts from its one kernel queue. With the master-accept
+//! policies (`RoundRobin`, `LeastConnections`, `Sticky`) the master accepts and hands each
+//! connection's descriptor to a worker; it keeps its own copy until the worker acknowledges
+//! it, so a connection handed to a worker that dies first goes to another worker instead of
+//! hanging unanswered. With `ReusePort` each worker binds its own socket and the master is
+//! not involved.
+//!
+//! Bottom to top: `bind` (the socket options) and `load` (the load table) use nothing else
+//! here; `dispatch` (one listener's accept loop and hand-out) neither; `master_listeners`
+//! (every address the master has bound) uses all three; `listener` (the worker's side) uses
+//! only `load`. The master's and the worker's sides never import each other.
 
+pub(crate) mod bind;
+pub(crate) mod dispatch;
 pub(crate) mod listener;
 pub(crate) mod load;
+pub(crate) mod master_listeners;

@@ -32,7 +32,7 @@ pub use process::{SpawnHook, SpawnSettings};
 
 use crate::messaging::Pending;
 use crate::model::{ExitKind, SlotKey, WorkerId};
-use crate::net::listener::MasterListeners;
+use crate::net::master_listeners::MasterListeners;
 use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
 use crate::{Error, Result};
 use process::{Internal, Launcher, ProcessSettings, Processes};

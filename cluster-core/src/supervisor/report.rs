@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::process::Internal;
 use crate::model::{ExitKind, WorkerId};
-use crate::net::listener::InFlightTable;
+use crate::net::dispatch::InFlightTable;
 use crate::protocol::{ToMaster, ToWorker};
 
 /// Messages of one worker that may wait in the supervisor's queue at once.

@@ -1,0 +1,327 @@
+//! The master's side of one master-accept listener (`RoundRobin`, `LeastConnections`,
+//! `Sticky`): the accept loop, the choice of a worker, the hand-out of descriptors in
+//! parcels, and [`InFlightTable`], the connections handed out and not yet acknowledged.
+//!
+//! Apart from `MasterListeners`, which binds addresses and decides which listeners get a
+//! `Dispatch`, because this is the hot path: the code that runs for every connection, with
+//! its own batching and timing rules.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::model::WorkerId;
+use crate::protocol::{Balance, ToWorker};
+
+/// Connections waiting for a ready worker beyond this many stay in the kernel's queue.
+const MAX_WAITING: usize = 1024;
+/// Connections taken from the kernel's queue per wake-up of the accept loop.
+const ACCEPT_BATCH: usize = 64;
+/// Connections per message to a worker: well under the descriptors a channel takes per frame.
+const MAX_PARCEL: usize = 32;
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A worker that receives connections of one listener.
+pub(super) struct Member {
+    pub(super) id: WorkerId,
+    pub(super) sender: cluster_ipc::Sender<ToWorker>,
+    /// Connections handed out and not yet reported closed.
+    pub(super) open: usize,
+}
+
+/// A connection handed to a worker that has not acknowledged it yet.
+pub(super) struct InFlight {
+    pub(super) fd: OwnedFd,
+    pub(super) peer: SocketAddr,
+    to: WorkerId,
+    pub(super) listener: u32,
+}
+
+/// Every connection the master handed out and the worker has not acknowledged, across all
+/// listeners. Shared with the tasks that read each worker's channel, which forget a
+/// connection as soon as its acknowledgement arrives, without a trip through the supervisor.
+#[derive(Default)]
+pub(crate) struct InFlightTable {
+    next_conn: std::sync::atomic::AtomicU64,
+    map: Mutex<HashMap<u64, InFlight>>,
+}
+
+impl InFlightTable {
+    /// The worker took connection `conn`: close the master's copy.
+    pub(crate) fn ack(&self, conn: u64) {
+        let taken = lock(&self.map).remove(&conn);
+        drop(taken);
+    }
+
+    fn insert(&self, flight: InFlight) -> u64 {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        lock(&self.map).insert(conn, flight);
+        conn
+    }
+
+    fn take(&self, conn: u64) -> Option<InFlight> {
+        lock(&self.map).remove(&conn)
+    }
+
+    /// Takes back every connection handed to `id` and not acknowledged.
+    pub(super) fn orphans_of(&self, id: &WorkerId) -> Vec<InFlight> {
+        let mut map = lock(&self.map);
+        let lost: Vec<u64> = map
+            .iter()
+            .filter(|(_, f)| f.to == *id)
+            .map(|(c, _)| *c)
+            .collect();
+        lost.into_iter().filter_map(|c| map.remove(&c)).collect()
+    }
+}
+
+/// Connections on their way to one worker, with the descriptors the worker gets.
+struct Parcel {
+    to: WorkerId,
+    sender: cluster_ipc::Sender<ToWorker>,
+    /// Connection id and client address, in the order of `fds`.
+    conns: Vec<(u64, Option<SocketAddr>)>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Parcel {
+    /// Sends the parcel: a lone connection as `Connection`, which every worker understands
+    /// (an older master's workers included), several as one `Connections`.
+    async fn send(&mut self, listener: u32) -> Result<(), cluster_ipc::Error> {
+        let fds = std::mem::take(&mut self.fds);
+        let msg = match self.conns.as_slice() {
+            [(conn, peer)] => ToWorker::Connection {
+                listener,
+                conn: *conn,
+                peer: *peer,
+            },
+            conns => ToWorker::Connections {
+                listener,
+                conns: conns.to_vec(),
+            },
+        };
+        self.sender.send_with_fds(&msg, fds).await
+    }
+}
+
+#[derive(Default)]
+pub(super) struct DispatchState {
+    pub(super) members: Vec<Member>,
+    next: usize,
+    /// Accepted while no worker was ready.
+    pub(super) waiting: VecDeque<(OwnedFd, SocketAddr)>,
+}
+
+/// The master's accept loop and worker set for one master-accept listener.
+pub(super) struct Dispatch {
+    pub(super) listener: u32,
+    pub(super) balance: Balance,
+    pub(super) state: Mutex<DispatchState>,
+    pub(super) in_flight: Arc<InFlightTable>,
+    /// Wakes the accept loop when a worker joins and the waiting queue can drain.
+    pub(super) joined: Notify,
+    /// See `Options::accept_coalescing`.
+    pub(super) coalescing: Duration,
+}
+
+impl Dispatch {
+    /// Picks the worker for a connection from `peer`.
+    fn pick(&self, st: &mut DispatchState, peer: &SocketAddr) -> Option<usize> {
+        if st.members.is_empty() {
+            return None;
+        }
+        Some(match self.balance {
+            Balance::LeastConnections => {
+                // Ties go round-robin, so idle workers share new connections evenly.
+                let n = st.members.len();
+                let start = st.next % n;
+                let best = (0..n)
+                    .map(|k| (start + k) % n)
+                    .min_by_key(|&i| st.members[i].open)
+                    .unwrap_or(start);
+                st.next = best + 1;
+                best
+            }
+            Balance::Sticky => {
+                // Rendezvous hashing on (client IP, slot): an IP keeps its worker slot while
+                // that slot is in the set; removing a slot moves only that slot's IPs.
+                let ip = peer.ip();
+                (0..st.members.len())
+                    .max_by_key(|&i| {
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        ip.hash(&mut h);
+                        st.members[i].id.key().hash(&mut h);
+                        h.finish()
+                    })
+                    .unwrap_or(0)
+            }
+            _ => {
+                let i = st.next % st.members.len();
+                st.next = i + 1;
+                i
+            }
+        })
+    }
+
+    /// Hands connections to workers, retrying on another worker when a send fails; a
+    /// connection with no worker to go to waits for one. The connections picked for the same
+    /// worker leave in one message with their descriptors, so a burst of accepts costs each
+    /// worker one `sendmsg` and one wake-up, not one per connection.
+    pub(super) async fn hand_out(self: &Arc<Self>, batch: Vec<(OwnedFd, SocketAddr)>) {
+        let mut pending = batch;
+        while !pending.is_empty() {
+            let mut parcels = self.pack(std::mem::take(&mut pending));
+            for parcel in &mut parcels {
+                if parcel.send(self.listener).await.is_ok() {
+                    crate::protocol::SENT.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // The worker is gone: take its connections back for another worker.
+                lock(&self.state).members.retain(|m| m.id != parcel.to);
+                for conn in parcel.conns.drain(..) {
+                    if let Some(back) = self.in_flight.take(conn.0) {
+                        pending.push((back.fd, back.peer));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Picks a worker for each connection and records it as in flight: one parcel per worker,
+    /// of at most [`MAX_PARCEL`] connections. Connections with no worker to go to wait.
+    fn pack(&self, batch: Vec<(OwnedFd, SocketAddr)>) -> Vec<Parcel> {
+        let mut parcels: Vec<Parcel> = Vec::new();
+        let mut st = lock(&self.state);
+        for (fd, peer) in batch {
+            let Some(i) = self.pick(&mut st, &peer) else {
+                st.waiting.push_back((fd, peer));
+                continue;
+            };
+            // The master keeps the accepted descriptor until the worker acknowledges it; the
+            // worker gets a duplicate.
+            let copy = match fd.try_clone() {
+                Ok(copy) => copy,
+                Err(e) => {
+                    tracing::warn!("cannot duplicate an accepted connection: {e}");
+                    continue;
+                }
+            };
+            let member = &mut st.members[i];
+            member.open += 1;
+            let conn = self.in_flight.insert(InFlight {
+                fd,
+                peer,
+                to: member.id.clone(),
+                listener: self.listener,
+            });
+            let open = parcels
+                .iter()
+                .position(|p| p.to == member.id && p.conns.len() < MAX_PARCEL);
+            let parcel = match open {
+                Some(k) => &mut parcels[k],
+                None => {
+                    parcels.push(Parcel {
+                        to: member.id.clone(),
+                        sender: member.sender.clone(),
+                        conns: Vec::new(),
+                        fds: Vec::new(),
+                    });
+                    let last = parcels.len() - 1;
+                    &mut parcels[last]
+                }
+            };
+            parcel.conns.push((conn, Some(peer)));
+            parcel.fds.push(copy);
+        }
+        parcels
+    }
+
+    /// Accepts with a raw non-blocking `accept(2)` on the listening socket: the master only
+    /// forwards these sockets, so registering each with tokio's reactor (and deregistering it
+    /// again) would be two wasted syscalls per connection. Every connection already queued is
+    /// taken in one wake-up.
+    ///
+    /// Under load, rounds are at least `coalescing` apart: waking for every connection as it
+    /// arrives cost the master, and each worker it handed to, a context switch per
+    /// connection, which on a 2-core machine was most of what the master-accept policies
+    /// paid over workers accepting themselves. A connection after a quiet spell goes out at
+    /// once; a full round goes on at once too, since the queue is known not to be empty.
+    pub(super) async fn accept_loop(self: Arc<Self>, listener: std::net::TcpListener) {
+        let listener = match crate::sys::watch_listener(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!("cannot watch listener {}: {e}", self.listener);
+                return;
+            }
+        };
+        let mut batch = Vec::new();
+        let mut last_round: Option<Instant> = None;
+        loop {
+            // Leave connections in the kernel's queue while too many wait for a worker.
+            loop {
+                let joined = self.joined.notified();
+                if lock(&self.state).waiting.len() < MAX_WAITING {
+                    break;
+                }
+                joined.await;
+            }
+            let mut ready = match listener.readable().await {
+                Ok(ready) => ready,
+                Err(e) => {
+                    tracing::warn!("listener {} failed: {e}", self.listener);
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            if let Some(due) = last_round.map(|at| at + self.coalescing) {
+                if Instant::now() < due {
+                    tokio::time::sleep_until(due).await;
+                }
+            }
+            let mut failed = false;
+            while batch.len() < ACCEPT_BATCH {
+                match socket2::SockRef::from(listener.get_ref()).accept() {
+                    Ok((socket, addr)) => {
+                        if let Some(peer) = addr.as_socket() {
+                            batch.push((OwnedFd::from(socket), peer));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ready.clear_ready();
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            drop(ready);
+            last_round = match batch.len() {
+                0 => last_round,
+                ACCEPT_BATCH => None,
+                _ => Some(Instant::now()),
+            };
+            if !batch.is_empty() {
+                self.hand_out(std::mem::take(&mut batch)).await;
+            }
+            if failed {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
