@@ -61,6 +61,17 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// The message a panic was raised with, for saying why a function failed.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        message
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message
+    } else {
+        "a panic without a message"
+    }
+}
+
 /// Runs a worker process's whole life inside a runtime: bootstrap, handshake, the user's
 /// function, then a final message to the master. Returns once the function has ended and the
 /// master has been told how; the error says why the worker failed.
@@ -132,7 +143,7 @@ where
             Ok(outcome) => outcome,
             Err(e) if e.is_panic() => Outcome::Failed(format!(
                 "the worker function panicked: {}",
-                crate::cluster::panic_message(&*e.into_panic())
+                panic_message(&*e.into_panic())
             )),
             Err(e) => Outcome::Failed(e.to_string()),
         },
