@@ -1,26 +1,28 @@
-//! The entry point: a builder that mirrors the origin's `manage_cluster` options, the
-//! `Master`/`Worker` traits, and the role dispatch that runs the right side in each process.
+//! The entry point: a builder that mirrors the origin's `manage_cluster` options, and the
+//! `Master`/`Worker` traits.
+//!
+//! What an app writes is here; what [`Cluster::run`] then starts (the role dispatch, the
+//! worker's runtime, the master's start-up) is in `run.rs`, so that the builder reads as a
+//! list of options and functions, with no process or task in sight.
+
+mod run;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::Mutex;
 
-use crate::identity::role;
+use crate::Error;
 use crate::master::MasterContext;
-use crate::messaging::Pending;
-use crate::model::{Role, WorkerId};
+use crate::model::WorkerId;
 use crate::options::{GroupOptions, Options, Signal};
-use crate::supervisor::signals;
-use crate::supervisor::{SpawnHook, SpawnSettings, Supervisor};
-use crate::worker::{self, Outcome, WorkerContext};
-use crate::{Error, ErrorKind};
+use crate::supervisor::{SpawnHook, SpawnSettings};
+use crate::worker::{Outcome, WorkerContext};
 
 /// An error returned by app code (worker, master or hook functions).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -423,256 +425,6 @@ impl<D: Message, U: Message> Cluster<D, U> {
             }
         }
         Ok(())
-    }
-
-    /// Runs this process's role to the end and returns the exit code for `main` to return:
-    /// [`Cluster::try_run`], with an error printed to stderr and turned into an exit code.
-    ///
-    /// It returns when [`Cluster::try_run`] does: in the master once the cluster has stopped,
-    /// in a worker once the worker's function has ended. The codes:
-    ///
-    /// - 0: the cluster stopped with every worker exiting in time, or the worker's function
-    ///   returned normally;
-    /// - 1: the master's function failed or panicked; a worker had to be killed after `grace`
-    ///   ([`EXIT_KILLED_AFTER_GRACE`](crate::EXIT_KILLED_AFTER_GRACE)); the worker's function
-    ///   failed; or a system call failed;
-    /// - 2: an option was invalid ([`ErrorKind::InvalidOption`]);
-    /// - [`EXIT_RESTART_LIMIT`](crate::EXIT_RESTART_LIMIT): too many workers crashed;
-    /// - [`EXIT_BOOTSTRAP`](crate::EXIT_BOOTSTRAP): started with the worker variables but not
-    ///   by a master;
-    /// - [`EXIT_MASTER_GONE`](crate::EXIT_MASTER_GONE): the worker's master vanished.
-    pub fn run(self) -> ExitCode {
-        let role = role();
-        let prefix = match &role {
-            Ok(Role::Worker(id)) => format!("cluster worker {id}"),
-            _ => "cluster".to_owned(),
-        };
-        match role.and_then(|role| self.run_role(role)) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("{prefix}: {e:#}");
-                ExitCode::from(e.exit_code())
-            }
-        }
-    }
-
-    /// Runs this process's role to the end, like [`Cluster::run`], but gives the caller what
-    /// went wrong instead of printing it: for apps that report errors their own way, or do
-    /// more after the cluster stopped.
-    ///
-    /// In the **master** it returns once the cluster has stopped and every worker has exited:
-    /// after a shutdown signal or [`MasterContext::shutdown`], after the master's function
-    /// failed or panicked, or after the restart limit was reached. `Ok` is the exit code of a
-    /// cluster that stopped as asked: [`ExitCode::SUCCESS`] when every worker stopped within
-    /// `grace`, [`EXIT_KILLED_AFTER_GRACE`](crate::EXIT_KILLED_AFTER_GRACE) when one had to be
-    /// killed. The master's function, if it is still running then, gets about a second to
-    /// return (its event queue has ended) and is then left behind.
-    ///
-    /// In a **worker** it returns once the worker's function has ended (returned, failed or
-    /// panicked) and the master has been told how, with `Ok(ExitCode::SUCCESS)` when the
-    /// function returned normally. Tasks the function left running get 100 ms before the
-    /// runtime is shut down under them.
-    ///
-    /// ```no_run
-    /// use cluster_core::{Cluster, ErrorKind};
-    ///
-    /// fn main() -> std::process::ExitCode {
-    ///     let cluster = Cluster::<(), ()>::new().worker(|ctx| async move {
-    ///         ctx.shutdown_requested().await;
-    ///     });
-    ///     match cluster.try_run() {
-    ///         Ok(code) => code,
-    ///         Err(e) if e.kind() == ErrorKind::RestartLimit => {
-    ///             eprintln!("crash loop, paging someone: {e:#}");
-    ///             std::process::ExitCode::from(75)
-    ///         }
-    ///         Err(e) => {
-    ///             eprintln!("{e:#}");
-    ///             std::process::ExitCode::FAILURE
-    ///         }
-    ///     }
-    /// }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// In the master:
-    /// - [`ErrorKind::InvalidOption`]: [`Cluster::validate`] failed; nothing was started;
-    /// - [`ErrorKind::MasterFailed`]: `before_fork` failed (no worker was started), or the
-    ///   master's function failed or panicked (the cluster was shut down gracefully first);
-    /// - [`ErrorKind::RestartLimit`]: too many workers crashed; the cluster was shut down;
-    /// - [`ErrorKind::Listen`]: the status server's address could not be bound;
-    /// - [`ErrorKind::Io`]: the runtime, a signal handler or the spawner could not be started.
-    ///
-    /// In a worker:
-    /// - [`ErrorKind::Bootstrap`]: the process has the worker variables but no usable channel
-    ///   to a master, or names a group this program does not have;
-    /// - [`ErrorKind::WorkerFailed`]: the worker's function returned an error or panicked;
-    /// - [`ErrorKind::Disconnected`]: the master vanished before the worker was ready;
-    /// - [`ErrorKind::Io`]: the runtime could not be started.
-    pub fn try_run(self) -> Result<ExitCode, Error> {
-        self.run_role(role()?)
-    }
-
-    fn run_role(self, role: Role) -> Result<ExitCode, Error> {
-        match role {
-            Role::Master => self.run_master(),
-            Role::Worker(id) => self.run_worker(id),
-        }
-    }
-
-    fn run_worker(self, id: WorkerId) -> Result<ExitCode, Error> {
-        let Some(entry) = self
-            .groups
-            .into_iter()
-            .find(|g| *g.options.name() == *id.group)
-        else {
-            return Err(Error::new(
-                ErrorKind::Bootstrap,
-                format!("this program has no worker group {:?}", id.group),
-            ));
-        };
-        let runtime = match self.runtime {
-            Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build(),
-            Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build(),
-        }
-        .map_err(|e| Error::io("cannot start the tokio runtime", e))?;
-        let run = entry.run;
-        let result = runtime.block_on(worker::run(id, true, move |ctx| run(ctx)));
-        // Tasks the app left behind (or blocked threads) must not hold the exit.
-        runtime.shutdown_timeout(Duration::from_millis(100));
-        result.map(|()| ExitCode::SUCCESS)
-    }
-
-    fn run_master(mut self) -> Result<ExitCode, Error> {
-        self.validate()?;
-        // The master only routes and supervises: one thread is plenty, and keeps it small.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("cannot start the tokio runtime", e))?;
-        for g in &mut self.groups {
-            if g.inherits_count {
-                g.options = g.options.clone().with_count(self.options.count());
-            }
-        }
-        runtime.block_on(self.supervise())
-    }
-
-    async fn supervise(self) -> Result<ExitCode, Error> {
-        let signals =
-            signals::listen(&[self.options.signals(), self.options.reload_signals()].concat())?;
-        if let Some(hook) = self.before_fork {
-            if let Outcome::Failed(e) = hook().await {
-                return Err(Error::new(
-                    ErrorKind::MasterFailed,
-                    format!("before_fork failed: {e}"),
-                ));
-            }
-        }
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let status_stop = tokio_util::sync::CancellationToken::new();
-        if let Some(addr) = self.options.status_addr() {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                Error::new(ErrorKind::Listen, format!("cannot serve status on {addr}"))
-                    .with_source(e)
-            })?;
-            let source = Arc::new(crate::supervisor::CommandSource {
-                commands: commands_tx.clone(),
-            });
-            let options = crate::observe::status_server::StatusOptions {
-                min_ready: self.options.min_ready(),
-                ..Default::default()
-            };
-            tokio::spawn(crate::observe::status_server::serve_status(
-                listener,
-                source,
-                options,
-                status_stop.clone(),
-            ));
-        }
-        let pending = Arc::new(Pending::default());
-        let (events_tx, events_rx) = match self.master {
-            Some(_) => {
-                let (tx, rx) = mpsc::channel(4096);
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let groups = self.groups.into_iter().map(|g| g.options).collect();
-        let supervisor = Supervisor::new(
-            self.options,
-            groups,
-            self.spawn_hook,
-            commands_rx,
-            events_tx,
-            pending.clone(),
-        )?;
-        let (done_tx, done_rx) = oneshot::channel();
-        let master_task = match (self.master, events_rx) {
-            (Some(master), Some(events)) => {
-                let ctx = MasterContext {
-                    commands: commands_tx,
-                    events: Arc::new(Mutex::new(events)),
-                    pending,
-                    _types: std::marker::PhantomData,
-                };
-                // A task of its own, so that a panic in it ends only it, and is seen here as a
-                // failure like an error.
-                let function = tokio::spawn(master(ctx));
-                Some(tokio::spawn(async move {
-                    let failure = match function.await {
-                        Ok(Outcome::Ok) => None,
-                        Ok(Outcome::Failed(e)) => Some(format!("the master function failed: {e}")),
-                        Err(e) if e.is_panic() => Some(format!(
-                            "the master function panicked: {}",
-                            panic_message(&*e.into_panic())
-                        )),
-                        // Cancelled: nothing aborts it, so only a runtime shutting down would.
-                        Err(_) => None,
-                    };
-                    let failure = failure.map(|message| {
-                        eprintln!("cluster: {message}; shutting the cluster down");
-                        Error::new(ErrorKind::MasterFailed, message)
-                    });
-                    let _ = done_tx.send(failure);
-                }))
-            }
-            _ => {
-                drop(commands_tx);
-                None
-            }
-        };
-        let (code, error) = supervisor.run(signals, done_rx).await;
-        status_stop.cancel();
-        if let Some(task) = master_task {
-            // The event queue is closed: a master loop on `next_event` ends by itself.
-            if tokio::time::timeout(Duration::from_secs(1), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("the master function did not return after the cluster stopped");
-            }
-        }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
-        }
-    }
-}
-
-/// The message a panic was raised with, for saying why a function failed.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(message) = payload.downcast_ref::<&'static str>() {
-        message
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message
-    } else {
-        "a panic without a message"
     }
 }
 

@@ -1,0 +1,166 @@
+//! The task that reads the master's channel: control messages, the app's messages into its
+//! queue, handed connections into their listeners' queues. A task of its own, apart from the
+//! context, because it must keep reading whatever the app does, and the worker ends with it.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, PoisonError};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::context::Incoming;
+use super::shared::WorkerShared;
+use crate::messaging::{self, Pending};
+use crate::net::listener::Handed;
+use crate::protocol::{Balance, ToMaster, ToWorker};
+use crate::request::{ReplyTo, Request};
+
+/// Exit code of a worker whose master vanished.
+pub const EXIT_MASTER_GONE: i32 = 69;
+
+/// Reads the master's messages until the channel ends; the worker exits when it does, since
+/// the master is gone.
+pub(super) async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
+    mut rx: cluster_ipc::Receiver<ToWorker>,
+    reply: cluster_ipc::Sender<ToMaster>,
+    incoming: mpsc::Sender<Incoming<D, U>>,
+    shutdown: CancellationToken,
+    pending: Arc<Pending>,
+    shared: Arc<WorkerShared>,
+) {
+    let mut incoming = Some(incoming);
+    loop {
+        let (msg, mut fds) = match rx.recv_with_fds().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) | Err(_) => master_gone(),
+        };
+        match msg {
+            ToWorker::Shutdown => {
+                shutdown.cancel();
+                // Close the queue so `recv` returns None once drained.
+                incoming = None;
+            }
+            ToWorker::User(payload) => match messaging::decode::<D>(&payload) {
+                Ok(msg) => deliver(&incoming, Incoming::Message(msg)).await,
+                Err(e) => tracing::warn!("dropped a message from the master: {e:#}"),
+            },
+            ToWorker::Request { id, payload } => match messaging::decode::<D>(&payload) {
+                Ok(msg) => {
+                    let request = Request::new(msg, id, ReplyTo::Master(reply.clone()));
+                    deliver(&incoming, Incoming::Request(request)).await
+                }
+                Err(e) => tracing::warn!("dropped a request from the master: {e:#}"),
+            },
+            ToWorker::Response { id, payload } => pending.complete(id, payload),
+            ToWorker::MetricsRequest { id } => {
+                let metrics = shared
+                    .metrics
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let text = metrics.map_or_else(|| "# EOF\n".to_string(), |m| m.encode());
+                let _ = reply.send(&ToMaster::Metrics { id, text }).await;
+            }
+            ToWorker::Listening { id, result } => {
+                let waiter = shared
+                    .listen_waiters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+                if let Some(waiter) = waiter {
+                    // Connections for this listener may be the very next messages: its queue
+                    // must exist before they are read, not when the listening task next runs.
+                    let queue = match &result {
+                        Ok(info)
+                            if !matches!(info.balance, Balance::Shared | Balance::ReusePort) =>
+                        {
+                            Some(shared.listeners.register(info.listener))
+                        }
+                        _ => None,
+                    };
+                    let _ = waiter.send((result, fds, queue));
+                }
+            }
+            ToWorker::Connection {
+                listener,
+                conn,
+                peer,
+            } => {
+                // Acknowledge first: from here on the connection is this worker's, and the
+                // master stops keeping a copy to hand elsewhere.
+                let _ = reply.send(&ToMaster::Accepted { conn }).await;
+                let Some(fd) = fds.pop() else { continue };
+                take_connection(&shared, listener, fd, peer);
+            }
+            ToWorker::LoadShare {
+                listener,
+                index,
+                tag,
+            } => {
+                let Some(fd) = fds.pop() else { continue };
+                match crate::net::load::LoadShare::open(fd, index, tag) {
+                    Ok(share) => {
+                        let _ = shared.listeners.load_slot(listener).set(share);
+                    }
+                    Err(e) => tracing::warn!("cannot map the load table of {listener}: {e}"),
+                }
+            }
+            ToWorker::Connections { listener, conns } => {
+                for (conn, _) in &conns {
+                    let _ = reply.send(&ToMaster::Accepted { conn: *conn }).await;
+                }
+                if fds.len() != conns.len() {
+                    tracing::warn!(
+                        "{} connections came with {} descriptors: dropped them",
+                        conns.len(),
+                        fds.len()
+                    );
+                    continue;
+                }
+                for ((_, peer), fd) in conns.into_iter().zip(fds) {
+                    take_connection(&shared, listener, fd, peer);
+                }
+            }
+        }
+    }
+}
+
+/// Ends the process at once: the master died (its parent-death signal normally gets here
+/// first).
+#[allow(
+    clippy::exit,
+    reason = "an orphaned worker must not serve on: its connections and shutdown belong to a \
+              master that is gone, and the worker function may never return"
+)]
+fn master_gone() -> ! {
+    eprintln!(
+        "cluster worker {}: the master is gone, exiting",
+        std::process::id()
+    );
+    std::process::exit(EXIT_MASTER_GONE);
+}
+
+/// Queues a connection the master handed over for the listener it belongs to.
+fn take_connection(shared: &WorkerShared, listener: u32, fd: OwnedFd, peer: Option<SocketAddr>) {
+    if let Some(handed) = handed(fd, peer) {
+        if !shared.listeners.deliver(listener, handed) {
+            tracing::warn!("dropped a connection for unknown listener {listener}");
+        }
+    }
+}
+
+fn handed(fd: OwnedFd, peer: Option<SocketAddr>) -> Option<Handed> {
+    let stream = std::net::TcpStream::from(fd);
+    let peer = peer.or_else(|| stream.peer_addr().ok())?;
+    stream.set_nonblocking(true).ok()?;
+    let stream = tokio::net::TcpStream::from_std(stream).ok()?;
+    Some(Handed { stream, peer })
+}
+
+async fn deliver<D, U>(queue: &Option<mpsc::Sender<Incoming<D, U>>>, item: Incoming<D, U>) {
+    if let Some(queue) = queue {
+        let _ = queue.send(item).await;
+    }
+}

@@ -1,0 +1,180 @@
+//! A worker process's life: the bootstrap of its channel, the tasks beside the app's
+//! function, the function itself, and the report of how it ended. Apart from the context,
+//! which the app sees, because this runs once per process and the app never calls it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use cluster_ipc::{Channel, Config, bootstrap};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::context::WorkerContext;
+use super::heartbeat::{heartbeat, heartbeat_interval};
+use super::reader::read_master;
+use super::shared::WorkerShared;
+use crate::identity::ENV_IPC_FD;
+use crate::messaging::Pending;
+use crate::model::WorkerId;
+use crate::net::listener::{self, WorkerListeners};
+use crate::protocol::{ToMaster, ToWorker};
+use crate::{Error, ErrorKind, Result};
+
+/// Exit code of a worker whose environment names no usable channel (EX_CONFIG).
+pub const EXIT_BOOTSTRAP: i32 = 78;
+/// How long a worker waits for the master's hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Signals that reach a worker directly. A terminal's Ctrl-C (SIGINT) and hang-up (SIGHUP) go
+/// to the whole foreground process group, master and workers alike: workers ignore them so the
+/// master alone coordinates exactly one graceful shutdown. SIGTERM sent to one worker stops
+/// that worker gracefully.
+fn handle_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    for kind in [SignalKind::interrupt(), SignalKind::hangup()] {
+        if let Ok(mut stream) = signal(kind) {
+            tokio::spawn(async move { while stream.recv().await.is_some() {} });
+        }
+    }
+    if let Ok(mut term) = signal(SignalKind::terminate()) {
+        tokio::spawn(async move {
+            while term.recv().await.is_some() {
+                shutdown.cancel();
+            }
+        });
+    }
+}
+
+/// How a worker, master or hook function ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It returned normally.
+    Ok,
+    /// It returned an error (or panicked), described here.
+    Failed(String),
+}
+
+/// The message a panic was raised with, for saying why a function failed.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        message
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message
+    } else {
+        "a panic without a message"
+    }
+}
+
+/// Runs a worker process's whole life inside a runtime: bootstrap, handshake, the user's
+/// function, then a final message to the master. Returns once the function has ended and the
+/// master has been told how; the error says why the worker failed.
+pub(crate) async fn run<D, U, F, Fut>(id: WorkerId, auto_ready: bool, f: F) -> Result<()>
+where
+    D: DeserializeOwned + Send + 'static,
+    U: Serialize + Send + 'static,
+    F: FnOnce(WorkerContext<D, U>) -> Fut,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    let channel = connect().await?;
+    let (sender, receiver) = channel.split();
+    let shutdown = CancellationToken::new();
+    let pending = Arc::new(Pending::default());
+    let (queue, incoming) = mpsc::channel(1024);
+    let (closes, closes_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(WorkerShared {
+        sender: sender.clone(),
+        listeners: WorkerListeners::default(),
+        listen_waiters: std::sync::Mutex::new(HashMap::new()),
+        next_listen: AtomicU64::new(0),
+        listens_in_flight: AtomicUsize::new(0),
+        first_poll_done: AtomicBool::new(false),
+        ready_sent: AtomicBool::new(!auto_ready),
+        closes,
+        live: Arc::default(),
+        metrics: std::sync::Mutex::new(None),
+    });
+    handle_signals(shutdown.clone());
+    tokio::spawn(heartbeat(
+        sender.clone(),
+        heartbeat_interval(),
+        shared.live.clone(),
+    ));
+    tokio::spawn(listener::report_closes(closes_rx, sender.clone()));
+    tokio::spawn(read_master(
+        receiver,
+        sender.clone(),
+        queue,
+        shutdown.clone(),
+        pending.clone(),
+        shared.clone(),
+    ));
+    let ctx = WorkerContext {
+        id: id.clone(),
+        sender: sender.clone(),
+        incoming: Arc::new(Mutex::new(incoming)),
+        shutdown,
+        pending,
+        shared: shared.clone(),
+        _up: PhantomData,
+    };
+    // Poll the worker's function once here, so the listens it starts before its first real
+    // wait are known: the worker is ready when they are done, or now if there are none.
+    let mut work = Box::pin(f(ctx));
+    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+    shared.first_poll_done.store(true, Ordering::SeqCst);
+    shared.maybe_ready().await.map_err(|e| {
+        Error::new(
+            ErrorKind::Disconnected,
+            "the master is gone: the worker could not report that it is ready",
+        )
+        .with_source(e)
+    })?;
+    let outcome = match first {
+        Poll::Ready(outcome) => outcome,
+        // A panic in the worker's function is a failure like any other, reported to the master.
+        Poll::Pending => match tokio::spawn(work).await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => Outcome::Failed(format!(
+                "the worker function panicked: {}",
+                panic_message(&*e.into_panic())
+            )),
+            Err(e) => Outcome::Failed(e.to_string()),
+        },
+    };
+    let failed = matches!(outcome, Outcome::Failed(_));
+    let _ = sender.send(&ToMaster::Exiting { failed }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sender.flush()).await;
+    match outcome {
+        Outcome::Ok => Ok(()),
+        Outcome::Failed(reason) => Err(Error::new(ErrorKind::WorkerFailed, reason)),
+    }
+}
+
+/// Every failure here is `Bootstrap`: the process is not a worker its master can talk to.
+async fn connect() -> Result<Channel<ToMaster, ToWorker>> {
+    let bootstrap = |message: &'static str| Error::new(ErrorKind::Bootstrap, message);
+    let stream = bootstrap::from_env(ENV_IPC_FD)
+        .map_err(|e| bootstrap("cannot take the channel to the master").with_source(e))?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Bootstrap,
+                format!(
+                    "{ENV_IPC_FD} is not set: this process has the cluster worker variables but no channel to a master"
+                ),
+            )
+        })?;
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        Channel::from_std(stream, Config::default()),
+    )
+    .await
+    .map_err(|_| bootstrap("the master did not answer the handshake within 10 s"))?
+    .map_err(|e| bootstrap("the handshake with the master failed").with_source(e))
+}

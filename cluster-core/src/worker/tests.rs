@@ -1,0 +1,79 @@
+//! Unit tests of the worker's shared state, against a channel whose master end the test holds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cluster_ipc::{Channel, Config};
+use tokio::sync::mpsc;
+
+use super::shared::WorkerShared;
+use crate::net::listener::WorkerListeners;
+use crate::protocol::{ToMaster, ToWorker};
+
+/// Bound on waits that should be quick.
+const STEP: Duration = Duration::from_secs(5);
+
+/// A worker's shared state on a channel whose master end the test holds.
+async fn shared_with_master(
+    config: Config,
+) -> (Arc<WorkerShared>, cluster_ipc::Receiver<ToMaster>) {
+    let (worker, master) = Channel::<ToMaster, ToWorker>::pair(config).await.unwrap();
+    let (sender, _) = worker.split();
+    let (_, from_worker) = master.split();
+    let (closes, _) = mpsc::unbounded_channel();
+    let shared = Arc::new(WorkerShared {
+        sender,
+        listeners: WorkerListeners::default(),
+        listen_waiters: std::sync::Mutex::new(HashMap::new()),
+        next_listen: AtomicU64::new(0),
+        listens_in_flight: AtomicUsize::new(0),
+        first_poll_done: AtomicBool::new(true),
+        ready_sent: AtomicBool::new(false),
+        closes,
+        live: Arc::default(),
+        metrics: std::sync::Mutex::new(None),
+    });
+    (shared, from_worker)
+}
+
+/// A `ready` dropped while the channel is full sent nothing, so it must not count as sent:
+/// the next call reports the worker ready.
+#[tokio::test]
+async fn a_ready_report_dropped_before_it_was_queued_is_sent_by_the_next_call() {
+    let (shared, mut from_worker) =
+        shared_with_master(Config::default().with_write_buffer(64 << 10)).await;
+    // Fill the socket and then the channel's buffer: the master end reads nothing yet.
+    let mut queued = 0;
+    loop {
+        let big = ToMaster::User(vec![0; 32 << 10]);
+        let send = shared.sender.send(&big);
+        match tokio::time::timeout(Duration::from_millis(100), send).await {
+            Ok(result) => result.unwrap(),
+            Err(_) => break,
+        }
+        queued += 1;
+        assert!(queued < 10_000, "the channel never filled up");
+    }
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), shared.send_ready()).await;
+    assert!(gave_up.is_err(), "the report waited for room");
+    assert!(!shared.ready_sent.load(Ordering::SeqCst));
+
+    // The master reads what was queued; the next call reports ready.
+    let reader = tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout(STEP, from_worker.recv()).await {
+                Ok(Ok(Some(ToMaster::Ready))) => return true,
+                Ok(Ok(Some(_))) => {}
+                _ => return false,
+            }
+        }
+    });
+    tokio::time::timeout(STEP, shared.send_ready())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(shared.ready_sent.load(Ordering::SeqCst));
+    assert!(reader.await.unwrap(), "the master got the ready report");
+}

@@ -1,0 +1,247 @@
+//! One connection's task: the select loop that serves it, closes it after a header-read
+//! timeout or, once draining, after its quiet period, and the service wrapper that counts
+//! requests and adds `Connection: close` while draining. Apart from the accept loop
+//! (`server.rs`) because everything here runs once per connection, in that connection's task.
+
+use std::error::Error as StdError;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{CONNECTION, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::drain::{ConnState, Tracked, is_clients_last, linger};
+use super::options::PeerAddr;
+
+pub(super) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// State that the accept loop shares with every connection task.
+pub(super) struct Shared<S> {
+    pub(super) service: S,
+    pub(super) builder: http1::Builder,
+    /// Cancelled when draining starts (after the shutdown delay).
+    pub(super) drain: CancellationToken,
+    /// Set with `drain`, for the per-response check: the token's own `is_cancelled` takes
+    /// a lock.
+    pub(super) draining: AtomicBool,
+    pub(super) quiet: Duration,
+    /// See [`DrainOptions::header_read_timeout`](crate::http::DrainOptions::header_read_timeout).
+    pub(super) header_read_timeout: Option<Duration>,
+    /// See [`DrainOptions::peer_addr`](crate::http::DrainOptions::peer_addr).
+    pub(super) peer_addr: bool,
+    /// Origin of [`ConnState::last_io`].
+    pub(super) epoch: Instant,
+    pub(super) requests: AtomicU64,
+    pub(super) closed_idle: AtomicU64,
+    pub(super) closed_after_response: AtomicU64,
+}
+
+/// Serves one connection until it closes: normally, then draining once `shared.drain`
+/// fires.
+pub(super) async fn serve_connection<I, T, S, B>(io: I, peer: T, shared: Arc<Shared<S>>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let conn = Arc::new(ConnState::new(shared.epoch));
+    let service = DrainService {
+        shared: Arc::clone(&shared),
+        conn: Arc::clone(&conn),
+        peer: Arc::new(peer),
+    };
+    let io = TokioIo::new(Tracked {
+        io,
+        conn: Arc::clone(&conn),
+    });
+    // Driven with `poll_without_shutdown` so that the socket comes back at the end for a
+    // lingering close, which hyper's own shutdown does not do.
+    let mut http = shared.builder.serve_connection(io, service);
+
+    // One header-read timer per connection, re-armed once per period: a period in which no
+    // request head completed and none was under way ends the connection.
+    let mut heads = 0;
+    let mut deadline = shared.header_read_timeout.map(|t| Instant::now() + t);
+    let finished = loop {
+        tokio::select! {
+            finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break Some(finished),
+            () = shared.drain.cancelled() => break None,
+            () = sleep_until_some(deadline), if deadline.is_some() => {
+                let now_heads = conn.heads.load(Ordering::Relaxed);
+                if now_heads != heads || conn.busy.load(Ordering::Relaxed) > 0 {
+                    heads = now_heads;
+                    deadline = shared.header_read_timeout.map(|t| Instant::now() + t);
+                    continue;
+                }
+                // Nothing under way and no request started for a whole period: close,
+                // without a linger (no response is on its way, and a slowloris client would
+                // only keep it open). Not hyper's graceful shutdown: it waits for the head of
+                // a connection that has not served a request yet.
+                let mut io = http.into_parts().io.into_inner().io;
+                let _ = io.shutdown().await;
+                return;
+            }
+        }
+    };
+    let finished = match finished {
+        Some(finished) => finished,
+        None => {
+            // The quiet period counts from the drain's start: a connection idle for an hour
+            // still gets the whole period for a request its client may be sending now.
+            conn.start_draining();
+            let mut closing = false;
+            loop {
+                let quiet_until = conn.quiet_until(shared.quiet);
+                tokio::select! {
+                    finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break finished,
+                    () = tokio::time::sleep_until(quiet_until), if !closing => {
+                        // hyper closes an idle connection at once when asked to shut down,
+                        // even with a request half read, so ask only once nothing has moved
+                        // for the whole period.
+                        if conn.is_quiet(shared.quiet) {
+                            Pin::new(&mut http).graceful_shutdown();
+                            closing = true;
+                            shared.closed_idle.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    // An error (the client reset, a malformed request) leaves nothing worth lingering for.
+    if finished.is_ok() {
+        let mut io = http.into_parts().io.into_inner().io;
+        if conn.client_done.load(Ordering::Relaxed) {
+            // Shut explicitly: dropping alone sends no FIN while another copy of the socket
+            // is open (a master that has not yet seen this worker's acknowledgement).
+            let _ = io.shutdown().await;
+        } else {
+            linger(io).await;
+        }
+    }
+}
+
+/// Sleeps until `deadline`; never returns without one (its `select!` branch is disabled
+/// then).
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The app's service, wrapped to count requests, mark the connection busy until each
+/// response is sent, and close connections through their next response once draining.
+struct DrainService<S, T> {
+    shared: Arc<Shared<S>>,
+    conn: Arc<ConnState>,
+    // In an `Arc` because hyper's `poll_without_shutdown` wants an `Unpin` service.
+    peer: Arc<T>,
+}
+
+impl<S, T, B> Service<Request<Incoming>> for DrainService<S, T>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    T: Clone + Send + Sync + 'static,
+    B: Body + Send + 'static,
+{
+    type Response = Response<DrainBody<B>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let busy = Busy::new(Arc::clone(&self.conn));
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        self.conn.heads.fetch_add(1, Ordering::Relaxed);
+        self.conn
+            .client_done
+            .store(is_clients_last(&req), Ordering::Relaxed);
+        if self.shared.peer_addr {
+            req.extensions_mut().insert(PeerAddr(T::clone(&self.peer)));
+        }
+        let response = self.shared.service.call(req);
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            let mut response = response.await.map_err(Into::into)?;
+            // Decided when the response is ready, not when the request came: a request that
+            // was under way when draining started still closes its connection, so the
+            // client learns it from this response instead of from a close that races its
+            // next request.
+            if shared.draining.load(Ordering::Relaxed) {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                shared.closed_after_response.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(response.map(|body| DrainBody {
+                body: Box::pin(body),
+                _busy: busy,
+            }))
+        })
+    }
+}
+
+/// Marks its connection busy while alive; dropped with the response body (or with the
+/// request's future, if the service fails or the connection dies first).
+struct Busy(Arc<ConnState>);
+
+impl Busy {
+    fn new(conn: Arc<ConnState>) -> Self {
+        conn.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(conn)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // The silence after a response counts from its end.
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its connection marked busy until hyper drops it, which it
+/// does once the body is sent.
+struct DrainBody<B> {
+    // Boxed so that bodies which are not `Unpin` work without unsafe pin projection.
+    body: Pin<Box<B>>,
+    _busy: Busy,
+}
+
+impl<B: Body> Body for DrainBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

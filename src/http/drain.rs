@@ -1,0 +1,183 @@
+//! How one connection drains: its activity clock for the quiet period ([`ConnState`]), the
+//! I/O wrapper that feeds it, whether the client has sent its last request, and the
+//! lingering close. Apart from the connection's task because these are the subtle parts
+//! (see the module documentation of `cluster::http` on lingering close) and each is small
+//! enough to check on its own.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::Request;
+use hyper::body::Body;
+use hyper::header::CONNECTION;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+
+/// How long a closed connection's remaining input is read and discarded before the socket is
+/// dropped (see the module documentation on lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// One connection's activity, shared by its I/O wrapper, its service and its task (all
+/// running in that one task, so relaxed atomics suffice).
+pub(super) struct ConnState {
+    pub(super) epoch: Instant,
+    /// When bytes last moved either way or a response finished, in nanoseconds from
+    /// `epoch`: the start of the current silence. Kept only once draining has started, the
+    /// one time it is read, so that serving does not pay a clock read for every read and
+    /// write.
+    pub(super) last_io: AtomicU64,
+    /// Set when draining starts.
+    pub(super) draining: AtomicBool,
+    /// Requests handed to the service whose response body has not been dropped yet.
+    pub(super) busy: AtomicUsize,
+    /// The latest request said it is the client's last and carried no body: once it is
+    /// answered, the client sends nothing more, so the close need not linger.
+    pub(super) client_done: AtomicBool,
+    /// Request heads completed on this connection, for the header read timeout.
+    pub(super) heads: AtomicU64,
+}
+
+impl ConnState {
+    pub(super) fn new(epoch: Instant) -> Self {
+        ConnState {
+            epoch,
+            last_io: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            client_done: AtomicBool::new(false),
+            heads: AtomicU64::new(0),
+        }
+    }
+
+    /// Something moved: the silence starts again (counted only while draining).
+    pub(super) fn touch(&self) {
+        if self.draining.load(Ordering::Relaxed) {
+            self.stamp();
+        }
+    }
+
+    /// Draining starts: the quiet period counts from now, whatever the connection did before.
+    pub(super) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.stamp();
+    }
+
+    fn stamp(&self) {
+        let nanos = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_io.store(nanos, Ordering::Relaxed);
+    }
+
+    /// When the connection's quiet period ends if nothing happens before.
+    pub(super) fn quiet_until(&self, quiet: Duration) -> Instant {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            // The silence of a slow handler is not idleness; look again a period later.
+            return Instant::now() + quiet;
+        }
+        self.epoch + Duration::from_nanos(self.last_io.load(Ordering::Relaxed)) + quiet
+    }
+
+    /// Idle: no request under way and silent for the whole quiet period.
+    pub(super) fn is_quiet(&self, quiet: Duration) -> bool {
+        self.busy.load(Ordering::Relaxed) == 0 && self.quiet_until(quiet) <= Instant::now()
+    }
+}
+
+/// Whether `req` is the client's last request on its connection with nothing of it left to
+/// arrive: it asks for the close (RFC 9112, section 9.6: the client then sends no further
+/// request) and has no body, so no input can follow the response.
+pub(super) fn is_clients_last<B: Body>(req: &Request<B>) -> bool {
+    if !req.body().is_end_stream() {
+        return false;
+    }
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in req.headers().get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            close |= token.eq_ignore_ascii_case("close");
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    close || (req.version() == hyper::Version::HTTP_10 && !keep_alive)
+}
+
+/// Closes a connection without a reset: shuts the write side, then reads and discards until
+/// the client closes too (or [`LINGER`] passes), so that input the client sent after our
+/// last response cannot make the kernel reset the connection before that response is read.
+pub(super) async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
+    let drain = async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 1024];
+        while let Ok(n) = io.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The I/O of a connection, recording when bytes move.
+pub(super) struct Tracked<I> {
+    pub(super) io: I,
+    pub(super) conn: Arc<ConnState>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.conn.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

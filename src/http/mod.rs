@@ -1,0 +1,110 @@
+//! HTTP/1.1 serving (hyper 1) that drains without losing requests.
+//!
+//! A worker told to stop must not close a keep-alive connection on which the client has
+//! already sent its next request: that request is lost (Node and PM2 lose dozens per rolling
+//! reload this way). [`serve`] drains instead:
+//!
+//! 1. When the shutdown token fires it keeps serving normally for
+//!    [`DrainOptions::shutdown_delay`] while [`Readiness`] reports not ready, so a load
+//!    balancer polling a readiness endpoint stops sending traffic first.
+//! 2. Then it stops accepting, but first takes the connections already waiting in the
+//!    listener's queue ([`Accept::try_accept_queued`]) and serves them instead of letting
+//!    the kernel reset them.
+//! 3. Every response produced from then on carries `Connection: close`, so each open
+//!    connection is closed right after the response to the request its client has sent.
+//! 4. A connection that stays idle (no request, nothing read or written) for
+//!    [`DrainOptions::quiet_period`] is closed; a request that arrives within that period is
+//!    answered first. Requests in flight finish.
+//! 5. It returns once every connection is closed, or after [`DrainOptions::max_drain`],
+//!    dropping what is left.
+//!
+//! Closing goes through a "lingering close": the write side is shut first and whatever the
+//! client still sends is read and discarded until it closes (at most two seconds), because
+//! closing a socket with unread input makes the kernel send a reset, which can destroy the
+//! last response before the client has read it. A connection whose last request asked for
+//! the close (`Connection: close`, or HTTP/1.0 without keep-alive) and had no body left
+//! unread is shut and closed at once: its client sends nothing more (RFC 9112, section 9.6),
+//! and waiting for its close would cost a wake-up per connection for nothing.
+//!
+//! One race no server can remove: a request the client sends on an idle connection while
+//! the server's close of that connection is already on the wire. HTTP/1.1 clients retry
+//! such requests (RFC 9112, section 9.3.1); the quiet period makes the window rare, since a
+//! connection is closed only after being silent that long.
+//!
+//! ```
+//! use std::convert::Infallible;
+//!
+//! use cluster::http::http_body_util::Full;
+//! use cluster::http::hyper::body::{Bytes, Incoming};
+//! use cluster::http::hyper::{Request, Response};
+//! use cluster::http::{CancellationToken, DrainOptions, serve};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! // In a worker this is `ctx.shutdown_token()`.
+//! let shutdown = CancellationToken::new();
+//! # shutdown.cancel();
+//! let stats = serve(
+//!     listener,
+//!     |_req: Request<Incoming>| async {
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+//!     },
+//!     shutdown,
+//!     DrainOptions::new(),
+//! )
+//! .await?;
+//! println!("served {} requests", stats.requests);
+//! # Ok(())
+//! # }
+//! ```
+
+// The parts, bottom to top; each uses only those above it in this list: where connections
+// come from (`accept`), what a server reports (`readiness`), what a caller gives and gets
+// (`options`), how one connection drains (`drain`), one connection's task (`connection`), and
+// the accept loop that runs them (`server`).
+mod accept;
+mod connection;
+mod drain;
+mod options;
+mod readiness;
+mod server;
+#[cfg(test)]
+mod tests;
+
+/// The HTTP body helpers the examples use (`Full`, `Empty`, ...), re-exported so that
+/// `cluster` is the only dependency an app needs.
+///
+/// ```
+/// use cluster::http::http_body_util::Full;
+/// use cluster::http::hyper::body::Bytes;
+///
+/// let body = Full::new(Bytes::from_static(b"ok"));
+/// # let _ = body;
+/// ```
+pub use http_body_util;
+/// hyper, whose request, response and service types [`serve`] speaks, re-exported so that
+/// `cluster` is the only dependency an app needs.
+///
+/// ```
+/// use cluster::http::hyper::{Response, StatusCode};
+///
+/// let response = Response::builder().status(StatusCode::NO_CONTENT).body(());
+/// # let _ = response;
+/// ```
+pub use hyper;
+/// The token [`serve`] watches; a worker's is `WorkerContext::shutdown_token()`.
+///
+/// ```
+/// use cluster::http::CancellationToken;
+///
+/// let shutdown = CancellationToken::new();
+/// shutdown.cancel();
+/// assert!(shutdown.is_cancelled());
+/// ```
+pub use tokio_util::sync::CancellationToken;
+
+pub use accept::Accept;
+pub use options::{DrainOptions, PeerAddr, ServeStats};
+pub use readiness::{Phase, Readiness};
+pub use server::{serve, serve_service};
