@@ -66,3 +66,19 @@ fn on_spawn_gives_one_worker_its_own_environment_and_arguments() {
     fx.signal(Signal::SIGTERM);
     assert_eq!(fx.wait_exit(WAIT), Exit::Code(0), "{}", fx.dump());
 }
+
+/// A worker takes the variables its master set (its identity, its channel's descriptor)
+/// and removes them: a program it starts, itself built with cluster, must not take itself
+/// for a worker and adopt an unrelated descriptor 3. The group's own variables stay.
+#[test]
+fn a_worker_leaves_no_cluster_variable_to_the_programs_it_starts() {
+    let mut fx = Fixture::start(&[("FIXTURE_COUNT", "2"), ("FIXTURE_GROUP_VAR", "kept")]);
+    fx.wait_hellos("worker/", 2);
+    for hello in fx.lines("HELLO", &[]) {
+        assert_eq!(hello.get("clusterenv"), "0", "{}", fx.dump());
+        assert_eq!(hello.get("groupvar"), "kept", "{}", fx.dump());
+    }
+    fx.signal(Signal::SIGTERM);
+    assert_eq!(fx.wait_exit(WAIT), Exit::Code(0), "{}", fx.dump());
+    fx.finish(WAIT);
+}

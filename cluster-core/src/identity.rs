@@ -9,8 +9,23 @@ pub(crate) const ENV_GENERATION: &str = "CLUSTER_WORKER_GENERATION";
 pub(crate) const ENV_IPC_FD: &str = "CLUSTER_IPC_FD";
 pub(crate) const ENV_HEARTBEAT_MS: &str = "CLUSTER_HEARTBEAT_MS";
 
+/// Whether `var` is one of the variables a master sets for its workers.
+pub(crate) fn is_cluster_var(var: &std::ffi::OsStr) -> bool {
+    [
+        ENV_GROUP,
+        ENV_SLOT,
+        ENV_GENERATION,
+        ENV_IPC_FD,
+        ENV_HEARTBEAT_MS,
+    ]
+    .iter()
+    .any(|name| var == *name)
+}
+
 /// Reads this process's role. A process with the worker variables set but unusable gets an
-/// error naming the variable.
+/// error naming the variable. In a worker, `Cluster::run` removes the variables once it has
+/// read them (so that programs the worker starts are not taken for workers): from then on
+/// this says `Master`, and the worker's identity is `WorkerContext::id`.
 ///
 /// ```
 /// assert_eq!(cluster_core::role().unwrap(), cluster_core::Role::Master);

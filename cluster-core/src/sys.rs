@@ -72,6 +72,16 @@ pub(crate) fn watch_listener(
     .map_err(|e| e.into_parts().1)
 }
 
+/// Removes `var` from this process's environment.
+///
+/// Only while the process has one thread: `Cluster::run` calls it before it starts the
+/// runtime, and is documented to be the first thing `main` does.
+pub(crate) fn remove_env(var: &std::ffi::OsStr) {
+    // SAFETY: called only from the worker's bootstrap in `Cluster::run`, before any runtime or
+    // thread of the cluster exists; `run` must come before the app starts threads of its own.
+    unsafe { std::env::remove_var(var) }
+}
+
 /// The seals of the shared counters' memfd: its size is fixed for good.
 const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 

@@ -117,6 +117,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
     }
 
     fn run_worker(self, id: WorkerId) -> Result<ExitCode, Error> {
+        // First, while this process has one thread: the environment is edited here.
+        let boot = worker::Boot::take()?;
         let Some(entry) = self
             .groups
             .into_iter()
@@ -137,7 +139,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
         }
         .map_err(|e| Error::io("cannot start the tokio runtime", e))?;
         let run = entry.run;
-        let result = runtime.block_on(worker::run(id, true, move |ctx| run(ctx)));
+        let result = runtime.block_on(worker::run(id, boot, true, move |ctx| run(ctx)));
         // Tasks the app left behind (or blocked threads) must not hold the exit.
         runtime.shutdown_timeout(Duration::from_millis(100));
         result.map(|()| ExitCode::SUCCESS)

@@ -15,5 +15,5 @@ mod tests;
 
 pub use context::{Incoming, WorkerContext};
 pub use reader::EXIT_MASTER_GONE;
+pub(crate) use run::{Boot, panic_message, run};
 pub use run::{EXIT_BOOTSTRAP, Outcome};
-pub(crate) use run::{panic_message, run};

@@ -75,14 +75,19 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 /// Runs a worker process's whole life inside a runtime: bootstrap, handshake, the user's
 /// function, then a final message to the master. Returns once the function has ended and the
 /// master has been told how; the error says why the worker failed.
-pub(crate) async fn run<D, U, F, Fut>(id: WorkerId, auto_ready: bool, f: F) -> Result<()>
+pub(crate) async fn run<D, U, F, Fut>(
+    id: WorkerId,
+    boot: Boot,
+    auto_ready: bool,
+    f: F,
+) -> Result<()>
 where
     D: DeserializeOwned + Send + 'static,
     U: Serialize + Send + 'static,
     F: FnOnce(WorkerContext<D, U>) -> Fut,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    let channel = connect().await?;
+    let channel = connect(boot.stream).await?;
     let (sender, receiver) = channel.split();
     let shutdown = CancellationToken::new();
     let pending = Arc::new(Pending::default());
@@ -103,7 +108,7 @@ where
     handle_signals(shutdown.clone());
     tokio::spawn(heartbeat(
         sender.clone(),
-        heartbeat_interval(),
+        boot.heartbeat,
         shared.live.clone(),
     ));
     tokio::spawn(listener::report_closes(closes_rx, sender.clone()));
@@ -157,19 +162,43 @@ where
     }
 }
 
-/// Every failure here is `Bootstrap`: the process is not a worker its master can talk to.
-async fn connect() -> Result<Channel<ToMaster, ToWorker>> {
+/// What a worker takes from the environment its master gave it, before anything else runs.
+pub(crate) struct Boot {
+    stream: std::os::unix::net::UnixStream,
+    heartbeat: Duration,
+}
+
+impl Boot {
+    /// Takes the channel to the master (which must be this process's parent) and the
+    /// heartbeat interval, then removes every `CLUSTER_*` variable of the master's: a program
+    /// this worker starts, itself built with cluster, must not believe it is a worker. Call
+    /// it while the process has one thread. Every failure is `Bootstrap`.
+    pub(crate) fn take() -> Result<Boot> {
+        let stream = bootstrap::from_parent(ENV_IPC_FD)
+            .map_err(|e| {
+                Error::new(ErrorKind::Bootstrap, "cannot take the channel to the master")
+                    .with_source(e)
+            })?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Bootstrap,
+                    format!(
+                        "{ENV_IPC_FD} is not set: this process has the cluster worker variables but no channel to a master"
+                    ),
+                )
+            })?;
+        let heartbeat = heartbeat_interval();
+        for (var, _) in std::env::vars_os() {
+            if crate::identity::is_cluster_var(&var) {
+                crate::sys::remove_env(&var);
+            }
+        }
+        Ok(Boot { stream, heartbeat })
+    }
+}
+
+async fn connect(stream: std::os::unix::net::UnixStream) -> Result<Channel<ToMaster, ToWorker>> {
     let bootstrap = |message: &'static str| Error::new(ErrorKind::Bootstrap, message);
-    let stream = bootstrap::from_env(ENV_IPC_FD)
-        .map_err(|e| bootstrap("cannot take the channel to the master").with_source(e))?
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Bootstrap,
-                format!(
-                    "{ENV_IPC_FD} is not set: this process has the cluster worker variables but no channel to a master"
-                ),
-            )
-        })?;
     tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         Channel::from_std(stream, Config::default()),
