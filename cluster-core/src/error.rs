@@ -7,7 +7,16 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use crate::cluster::BoxError;
+/// An error returned by app code (worker, master or hook functions).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Exit code of a master that gave up after too many restarts (EX_TEMPFAIL), distinct from a
+/// crash of the master itself (101 for a Rust panic, 128+n for a signal).
+pub const EXIT_RESTART_LIMIT: i32 = 75;
+/// Exit code of a worker whose environment names no usable channel (EX_CONFIG).
+pub const EXIT_BOOTSTRAP: i32 = 78;
+/// Exit code of a worker whose master vanished.
+pub const EXIT_MASTER_GONE: i32 = 69;
 
 /// Everything that can go wrong in a cluster, in the master or in a worker.
 ///
@@ -206,9 +215,9 @@ impl Error {
     pub(crate) fn exit_code(&self) -> u8 {
         let code = match self.kind() {
             ErrorKind::InvalidOption => 2,
-            ErrorKind::Bootstrap => crate::worker::EXIT_BOOTSTRAP,
-            ErrorKind::RestartLimit => crate::supervisor::EXIT_RESTART_LIMIT,
-            ErrorKind::Disconnected => crate::worker::EXIT_MASTER_GONE,
+            ErrorKind::Bootstrap => EXIT_BOOTSTRAP,
+            ErrorKind::RestartLimit => EXIT_RESTART_LIMIT,
+            ErrorKind::Disconnected => EXIT_MASTER_GONE,
             _ => 1,
         };
         u8::try_from(code).unwrap_or(1)

@@ -18,7 +18,7 @@ pub(crate) static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 
 /// An address a worker asks to listen on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ListenAddr {
+pub(crate) enum ListenAddr {
     /// A TCP address (port 0 picks a free port, shared by every worker asking for it).
     Tcp(SocketAddr),
     /// A Unix stream socket path.

@@ -23,7 +23,7 @@ use super::{WAIT, free_port, parent_of};
 
 /// Bound on one connect, read or write: far above any healthy answer on a loaded machine, so
 /// that only a lost request reaches it.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------
 // The examples/http cluster
@@ -31,7 +31,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running examples/http cluster. Its master leads its own process group, which its workers
 /// share; dropping this kills the whole group.
-pub struct HttpCluster {
+pub(crate) struct HttpCluster {
     group: Group,
     addr: SocketAddr,
     workers: usize,
@@ -43,7 +43,7 @@ impl HttpCluster {
     /// Starts `program` (examples/http, examples/axum or a copy of one) with `WORKERS=workers` and
     /// `POLICY=policy` on a free loopback port, and waits until every slot answers. A port
     /// taken meanwhile by someone else is retried with another one.
-    pub fn start(program: &Path, workers: usize, policy: &str) -> HttpCluster {
+    pub(crate) fn start(program: &Path, workers: usize, policy: &str) -> HttpCluster {
         let mut last = String::new();
         for _ in 0..5 {
             let mut cluster = Self::spawn(program, workers, policy, free_port());
@@ -107,22 +107,22 @@ impl HttpCluster {
     }
 
     /// The address the cluster serves.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// The master's pid (also its process group's id).
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.group.pid()
     }
 
     /// Everything the cluster wrote to stderr so far.
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.text()
     }
 
     /// The output so far, for failure messages.
-    pub fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",
             self.stdout.text(),
@@ -131,18 +131,18 @@ impl HttpCluster {
     }
 
     /// Sends `sig` to the master only.
-    pub fn signal(&self, sig: Signal) {
+    pub(crate) fn signal(&self, sig: Signal) {
         self.group.signal(sig);
     }
 
     /// How many rolling reloads the master reported finished.
-    pub fn reloads_finished(&self) -> usize {
+    pub(crate) fn reloads_finished(&self) -> usize {
         self.stderr().matches("rolling reload finished").count()
     }
 
     /// Asks for a rolling reload with SIGUSR2 and waits (up to [`WAIT`]) until the master
     /// reports it finished; fails at once if it reports the reload aborted.
-    pub fn reload(&self) {
+    pub(crate) fn reload(&self) {
         let before = self.reloads_finished();
         self.signal(Signal::SIGUSR2);
         let deadline = Instant::now() + WAIT;
@@ -167,7 +167,7 @@ impl HttpCluster {
 
     /// Waits until every slot has answered fresh connections from workers that are not in
     /// `old`, and returns slot -> pid.
-    pub fn serving_slots_except(&self, old: &BTreeSet<u32>) -> BTreeMap<usize, u32> {
+    pub(crate) fn serving_slots_except(&self, old: &BTreeSet<u32>) -> BTreeMap<usize, u32> {
         let deadline = Instant::now() + WAIT;
         let mut seen = BTreeMap::new();
         loop {
@@ -191,7 +191,7 @@ impl HttpCluster {
     }
 
     /// Waits until every slot has answered, and returns slot -> pid.
-    pub fn serving_slots(&self) -> BTreeMap<usize, u32> {
+    pub(crate) fn serving_slots(&self) -> BTreeMap<usize, u32> {
         self.serving_slots_except(&BTreeSet::new())
     }
 }
@@ -199,7 +199,7 @@ impl HttpCluster {
 /// Sends `n` requests on `n` fresh connections at once (so that idle workers compete for
 /// them), then reads the answers. The connections come from varied loopback addresses
 /// (127.0.0.1 to 127.0.0.64), so that `Sticky` spreads them too.
-pub fn burst(addr: SocketAddr, n: usize) -> Vec<Result<Response, String>> {
+pub(crate) fn burst(addr: SocketAddr, n: usize) -> Vec<Result<Response, String>> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut conns: Vec<Result<Conn, String>> = (0..n)
         .map(|_| {
@@ -225,7 +225,7 @@ pub fn burst(addr: SocketAddr, n: usize) -> Vec<Result<Response, String>> {
 
 /// One HTTP response.
 #[derive(Debug, Clone)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     /// The server said `Connection: close`.
     pub close: bool,
@@ -234,7 +234,7 @@ pub struct Response {
 
 impl Response {
     /// The slot and pid in examples/http's `Hello from worker <slot> (pid <pid>)`.
-    pub fn worker(&self) -> Option<(usize, u32)> {
+    pub(crate) fn worker(&self) -> Option<(usize, u32)> {
         let rest = self.body.strip_prefix("Hello from worker ")?;
         let (slot, rest) = rest.split_once(" (pid ")?;
         let pid = rest.strip_suffix(')')?;
@@ -252,20 +252,20 @@ fn describe(what: &str, e: &io::Error) -> String {
 }
 
 /// A client connection.
-pub struct Conn {
+pub(crate) struct Conn {
     reader: BufReader<TcpStream>,
 }
 
 impl Conn {
     /// Connects to `addr`.
-    pub fn connect(addr: SocketAddr) -> Result<Conn, String> {
+    pub(crate) fn connect(addr: SocketAddr) -> Result<Conn, String> {
         let stream =
             TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| describe("connect", &e))?;
         Self::from_stream(stream)
     }
 
     /// Connects to `addr` from the local address `from` (say 127.0.0.2).
-    pub fn connect_from(from: IpAddr, addr: SocketAddr) -> Result<Conn, String> {
+    pub(crate) fn connect_from(from: IpAddr, addr: SocketAddr) -> Result<Conn, String> {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
@@ -293,12 +293,12 @@ impl Conn {
     }
 
     /// The underlying stream.
-    pub fn stream(&self) -> &TcpStream {
+    pub(crate) fn stream(&self) -> &TcpStream {
         self.reader.get_ref()
     }
 
     /// Sends `GET /`, asking to close the connection after the answer when `close`.
-    pub fn send_get(&mut self, close: bool) -> Result<(), String> {
+    pub(crate) fn send_get(&mut self, close: bool) -> Result<(), String> {
         let request: &[u8] = if close {
             b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         } else {
@@ -311,7 +311,7 @@ impl Conn {
     }
 
     /// Reads one complete response.
-    pub fn read_response(&mut self) -> Result<Response, String> {
+    pub(crate) fn read_response(&mut self) -> Result<Response, String> {
         let mut line = String::new();
         let n = self
             .reader
@@ -419,19 +419,19 @@ impl Conn {
     }
 
     /// Sends `GET /` and reads the answer.
-    pub fn get(&mut self, close: bool) -> Result<Response, String> {
+    pub(crate) fn get(&mut self, close: bool) -> Result<Response, String> {
         self.send_get(close)?;
         self.read_response()
     }
 }
 
 /// `GET /` on a fresh connection that closes after the answer.
-pub fn get_once(addr: SocketAddr) -> Result<Response, String> {
+pub(crate) fn get_once(addr: SocketAddr) -> Result<Response, String> {
     Conn::connect(addr)?.get(true)
 }
 
 /// As [`get_once`], from the local address `from`.
-pub fn get_once_from(from: IpAddr, addr: SocketAddr) -> Result<Response, String> {
+pub(crate) fn get_once_from(from: IpAddr, addr: SocketAddr) -> Result<Response, String> {
     Conn::connect_from(from, addr)?.get(true)
 }
 
@@ -441,7 +441,7 @@ pub fn get_once_from(from: IpAddr, addr: SocketAddr) -> Result<Response, String>
 
 /// One failed request.
 #[derive(Debug, Clone)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// Which client loop.
     pub lane: usize,
     /// What went wrong.
@@ -455,7 +455,7 @@ pub struct Failure {
 /// keep-alive client loops and `fresh` connection-per-request loops, traffic flowing between
 /// reloads so that each starts under load; then checks that no request failed, that every
 /// reload finished and that no worker that answered before answers after. Returns the tally.
-pub fn reload_under_load(
+pub(crate) fn reload_under_load(
     cluster: &HttpCluster,
     reloads: usize,
     keep_alive: usize,
@@ -482,7 +482,7 @@ pub fn reload_under_load(
 
 /// What the client loops saw, updated live.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     ok: AtomicU64,
     failures: Mutex<Vec<Failure>>,
     /// pid -> (slot, when it last answered).
@@ -491,18 +491,18 @@ pub struct Tally {
 
 impl Tally {
     /// Successful requests so far.
-    pub fn ok(&self) -> u64 {
+    pub(crate) fn ok(&self) -> u64 {
         self.ok.load(Ordering::SeqCst)
     }
 
     /// Failed requests so far.
-    pub fn failures(&self) -> Vec<Failure> {
+    pub(crate) fn failures(&self) -> Vec<Failure> {
         self.failures.lock().unwrap().clone()
     }
 
     /// Fails the test, with every failure and the cluster's output, if any request failed
     /// `during` something.
-    pub fn assert_none_failed(&self, during: &str, cluster: &HttpCluster) {
+    pub(crate) fn assert_none_failed(&self, during: &str, cluster: &HttpCluster) {
         let failures = self.failures();
         assert!(
             failures.is_empty(),
@@ -514,7 +514,7 @@ impl Tally {
     }
 
     /// Every worker that answered so far: pid -> (slot, when it last answered).
-    pub fn pids(&self) -> BTreeMap<u32, (usize, Instant)> {
+    pub(crate) fn pids(&self) -> BTreeMap<u32, (usize, Instant)> {
         self.pids.lock().unwrap().clone()
     }
 
@@ -541,14 +541,14 @@ impl Tally {
 /// Client loops running against a server until stopped: `keep_alive` loops that each reuse
 /// one connection for as long as the server keeps it open, and `fresh` loops that open a new
 /// connection for every request.
-pub struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Load {
-    pub fn start(addr: SocketAddr, keep_alive: usize, fresh: usize) -> Load {
+    pub(crate) fn start(addr: SocketAddr, keep_alive: usize, fresh: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let mut threads = Vec::new();
@@ -567,12 +567,12 @@ impl Load {
     }
 
     /// The live counts.
-    pub fn tally(&self) -> &Tally {
+    pub(crate) fn tally(&self) -> &Tally {
         &self.tally
     }
 
     /// Waits (up to [`WAIT`]) until `more` requests have succeeded from now on.
-    pub fn wait_more_ok(&self, more: u64) {
+    pub(crate) fn wait_more_ok(&self, more: u64) {
         let target = self.tally.ok() + more;
         let deadline = Instant::now() + WAIT;
         while self.tally.ok() < target {
@@ -587,7 +587,7 @@ impl Load {
     }
 
     /// Stops the loops, waits for their last requests, and returns what they saw.
-    pub fn stop(mut self) -> Arc<Tally> {
+    pub(crate) fn stop(mut self) -> Arc<Tally> {
         self.stop.store(true, Ordering::SeqCst);
         for thread in self.threads.drain(..) {
             thread.join().expect("a client loop panicked");

@@ -18,36 +18,36 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-pub mod http;
-pub mod ops;
-pub mod process;
+pub(crate) mod http;
+pub(crate) mod ops;
+pub(crate) mod process;
 
 use process::{Captured, Group, OutputLine, group_command, read_lines};
 
 /// The bound on waits for things that must happen: generous, for a loaded 2-core machine
 /// running the tests in parallel. A broken build fails at this bound instead of hanging.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// The fixture program, built by cargo alongside the tests.
-pub const FIXTURE: &str = env!("CARGO_BIN_EXE_cluster-fixture");
+pub(crate) const FIXTURE: &str = env!("CARGO_BIN_EXE_cluster-fixture");
 
 /// How the master ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
+pub(crate) enum Exit {
     Code(i32),
     Signal(Signal),
 }
 
 /// One output line: `KIND key=value ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
+pub(crate) struct Line {
     pub raw: String,
     pub kind: String,
     pub fields: BTreeMap<String, String>,
 }
 
 impl Line {
-    pub fn parse(raw: &str) -> Line {
+    pub(crate) fn parse(raw: &str) -> Line {
         let mut words = raw.split_whitespace();
         // Skip anything before the kind (say, a log prefix added to worker output).
         let kind = words
@@ -67,14 +67,14 @@ impl Line {
     }
 
     /// The value of `key`; panics naming the line when it has none.
-    pub fn get(&self, key: &str) -> &str {
+    pub(crate) fn get(&self, key: &str) -> &str {
         self.fields
             .get(key)
             .unwrap_or_else(|| panic!("line {:?} has no `{key}`", self.raw))
     }
 
     /// Whether this line is of `kind` and has every `key=value` in `fields`.
-    pub fn is(&self, kind: &str, fields: &[(&str, &str)]) -> bool {
+    pub(crate) fn is(&self, kind: &str, fields: &[(&str, &str)]) -> bool {
         self.kind == kind
             && fields
                 .iter()
@@ -82,18 +82,18 @@ impl Line {
     }
 
     /// The pid in the line's `pid` field.
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.get("pid").parse().expect("a pid")
     }
 }
 
 /// A worker id as the fixture prints it: `group/slot#generation`.
-pub fn id(group: &str, slot: usize, generation: u64) -> String {
+pub(crate) fn id(group: &str, slot: usize, generation: u64) -> String {
     format!("{group}/{slot}#{generation}")
 }
 
 /// Splits `group/slot#generation`.
-pub fn parse_id(id: &str) -> (String, usize, u64) {
+pub(crate) fn parse_id(id: &str) -> (String, usize, u64) {
     let (group, rest) = id.split_once('/').expect("group/slot#generation");
     let (slot, generation) = rest.split_once('#').expect("group/slot#generation");
     (
@@ -106,7 +106,7 @@ pub fn parse_id(id: &str) -> (String, usize, u64) {
 /// A running cluster-fixture cluster (see [`process::Fixture`] for the waits on its output):
 /// its stdout is read as [`Line`]s, its stderr as a whole. The master leads its own process
 /// group, which its workers share; dropping this kills the whole group and reaps the master.
-pub type Fixture = process::Fixture<Line>;
+pub(crate) type Fixture = process::Fixture<Line>;
 
 impl OutputLine for Line {
     fn is(&self, kind: &str, fields: &[(&str, &str)]) -> bool {
@@ -126,17 +126,17 @@ impl OutputLine for Line {
 impl Fixture {
     /// Starts the fixture with `env` (on top of this process's environment, without any
     /// cluster or fixture variable).
-    pub fn start(env: &[(&str, &str)]) -> Fixture {
+    pub(crate) fn start(env: &[(&str, &str)]) -> Fixture {
         Self::start_with(env, |_| {})
     }
 
     /// As [`Fixture::start`], letting `adjust` change the command before it starts.
-    pub fn start_with(env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Fixture {
+    pub(crate) fn start_with(env: &[(&str, &str)], adjust: impl FnOnce(&mut Command)) -> Fixture {
         Self::start_program(std::path::Path::new(FIXTURE), env, adjust)
     }
 
     /// As [`Fixture::start_with`], running `program` (a copy of the fixture, say) instead.
-    pub fn start_program(
+    pub(crate) fn start_program(
         program: &std::path::Path,
         env: &[(&str, &str)],
         adjust: impl FnOnce(&mut Command),
@@ -152,13 +152,13 @@ impl Fixture {
     }
 
     /// Everything the cluster wrote to stderr so far.
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.as_ref().map(Captured::text).unwrap_or_default()
     }
 
     /// Waits until `n` workers (with a given id prefix such as `worker/`) have said hello, and
     /// returns their ids and pids.
-    pub fn wait_hellos(&mut self, prefix: &str, n: usize) -> BTreeMap<String, i32> {
+    pub(crate) fn wait_hellos(&mut self, prefix: &str, n: usize) -> BTreeMap<String, i32> {
         self.wait_for(
             &format!("{n} workers {prefix}* saying hello"),
             WAIT,
@@ -178,7 +178,7 @@ impl Fixture {
 /// up to date once per test binary: a filtered `cargo test --test X` builds no example, and a
 /// stale binary would test yesterday's code. Built with this test build's features, so the
 /// unfiltered `cargo test` (which already built it) finds nothing to do.
-pub fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
@@ -223,12 +223,12 @@ pub fn example(name: &str) -> PathBuf {
 
 /// Whether `pid` is a live process: false once it is gone or a zombie (dead, not yet reaped
 /// by whoever inherited it).
-pub fn pid_alive(pid: i32) -> bool {
+pub(crate) fn pid_alive(pid: i32) -> bool {
     !matches!(proc_state(pid), None | Some('Z' | 'X' | 'x'))
 }
 
 /// The state letter of `pid` in /proc (`R`, `S`, `T`, `Z`, ...), `None` once it is gone.
-pub fn proc_state(pid: i32) -> Option<char> {
+pub(crate) fn proc_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The state follows the command name, which is in parentheses and may contain anything.
     let i = stat.rfind(')')?;
@@ -236,7 +236,7 @@ pub fn proc_state(pid: i32) -> Option<char> {
 }
 
 /// The parent pid of `pid`, from /proc.
-pub fn parent_of(pid: u32) -> Option<u32> {
+pub(crate) fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let i = stat.rfind(')')?;
     stat[i + 1..].split_whitespace().nth(1)?.parse().ok()
@@ -245,7 +245,7 @@ pub fn parent_of(pid: u32) -> Option<u32> {
 /// A free TCP port on the loopback interface: bound to port 0, read, released. Whoever needs
 /// it binds it again at once (the small race with another process taking it meanwhile is the
 /// price of not being told the port by the program).
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
     listener.local_addr().expect("its address").port()
 }
@@ -273,22 +273,22 @@ fn poll_every<T>(
 
 /// Polls `cond` every few milliseconds until it gives a value, failing the test after
 /// `timeout` with `what` and the last value's description.
-pub fn poll<T>(what: &str, timeout: Duration, cond: impl FnMut() -> Result<T, String>) -> T {
+pub(crate) fn poll<T>(what: &str, timeout: Duration, cond: impl FnMut() -> Result<T, String>) -> T {
     poll_every(Duration::from_millis(20), what, timeout, cond)
 }
 
 /// Polls `cond` until it holds, failing the test after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     poll_every(Duration::from_millis(5), what, timeout, || {
         cond().then_some(()).ok_or_else(|| "false".to_owned())
     });
 }
 
 /// A file path in the temporary directory, unique to this test, removed on drop.
-pub struct TempPath(pub PathBuf);
+pub(crate) struct TempPath(pub PathBuf);
 
 impl TempPath {
-    pub fn new(name: &str) -> TempPath {
+    pub(crate) fn new(name: &str) -> TempPath {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -300,7 +300,7 @@ impl TempPath {
         )))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         self.0.to_str().expect("a UTF-8 temp path")
     }
 }
@@ -313,7 +313,7 @@ impl Drop for TempPath {
 
 /// A hash of a file's bytes, the same one the fixture reports for its executable
 /// (`FIXTURE_EXE_HASH=1`).
-pub fn file_hash(path: &std::path::Path) -> String {
+pub(crate) fn file_hash(path: &std::path::Path) -> String {
     use std::hash::Hasher;
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let mut hasher = std::hash::DefaultHasher::new();
@@ -323,10 +323,10 @@ pub fn file_hash(path: &std::path::Path) -> String {
 
 /// A directory in the temporary directory, unique to this test, removed with its contents on
 /// drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(name: &str) -> TempDir {
+    pub(crate) fn new(name: &str) -> TempDir {
         let path = TempPath::new(name).0.clone();
         std::fs::create_dir_all(&path).expect("create a temporary directory");
         TempDir(path)
@@ -340,7 +340,11 @@ impl Drop for TempDir {
 }
 
 /// Copies `from` into `dir` as `name`, executable, and returns its path.
-pub fn copy_executable(from: &std::path::Path, dir: &std::path::Path, name: &str) -> PathBuf {
+pub(crate) fn copy_executable(
+    from: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+) -> PathBuf {
     let to = dir.join(name);
     std::fs::copy(from, &to)
         .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
@@ -352,7 +356,7 @@ pub fn copy_executable(from: &std::path::Path, dir: &std::path::Path, name: &str
 /// file in the same directory, which is then renamed over the old path in one step. Running
 /// processes keep their old inode; the next exec of `path` runs the new file. Returns the new
 /// file's hash.
-pub fn deploy_modified_copy(path: &std::path::Path, extra: &[u8]) -> String {
+pub(crate) fn deploy_modified_copy(path: &std::path::Path, extra: &[u8]) -> String {
     use std::os::unix::fs::PermissionsExt;
     let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     bytes.extend_from_slice(extra);

@@ -17,23 +17,23 @@ use super::process::{self, Group, OutputLine, group_command, read_lines};
 use super::{Exit, WAIT};
 
 /// The fixture program, built by cargo alongside the tests.
-pub const FIXTURE: &str = env!("CARGO_BIN_EXE_cluster-ops-fixture");
+pub(crate) const FIXTURE: &str = env!("CARGO_BIN_EXE_cluster-ops-fixture");
 
 /// The loopback address with `port`.
-pub fn local(port: u16) -> SocketAddr {
+pub(crate) fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     Out,
     Err,
 }
 
 /// One output line of the fixture, with when the test read it.
 #[derive(Debug, Clone)]
-pub struct Line {
+pub(crate) struct Line {
     pub stream: Stream,
     pub text: String,
     pub at: Instant,
@@ -42,7 +42,7 @@ pub struct Line {
 impl Line {
     /// Whether the line (after any `[group/slot pid N] ` prefix) is `kind` with every
     /// `key=value` of `fields`.
-    pub fn is(&self, kind: &str, fields: &[(&str, &str)]) -> bool {
+    pub(crate) fn is(&self, kind: &str, fields: &[(&str, &str)]) -> bool {
         let body = strip_prefix(&self.text).1;
         let mut words = body.split(' ');
         words.next() == Some(kind)
@@ -52,7 +52,7 @@ impl Line {
     }
 
     /// The value of `key` in the line; panics naming the line when it has none.
-    pub fn get(&self, key: &str) -> &str {
+    pub(crate) fn get(&self, key: &str) -> &str {
         strip_prefix(&self.text)
             .1
             .split(' ')
@@ -61,14 +61,14 @@ impl Line {
     }
 
     /// The `pid` field.
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.get("pid").parse().expect("a pid")
     }
 }
 
 /// Splits a worker line's log prefix `[group/slot pid N] ` off: `(Some((group, slot, pid)),
 /// rest)`, or `(None, line)` when it has none.
-pub fn strip_prefix(line: &str) -> (Option<(String, usize, i32)>, &str) {
+pub(crate) fn strip_prefix(line: &str) -> (Option<(String, usize, i32)>, &str) {
     let parse = || {
         let inner = line.strip_prefix('[')?;
         let (head, rest) = inner.split_once("] ")?;
@@ -89,7 +89,7 @@ pub fn strip_prefix(line: &str) -> (Option<(String, usize, i32)>, &str) {
 /// and stderr are both read as [`Line`]s, in the order the test read them. The master leads
 /// its own process group, which its workers share; dropping this kills the whole group and
 /// reaps the master.
-pub type Fixture = process::Fixture<Line>;
+pub(crate) type Fixture = process::Fixture<Line>;
 
 impl OutputLine for Line {
     fn is(&self, kind: &str, fields: &[(&str, &str)]) -> bool {
@@ -117,7 +117,7 @@ impl OutputLine for Line {
 impl Fixture {
     /// Starts the fixture with `env` on top of this process's environment (without any
     /// cluster or fixture variable).
-    pub fn start(env: &[(&str, String)]) -> Fixture {
+    pub(crate) fn start(env: &[(&str, String)]) -> Fixture {
         let mut cmd = group_command(Path::new(FIXTURE), &["CLUSTER_", "OPS_"]);
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let (group, pipes) = Group::spawn(&mut cmd, "the ops fixture");
@@ -135,7 +135,7 @@ impl Fixture {
     }
 
     /// Waits for the master's `READY` of `n` distinct workers; returns id → pid.
-    pub fn wait_ready(&mut self, n: usize) -> BTreeMap<String, i32> {
+    pub(crate) fn wait_ready(&mut self, n: usize) -> BTreeMap<String, i32> {
         self.wait_for(&format!("{n} workers ready"), WAIT, |lines| {
             let ready: BTreeMap<String, i32> = lines
                 .iter()
@@ -147,7 +147,7 @@ impl Fixture {
     }
 
     /// Stops the cluster with SIGTERM and checks that the master exits with code 0.
-    pub fn stop_cleanly(&mut self) {
+    pub(crate) fn stop_cleanly(&mut self) {
         self.signal(Signal::SIGTERM);
         let exit = self.wait_exit(WAIT);
         assert_eq!(exit, Exit::Code(0), "{}", self.dump());
@@ -156,7 +156,7 @@ impl Fixture {
 
 /// An HTTP response.
 #[derive(Debug, Clone)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -164,7 +164,7 @@ pub struct Response {
 
 impl Response {
     /// The value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -174,7 +174,7 @@ impl Response {
 
 /// `GET path` on a new connection to `addr` (`Connection: close`), every step bounded by
 /// `timeout`; the body is read to the end of the connection.
-pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Response> {
+pub(crate) fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<Response> {
     let deadline = Instant::now() + timeout;
     let left = || {
         deadline
@@ -240,12 +240,12 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
 }
 
 /// `GET path` that must answer: panics naming the error otherwise.
-pub fn must_get(addr: SocketAddr, path: &str) -> Response {
+pub(crate) fn must_get(addr: SocketAddr, path: &str) -> Response {
     get(addr, path, Duration::from_secs(10)).unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// `GET /status` as JSON.
-pub fn status(addr: SocketAddr) -> serde_json::Value {
+pub(crate) fn status(addr: SocketAddr) -> serde_json::Value {
     let response = must_get(addr, "/status");
     assert_eq!(response.status, 200, "{response:?}");
     serde_json::from_str(&response.body)
@@ -254,7 +254,7 @@ pub fn status(addr: SocketAddr) -> serde_json::Value {
 
 /// The entry of `/status`'s `workers` for the current (newest) process of `slot` in group
 /// `worker`.
-pub fn slot_status(status: &serde_json::Value, slot: u64) -> Option<serde_json::Value> {
+pub(crate) fn slot_status(status: &serde_json::Value, slot: u64) -> Option<serde_json::Value> {
     status["workers"]
         .as_array()?
         .iter()
@@ -264,7 +264,7 @@ pub fn slot_status(status: &serde_json::Value, slot: u64) -> Option<serde_json::
 }
 
 /// The count of `/status`'s `restarts` for `slot` of group `worker` and `reason` (0 if none).
-pub fn restarts_for(status: &serde_json::Value, slot: u64, reason: &str) -> u64 {
+pub(crate) fn restarts_for(status: &serde_json::Value, slot: u64, reason: &str) -> u64 {
     status["restarts"]
         .as_array()
         .into_iter()
@@ -276,7 +276,7 @@ pub fn restarts_for(status: &serde_json::Value, slot: u64, reason: &str) -> u64 
 
 /// The value of the sample `series` (name and labels exactly as exposed) in an OpenMetrics
 /// text.
-pub fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         line.strip_prefix(series)
             .and_then(|rest| rest.strip_prefix(' '))
@@ -286,7 +286,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// Sends SIGCONT to `pid` when dropped, so that a process a test stopped is never left
 /// stopped, even when the test fails.
-pub struct Continue(pub i32);
+pub(crate) struct Continue(pub i32);
 
 impl Drop for Continue {
     fn drop(&mut self) {

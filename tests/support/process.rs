@@ -21,7 +21,7 @@ use super::{Exit, WAIT, wait_until};
 /// A command for `program` that leads a process group of its own, with stdout and stderr
 /// piped and stdin null (change it after), and without any variable of this process's
 /// environment whose name starts with one of `drop_env` (`CLUSTER_`, say).
-pub fn group_command(program: &Path, drop_env: &[&str]) -> Command {
+pub(crate) fn group_command(program: &Path, drop_env: &[&str]) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
     for (key, _) in std::env::vars_os() {
@@ -39,7 +39,7 @@ pub fn group_command(program: &Path, drop_env: &[&str]) -> Command {
 
 /// A running master that leads its own process group, which its workers share; dropping this
 /// kills the whole group and reaps the master.
-pub struct Group {
+pub(crate) struct Group {
     child: Child,
     pid: i32,
     /// The master's exit, once seen. It is seen with WNOWAIT, so the master stays a zombie
@@ -48,7 +48,7 @@ pub struct Group {
 }
 
 /// The pipes of a [`Group`]'s master.
-pub struct Pipes {
+pub(crate) struct Pipes {
     pub stdin: Option<ChildStdin>,
     pub stdout: ChildStdout,
     pub stderr: ChildStderr,
@@ -56,7 +56,7 @@ pub struct Pipes {
 
 impl Group {
     /// Starts `cmd` (from [`group_command`]); `what` names it in the panic when it cannot.
-    pub fn spawn(cmd: &mut Command, what: &str) -> (Group, Pipes) {
+    pub(crate) fn spawn(cmd: &mut Command, what: &str) -> (Group, Pipes) {
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
         let pid = i32::try_from(child.id()).expect("a pid");
         let pipes = Pipes {
@@ -73,22 +73,22 @@ impl Group {
     }
 
     /// The master's pid (also its process group's id).
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
 
     /// Sends `sig` to the master only.
-    pub fn signal(&self, sig: Signal) {
+    pub(crate) fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.pid), sig).expect("signal the master");
     }
 
     /// Sends `sig` to the whole process group, as a terminal does on Ctrl-C.
-    pub fn signal_group(&self, sig: Signal) {
+    pub(crate) fn signal_group(&self, sig: Signal) {
         killpg(Pid::from_raw(self.pid), sig).expect("signal the process group");
     }
 
     /// Checks, without waiting and without reaping, whether the master has exited.
-    pub fn try_exit(&mut self) -> Option<Exit> {
+    pub(crate) fn try_exit(&mut self) -> Option<Exit> {
         if self.exit.is_none() {
             let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
             match waitid(Id::Pid(Pid::from_raw(self.pid)), flags) {
@@ -114,7 +114,7 @@ impl Drop for Group {
 
 /// Reads `pipe` line by line on a thread of its own, sending `make(line)` (the line without
 /// its newline, invalid UTF-8 replaced) for each, until the pipe ends or nobody listens.
-pub fn read_lines<L: Send + 'static>(
+pub(crate) fn read_lines<L: Send + 'static>(
     pipe: impl Read + Send + 'static,
     tx: mpsc::Sender<L>,
     make: impl Fn(String) -> L + Send + 'static,
@@ -144,14 +144,14 @@ pub fn read_lines<L: Send + 'static>(
 
 /// Everything a pipe gave so far, read on a thread of its own.
 #[derive(Clone)]
-pub struct Captured {
+pub(crate) struct Captured {
     text: Arc<Mutex<String>>,
     closed: Arc<AtomicBool>,
 }
 
 impl Captured {
     /// Starts reading `pipe` to its end.
-    pub fn start(mut pipe: impl Read + Send + 'static) -> Captured {
+    pub(crate) fn start(mut pipe: impl Read + Send + 'static) -> Captured {
         let captured = Captured {
             text: Arc::new(Mutex::new(String::new())),
             closed: Arc::new(AtomicBool::new(false)),
@@ -174,12 +174,12 @@ impl Captured {
     }
 
     /// The text so far.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.text.lock().unwrap().clone()
     }
 
     /// Whether the pipe has ended.
-    pub fn closed(&self) -> bool {
+    pub(crate) fn closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
 }
@@ -190,7 +190,7 @@ impl Captured {
 
 /// What a fixture's output line must tell the shared waits, and how a fixture of such lines
 /// shows its output in failure messages.
-pub trait OutputLine: Clone + Send + 'static {
+pub(crate) trait OutputLine: Clone + Send + 'static {
     /// Whether the line is of `kind` and has every `key=value` in `fields`.
     fn is(&self, kind: &str, fields: &[(&str, &str)]) -> bool;
 
@@ -201,7 +201,7 @@ pub trait OutputLine: Clone + Send + 'static {
 /// A running fixture cluster whose output arrives as lines `L` (see the fixtures' modules for
 /// their constructors): its process group, its stdin if piped, the lines read so far, and its
 /// stderr when it is not read into the lines.
-pub struct Fixture<L> {
+pub(crate) struct Fixture<L> {
     pub(super) group: Group,
     pub(super) stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<L>,
@@ -231,29 +231,29 @@ impl<L: OutputLine> Fixture<L> {
     }
 
     /// The master's pid (also its process group's id).
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.group.pid()
     }
 
     /// The output so far, for failure messages.
-    pub fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         L::dump(self)
     }
 
     /// Writes one command line to the master's stdin.
-    pub fn command(&mut self, line: &str) {
+    pub(crate) fn command(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin is open");
         writeln!(stdin, "{line}").expect("write a command to the fixture");
         stdin.flush().expect("flush the fixture's stdin");
     }
 
     /// Sends `sig` to the master only.
-    pub fn signal(&self, sig: Signal) {
+    pub(crate) fn signal(&self, sig: Signal) {
         self.group.signal(sig);
     }
 
     /// Sends `sig` to the whole process group, as a terminal does on Ctrl-C.
-    pub fn signal_group(&self, sig: Signal) {
+    pub(crate) fn signal_group(&self, sig: Signal) {
         self.group.signal_group(sig);
     }
 
@@ -281,7 +281,7 @@ impl<L: OutputLine> Fixture<L> {
 
     /// Reads output until `check` finds what it wants in the whole history, failing the test
     /// (with the output so far) after `timeout` or when the output ends without it.
-    pub fn wait_for<T>(
+    pub(crate) fn wait_for<T>(
         &mut self,
         what: &str,
         timeout: Duration,
@@ -306,7 +306,7 @@ impl<L: OutputLine> Fixture<L> {
 
     /// Waits (up to [`WAIT`]) for a line of `kind` with every field in `fields`, anywhere in
     /// the output so far or to come, and returns it.
-    pub fn wait_line(&mut self, kind: &str, fields: &[(&str, &str)]) -> L {
+    pub(crate) fn wait_line(&mut self, kind: &str, fields: &[(&str, &str)]) -> L {
         let what = format!("a line {kind} {fields:?}");
         self.wait_for(&what, WAIT, |lines| {
             lines.iter().find(|l| l.is(kind, fields)).cloned()
@@ -314,7 +314,12 @@ impl<L: OutputLine> Fixture<L> {
     }
 
     /// Waits for a line matching `fields` that comes after the first `after` lines.
-    pub fn wait_line_after(&mut self, after: usize, kind: &str, fields: &[(&str, &str)]) -> L {
+    pub(crate) fn wait_line_after(
+        &mut self,
+        after: usize,
+        kind: &str,
+        fields: &[(&str, &str)],
+    ) -> L {
         let what = format!("a line {kind} {fields:?} after line {after}");
         self.wait_for(&what, WAIT, |lines| {
             lines
@@ -326,7 +331,7 @@ impl<L: OutputLine> Fixture<L> {
     }
 
     /// The lines so far of `kind` with every field in `fields`.
-    pub fn lines(&self, kind: &str, fields: &[(&str, &str)]) -> Vec<L> {
+    pub(crate) fn lines(&self, kind: &str, fields: &[(&str, &str)]) -> Vec<L> {
         self.history
             .iter()
             .filter(|l| l.is(kind, fields))
@@ -335,12 +340,12 @@ impl<L: OutputLine> Fixture<L> {
     }
 
     /// Checks, without waiting and without reaping, whether the master has exited.
-    pub fn try_exit(&mut self) -> Option<Exit> {
+    pub(crate) fn try_exit(&mut self) -> Option<Exit> {
         self.group.try_exit()
     }
 
     /// Waits up to `timeout` for the master to exit, reading its output meanwhile.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Exit {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Exit {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(exit) = self.try_exit() {
@@ -365,7 +370,7 @@ impl<L: OutputLine> Fixture<L> {
     }
 
     /// Waits for the master's exit code.
-    pub fn wait_exit_code(&mut self, timeout: Duration) -> i32 {
+    pub(crate) fn wait_exit_code(&mut self, timeout: Duration) -> i32 {
         match self.wait_exit(timeout) {
             Exit::Code(code) => code,
             other => panic!(
@@ -377,7 +382,7 @@ impl<L: OutputLine> Fixture<L> {
 
     /// Reads output until every stream is closed, i.e. the master and every worker have
     /// exited (or closed them), so that the history is complete.
-    pub fn finish(&mut self, timeout: Duration) {
+    pub(crate) fn finish(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.pump(deadline) {
             if Instant::now() >= deadline {

@@ -7,6 +7,7 @@
 
 mod run;
 
+pub use crate::error::BoxError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -23,9 +24,6 @@ use crate::model::WorkerId;
 use crate::options::{GroupOptions, Options, Signal};
 use crate::supervisor::{SpawnHook, SpawnSettings};
 use crate::worker::{Outcome, WorkerContext};
-
-/// An error returned by app code (worker, master or hook functions).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

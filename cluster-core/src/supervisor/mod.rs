@@ -27,6 +27,7 @@ mod spawner;
 #[cfg(test)]
 mod tests;
 
+pub use crate::error::EXIT_RESTART_LIMIT;
 pub(crate) use command::{Command, CommandSource};
 pub use process::{SpawnHook, SpawnSettings};
 
@@ -39,9 +40,6 @@ use process::{Internal, Launcher, ProcessSettings, Processes};
 use restart::Intensity;
 use slot::{Proc, Slot};
 
-/// Exit code of a master that gave up after too many restarts (EX_TEMPFAIL), distinct from a
-/// crash of the master itself (101 for a Rust panic, 128+n for a signal).
-pub const EXIT_RESTART_LIMIT: i32 = 75;
 /// Exit code of a master whose workers did not all stop within `grace`.
 pub const EXIT_KILLED_AFTER_GRACE: i32 = 1;
 

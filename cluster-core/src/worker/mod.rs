@@ -13,7 +13,7 @@ mod shared;
 #[cfg(test)]
 mod tests;
 
+pub use crate::error::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE};
 pub use context::{Incoming, WorkerContext};
-pub use reader::EXIT_MASTER_GONE;
+pub use run::Outcome;
 pub(crate) use run::{Boot, panic_message, run};
-pub use run::{EXIT_BOOTSTRAP, Outcome};

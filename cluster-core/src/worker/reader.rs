@@ -17,9 +17,6 @@ use crate::net::listener::Handed;
 use crate::protocol::{Balance, ToMaster, ToWorker};
 use crate::request::{ReplyTo, Request};
 
-/// Exit code of a worker whose master vanished.
-pub const EXIT_MASTER_GONE: i32 = 69;
-
 /// Reads the master's messages until the channel ends; the worker exits when it does, since
 /// the master is gone.
 pub(super) async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
@@ -139,7 +136,7 @@ fn master_gone() -> ! {
         "cluster worker {}: the master is gone, exiting",
         std::process::id()
     );
-    std::process::exit(EXIT_MASTER_GONE);
+    std::process::exit(crate::error::EXIT_MASTER_GONE);
 }
 
 /// Queues a connection the master handed over for the listener it belongs to.

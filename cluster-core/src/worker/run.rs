@@ -27,8 +27,6 @@ use crate::net::listener::{self, WorkerListeners};
 use crate::protocol::{ToMaster, ToWorker};
 use crate::{Error, ErrorKind, Result};
 
-/// Exit code of a worker whose environment names no usable channel (EX_CONFIG).
-pub const EXIT_BOOTSTRAP: i32 = 78;
 /// How long a worker waits for the master's hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
