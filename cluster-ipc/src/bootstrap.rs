@@ -112,24 +112,23 @@ fn adopt(var: &str, from_parent: bool) -> Result<Option<UnixStream>> {
             "file descriptor {raw} was already taken by this process"
         )));
     }
-    if from_parent {
-        let parent = std::os::unix::process::parent_id();
-        // Checked before anything is taken: a descriptor that is not ours stays as it is.
-        match sys::peer_pid(raw) {
-            Ok(peer) if u32::try_from(peer).is_ok_and(|peer| peer == parent) => {}
-            Ok(peer) => {
-                return Err(bad(format!(
-                    "the other end of file descriptor {raw} is process {peer}, not this process's parent {parent}"
-                )));
-            }
-            Err(e) => {
-                return Err(bad(format!(
-                    "file descriptor {raw} is not a socket to this process's parent ({e})"
-                )));
-            }
+    // Checked before anything is taken: a descriptor that is not ours stays as it is.
+    let peer_is_parent = |raw: RawFd| {
+        if !from_parent {
+            return Ok(());
         }
-    }
-    let fd = sys::adopt_unix_stream(raw).map_err(bad)?;
+        let parent = std::os::unix::process::parent_id();
+        match sys::peer_pid(raw) {
+            Ok(peer) if u32::try_from(peer).is_ok_and(|peer| peer == parent) => Ok(()),
+            Ok(peer) => Err(format!(
+                "the other end of file descriptor {raw} is process {peer}, not this process's parent {parent}"
+            )),
+            Err(e) => Err(format!(
+                "cannot learn the other end of file descriptor {raw} ({e})"
+            )),
+        }
+    };
+    let fd = sys::adopt_unix_stream(raw, peer_is_parent).map_err(bad)?;
     adopted.push(raw);
     let stream = UnixStream::from(fd);
     stream.set_nonblocking(true)?;

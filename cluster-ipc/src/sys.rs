@@ -182,7 +182,10 @@ pub(crate) fn peer_pid(raw: RawFd) -> io::Result<libc::pid_t> {
 ///
 /// The caller guarantees nothing else in this process owns `raw` (`bootstrap::from_env`
 /// adopts each number at most once).
-pub(crate) fn adopt_unix_stream(raw: RawFd) -> Result<OwnedFd, String> {
+pub(crate) fn adopt_unix_stream(
+    raw: RawFd,
+    accept: impl FnOnce(RawFd) -> Result<(), String>,
+) -> Result<OwnedFd, String> {
     // SAFETY: F_GETFD only reads the descriptor's flags; an invalid number gives EBADF.
     let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
     if flags < 0 {
@@ -205,6 +208,8 @@ pub(crate) fn adopt_unix_stream(raw: RawFd) -> Result<OwnedFd, String> {
             ));
         }
     }
+    // The caller's own check (the peer), before anything about the descriptor changes.
+    accept(raw)?;
     // SAFETY: F_SETFD on the open descriptor checked above.
     if unsafe { libc::fcntl(raw, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
         return Err(format!(

@@ -117,8 +117,6 @@ impl<D: Message, U: Message> Cluster<D, U> {
     }
 
     fn run_worker(self, id: WorkerId) -> Result<ExitCode, Error> {
-        // First, while this process has one thread: the environment is edited here.
-        let boot = worker::Boot::take()?;
         let Some(entry) = self
             .groups
             .into_iter()
@@ -129,6 +127,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
                 format!("this program has no worker group {:?}", id.group),
             ));
         };
+        // Before the runtime, while this process has one thread: the environment is edited.
+        let boot = worker::Boot::take()?;
         let runtime = match self.runtime {
             Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
