@@ -244,9 +244,8 @@ async fn send_reaches_the_slots_worker_and_broadcast_counts_the_workers() {
         reply,
     });
     assert_eq!(rx.await.unwrap(), 2);
-    // A round trip through the supervisor, so that the fakes have read their messages.
-    h.settle().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.wait_received(&wid(1, 1), 2).await;
+    h.wait_received(&wid(0, 1), 1).await;
     assert_eq!(
         h.received(&wid(1, 1)),
         vec![ToWorker::User(vec![42]), ToWorker::User(vec![7])]

@@ -416,6 +416,29 @@ impl Harness {
             .unwrap_or_default()
     }
 
+    /// Starts a reload whose first replacement (slot 0's) comes online but does not say it
+    /// is ready until the test makes it (`Act::Ready`), so the test can act while the reload
+    /// waits for it.
+    pub(super) async fn reload_holding_slot_0(&mut self) {
+        self.plan(&[Behaviour::NEVER_READY]);
+        self.reload();
+        self.expect("spawned worker/0#2").await;
+    }
+
+    /// Waits until process `id` has read `n` messages.
+    pub(super) async fn wait_received(&self, id: &WorkerId, n: usize) {
+        let wait = async {
+            while self.received(id).len() < n {
+                // A timer, not a yield: the paused clock advances only while the runtime
+                // idles, and the bound below must be able to fire.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{id} never read {n} messages"));
+    }
+
     /// The master function ended, failed or not.
     pub(super) fn master_done(&mut self, failed: bool) {
         if let Some(tx) = self.master_done.take() {

@@ -76,9 +76,7 @@ async fn a_reload_asked_during_a_reload_runs_one_more_pass() {
 async fn scale_down_during_a_reload_leaves_exactly_count_workers() {
     let mut h = Harness::start(options(), vec![group(3)], &[]);
     h.expect("ready worker/2#1").await;
-    h.plan(&[Behaviour::NEVER_READY]);
-    h.reload();
-    h.expect("spawned worker/0#2").await;
+    h.reload_holding_slot_0().await;
     h.scale(1).await;
     h.act(&wid(0, 2), Act::Ready);
     h.expect("reload-finished").await;
@@ -112,9 +110,7 @@ async fn scale_down_removes_a_slot_whose_replacement_is_starting() {
 async fn scale_up_during_a_reload_adds_new_workers_and_the_reload_finishes() {
     let mut h = Harness::start(options(), vec![group(1)], &[]);
     h.expect("ready worker/0#1").await;
-    h.plan(&[Behaviour::NEVER_READY]);
-    h.reload();
-    h.expect("spawned worker/0#2").await;
+    h.reload_holding_slot_0().await;
     h.scale(3).await;
     h.expect("ready worker/2#1").await;
     h.act(&wid(0, 2), Act::Ready);
@@ -128,9 +124,7 @@ async fn scale_up_during_a_reload_adds_new_workers_and_the_reload_finishes() {
 async fn a_crash_of_the_replacement_rolls_the_reload_back() {
     let mut h = Harness::start(options(), vec![group(2)], &[]);
     h.expect("ready worker/1#1").await;
-    h.plan(&[Behaviour::NEVER_READY]);
-    h.reload();
-    h.expect("spawned worker/0#2").await;
+    h.reload_holding_slot_0().await;
     h.act(&wid(0, 2), Act::Exit(1));
     h.expect("reload-failed").await;
     h.assert_never("reload-finished");
@@ -164,9 +158,7 @@ async fn a_crash_of_the_old_worker_while_its_replacement_starts_counts_and_the_r
  {
     let mut h = Harness::start(options(), vec![group(1)], &[]);
     h.expect("ready worker/0#1").await;
-    h.plan(&[Behaviour::NEVER_READY]);
-    h.reload();
-    h.expect("spawned worker/0#2").await;
+    h.reload_holding_slot_0().await;
     h.act(&wid(0, 1), Act::Exit(1));
     h.expect("exit worker/0#1 unexpected").await;
     h.act(&wid(0, 2), Act::Ready);
@@ -182,9 +174,7 @@ async fn a_crash_of_the_old_worker_while_its_replacement_starts_counts_and_the_r
 async fn when_both_the_old_worker_and_its_replacement_fail_the_slot_is_restarted() {
     let mut h = Harness::start(options(), vec![group(1)], &[]);
     h.expect("ready worker/0#1").await;
-    h.plan(&[Behaviour::NEVER_READY]);
-    h.reload();
-    h.expect("spawned worker/0#2").await;
+    h.reload_holding_slot_0().await;
     h.act(&wid(0, 1), Act::Exit(1));
     h.expect("exit worker/0#1 unexpected").await;
     h.act(&wid(0, 2), Act::Exit(1));
@@ -198,9 +188,7 @@ async fn when_both_the_old_worker_and_its_replacement_fail_the_slot_is_restarted
 async fn the_restart_limit_reached_during_a_reload_stops_the_cluster() {
     let mut h = Harness::start(options(), vec![group(2)], &[]);
     h.expect("ready worker/1#1").await;
-    h.plan(&[Behaviour::NEVER_READY]);
-    h.reload();
-    h.expect("spawned worker/0#2").await;
+    h.reload_holding_slot_0().await;
     h.act(&wid(1, 1), Act::Exit(1));
     for generation in 2..=4 {
         h.expect(&format!("ready worker/1#{generation}")).await;

@@ -59,9 +59,7 @@ async fn a_repeat_within_the_debounce_is_the_same_request() {
 async fn a_shutdown_during_a_reload_stops_old_and_new_workers() {
     let mut h = Harness::start(options(), vec![group(2)], &[]);
     h.expect("ready worker/1#1").await;
-    h.plan(&[Behaviour::NEVER_READY]);
-    h.reload();
-    h.expect("spawned worker/0#2").await;
+    h.reload_holding_slot_0().await;
     let (code, _) = h.shutdown().await;
     assert_eq!(code, 0);
     h.assert_never("reload-finished");
