@@ -138,6 +138,10 @@ pub mod options {
 
 #[cfg(feature = "http")]
 pub mod http;
+/// The master-worker protocol, for tests that play a misbehaving worker (the `testing`
+/// feature; not a stable API).
+#[cfg(feature = "testing")]
+pub use cluster_core::wire;
 /// The `#[cluster::main]` attribute and the markers of its functions.
 pub use cluster_macros::{before_fork, main, master, worker};
 

@@ -25,6 +25,8 @@ mod request;
 mod supervisor;
 mod sys;
 mod worker;
+#[cfg(feature = "testing")]
+pub mod wire;
 
 pub use cluster::{BoxError, Cluster, IntoOutcome, Master, Message, Runtime, Worker};
 pub use error::{Error, ErrorKind, Result};

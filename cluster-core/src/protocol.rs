@@ -7,6 +7,17 @@
 //! App messages travel inside as opaque bytes encoded with the same codec, so a worker whose
 //! message types differ from the master's fails to decode only those messages and the control
 //! traffic keeps working.
+//!
+//! Public only through [`crate::wire`] (the `testing` feature), for tests that play a
+//! misbehaving worker; elsewhere the crate's own.
+#![cfg_attr(
+    not(feature = "testing"),
+    allow(unreachable_pub, reason = "public only with the testing feature")
+)]
+#![allow(
+    missing_docs,
+    reason = "each variant's doc says what its fields are; the fields are public for tests only"
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +29,7 @@ pub(crate) static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 
 /// An address a worker asks to listen on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub(crate) enum ListenAddr {
+pub enum ListenAddr {
     /// A TCP address (port 0 picks a free port, shared by every worker asking for it).
     Tcp(SocketAddr),
     /// A Unix stream socket path.
@@ -49,7 +60,7 @@ pub enum Balance {
 
 /// Master to worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum ToWorker {
+pub enum ToWorker {
     /// Stop gracefully: finish in-flight work and return.
     Shutdown,
     /// An app message.
@@ -87,18 +98,18 @@ pub(crate) enum ToWorker {
 
 /// What a worker learns about a listener it asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ListenerInfo {
+pub struct ListenerInfo {
     /// The master's id for the listener, used by `Connection` and `Closed`.
-    pub(crate) listener: u32,
+    pub listener: u32,
     /// The bound address (the real port when 0 was asked for).
-    pub(crate) local: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
     /// The policy in force.
-    pub(crate) balance: Balance,
+    pub balance: Balance,
 }
 
 /// Worker to master.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum ToMaster {
+pub enum ToMaster {
     /// The worker is ready to take work.
     Ready,
     /// An app message.

@@ -193,6 +193,11 @@ impl Boot {
         }
         Ok(Boot { stream, heartbeat })
     }
+
+    #[cfg(feature = "testing")]
+    pub(crate) fn into_stream(self) -> std::os::unix::net::UnixStream {
+        self.stream
+    }
 }
 
 async fn connect(stream: std::os::unix::net::UnixStream) -> Result<Channel<ToMaster, ToWorker>> {

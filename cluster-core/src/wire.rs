@@ -1,0 +1,58 @@
+//! The master-worker protocol, for tests that play a misbehaving worker (the `testing`
+//! feature). Not a stable API: the messages change with the crate, and a program that speaks
+//! them by hand gets none of the worker runtime's guarantees. What it is for: a fixture that
+//! takes a real worker's place in a real cluster and sends what a buggy or hostile worker
+//! could (spoofed answers, floods, descriptors without frames), to show that the master
+//! survives it.
+
+use cluster_ipc::{Channel, Config};
+
+pub use crate::protocol::{ListenAddr, ListenerInfo, ToMaster, ToWorker};
+use crate::model::WorkerId;
+use crate::{Error, ErrorKind, Result};
+
+/// A worker's channel to its master, taken from the environment the master gave it.
+pub struct RawWorker {
+    id: WorkerId,
+    boot: crate::worker::Boot,
+}
+
+impl RawWorker {
+    /// Takes this worker's identity and channel, and removes the master's `CLUSTER_*`
+    /// variables, as the worker runtime does. `None` in the master. Call it while the
+    /// process has one thread (before any runtime starts): it edits the environment.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Bootstrap`] if the worker variables are set but unusable.
+    pub fn take() -> Result<Option<RawWorker>> {
+        match crate::identity::role()? {
+            crate::Role::Master => Ok(None),
+            crate::Role::Worker(id) => Ok(Some(RawWorker {
+                id,
+                boot: crate::worker::Boot::take()?,
+            })),
+        }
+    }
+
+    /// This worker's identity.
+    #[must_use]
+    pub fn id(&self) -> &WorkerId {
+        &self.id
+    }
+
+    /// Completes the channel's handshake with the master; from then on the caller speaks for
+    /// the worker.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Bootstrap`] if the handshake fails.
+    pub async fn connect(self) -> Result<Channel<ToMaster, ToWorker>> {
+        Channel::from_std(self.boot.into_stream(), Config::default())
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Bootstrap, "the handshake with the master failed")
+                    .with_source(e)
+            })
+    }
+}
