@@ -24,9 +24,10 @@ mod protocol;
 mod request;
 mod supervisor;
 mod sys;
-mod worker;
+mod violations;
 #[cfg(feature = "testing")]
 pub mod wire;
+mod worker;
 
 pub use cluster::{BoxError, Cluster, IntoOutcome, Master, Message, Runtime, Worker};
 pub use error::{Error, ErrorKind, Result};

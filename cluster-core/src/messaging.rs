@@ -85,6 +85,16 @@ impl Pending {
 
     /// Delivers worker `from`'s answer to request `id`, if `id` was asked of `from`; returns
     /// whether it did. A refused answer leaves the request waiting for the right worker.
+    /// Whether request `id` waits for an answer from a worker other than `from`: an answer
+    /// `from` sends to it is another's, not a late one of its own.
+    pub(crate) fn awaits_other(&self, id: u64, from: &WorkerId) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .is_some_and(|w| w.from.as_ref().is_some_and(|f| f != from))
+    }
+
     pub(crate) fn complete_from(&self, id: u64, from: &WorkerId, payload: Vec<u8>) -> bool {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting
@@ -155,6 +165,8 @@ mod tests {
         // The replaced worker of the same slot, and another slot's worker: refused.
         assert!(!pending.complete_from(guard.id, &worker(0, 1), vec![2]));
         assert!(!pending.complete_from(guard.id, &worker(1, 2), vec![3]));
+        assert!(pending.awaits_other(guard.id, &worker(1, 2)));
+        assert!(!pending.awaits_other(guard.id, &worker(0, 2)));
         assert!(rx.try_recv().is_err());
         assert!(pending.complete_from(guard.id, &worker(0, 2), vec![4]));
         assert_eq!(rx.await.unwrap(), vec![4]);

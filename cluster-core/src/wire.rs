@@ -7,8 +7,8 @@
 
 use cluster_ipc::{Channel, Config};
 
-pub use crate::protocol::{ListenAddr, ListenerInfo, ToMaster, ToWorker};
 use crate::model::WorkerId;
+pub use crate::protocol::{ListenAddr, ListenerInfo, ToMaster, ToWorker};
 use crate::{Error, ErrorKind, Result};
 
 /// A worker's channel to its master, taken from the environment the master gave it.

@@ -22,3 +22,90 @@ pub(crate) fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::ne
     socket.listen(1024)?;
     Ok(socket.into())
 }
+
+/// A Unix listening socket and the file that names it, removed when the master lets go of
+/// the socket: a path left behind would make the next master's bind fail with "address in
+/// use" although nobody listens there.
+#[derive(Debug)]
+pub(crate) struct UnixSocketFile {
+    pub(crate) listener: std::os::unix::net::UnixListener,
+    path: std::path::PathBuf,
+    /// Device and inode of the file the bind made: the file is removed only if the path
+    /// still names it, never a socket some other process has bound there since.
+    file: (u64, u64),
+}
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.file {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Binds a Unix stream listening socket at `path`, non-blocking. A socket file left there by
+/// a process that died (nobody accepts on it: connecting is refused) is replaced; a live one
+/// is an error, as is any other kind of file.
+pub(crate) fn bind_unix(path: &std::path::Path) -> io::Result<UnixSocketFile> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let listener = match std::os::unix::net::UnixListener::bind(path) {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let stale = std::fs::symlink_metadata(path)
+                .is_ok_and(|meta| meta.file_type().is_socket())
+                && std::os::unix::net::UnixStream::connect(path)
+                    .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused);
+            if !stale {
+                return Err(e);
+            }
+            std::fs::remove_file(path)?;
+            std::os::unix::net::UnixListener::bind(path)?
+        }
+        Err(e) => return Err(e),
+    };
+    listener.set_nonblocking(true)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok(UnixSocketFile {
+        listener,
+        path: path.to_owned(),
+        file: (meta.dev(), meta.ino()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unix_socket_file_is_removed_with_its_socket_and_a_stale_one_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("cluster-bind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+
+        let first = bind_unix(&path).unwrap();
+        // A live socket is not taken over.
+        assert_eq!(
+            bind_unix(&path).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(first);
+        assert!(!path.exists(), "the socket file outlived its socket");
+
+        // A socket file whose process died (bound, then closed without removing the file).
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let again = bind_unix(&path).unwrap();
+        drop(again);
+        assert!(!path.exists());
+
+        // Any other file is left alone.
+        std::fs::write(&path, b"data").unwrap();
+        assert!(bind_unix(&path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

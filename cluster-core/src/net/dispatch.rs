@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::model::WorkerId;
 use crate::protocol::{Balance, ToWorker};
+use crate::violations::{Violation, Violations};
 
 /// Connections waiting for a ready worker beyond this many stay in the kernel's queue.
 const MAX_WAITING: usize = 1024;
@@ -38,6 +39,33 @@ pub(super) struct Member {
     pub(super) sender: cluster_ipc::Sender<ToWorker>,
     /// Connections handed out and not yet reported closed.
     pub(super) open: usize,
+    /// Connections handed to it, oldest first, with when. Those acknowledged since leave
+    /// the front when it is next considered, so the check costs nothing per acknowledgement.
+    handed: VecDeque<(u64, Instant)>,
+}
+
+impl Member {
+    pub(super) fn new(id: WorkerId, sender: cluster_ipc::Sender<ToWorker>) -> Self {
+        Member {
+            id,
+            sender,
+            open: 0,
+            handed: VecDeque::new(),
+        }
+    }
+
+    /// Whether it has left a connection unacknowledged since before `cutoff`: its channel
+    /// reader is stuck (a stalled runtime, a SIGSTOP, a long synchronous call), and a new
+    /// connection would wait with it.
+    fn stalled(&mut self, in_flight: &InFlightTable, cutoff: Instant) -> bool {
+        while let Some(&(conn, at)) = self.handed.front() {
+            if in_flight.contains(conn) {
+                return at < cutoff;
+            }
+            self.handed.pop_front();
+        }
+        false
+    }
 }
 
 /// A connection handed to a worker that has not acknowledged it yet.
@@ -46,6 +74,7 @@ pub(super) struct InFlight {
     pub(super) peer: SocketAddr,
     to: WorkerId,
     pub(super) listener: u32,
+    at: Instant,
 }
 
 /// Every connection the master handed out and the worker has not acknowledged, across all
@@ -55,13 +84,39 @@ pub(super) struct InFlight {
 pub(crate) struct InFlightTable {
     next_conn: std::sync::atomic::AtomicU64,
     map: Mutex<HashMap<u64, InFlight>>,
+    pub(crate) violations: Arc<Violations>,
 }
 
 impl InFlightTable {
-    /// The worker took connection `conn`: close the master's copy.
-    pub(crate) fn ack(&self, conn: u64) {
-        let taken = lock(&self.map).remove(&conn);
-        drop(taken);
+    pub(crate) fn new(violations: Arc<Violations>) -> Self {
+        InFlightTable {
+            violations,
+            ..InFlightTable::default()
+        }
+    }
+
+    /// Worker `by` took connection `conn`: close the master's copy. Only the worker the
+    /// connection was handed to can acknowledge it; another's acknowledgement would make the
+    /// master forget a connection that its worker may never get.
+    pub(crate) fn ack(&self, conn: u64, by: &WorkerId) {
+        let mut map = lock(&self.map);
+        match map.get(&conn) {
+            Some(flight) if flight.to == *by => {
+                let taken = map.remove(&conn);
+                drop(map);
+                drop(taken);
+            }
+            Some(_) => {
+                drop(map);
+                self.violations.record(
+                    Violation::StrayAnswer,
+                    by,
+                    format_args!("acknowledged connection {conn}, which was handed to another worker: ignored"),
+                );
+            }
+            // Acknowledged twice, or taken back from a worker that exited: nothing to do.
+            None => {}
+        }
     }
 
     fn insert(&self, flight: InFlight) -> u64 {
@@ -70,8 +125,21 @@ impl InFlightTable {
         conn
     }
 
+    fn contains(&self, conn: u64) -> bool {
+        lock(&self.map).contains_key(&conn)
+    }
+
     fn take(&self, conn: u64) -> Option<InFlight> {
         lock(&self.map).remove(&conn)
+    }
+
+    /// When `id` was handed the oldest connection it has not acknowledged.
+    pub(crate) fn oldest_of(&self, id: &WorkerId) -> Option<Instant> {
+        lock(&self.map)
+            .values()
+            .filter(|f| f.to == *id)
+            .map(|f| f.at)
+            .min()
     }
 
     /// Takes back every connection handed to `id` and not acknowledged.
@@ -133,45 +201,82 @@ pub(super) struct Dispatch {
     pub(super) joined: Notify,
     /// See `Options::accept_coalescing`.
     pub(super) coalescing: Duration,
+    /// See `Options::ack_timeout`.
+    pub(super) ack_timeout: Duration,
 }
 
 impl Dispatch {
-    /// Picks the worker for a connection from `peer`.
-    fn pick(&self, st: &mut DispatchState, peer: &SocketAddr) -> Option<usize> {
-        if st.members.is_empty() {
+    /// Picks the worker for a connection from `peer`: the policy's choice, unless that
+    /// worker has left a connection unacknowledged past `ack_timeout`; then the next the
+    /// policy would take (for `Sticky`, the next on the client's rendezvous list). When every
+    /// worker is stalled the policy's own choice stands: holding the connection back would
+    /// not serve it sooner.
+    fn pick(&self, st: &mut DispatchState, peer: &SocketAddr, now: Instant) -> Option<usize> {
+        let n = st.members.len();
+        if n == 0 {
             return None;
         }
-        Some(match self.balance {
-            Balance::LeastConnections => {
+        let start = st.next % n;
+        let sticky = |m: &Member| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            peer.ip().hash(&mut h);
+            m.id.key().hash(&mut h);
+            h.finish()
+        };
+        // The policy's preference order, best first: built only when its first choice is
+        // stalled, so the common case costs what it did before the check.
+        let order = |st: &DispatchState| -> Vec<usize> {
+            let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
+            match self.balance {
                 // Ties go round-robin, so idle workers share new connections evenly.
-                let n = st.members.len();
-                let start = st.next % n;
-                let best = (0..n)
-                    .map(|k| (start + k) % n)
-                    .min_by_key(|&i| st.members[i].open)
-                    .unwrap_or(start);
-                st.next = best + 1;
-                best
-            }
-            Balance::Sticky => {
+                Balance::LeastConnections => order.sort_by_key(|&i| st.members[i].open),
                 // Rendezvous hashing on (client IP, slot): an IP keeps its worker slot while
                 // that slot is in the set; removing a slot moves only that slot's IPs.
-                let ip = peer.ip();
-                (0..st.members.len())
-                    .max_by_key(|&i| {
-                        let mut h = std::collections::hash_map::DefaultHasher::new();
-                        ip.hash(&mut h);
-                        st.members[i].id.key().hash(&mut h);
-                        h.finish()
-                    })
-                    .unwrap_or(0)
+                Balance::Sticky => {
+                    order.sort_by_key(|&i| std::cmp::Reverse(sticky(&st.members[i])))
+                }
+                _ => {}
             }
-            _ => {
-                let i = st.next % st.members.len();
-                st.next = i + 1;
-                i
+            order
+        };
+        let first = match self.balance {
+            Balance::LeastConnections => (0..n)
+                .map(|k| (start + k) % n)
+                .min_by_key(|&i| st.members[i].open)
+                .unwrap_or(start),
+            Balance::Sticky => (0..n).max_by_key(|&i| sticky(&st.members[i])).unwrap_or(0),
+            _ => start,
+        };
+        let cutoff = now
+            .checked_sub(self.ack_timeout)
+            .filter(|_| !self.ack_timeout.is_zero());
+        let chosen = match cutoff {
+            Some(cutoff) if n > 1 && st.members[first].stalled(&self.in_flight, cutoff) => {
+                let order = order(st);
+                let other = order
+                    .into_iter()
+                    .find(|&i| i != first && !st.members[i].stalled(&self.in_flight, cutoff));
+                match other {
+                    Some(other) => {
+                        self.in_flight.violations.record(
+                            Violation::AckTimeout,
+                            &st.members[first].id,
+                            format_args!(
+                                "has left a connection unacknowledged for over {} ms: new connections go to other workers until it acknowledges",
+                                self.ack_timeout.as_millis()
+                            ),
+                        );
+                        other
+                    }
+                    None => first,
+                }
             }
-        })
+            _ => first,
+        };
+        if self.balance != Balance::Sticky {
+            st.next = chosen + 1;
+        }
+        Some(chosen)
     }
 
     /// Hands connections to workers, retrying on another worker when a send fails; a
@@ -203,8 +308,9 @@ impl Dispatch {
     fn pack(&self, batch: Vec<(OwnedFd, SocketAddr)>) -> Vec<Parcel> {
         let mut parcels: Vec<Parcel> = Vec::new();
         let mut st = lock(&self.state);
+        let now = Instant::now();
         for (fd, peer) in batch {
-            let Some(i) = self.pick(&mut st, &peer) else {
+            let Some(i) = self.pick(&mut st, &peer, now) else {
                 st.waiting.push_back((fd, peer));
                 continue;
             };
@@ -224,7 +330,9 @@ impl Dispatch {
                 peer,
                 to: member.id.clone(),
                 listener: self.listener,
+                at: now,
             });
+            member.handed.push_back((conn, now));
             let open = parcels
                 .iter()
                 .position(|p| p.to == member.id && p.conns.len() < MAX_PARCEL);

@@ -16,47 +16,73 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::model::WorkerId;
-use crate::net::bind::bind_tcp;
+use crate::net::bind::{UnixSocketFile, bind_tcp, bind_unix};
 use crate::net::dispatch::{Dispatch, DispatchState, InFlightTable, Member, lock};
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToWorker};
+use crate::violations::{Violation, Violations};
 
 struct Bound {
     info: ListenerInfo,
     socket: Option<std::net::TcpListener>,
-    unix: Option<std::os::unix::net::UnixListener>,
+    unix: Option<UnixSocketFile>,
     dispatch: Option<Arc<Dispatch>>,
     /// With `Shared` over TCP: each worker's open connections, shared with the workers.
     load: Option<crate::net::load::LoadTable>,
 }
 
+/// Distinct addresses the master binds over its life. A listening socket is kept for the
+/// cluster's life (so that restarts and reloads never close it), which is why a worker asking
+/// for ever new addresses must meet a bound; no real service listens on this many.
+pub(crate) const MAX_LISTENERS: usize = 64;
+
 /// Every address the master has bound, by the address workers asked for.
-#[derive(Default)]
 pub(crate) struct MasterListeners {
     by_addr: HashMap<ListenAddr, u32>,
     bound: Vec<Bound>,
     in_flight: Arc<InFlightTable>,
     /// See `Options::accept_coalescing`.
     coalescing: Duration,
+    /// See `Options::ack_timeout`.
+    ack_timeout: Duration,
 }
 
 impl MasterListeners {
-    pub(crate) fn new(coalescing: Duration) -> Self {
+    pub(crate) fn new(
+        coalescing: Duration,
+        ack_timeout: Duration,
+        violations: Arc<Violations>,
+    ) -> Self {
         MasterListeners {
+            by_addr: HashMap::new(),
+            bound: Vec::new(),
+            in_flight: Arc::new(InFlightTable::new(violations)),
             coalescing,
-            ..MasterListeners::default()
+            ack_timeout,
         }
     }
 
-    /// Binds `addr` (or reuses it) for worker `id`; returns what to answer and the descriptor
+    /// Binds `addr` (or reuses it) for worker `id`, which asked for it; returns what to answer and the descriptor
     /// to pass along (the listening socket, for `Shared`).
     pub(crate) fn listen(
         &mut self,
+        id: &WorkerId,
         addr: ListenAddr,
         balance: Balance,
     ) -> Result<(ListenerInfo, Option<OwnedFd>), String> {
         let index = match self.by_addr.get(&addr) {
             Some(&index) => index,
             None => {
+                if self.bound.len() >= MAX_LISTENERS {
+                    let error = format!(
+                        "cannot listen on {addr:?}: the master already listens on {MAX_LISTENERS} addresses, the most it keeps"
+                    );
+                    self.in_flight.violations.record(
+                        Violation::Listeners,
+                        id,
+                        format_args!("asked to listen on one address more than the {MAX_LISTENERS} the master keeps: refused"),
+                    );
+                    return Err(error);
+                }
                 let index = u32::try_from(self.bound.len())
                     .map_err(|_| "too many listeners".to_string())?;
                 let bound = bind(
@@ -64,7 +90,7 @@ impl MasterListeners {
                     &addr,
                     balance,
                     self.in_flight.clone(),
-                    self.coalescing,
+                    (self.coalescing, self.ack_timeout),
                 )?;
                 self.bound.push(bound);
                 self.by_addr.insert(addr.clone(), index);
@@ -82,7 +108,13 @@ impl MasterListeners {
             (Some(socket), _, Balance::Shared) => {
                 Some(socket.try_clone().map_err(|e| e.to_string())?.into())
             }
-            (_, Some(socket), _) => Some(socket.try_clone().map_err(|e| e.to_string())?.into()),
+            (_, Some(socket), _) => Some(
+                socket
+                    .listener
+                    .try_clone()
+                    .map_err(|e| e.to_string())?
+                    .into(),
+            ),
             _ => None,
         };
         Ok((bound.info.clone(), fd))
@@ -106,11 +138,7 @@ impl MasterListeners {
         };
         let mut st = lock(&dispatch.state);
         if !st.members.iter().any(|m| m.id == *id) {
-            st.members.push(Member {
-                id: id.clone(),
-                sender: sender.clone(),
-                open: 0,
-            });
+            st.members.push(Member::new(id.clone(), sender.clone()));
         }
         let waiting: Vec<_> = st.waiting.drain(..).collect();
         drop(st);
@@ -139,9 +167,11 @@ impl MasterListeners {
         ))
     }
 
-    /// Stops handing connections to `id` (it is stopping or gone); connections it had not
-    /// acknowledged go to other workers.
-    pub(crate) fn remove(&mut self, id: &WorkerId) {
+    /// Stops handing connections to `id` (it is stopping). The connections it was handed
+    /// and has not acknowledged stay its own: it still reads its channel and serves them, and
+    /// handing them to another worker too would serve one connection twice. They go
+    /// elsewhere only if it exits without taking them ([`MasterListeners::gone`]).
+    pub(crate) fn leave(&mut self, id: &WorkerId) {
         for bound in &mut self.bound {
             if let Some(dispatch) = &bound.dispatch {
                 lock(&dispatch.state).members.retain(|m| m.id != *id);
@@ -150,6 +180,12 @@ impl MasterListeners {
                 load.leave(id);
             }
         }
+    }
+
+    /// Process `id` has exited: the connections it never acknowledged go to other workers
+    /// (the copies passed to it died unread with its channel).
+    pub(crate) fn gone(&mut self, id: &WorkerId) {
+        self.leave(id);
         let orphans = self.in_flight.orphans_of(id);
         if orphans.is_empty() {
             return;
@@ -195,7 +231,7 @@ impl MasterListeners {
         }
     }
 
-    /// Open connections each worker has, by listener, for status.
+    /// Open connections worker `id` has across all listeners, for status.
     pub(crate) fn open_connections(&self, id: &WorkerId) -> usize {
         self.bound
             .iter()
@@ -217,7 +253,7 @@ fn bind(
     addr: &ListenAddr,
     balance: Balance,
     in_flight: Arc<InFlightTable>,
-    coalescing: Duration,
+    (coalescing, ack_timeout): (Duration, Duration),
 ) -> Result<Bound, String> {
     let describe = |e: io::Error| match e.kind() {
         io::ErrorKind::AddrInUse => format!("cannot listen on {addr:?}: address in use ({e})"),
@@ -270,6 +306,7 @@ fn bind(
                 in_flight,
                 joined: Notify::new(),
                 coalescing,
+                ack_timeout,
             });
             tokio::spawn(dispatch.clone().accept_loop(accepting));
             Ok(Bound {
@@ -287,8 +324,7 @@ fn bind(
                     path.display()
                 ));
             }
-            let socket = std::os::unix::net::UnixListener::bind(path).map_err(describe)?;
-            socket.set_nonblocking(true).map_err(describe)?;
+            let socket = bind_unix(path).map_err(describe)?;
             Ok(Bound {
                 info: ListenerInfo {
                     listener: index,
@@ -326,14 +362,14 @@ mod tests {
             .unwrap();
         let (sender, _) = master.split();
         let (_, receiver) = worker.split();
-        let mut listeners = MasterListeners::new(coalescing);
+        let mut listeners = MasterListeners::new(coalescing, Duration::ZERO, Arc::default());
         let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
-        let (info, _) = listeners.listen(addr, Balance::RoundRobin).unwrap();
         let id = WorkerId {
             group: "default".into(),
             slot: 0,
             generation: 1,
         };
+        let (info, _) = listeners.listen(&id, addr, Balance::RoundRobin).unwrap();
         listeners.join(info.listener, &id, &sender);
         (listeners, info.local.unwrap(), receiver)
     }
@@ -391,5 +427,185 @@ mod tests {
                 start.elapsed()
             );
         }
+    }
+
+    fn worker(slot: usize) -> WorkerId {
+        WorkerId {
+            group: "default".into(),
+            slot,
+            generation: 1,
+        }
+    }
+
+    /// A listener of `balance` with two members (slots 0 and 1), each with the end of its
+    /// channel the test reads as that worker would, and no coalescing.
+    async fn two_members(
+        balance: Balance,
+        ack_timeout: Duration,
+    ) -> (
+        MasterListeners,
+        SocketAddr,
+        Vec<cluster_ipc::Receiver<ToWorker>>,
+    ) {
+        let mut listeners = MasterListeners::new(Duration::ZERO, ack_timeout, Arc::default());
+        let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
+        let (info, _) = listeners.listen(&worker(0), addr, balance).unwrap();
+        let mut receivers = Vec::new();
+        for slot in 0..2 {
+            let (master, end) = Channel::<ToWorker, ToMaster>::pair(Config::default())
+                .await
+                .unwrap();
+            let (sender, _) = master.split();
+            let (_, receiver) = end.split();
+            // The sender must outlive the test's use of the channel: the member keeps a clone.
+            listeners.join(info.listener, &worker(slot), &sender);
+            receivers.push(receiver);
+        }
+        (listeners, info.local.unwrap(), receivers)
+    }
+
+    /// The ids of the connections one message hands over.
+    async fn handed_ids(rx: &mut cluster_ipc::Receiver<ToWorker>) -> Vec<u64> {
+        let (msg, _fds) = tokio::time::timeout(STEP, rx.recv_with_fds())
+            .await
+            .expect("a message within the bound")
+            .unwrap()
+            .expect("the channel is open");
+        match msg {
+            ToWorker::Connection { conn, .. } => vec![conn],
+            ToWorker::Connections { conns, .. } => conns.into_iter().map(|(c, _)| c).collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The connections the next message to either worker hands over, and to which.
+    async fn either(rx: &mut [cluster_ipc::Receiver<ToWorker>]) -> (usize, Vec<u64>) {
+        let (a, b) = rx.split_at_mut(1);
+        tokio::select! {
+            ids = handed_ids(&mut a[0]) => (0, ids),
+            ids = handed_ids(&mut b[0]) => (1, ids),
+        }
+    }
+
+    /// Whether a message arrives within `wait` (it should not).
+    async fn nothing_within(rx: &mut cluster_ipc::Receiver<ToWorker>, wait: Duration) -> bool {
+        tokio::time::timeout(wait, rx.recv_with_fds())
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_left_a_connection_unacknowledged_gets_no_new_ones_until_it_acks() {
+        for balance in [
+            Balance::RoundRobin,
+            Balance::LeastConnections,
+            Balance::Sticky,
+        ] {
+            let ack_timeout = Duration::from_millis(50);
+            let (listeners, addr, mut rx) = two_members(balance, ack_timeout).await;
+            let in_flight = listeners.in_flight();
+            let mut clients = Vec::new();
+
+            // The first connection goes to whichever worker the policy picks; that worker
+            // does not acknowledge it.
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            let (stalled, first) = either(&mut rx).await;
+            let healthy = 1 - stalled;
+            // Past the bound (the passage of time is what is tested here).
+            tokio::time::sleep(ack_timeout * 2).await;
+
+            // Every new connection goes to the other worker, whatever the policy prefers
+            // (with Sticky, every client here has the same IP, so it would prefer `stalled`
+            // half the time or all the time).
+            for _ in 0..6 {
+                clients.push(TcpStream::connect(addr).await.unwrap());
+                for conn in handed_ids(&mut rx[healthy]).await {
+                    in_flight.ack(conn, &worker(healthy));
+                }
+            }
+            assert!(
+                nothing_within(&mut rx[stalled], Duration::from_millis(20)).await,
+                "{balance:?}: the stalled worker was handed a new connection"
+            );
+            let skipped = in_flight
+                .violations
+                .snapshot()
+                .into_iter()
+                .find(|(kind, _)| *kind == "ack_timeout")
+                .map_or(0, |(_, n)| n);
+            if balance != Balance::Sticky {
+                assert!(skipped >= 1, "{balance:?}: no skip was counted");
+            }
+
+            // A stray acknowledgement (by the healthy worker) is ignored: the connection
+            // stays the stalled worker's, and the stalled worker still gets nothing.
+            in_flight.ack(first[0], &worker(healthy));
+            assert!(in_flight.oldest_of(&worker(stalled)).is_some());
+            // Its own acknowledgement puts it back in the rotation.
+            in_flight.ack(first[0], &worker(stalled));
+            assert!(in_flight.oldest_of(&worker(stalled)).is_none());
+            let mut got = [0, 0];
+            for _ in 0..8 {
+                clients.push(TcpStream::connect(addr).await.unwrap());
+                let (slot, ids) = either(&mut rx).await;
+                for conn in &ids {
+                    in_flight.ack(*conn, &worker(slot));
+                }
+                got[slot] += ids.len();
+            }
+            if balance != Balance::Sticky {
+                assert!(got[stalled] > 0, "{balance:?}: it never came back: {got:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_worker_keeps_its_unacknowledged_connections_until_it_exits() {
+        let (mut listeners, addr, mut rx) = two_members(Balance::RoundRobin, Duration::ZERO).await;
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (owner, _) = either(&mut rx).await;
+        let other = 1 - owner;
+        // Asked to stop: it still reads its channel and will serve what it was handed, so
+        // the connection must not go to the other worker too.
+        listeners.leave(&worker(owner));
+        assert!(
+            nothing_within(&mut rx[other], Duration::from_millis(100)).await,
+            "a stopping worker's connection was handed to another worker as well"
+        );
+        // It exited without taking it: now, and only now, the connection goes elsewhere.
+        listeners.gone(&worker(owner));
+        assert_eq!(handed_ids(&mut rx[other]).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_worker_asking_for_ever_new_addresses_meets_the_bound() {
+        let mut listeners = MasterListeners::new(Duration::ZERO, Duration::ZERO, Arc::default());
+        let dir = std::env::temp_dir().join(format!("cluster-listen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..MAX_LISTENERS {
+            let addr = ListenAddr::Unix(dir.join(format!("{i}.sock")));
+            listeners.listen(&worker(0), addr, Balance::Shared).unwrap();
+        }
+        let error = listeners
+            .listen(
+                &worker(0),
+                ListenAddr::Unix(dir.join("over.sock")),
+                Balance::Shared,
+            )
+            .unwrap_err();
+        assert!(error.contains("64 addresses"), "{error}");
+        assert!(!dir.join("over.sock").exists());
+        // An address already bound is still answered.
+        listeners
+            .listen(
+                &worker(1),
+                ListenAddr::Unix(dir.join("0.sock")),
+                Balance::Shared,
+            )
+            .unwrap();
+        // The socket files go with the master's listeners.
+        drop(listeners);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -35,6 +35,9 @@ pub struct MasterStatus {
     pub spawn_failures_total: u64,
     /// Why the last start failed, while its slot still waits for a worker.
     pub spawn_error: Option<String>,
+    /// Bounds workers went past, by kind (`unread_channel`, `ack_timeout`, `app_queue`,
+    /// `listeners`, `metrics_size`, `stray_answer`, `flood`): see the README's failure model.
+    pub violations: std::collections::BTreeMap<String, u64>,
 }
 
 /// One worker process.

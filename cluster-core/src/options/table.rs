@@ -395,6 +395,28 @@ options_table! {
         ))
     };
 
+    /// With a policy where the master accepts: a worker that has left a connection it was
+    /// handed unacknowledged for this long gets no new connection until it acknowledges
+    /// (0 turns the check off).
+    ///
+    /// A worker acknowledges as soon as its channel reader takes the connection, in
+    /// microseconds; one that has not for 100 ms is stalled (a long synchronous call, a
+    /// SIGSTOP, a stuck runtime), and a connection handed to it would wait with it. The
+    /// policy falls through to the next worker it would choose (with `sticky`, the next on
+    /// the client's list); each connection steered away counts in
+    /// `cluster_worker_violations_total{kind="ack_timeout"}`.
+    ack_timeout: Duration = Duration::from_millis(100);
+    set with_ack_timeout(Duration);
+    text "100ms", accepts "a duration of at most 60s";
+    check |timeout: &Duration| if *timeout <= Duration::from_secs(60) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} would let a stalled worker take new connections for that long; use at most 60s, or 0 to turn the check off",
+            duration_text(timeout)
+        ))
+    };
+
     /// Which exits of a worker are restarted: always, only after a failure, or never.
     restart_mode: RestartMode = RestartMode::Permanent;
     at restart.mode;

@@ -242,6 +242,12 @@ impl<L: Launcher> Supervisor<L> {
                 reloads_total: self.reloads_total,
                 spawn_failures_total: self.spawn_failures_total,
                 spawn_error: self.spawn_error.clone(),
+                violations: self
+                    .violations
+                    .snapshot()
+                    .into_iter()
+                    .map(|(kind, count)| (kind.to_string(), count))
+                    .collect(),
             },
             workers,
             restarts,

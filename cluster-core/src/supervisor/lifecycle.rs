@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::outbox::{Outbox, Outgoing, Refused};
+use super::outbox::{OUTBOX_CAPACITY, Outbox, Outgoing, Refused};
 use super::process::{Internal, Launched, Launcher};
 use super::report::{Beat, Reporter};
 use super::restart::{Decision, Exit as RestartExit, decide};
@@ -28,6 +28,7 @@ fn spawn_retry_delay(failures: u32) -> Duration {
 }
 use crate::model::{ExitKind, WorkerId};
 use crate::protocol::{Balance, ListenAddr, ToMaster, ToWorker};
+use crate::violations::Violation;
 
 impl<L: Launcher> Supervisor<L> {
     pub(super) async fn on_internal(&mut self, internal: Internal) {
@@ -102,9 +103,17 @@ impl<L: Launcher> Supervisor<L> {
                 id: request,
                 payload,
             } => {
-                if !self.pending.complete_from(request, &id, payload) {
+                if self.pending.awaits_other(request, &id) {
+                    self.violations.record(
+                        Violation::StrayAnswer,
+                        &id,
+                        format_args!(
+                            "answered request {request}, which was asked of another worker: ignored"
+                        ),
+                    );
+                } else if !self.pending.complete_from(request, &id, payload) {
                     tracing::warn!(
-                        "worker {id} answered request {request}, which was not asked of it (or was answered already): ignored"
+                        "worker {id} answered request {request} after it was answered or timed out: ignored"
                     );
                 }
             }
@@ -119,9 +128,15 @@ impl<L: Launcher> Supervisor<L> {
                 balance,
             } => self.on_listen(id, request, addr, balance),
             ToMaster::Metrics { id: request, text } => {
-                if !self.pending.complete_from(request, &id, text.into_bytes()) {
-                    tracing::warn!(
-                        "worker {id} sent metrics for scrape {request}, which was not asked of it: ignored"
+                if self.pending.awaits_other(request, &id) {
+                    self.violations.record(
+                        Violation::StrayAnswer,
+                        &id,
+                        format_args!("sent metrics for scrape {request}, which was asked of another worker: ignored"),
+                    );
+                } else if !self.pending.complete_from(request, &id, text.into_bytes()) {
+                    tracing::debug!(
+                        "worker {id} sent metrics for scrape {request} after the scrape ended: ignored"
                     );
                 }
             }
@@ -142,7 +157,7 @@ impl<L: Launcher> Supervisor<L> {
             return;
         };
         let stopping = p.is_stopping();
-        let (result, fds) = match self.listeners.listen(addr, balance) {
+        let (result, fds) = match self.listeners.listen(&id, addr, balance) {
             Ok((info, fd)) => (Ok(info), fd.into_iter().collect()),
             Err(e) => {
                 notice!(warn, "worker {id}: {e}");
@@ -193,7 +208,7 @@ impl<L: Launcher> Supervisor<L> {
     /// rotation of master-accepted connections first, so every connection it was handed
     /// arrives before the request and gets served.
     pub(super) fn stop_proc(&mut self, id: &WorkerId, deadline: Instant, reason: StopReason) {
-        self.listeners.remove(id);
+        self.listeners.leave(id);
         let Some(p) = self.proc_mut(id) else { return };
         if p.is_stopping() {
             return;
@@ -216,7 +231,7 @@ impl<L: Launcher> Supervisor<L> {
 
     /// Kills process `id` at once, for `reason`.
     fn kill_proc(&mut self, id: &WorkerId, reason: StopReason) {
-        self.listeners.remove(id);
+        self.listeners.leave(id);
         let Some(p) = self.proc_mut(id) else { return };
         if p.killed() {
             return;
@@ -231,7 +246,7 @@ impl<L: Launcher> Supervisor<L> {
     }
 
     async fn on_exit(&mut self, id: WorkerId, exit: ExitKind) {
-        self.listeners.remove(&id);
+        self.listeners.gone(&id);
         let Some(g) = self.group_index(&id.group) else {
             return;
         };
@@ -516,6 +531,7 @@ impl<L: Launcher> Supervisor<L> {
         if self.next_sample <= now {
             self.next_sample = now + self.options.sample_interval();
             self.sample().await;
+            self.replace_unread(now).await;
         }
         let due: Vec<(usize, usize)> = self
             .groups
@@ -593,6 +609,58 @@ impl<L: Launcher> Supervisor<L> {
         *self
             .restart_reasons
             .entry((id.group.clone(), id.slot, "memory"))
+            .or_default() += 1;
+        self.recycling = Some(id.key());
+        self.spawn_into(g, s, true).await;
+    }
+
+    /// Replaces (the reload way: the replacement is ready before the old worker is asked to
+    /// stop) a worker that does not read its channel: its outbox is full, or it has left a
+    /// handed connection unacknowledged for `heartbeat_timeout`. Its heartbeats may go on
+    /// (they come from another task), so the watchdog alone would never see it. One slot at
+    /// a time, like memory replacements.
+    async fn replace_unread(&mut self, now: Instant) {
+        if self.recycling.is_some() || self.reload.is_some() {
+            return;
+        }
+        let bound = self.options.heartbeat_timeout();
+        let in_flight = self.listeners.in_flight();
+        let mut found = None;
+        'groups: for (g, group) in self.groups.iter().enumerate() {
+            for (&s, slot) in &group.slots {
+                let Some(p) = slot.current.as_ref() else {
+                    continue;
+                };
+                if slot.next.is_some() || !matches!(p.phase, Phase::Ready { .. }) {
+                    continue;
+                }
+                let full = p.phase.outbox().is_some_and(Outbox::is_full);
+                let unacked = bound
+                    .zip(in_flight.oldest_of(&p.id))
+                    .is_some_and(|(bound, at)| at + bound <= now);
+                if full || unacked {
+                    let what = if full {
+                        format!(
+                            "does not read its channel ({OUTBOX_CAPACITY} messages wait for it): replacing it"
+                        )
+                    } else {
+                        format!(
+                            "has left a connection unacknowledged for over {} ms (heartbeat_timeout): replacing it",
+                            bound.map_or(0, |b| b.as_millis())
+                        )
+                    };
+                    found = Some((g, s, p.id.clone(), what));
+                    break 'groups;
+                }
+            }
+        }
+        let Some((g, s, id, what)) = found else {
+            return;
+        };
+        self.violations.record(Violation::UnreadChannel, &id, what);
+        *self
+            .restart_reasons
+            .entry((id.group.clone(), id.slot, "unread_channel"))
             .or_default() += 1;
         self.recycling = Some(id.key());
         self.spawn_into(g, s, true).await;

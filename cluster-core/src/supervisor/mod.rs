@@ -87,18 +87,8 @@ pub(crate) enum RawEvent {
     },
 }
 
-/// Lifecycle notices go through `tracing`; without a subscriber they would vanish, and an
-/// operator must still see why workers were killed or restarted.
-macro_rules! notice {
-    ($level:ident, $($arg:tt)*) => {{
-        if tracing::dispatcher::has_been_set() {
-            tracing::$level!($($arg)*);
-        } else {
-            eprintln!("cluster: {}", format_args!($($arg)*));
-        }
-    }};
-}
-pub(crate) use notice;
+use crate::violations::Violations;
+pub(crate) use crate::violations::notice;
 
 /// A group of slots running the same worker function.
 struct Group {
@@ -165,6 +155,8 @@ pub(crate) struct Supervisor<L = Processes> {
     spawn_failures_total: u64,
     /// The last start failure, while a slot still waits for its retry.
     spawn_error: Option<String>,
+    /// Bounds workers went past, by kind; shared with the listeners and reporters.
+    violations: Arc<Violations>,
 }
 
 impl Supervisor<Processes> {
@@ -202,7 +194,12 @@ impl<L: Launcher> Supervisor<L> {
         F: FnOnce() -> Result<L>,
     {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let listeners = MasterListeners::new(options.accept_coalescing());
+        let violations = Arc::new(Violations::default());
+        let listeners = MasterListeners::new(
+            options.accept_coalescing(),
+            options.ack_timeout(),
+            violations.clone(),
+        );
         let launcher = make_launcher()?;
         let groups = groups
             .into_iter()
@@ -246,6 +243,7 @@ impl<L: Launcher> Supervisor<L> {
             recycling: None,
             spawn_failures_total: 0,
             spawn_error: None,
+            violations,
         })
     }
 

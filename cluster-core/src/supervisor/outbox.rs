@@ -96,6 +96,11 @@ impl Outbox {
         })
     }
 
+    /// Whether it holds [`OUTBOX_CAPACITY`] messages: the worker is not reading its channel.
+    pub(crate) fn is_full(&self) -> bool {
+        self.tx.capacity() == 0
+    }
+
     /// Queues `msg` without waiting.
     pub(crate) fn send(&self, msg: ToWorker) -> Result<(), Refused> {
         self.push(Outgoing::new(msg)).map_err(|refused| refused.0)

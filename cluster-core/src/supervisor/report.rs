@@ -6,10 +6,12 @@
 //!   the watchdog reads, so a worker flooding its channel cannot delay another's heartbeat and
 //!   get a healthy worker killed as hung;
 //! - acknowledgements of handed connections are settled at once, off the loop;
-//! - everything else a worker sends waits for one of its own [`CREDITS`]: a worker can have at
-//!   most that many messages in the supervisor's queue, and one that sends faster than the
-//!   supervisor reads is slowed down alone (its channel stops being read) instead of growing
-//!   the master's memory or delaying the others.
+//! - everything else a worker sends waits for one of its own [`CREDITS`] and for room in its
+//!   own [`BYTE_CREDITS`]: a worker can have at most that many messages, of at most that many
+//!   bytes, in the supervisor's queue, and one that sends faster than the supervisor reads is
+//!   slowed down alone (its channel stops being read) instead of growing the master's memory
+//!   or delaying the others;
+//! - a metrics answer over [`MAX_METRICS_TEXT`] is dropped here, before it is queued.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +24,31 @@ use super::process::Internal;
 use crate::model::{ExitKind, WorkerId};
 use crate::net::dispatch::InFlightTable;
 use crate::protocol::{ToMaster, ToWorker};
+use crate::violations::Violation;
 
 /// Messages of one worker that may wait in the supervisor's queue at once.
 pub(crate) const CREDITS: usize = 256;
+
+/// Bytes of payload of one worker that may wait in the supervisor's queue at once, in KiB:
+/// one message of the channel's largest frame (16 MiB) fits, 256 of them do not.
+pub(crate) const BYTE_CREDITS: usize = 16 * 1024 + 64;
+
+/// The largest metrics text the master takes from one worker. A registry this large is a
+/// bug (a label with unbounded values); merged into every scrape it would cost the master
+/// that much memory per scrape.
+pub(crate) const MAX_METRICS_TEXT: usize = 4 << 20;
+
+/// The KiB of [`BYTE_CREDITS`] a message takes: its payload, rounded up, at least 1.
+fn weight(msg: &ToMaster) -> u32 {
+    let bytes = match msg {
+        ToMaster::User(payload)
+        | ToMaster::Request { payload, .. }
+        | ToMaster::Response { payload, .. } => payload.len(),
+        ToMaster::Metrics { text, .. } => text.len(),
+        _ => 0,
+    };
+    u32::try_from(bytes.div_ceil(1024).clamp(1, BYTE_CREDITS)).unwrap_or(1)
+}
 
 /// A process's last heartbeat, written by its reporter and read by the watchdog.
 #[derive(Debug)]
@@ -81,7 +105,7 @@ impl Beat {
 /// until the supervisor has handled it.
 pub(crate) struct Credited {
     pub(crate) msg: ToMaster,
-    _credit: OwnedSemaphorePermit,
+    _credit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 impl Credited {
@@ -96,6 +120,7 @@ pub(crate) struct Reporter {
     internal: mpsc::UnboundedSender<Internal>,
     beat: Arc<Beat>,
     credits: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
     in_flight: Arc<InFlightTable>,
 }
 
@@ -111,6 +136,7 @@ impl Reporter {
             internal,
             beat,
             credits: Arc::new(Semaphore::new(CREDITS)),
+            bytes: Arc::new(Semaphore::new(BYTE_CREDITS)),
             in_flight,
         }
     }
@@ -140,26 +166,56 @@ impl Reporter {
                 self.beat.touch();
             }
             // The busiest message under a master-accept policy: settled here, off the loop.
-            ToMaster::Accepted { conn } => self.in_flight.ack(conn),
-            msg => {
-                if self.credits.available_permits() == 0 {
-                    tracing::debug!(
-                        "worker {} has {CREDITS} messages waiting for the supervisor: its channel is no longer read until they are handled",
-                        self.id
-                    );
-                }
-                let Ok(credit) = self.credits.clone().acquire_owned().await else {
-                    return;
-                };
-                let _ = self.internal.send(Internal::FromWorker {
-                    id: self.id.clone(),
-                    msg: Credited {
-                        msg,
-                        _credit: credit,
-                    },
-                });
+            ToMaster::Accepted { conn } => self.in_flight.ack(conn, &self.id),
+            ToMaster::Metrics { id, text } if text.len() > MAX_METRICS_TEXT => {
+                self.in_flight.violations.record(
+                    Violation::MetricsSize,
+                    &self.id,
+                    format_args!(
+                        "sent {} MiB of metrics, over the {} MiB the master takes: left out of the scrape",
+                        text.len() >> 20,
+                        MAX_METRICS_TEXT >> 20
+                    ),
+                );
+                drop(text);
+                self.queue(ToMaster::Metrics {
+                    id,
+                    text: String::new(),
+                })
+                .await;
             }
+            msg => self.queue(msg).await,
         }
+    }
+
+    /// Puts `msg` in the supervisor's queue once the worker has a credit and room for its
+    /// bytes.
+    async fn queue(&self, msg: ToMaster) {
+        let weight = weight(&msg);
+        if self.credits.available_permits() == 0 || self.bytes.available_permits() < weight as usize
+        {
+            self.in_flight.violations.record(
+                Violation::Flood,
+                &self.id,
+                format_args!(
+                    "has {CREDITS} messages or {} MiB waiting for the supervisor: its channel is no longer read until they are handled",
+                    BYTE_CREDITS >> 10
+                ),
+            );
+        }
+        let Ok(credit) = self.credits.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok(bytes) = self.bytes.clone().acquire_many_owned(weight).await else {
+            return;
+        };
+        let _ = self.internal.send(Internal::FromWorker {
+            id: self.id.clone(),
+            msg: Credited {
+                msg,
+                _credit: (credit, bytes),
+            },
+        });
     }
 
     /// The process has exited: the last report.

@@ -54,6 +54,11 @@ struct RestartLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabels {
     direction: &'static str,
 }
@@ -109,6 +114,18 @@ pub(super) fn cluster_metrics(status: &ClusterStatus) -> String {
         "cluster_spawn_failures",
         "Worker processes that could not be started (retried with a backoff, not counted as restarts)",
         spawn_failures,
+    );
+
+    let violations = Family::<KindLabels, Counter>::default();
+    for (kind, count) in &status.master.violations {
+        violations
+            .get_or_create(&KindLabels { kind: kind.clone() })
+            .inc_by(*count);
+    }
+    registry.register(
+        "cluster_worker_violations",
+        "Bounds workers went past, by kind (see the README's failure model)",
+        violations,
     );
 
     let ipc = Family::<DirectionLabels, Counter>::default();

@@ -238,6 +238,9 @@ pub(crate) fn status() -> ClusterStatus {
             reloads_total: 2,
             spawn_failures_total: 3,
             spawn_error: None,
+            violations: [("ack_timeout".to_string(), 7), ("flood".to_string(), 0)]
+                .into_iter()
+                .collect(),
         },
         workers: vec![
             worker(WorkerState::Ready, 0),
@@ -309,6 +312,8 @@ fn cluster_metrics_have_every_family_and_state() {
         r#"cluster_worker_restarts_total{group="web",slot="0",reason="crash"} 5"#,
         "cluster_reloads_total 2",
         "cluster_spawn_failures_total 3",
+        "cluster_worker_violations_total{kind=\"ack_timeout\"} 7",
+        "cluster_worker_violations_total{kind=\"flood\"} 0",
         r#"cluster_ipc_messages_total{direction="sent"} 10"#,
         r#"cluster_ipc_messages_total{direction="received"} 20"#,
         r#"cluster_worker_resident_memory_bytes{group="web",slot="1"} 10485760"#,

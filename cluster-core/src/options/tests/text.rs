@@ -46,6 +46,7 @@ fn every_option_round_trips_through_its_text() {
         .with_reload_parallelism(4)
         .with_balance(Balance::LeastConnections)
         .with_accept_coalescing(Duration::from_micros(2500))
+        .with_ack_timeout(Duration::from_millis(250))
         .with_restart_mode(RestartMode::Transient)
         .with_backoff(
             Backoff::new()
