@@ -136,6 +136,9 @@ pub enum ToMaster {
     Heartbeat { lag_us: u64, connections: u64 },
     /// The worker's metrics, as OpenMetrics text.
     Metrics { id: u64, text: String },
+    /// The worker's app has not read its messages: its queue was full and `dropped`
+    /// messages from the master (in all, so far) were dropped.
+    Dropped { dropped: u64 },
 }
 
 #[cfg(test)]
@@ -254,6 +257,7 @@ mod tests {
             }),
             [9, 1, 1, b'a']
         );
+        assert_eq!(bytes(&ToMaster::Dropped { dropped: 2 }), [10, 2]);
     }
 
     #[test]

@@ -28,6 +28,11 @@ const MAX_WAITING: usize = 1024;
 const ACCEPT_BATCH: usize = 64;
 /// Connections per message to a worker: well under the descriptors a channel takes per frame.
 const MAX_PARCEL: usize = 32;
+/// How long a hand-out waits for room in a worker's channel. A worker that reads its
+/// channel makes room in microseconds; the accept loop must not wait longer than this for
+/// one that does not, since every other worker of the listener waits with it. The send is
+/// cancel safe: the parcel is queued whole or not at all, and comes back for another worker.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -288,11 +293,23 @@ impl Dispatch {
         while !pending.is_empty() {
             let mut parcels = self.pack(std::mem::take(&mut pending));
             for parcel in &mut parcels {
-                if parcel.send(self.listener).await.is_ok() {
-                    crate::protocol::SENT.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                match tokio::time::timeout(SEND_TIMEOUT, parcel.send(self.listener)).await {
+                    Ok(Ok(())) => {
+                        crate::protocol::SENT.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    // The worker is gone: its connections go to another worker.
+                    Ok(Err(_)) => {}
+                    Err(_) => self.in_flight.violations.record(
+                        Violation::UnreadChannel,
+                        &parcel.to,
+                        format_args!(
+                            "has not read its channel for {} ms (its write buffer is full): it gets no more connections of listener {}",
+                            SEND_TIMEOUT.as_millis(),
+                            self.listener
+                        ),
+                    ),
                 }
-                // The worker is gone: take its connections back for another worker.
                 lock(&self.state).members.retain(|m| m.id != parcel.to);
                 for conn in parcel.conns.drain(..) {
                     if let Some(back) = self.in_flight.take(conn.0) {

@@ -141,6 +141,13 @@ impl<L: Launcher> Supervisor<L> {
                 }
             }
             ToMaster::Closed { listener } => self.listeners.closed(&id, listener),
+            ToMaster::Dropped { dropped } => self.violations.record(
+                Violation::AppQueue,
+                &id,
+                format_args!(
+                    "does not read its messages (its app never calls recv): {dropped} messages from the master dropped so far"
+                ),
+            ),
         }
     }
 

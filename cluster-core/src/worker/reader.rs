@@ -17,6 +17,9 @@ use crate::net::listener::Handed;
 use crate::protocol::{Balance, ToMaster, ToWorker};
 use crate::request::{ReplyTo, Request};
 
+/// Messages and requests from the master that wait for the app's `recv` at most.
+pub(super) const APP_QUEUE: usize = 1024;
+
 /// Reads the master's messages until the channel ends; the worker exits when it does, since
 /// the master is gone.
 pub(super) async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 'static>(
@@ -27,7 +30,10 @@ pub(super) async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 
     pending: Arc<Pending>,
     shared: Arc<WorkerShared>,
 ) {
-    let mut incoming = Some(incoming);
+    let mut incoming = AppQueue {
+        tx: Some(incoming),
+        dropped: 0,
+    };
     loop {
         let (msg, mut fds) = match rx.recv_with_fds().await {
             Ok(Some(msg)) => msg,
@@ -37,16 +43,16 @@ pub(super) async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 
             ToWorker::Shutdown => {
                 shutdown.cancel();
                 // Close the queue so `recv` returns None once drained.
-                incoming = None;
+                incoming.tx = None;
             }
             ToWorker::User(payload) => match messaging::decode::<D>(&payload) {
-                Ok(msg) => deliver(&incoming, Incoming::Message(msg)).await,
+                Ok(msg) => incoming.deliver(Incoming::Message(msg), &reply).await,
                 Err(e) => tracing::warn!("dropped a message from the master: {e:#}"),
             },
             ToWorker::Request { id, payload } => match messaging::decode::<D>(&payload) {
                 Ok(msg) => {
                     let request = Request::new(msg, id, ReplyTo::Master(reply.clone()));
-                    deliver(&incoming, Incoming::Request(request)).await
+                    incoming.deliver(Incoming::Request(request), &reply).await
                 }
                 Err(e) => tracing::warn!("dropped a request from the master: {e:#}"),
             },
@@ -156,8 +162,35 @@ fn handed(fd: OwnedFd, peer: Option<SocketAddr>) -> Option<Handed> {
     Some(Handed { stream, peer })
 }
 
-async fn deliver<D, U>(queue: &Option<mpsc::Sender<Incoming<D, U>>>, item: Incoming<D, U>) {
-    if let Some(queue) = queue {
-        let _ = queue.send(item).await;
+/// The app's queue of messages and requests from the master. Full means the app is not
+/// calling `recv`: a message that finds it full is dropped and reported, never waited for,
+/// since this task must go on reading shutdowns, connections and acknowledgements.
+struct AppQueue<D, U> {
+    tx: Option<mpsc::Sender<Incoming<D, U>>>,
+    dropped: u64,
+}
+
+impl<D, U> AppQueue<D, U> {
+    async fn deliver(&mut self, item: Incoming<D, U>, reply: &cluster_ipc::Sender<ToMaster>) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(item) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped += 1;
+                // Told at the 1st, 2nd, 4th... drop: a master sending in a loop gets a
+                // handful of reports, with the exact count in the last.
+                if self.dropped.is_power_of_two() {
+                    tracing::warn!(
+                        "the app has not read its messages ({APP_QUEUE} are queued): {} dropped so far",
+                        self.dropped
+                    );
+                    let _ = reply
+                        .send(&ToMaster::Dropped {
+                            dropped: self.dropped,
+                        })
+                        .await;
+                }
+            }
+        }
     }
 }

@@ -89,7 +89,7 @@ where
     let (sender, receiver) = channel.split();
     let shutdown = CancellationToken::new();
     let pending = Arc::new(Pending::default());
-    let (queue, incoming) = mpsc::channel(1024);
+    let (queue, incoming) = mpsc::channel(super::reader::APP_QUEUE);
     let (closes, closes_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(WorkerShared {
         sender: sender.clone(),

@@ -77,3 +77,59 @@ async fn a_ready_report_dropped_before_it_was_queued_is_sent_by_the_next_call() 
     assert!(shared.ready_sent.load(Ordering::SeqCst));
     assert!(reader.await.unwrap(), "the master got the ready report");
 }
+
+/// An app that never calls `recv` fills its queue; the reader drops what does not fit,
+/// says so, and goes on reading the master's control messages.
+#[tokio::test]
+async fn a_full_app_queue_never_blocks_the_control_messages_behind_it() {
+    use super::reader::{APP_QUEUE, read_master};
+    use crate::messaging::{Pending, encode};
+
+    let (shared, mut from_worker) = shared_with_master(Config::default()).await;
+    let (master, worker) = Channel::<ToWorker, ToMaster>::pair(Config::default())
+        .await
+        .unwrap();
+    let (to_worker, _) = master.split();
+    let (_, rx) = worker.split();
+    let (queue, _app_never_reads) = mpsc::channel::<super::Incoming<u32, u32>>(APP_QUEUE);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let reader = tokio::spawn(read_master(
+        rx,
+        shared.sender.clone(),
+        queue,
+        shutdown.clone(),
+        Arc::new(Pending::default()),
+        shared.clone(),
+    ));
+
+    let sent = APP_QUEUE + 500;
+    for n in 0..sent {
+        let n = u32::try_from(n).unwrap();
+        to_worker
+            .send(&ToWorker::User(encode(&n).unwrap()))
+            .await
+            .unwrap();
+    }
+    to_worker
+        .send(&ToWorker::MetricsRequest { id: 7 })
+        .await
+        .unwrap();
+    to_worker.send(&ToWorker::Shutdown).await.unwrap();
+
+    let mut dropped = 0;
+    let mut metrics = false;
+    while !metrics {
+        match tokio::time::timeout(STEP, from_worker.recv()).await {
+            Ok(Ok(Some(ToMaster::Dropped { dropped: n }))) => dropped = n,
+            Ok(Ok(Some(ToMaster::Metrics { id: 7, .. }))) => metrics = true,
+            Ok(Ok(Some(_))) => {}
+            other => panic!("the reader stalled behind the app's queue: {other:?}"),
+        }
+    }
+    // The last report before the metrics answer is a power of two of the 500 dropped.
+    assert_eq!(dropped, 256);
+    tokio::time::timeout(STEP, shutdown.cancelled())
+        .await
+        .expect("the shutdown behind the app's messages was read");
+    reader.abort();
+}
