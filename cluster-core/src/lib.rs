@@ -13,6 +13,7 @@
 
 mod cluster;
 mod error;
+mod event_queue;
 mod identity;
 mod master;
 mod messaging;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::event_queue::EventReceiver;
 use crate::messaging::{self, Pending};
 use crate::model::{ExitKind, SlotKey, WorkerId, WorkerInfo};
 use crate::protocol::ToWorker;
@@ -110,7 +111,7 @@ pub enum Event<D, U> {
 /// method fails with [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected).
 pub struct MasterContext<D = (), U = ()> {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
-    pub(crate) events: Arc<Mutex<mpsc::Receiver<RawEvent>>>,
+    pub(crate) events: Arc<Mutex<EventReceiver<RawEvent>>>,
     pub(crate) pending: Arc<Pending>,
     pub(crate) _types: PhantomData<fn(D) -> U>,
 }
@@ -259,8 +260,10 @@ where
     /// The next event; `None` once the cluster has stopped and every event before has been
     /// read. Clones of the context share one queue: each event goes to one caller.
     ///
-    /// The queue holds 4096 events; while it is full, the supervisor drops new ones (with a
-    /// warning) rather than wait, so a master function should keep reading.
+    /// Lifecycle events (spawns, readiness, exits, reloads) are never crowded out by workers'
+    /// messages: those have a bound of their own (4,096 messages or 64 MiB), past which the
+    /// supervisor drops new ones with a warning rather than wait, so a master function should
+    /// keep reading. Lifecycle events beyond 4,096 unread lose the oldest.
     ///
     /// # Errors
     ///

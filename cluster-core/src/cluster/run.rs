@@ -195,7 +195,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
         let pending = Arc::new(Pending::default());
         let (events_tx, events_rx) = match self.master {
             Some(_) => {
-                let (tx, rx) = mpsc::channel(4096);
+                let (tx, rx) = crate::event_queue::event_queue();
                 (Some(tx), Some(rx))
             }
             None => (None, None),

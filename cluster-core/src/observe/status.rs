@@ -11,7 +11,8 @@ pub struct ClusterStatus {
     pub master: MasterStatus,
     /// Every live worker process (current ones, replacements starting, old ones draining).
     pub workers: Vec<WorkerStatus>,
-    /// Restarts by slot and reason (`crash`, `hung`, `memory`, `failed_start`).
+    /// Restarts by slot and reason (`crash`, `hung`, `failed_start`; and the replacements
+    /// `memory` and `unread_channel`, which are not counted as restarts).
     pub restarts: Vec<RestartCount>,
     /// Messages the master sent to workers and received from them.
     pub ipc_messages_sent: u64,

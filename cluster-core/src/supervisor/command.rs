@@ -231,12 +231,12 @@ impl<L: Launcher> Supervisor<L> {
             master: MasterStatus {
                 pid: std::process::id(),
                 uptime_ms: millis(now.saturating_duration_since(self.started)),
-                // Restarts after unexpected exits, like each slot's `restarts`: a memory
-                // replacement is listed by reason but is not one (nor counts toward
-                // `max_restarts`).
+                // Restarts after unexpected exits, like each slot's `restarts`: a memory or
+                // unread-channel replacement is listed by reason but is not one (nor counts
+                // toward `max_restarts`).
                 restarts_total: restarts
                     .iter()
-                    .filter(|r| r.reason != "memory")
+                    .filter(|r| !matches!(r.reason, "memory" | "unread_channel"))
                     .map(|r| r.count)
                     .sum(),
                 reloads_total: self.reloads_total,

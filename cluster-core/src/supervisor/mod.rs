@@ -87,6 +87,7 @@ pub(crate) enum RawEvent {
     },
 }
 
+use crate::event_queue::{EventSender, MAX_APP_BYTES, MAX_APP_EVENTS, Refused};
 use crate::violations::Violations;
 pub(crate) use crate::violations::notice;
 
@@ -131,7 +132,7 @@ pub(crate) struct Supervisor<L = Processes> {
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     commands_rx: mpsc::UnboundedReceiver<Command>,
-    events: Option<mpsc::Sender<RawEvent>>,
+    events: Option<EventSender<RawEvent>>,
     pending: Arc<Pending>,
     stopping: Option<Stopping>,
     killed_after_grace: bool,
@@ -155,6 +156,8 @@ pub(crate) struct Supervisor<L = Processes> {
     spawn_failures_total: u64,
     /// The last start failure, while a slot still waits for its retry.
     spawn_error: Option<String>,
+    /// Workers' messages dropped because the master's function did not read its events.
+    events_dropped: u64,
     /// Bounds workers went past, by kind; shared with the listeners and reporters.
     violations: Arc<Violations>,
 }
@@ -165,7 +168,7 @@ impl Supervisor<Processes> {
         groups: Vec<GroupOptions>,
         spawn_hook: Option<SpawnHook>,
         commands_rx: mpsc::UnboundedReceiver<Command>,
-        events: Option<mpsc::Sender<RawEvent>>,
+        events: Option<EventSender<RawEvent>>,
         pending: Arc<Pending>,
     ) -> Result<Self> {
         let settings = ProcessSettings {
@@ -186,7 +189,7 @@ impl<L: Launcher> Supervisor<L> {
         options: Options,
         groups: Vec<GroupOptions>,
         commands_rx: mpsc::UnboundedReceiver<Command>,
-        events: Option<mpsc::Sender<RawEvent>>,
+        events: Option<EventSender<RawEvent>>,
         pending: Arc<Pending>,
         make_launcher: F,
     ) -> Result<Self>
@@ -243,20 +246,34 @@ impl<L: Launcher> Supervisor<L> {
             recycling: None,
             spawn_failures_total: 0,
             spawn_error: None,
+            events_dropped: 0,
             violations,
         })
     }
 
     fn emit(&mut self, event: RawEvent) {
         let Some(events) = &self.events else { return };
-        match events.try_send(event) {
+        let queued = match &event {
+            RawEvent::Message { payload, .. } | RawEvent::Request { payload, .. } => {
+                let bytes = payload.len();
+                events.app(event, bytes)
+            }
+            _ => events.lifecycle(event),
+        };
+        match queued {
             Ok(()) => {}
             // The master's function returned: nobody reads events any more.
-            Err(mpsc::error::TrySendError::Closed(_)) => self.events = None,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(
-                    "the master's event queue is full (its function does not read events); an event was dropped"
-                )
+            Err(Refused::Closed) => self.events = None,
+            Err(Refused::Full) => {
+                self.events_dropped += 1;
+                if self.events_dropped.is_power_of_two() {
+                    notice!(
+                        warn,
+                        "the master's function does not read its events: {} messages from workers dropped so far ({MAX_APP_EVENTS} or {} MiB wait; lifecycle events still get in)",
+                        self.events_dropped,
+                        MAX_APP_BYTES >> 20
+                    );
+                }
             }
         }
     }

@@ -100,7 +100,7 @@ pub(super) fn cluster_metrics(status: &ClusterStatus) -> String {
     }
     registry.register(
         "cluster_worker_restarts",
-        "Worker restarts by slot and reason: crash, hung and failed_start after unexpected exits; memory for replacements over max_memory",
+        "Worker restarts by slot and reason: crash, hung and failed_start after unexpected exits; memory and unread_channel for replacements over max_memory or of a worker not reading its channel",
         restarts,
     );
 

@@ -182,6 +182,32 @@ async fn a_worker_over_max_memory_is_replaced_before_it_stops() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_worker_that_does_not_read_its_channel_is_replaced_though_it_beats() {
+    let options = options().with_sample_interval(Duration::from_secs(1));
+    let mut h = Harness::start(options, vec![group(2)], &[Behaviour::DEAF]);
+    h.expect("ready worker/1#1").await;
+    // Enough to fill the socket, the channel's write buffer and then the outbox. A send is
+    // answered once written, which for this worker is never: the answers are not awaited.
+    for _ in 0..2000 {
+        let (reply, _never) = oneshot::channel();
+        h.command(Command::Send {
+            to: key(0),
+            msg: ToWorker::User(vec![0; 4096]),
+            reply,
+        });
+    }
+    // Replaced the reload way: its successor is ready before it goes.
+    h.expect("exit worker/0#1").await;
+    h.assert_order(&["spawned worker/0#2", "ready worker/0#2", "exit worker/0#1"]);
+    h.assert_settled(&[0, 1]).await;
+    let status = h.status().await;
+    assert_eq!(status.master.restarts_total, 0);
+    assert_eq!(status.restarts[0].reason, "unread_channel");
+    assert_eq!(status.master.violations["unread_channel"], 1);
+    assert_eq!(h.shutdown().await.0, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn scale_up_fills_the_lowest_free_slots() {
     let mut h = Harness::start(options(), vec![group(1)], &[]);
     h.expect("ready worker/0#1").await;

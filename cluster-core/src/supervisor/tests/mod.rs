@@ -42,6 +42,8 @@ pub(super) struct Behaviour {
     pub obeys: bool,
     /// The launch fails.
     pub spawn_fails: bool,
+    /// It reads its channel (its heartbeats go on either way, as a real worker's do).
+    pub reads: bool,
 }
 
 impl Behaviour {
@@ -51,6 +53,7 @@ impl Behaviour {
         beats: true,
         obeys: true,
         spawn_fails: false,
+        reads: true,
     };
     pub(super) const NEVER_READY: Behaviour = Behaviour {
         ready: false,
@@ -66,6 +69,10 @@ impl Behaviour {
     };
     pub(super) const SPAWN_FAILS: Behaviour = Behaviour {
         spawn_fails: true,
+        ..Behaviour::HEALTHY
+    };
+    pub(super) const DEAF: Behaviour = Behaviour {
+        reads: false,
         ..Behaviour::HEALTHY
     };
 }
@@ -176,8 +183,8 @@ async fn play(
             },
             msg = async {
                 match inbox.as_mut() {
-                    Some(inbox) => inbox.recv().await,
-                    None => std::future::pending().await,
+                    Some(inbox) if behaviour.reads => inbox.recv().await,
+                    _ => std::future::pending().await,
                 }
             } => match msg {
                 Ok(Some(msg)) => {
@@ -218,7 +225,7 @@ async fn come_online(
 pub(super) struct Harness {
     world: Arc<Mutex<World>>,
     commands: mpsc::UnboundedSender<Command>,
-    events: mpsc::Receiver<RawEvent>,
+    events: crate::event_queue::EventReceiver<RawEvent>,
     signals: mpsc::UnboundedSender<Signal>,
     master_done: Option<oneshot::Sender<Option<Error>>>,
     /// The master's table of requests waiting for a worker's answer.
@@ -280,7 +287,7 @@ impl Harness {
             ..World::default()
         }));
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let (events_tx, events) = mpsc::channel(4096);
+        let (events_tx, events) = crate::event_queue::event_queue();
         let (signals, signals_rx) = mpsc::unbounded_channel();
         let (master_done, done_rx) = oneshot::channel();
         let w = world.clone();
@@ -502,7 +509,7 @@ impl Harness {
             .await
             .expect("the supervisor never ended")
             .unwrap();
-        while let Ok(event) = self.events.try_recv() {
+        while let Some(event) = self.events.try_recv() {
             self.seen.push(describe(&event));
         }
         let alive = world(&self.world).alive.clone();
