@@ -40,7 +40,10 @@ pub(super) struct Deadlines {
     heads: u64,
     /// The last check at which a request was started or under way.
     header_since: Instant,
-    /// The last check at which the connection's writes were not stuck.
+    /// The last check at which the connection's writes were not stuck. Starts at the
+    /// connection's start, which is safe because a new socket's first write always finds
+    /// room: a write can only be stuck after earlier ones made progress, and those set
+    /// `ConnState::wrote`.
     write_since: Instant,
 }
 
