@@ -152,7 +152,8 @@ fn main() -> ExitCode {
         .with_balance(balance)
         .with_signals([Signal::SIGINT, Signal::SIGTERM])
         .with_reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
-        // Draining may take the shutdown delay, then a few seconds for slow requests.
+        // Draining takes at most the shutdown delay plus `max_drain` (4 s by default, see
+        // `DrainOptions`), after which the worker returns by itself; the rest is margin.
         .with_grace(delay + Duration::from_secs(10))
         .with_status_addr(status_addr)
         .with_heartbeat_timeout(Some(Duration::from_secs(10)))

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use cluster::http::http_body_util::Full;
-use cluster::http::hyper::body::{Bytes, Incoming};
+use cluster::http::http_body_util::combinators::BoxBody;
+use cluster::http::http_body_util::{BodyExt, Full};
+use cluster::http::hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use cluster::http::hyper::{Request, Response, StatusCode};
 use cluster::http::{
     Accept, CancellationToken, DrainOptions, PeerAddr, Phase, Readiness, ServeStats, serve,
@@ -158,16 +159,66 @@ fn request(path: &str) -> Vec<u8> {
 // The server under test
 // ---------------------------------------------------------------------------------------
 
+/// The size of `/big`: far more than a loopback connection's socket buffers hold (a few
+/// MiB each way), so that a client that does not read leaves the server's write stuck.
+const BIG: usize = 32 << 20;
+/// The size of each of `/big`'s chunks.
+const CHUNK: usize = 64 << 10;
+
+/// `/big`'s body: [`BIG`] bytes in chunks, produced only as hyper has room to write them.
+/// Reports on drop how many bytes it handed over, so a test learns when (and whether before
+/// its end) the server gave up on the response.
+struct BigBody {
+    left: usize,
+    chunk: Bytes,
+    done: mpsc::UnboundedSender<usize>,
+}
+
+impl Body for BigBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let n = self.left.min(CHUNK);
+        if n == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left as u64)
+    }
+}
+
+impl Drop for BigBody {
+    fn drop(&mut self) {
+        let _ = self.done.send(BIG - self.left);
+    }
+}
+
 /// The app: `/` answers at once, `/slow` after 300 ms, `/work` after 2 ms, `/hang` after
-/// 10 s, `/readyz` 503 when not ready, `/peer` its peer's address. Each request's path is
-/// reported on `started` when it reaches the handler.
-type Answer =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+/// 10 s, `/big` with [`BIG`] bytes (reporting on `big_done` when its body is dropped),
+/// `/readyz` 503 when not ready, `/peer` its peer's address. Each request's path is reported
+/// on `started` when it reaches the handler.
+type Answer = std::pin::Pin<
+    Box<dyn Future<Output = Result<Response<BoxBody<Bytes, Infallible>>, Infallible>> + Send>,
+>;
 
 fn app(
     readiness: Readiness,
     started: mpsc::UnboundedSender<String>,
+    big_done: mpsc::UnboundedSender<usize>,
 ) -> impl Fn(Request<Incoming>) -> Answer + Send + Sync + 'static {
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
     move |req: Request<Incoming>| {
         let path = req.uri().path().to_string();
         let _ = started.send(path.clone());
@@ -176,6 +227,14 @@ fn app(
             .extensions()
             .get::<PeerAddr<SocketAddr>>()
             .map(|p| p.0.to_string());
+        if path == "/big" {
+            let body = BigBody {
+                left: BIG,
+                chunk: chunk.clone(),
+                done: big_done.clone(),
+            };
+            return Box::pin(std::future::ready(Ok(Response::new(body.boxed()))));
+        }
         Box::pin(async move {
             let (status, body) = match path.as_str() {
                 "/slow" => {
@@ -196,7 +255,7 @@ fn app(
             };
             Ok(Response::builder()
                 .status(status)
-                .body(Full::new(Bytes::from(body)))
+                .body(Full::new(Bytes::from(body)).boxed())
                 .unwrap_or_default())
         })
     }
@@ -207,6 +266,7 @@ struct Server {
     shutdown: CancellationToken,
     readiness: Readiness,
     started: mpsc::UnboundedReceiver<String>,
+    big_done: mpsc::UnboundedReceiver<usize>,
     handle: JoinHandle<io::Result<ServeStats>>,
 }
 
@@ -225,9 +285,10 @@ impl Server {
     ) -> Server {
         let readiness = Readiness::new();
         let (tx, started) = mpsc::unbounded_channel();
+        let (big_tx, big_done) = mpsc::unbounded_channel();
         let handle = tokio::spawn(serve(
             listener,
-            app(readiness.clone(), tx),
+            app(readiness.clone(), tx, big_tx),
             shutdown.clone(),
             options.readiness(&readiness),
         ));
@@ -236,6 +297,7 @@ impl Server {
             shutdown,
             readiness,
             started,
+            big_done,
             handle,
         }
     }
@@ -657,10 +719,11 @@ async fn unix_listener_queue_is_served() {
     let shutdown = CancellationToken::new();
     shutdown.cancel();
     let (tx, _started) = mpsc::unbounded_channel();
+    let (big_tx, _big_done) = mpsc::unbounded_channel();
     let readiness = Readiness::new();
     let handle = tokio::spawn(serve(
         listener,
-        app(readiness.clone(), tx),
+        app(readiness.clone(), tx, big_tx),
         shutdown,
         DrainOptions::new(),
     ));
@@ -889,4 +952,184 @@ async fn handler_sees_the_peer_address() {
     drop(client);
     server.shutdown.cancel();
     server.stopped().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Deadlines and the connection cap
+// ---------------------------------------------------------------------------------------
+
+impl Server {
+    /// Waits until `/big`'s body is dropped and returns how many bytes it handed to hyper.
+    async fn big_done(&mut self) -> usize {
+        within("the /big body to be dropped", self.big_done.recv())
+            .await
+            .expect("the handler is alive")
+    }
+}
+
+/// Asks for `/big` and never reads: once the socket buffers are full, the server's write
+/// stays stuck.
+async fn stalled_client(server: &mut Server) -> Client<TcpStream> {
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client.send("/big").await.unwrap();
+    assert_eq!(server.started().await, "/big");
+    client
+}
+
+/// The issue 12 fault: during a drain, a client that never reads its response cannot keep
+/// the server (the worker) alive past `max_drain`, whose default is under the cluster's
+/// default `grace`; the other request in flight still completes.
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_hold_the_drain_past_max_drain() {
+    // The defaults, as a worker gets them.
+    let mut server = Server::start(DrainOptions::new()).await;
+    let _stalled = stalled_client(&mut server).await;
+    let mut other = Client::connect(server.addr).await.unwrap();
+    other.send("/slow").await.unwrap();
+    assert_eq!(server.started().await, "/slow");
+
+    let fired = Instant::now();
+    server.shutdown.cancel();
+    let reply = ok_response(&mut other).await;
+    assert_eq!(reply.body, b"slow");
+    assert!(reply.closes(), "{reply:?}");
+    within("EOF", other.read_eof()).await.unwrap();
+
+    // 4 s of drain, then the stuck connection is dropped: `serve` returns (the worker's
+    // function ends normally) before the cluster's default grace of 5 s would SIGKILL it.
+    let stats = match timeout(Duration::from_secs(5), server.handle).await {
+        Ok(joined) => joined
+            .expect("serve does not panic")
+            .expect("serve succeeds"),
+        Err(_) => panic!("serve still draining 5 s after the shutdown"),
+    };
+    let waited = fired.elapsed();
+    assert!(
+        waited >= Duration::from_millis(3900),
+        "returned after {waited:?}, before max_drain"
+    );
+    assert_eq!(stats.aborted, 1, "{stats:?}");
+    assert_eq!(stats.requests, 2, "{stats:?}");
+    assert_eq!(stats.closed_after_response, 1, "{stats:?}");
+    // The stuck response was dropped unfinished.
+    let handed = within("the /big body", server.big_done.recv()).await;
+    assert!(handed.is_some_and(|n| n < BIG), "{handed:?}");
+}
+
+/// The write deadline holds during the drain too: with it shorter than `max_drain`, the
+/// stuck connection goes at the write deadline and the drain ends then.
+#[tokio::test]
+async fn write_timeout_ends_a_stuck_response_during_the_drain() {
+    let write = Duration::from_millis(300);
+    let mut server = Server::start(DrainOptions::new().write_timeout(write).max_drain(None)).await;
+    let _stalled = stalled_client(&mut server).await;
+    server.shutdown.cancel();
+    let handed = server.big_done().await;
+    assert!(handed < BIG, "the whole body went out: {handed}");
+    let stats = server.stopped().await;
+    assert_eq!(stats.closed_write_timeout, 1, "{stats:?}");
+    assert_eq!(stats.aborted, 0, "{stats:?}");
+}
+
+/// Outside a drain: a client that stops reading loses its connection after the write
+/// deadline (not before), and the server goes on serving others meanwhile and after.
+#[tokio::test]
+async fn write_timeout_closes_a_connection_whose_client_stopped_reading() {
+    let write = Duration::from_millis(400);
+    let mut server = Server::start(DrainOptions::new().write_timeout(write)).await;
+    let mut stalled = stalled_client(&mut server).await;
+    let asked = Instant::now();
+    let mut other = Client::connect(server.addr).await.unwrap();
+    other.send("/").await.unwrap();
+    assert!(!ok_response(&mut other).await.closes());
+
+    let handed = server.big_done().await;
+    let waited = asked.elapsed();
+    assert!(handed < BIG, "the whole body went out: {handed}");
+    assert!(waited >= write, "closed after {waited:?}, before {write:?}");
+
+    // The client finds the response cut short: what the buffers held, then the end.
+    let mut received = 0;
+    let mut chunk = vec![0u8; 1 << 16];
+    let end = async {
+        loop {
+            match stalled.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    };
+    within("the cut connection to end", end).await;
+    assert!(received < BIG, "received {received} bytes");
+
+    other.send("/").await.unwrap();
+    assert_eq!(ok_response(&mut other).await.body, b"ok");
+    drop(other);
+    server.shutdown.cancel();
+    let stats = server.stopped().await;
+    assert_eq!(stats.closed_write_timeout, 1, "{stats:?}");
+}
+
+/// The header read (idle) deadline holds during the drain too: a client trickling a head
+/// keeps its connection from being quiet, but not past the deadline.
+#[tokio::test]
+async fn header_read_timeout_ends_a_trickled_head_during_the_drain() {
+    let period = Duration::from_millis(200);
+    let server = Server::start(
+        DrainOptions::new()
+            .header_read_timeout(period)
+            .quiet_period(Duration::from_millis(100))
+            .max_drain(None),
+    )
+    .await;
+    let mut client = Client::connect(server.addr).await.unwrap();
+    client.send("/").await.unwrap();
+    ok_response(&mut client).await;
+    client
+        .send_raw(b"GET / HTTP/1.1\r\nHost: te")
+        .await
+        .unwrap();
+    server.shutdown.cancel();
+    let trickle = async {
+        let mut chunk = [0u8; 64];
+        loop {
+            // Faster than the quiet period, so only the deadline can end it.
+            if client.stream.write_all(b"s").await.is_err() {
+                return;
+            }
+            match timeout(Duration::from_millis(20), client.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => panic!("a response to an unfinished head: {n} bytes"),
+                Err(_) => {}
+            }
+        }
+    };
+    within("the server to close the trickling connection", trickle).await;
+    let stats = server.stopped().await;
+    assert_eq!(stats.closed_header_timeout, 1, "{stats:?}");
+    assert_eq!(stats.closed_idle, 0, "{stats:?}");
+}
+
+/// At the cap the server does not accept: the next client waits in the listen queue
+/// (neither answered nor closed) until a connection closes, then is served.
+#[tokio::test]
+async fn max_connections_leaves_the_next_connection_queued_until_one_closes() {
+    let server = Server::start(DrainOptions::new().max_connections(1)).await;
+    let mut first = Client::connect(server.addr).await.unwrap();
+    first.send("/").await.unwrap();
+    assert!(!ok_response(&mut first).await.closes());
+
+    let mut second = Client::connect(server.addr).await.unwrap();
+    second.send("/").await.unwrap();
+    let mut chunk = [0u8; 64];
+    let early = timeout(Duration::from_millis(300), second.stream.read(&mut chunk)).await;
+    assert!(early.is_err(), "served or closed past the cap: {early:?}");
+
+    drop(first);
+    assert_eq!(ok_response(&mut second).await.body, b"ok");
+    drop(second);
+    server.shutdown.cancel();
+    let stats = server.stopped().await;
+    assert_eq!(stats.connections, 2, "{stats:?}");
+    assert_eq!(stats.requests, 2, "{stats:?}");
 }

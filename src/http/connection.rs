@@ -1,5 +1,5 @@
-//! One connection's task: the select loop that serves it, closes it after a header-read
-//! timeout or, once draining, after its quiet period, and the service wrapper that counts
+//! One connection's task: the select loop that serves it, closes it when a deadline passes
+//! (header read, write) or, once draining, after its quiet period, and the service wrapper that counts
 //! requests and adds `Connection: close` while draining. Apart from the accept loop
 //! (`server.rs`) because everything here runs once per connection, in that connection's task.
 
@@ -21,10 +21,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::deadline::{Deadlines, Expired};
 use super::drain::{ConnState, Tracked, is_clients_last, linger};
 use super::options::PeerAddr;
 
 pub(super) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The bound on shutting a connection closed by a deadline.
+const CLOSE_NOW: Duration = Duration::from_secs(1);
 
 /// State that the accept loop shares with every connection task.
 pub(super) struct Shared<S> {
@@ -38,6 +42,8 @@ pub(super) struct Shared<S> {
     pub(super) quiet: Duration,
     /// See [`DrainOptions::header_read_timeout`](crate::http::DrainOptions::header_read_timeout).
     pub(super) header_read_timeout: Option<Duration>,
+    /// See [`DrainOptions::write_timeout`](crate::http::DrainOptions::write_timeout).
+    pub(super) write_timeout: Option<Duration>,
     /// See [`DrainOptions::peer_addr`](crate::http::DrainOptions::peer_addr).
     pub(super) peer_addr: bool,
     /// Origin of [`ConnState::last_io`].
@@ -45,6 +51,8 @@ pub(super) struct Shared<S> {
     pub(super) requests: AtomicU64,
     pub(super) closed_idle: AtomicU64,
     pub(super) closed_after_response: AtomicU64,
+    pub(super) closed_header_timeout: AtomicU64,
+    pub(super) closed_write_timeout: AtomicU64,
 }
 
 /// Serves one connection until it closes: normally, then draining once `shared.drain`
@@ -74,53 +82,56 @@ where
     // lingering close, which hyper's own shutdown does not do.
     let mut http = shared.builder.serve_connection(io, service);
 
-    // One header-read timer per connection, re-armed once per period: a period in which no
-    // request head completed and none was under way ends the connection.
-    let mut heads = 0;
-    let mut deadline = shared.header_read_timeout.map(|t| Instant::now() + t);
+    // One timer per connection for both deadlines, re-armed once per period (see
+    // `deadline.rs`); they hold while draining too, so that a client that stops reading, or
+    // trickles a request head, cannot keep a draining server alive.
+    let mut deadlines = Deadlines::new(
+        shared.header_read_timeout,
+        shared.write_timeout,
+        Instant::now(),
+    );
+    let mut draining = false;
+    let mut closing = false;
+    // Each turn of this loop comes from a timer or from the drain's start, never from a
+    // request, so what is computed here costs nothing per request.
     let finished = loop {
+        let quiet_until = draining.then(|| conn.quiet_until(shared.quiet));
+        let next_check = deadlines.next();
         tokio::select! {
-            finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break Some(finished),
-            () = shared.drain.cancelled() => break None,
-            () = sleep_until_some(deadline), if deadline.is_some() => {
-                let now_heads = conn.heads.load(Ordering::Relaxed);
-                if now_heads != heads || conn.busy.load(Ordering::Relaxed) > 0 {
-                    heads = now_heads;
-                    deadline = shared.header_read_timeout.map(|t| Instant::now() + t);
-                    continue;
-                }
-                // Nothing under way and no request started for a whole period: close,
-                // without a linger (no response is on its way, and a slowloris client would
-                // only keep it open). Not hyper's graceful shutdown: it waits for the head of
-                // a connection that has not served a request yet.
-                let mut io = http.into_parts().io.into_inner().io;
-                let _ = io.shutdown().await;
-                return;
+            finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break finished,
+            () = shared.drain.cancelled(), if !draining => {
+                // The quiet period counts from the drain's start: a connection idle for an
+                // hour still gets the whole period for a request its client may be sending
+                // now.
+                conn.start_draining();
+                draining = true;
             }
-        }
-    };
-    let finished = match finished {
-        Some(finished) => finished,
-        None => {
-            // The quiet period counts from the drain's start: a connection idle for an hour
-            // still gets the whole period for a request its client may be sending now.
-            conn.start_draining();
-            let mut closing = false;
-            loop {
-                let quiet_until = conn.quiet_until(shared.quiet);
-                tokio::select! {
-                    finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break finished,
-                    () = tokio::time::sleep_until(quiet_until), if !closing => {
-                        // hyper closes an idle connection at once when asked to shut down,
-                        // even with a request half read, so ask only once nothing has moved
-                        // for the whole period.
-                        if conn.is_quiet(shared.quiet) {
-                            Pin::new(&mut http).graceful_shutdown();
-                            closing = true;
-                            shared.closed_idle.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+            () = sleep_until_some(quiet_until), if draining && !closing => {
+                // hyper closes an idle connection at once when asked to shut down, even with
+                // a request half read, so ask only once nothing has moved for the whole
+                // period.
+                if conn.is_quiet(shared.quiet) {
+                    Pin::new(&mut http).graceful_shutdown();
+                    closing = true;
+                    shared.closed_idle.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            () = sleep_until_some(next_check), if next_check.is_some() => {
+                let Some(expired) = deadlines.check(&conn, Instant::now()) else {
+                    continue;
+                };
+                let counter = match expired {
+                    Expired::Header => &shared.closed_header_timeout,
+                    Expired::Write => &shared.closed_write_timeout,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                // Closed without a linger: no response is on its way that the client would
+                // read (it stopped reading, or never finished asking), and lingering would
+                // only give it more time. Not hyper's graceful shutdown either: it waits for
+                // the head of a connection that has not served a request yet, and for the
+                // stuck write to finish.
+                close_now(http.into_parts().io.into_inner().io).await;
+                return;
             }
         }
     };
@@ -135,6 +146,13 @@ where
             linger(io).await;
         }
     }
+}
+
+/// Shuts the write side and returns, dropping the socket. Bounded, since an `Io` that has
+/// something to send on shutdown (a TLS close notification) would wait on the very client
+/// that stopped reading.
+async fn close_now<I: AsyncWrite + Unpin>(mut io: I) {
+    let _ = tokio::time::timeout(CLOSE_NOW, io.shutdown()).await;
 }
 
 /// Sleeps until `deadline`; never returns without one (its `select!` branch is disabled

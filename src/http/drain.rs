@@ -1,5 +1,5 @@
-//! How one connection drains: its activity clock for the quiet period ([`ConnState`]), the
-//! I/O wrapper that feeds it, whether the client has sent its last request, and the
+//! How one connection drains: its activity clock for the quiet period ([`ConnState`], also
+//! read by the connection's deadlines), the I/O wrapper that feeds it, whether the client has sent its last request, and the
 //! lingering close. Apart from the connection's task because these are the subtle parts
 //! (see the module documentation of `cluster::http` on lingering close) and each is small
 //! enough to check on its own.
@@ -39,6 +39,10 @@ pub(super) struct ConnState {
     pub(super) client_done: AtomicBool,
     /// Request heads completed on this connection, for the header read timeout.
     pub(super) heads: AtomicU64,
+    /// A write made progress since the write deadline's last check (which clears it).
+    pub(super) wrote: AtomicBool,
+    /// The latest write found the socket full: a response is waiting for the client to read.
+    pub(super) write_blocked: AtomicBool,
 }
 
 impl ConnState {
@@ -50,6 +54,22 @@ impl ConnState {
             busy: AtomicUsize::new(0),
             client_done: AtomicBool::new(false),
             heads: AtomicU64::new(0),
+            wrote: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
+        }
+    }
+
+    /// What a write returned, for the write deadline: plain stores, no clock read, since
+    /// this runs for every write.
+    fn wrote(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.touch();
+                self.wrote.store(true, Ordering::Relaxed);
+                self.write_blocked.store(false, Ordering::Relaxed);
+            }
+            Poll::Pending => self.write_blocked.store(true, Ordering::Relaxed),
+            Poll::Ready(_) => {}
         }
     }
 
@@ -123,7 +143,8 @@ pub(super) async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// The I/O of a connection, recording when bytes move.
+/// The I/O of a connection, recording when bytes move and when a write finds the socket
+/// full.
 pub(super) struct Tracked<I> {
     pub(super) io: I,
     pub(super) conn: Arc<ConnState>,
@@ -151,9 +172,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.touch();
-        }
+        self.conn.wrote(&polled);
         polled
     }
 
@@ -163,9 +182,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.touch();
-        }
+        self.conn.wrote(&polled);
         polled
     }
 

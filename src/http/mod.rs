@@ -15,8 +15,16 @@
 //! 4. A connection that stays idle (no request, nothing read or written) for
 //!    [`DrainOptions::quiet_period`] is closed; a request that arrives within that period is
 //!    answered first. Requests in flight finish.
-//! 5. It returns once every connection is closed, or after [`DrainOptions::max_drain`],
-//!    dropping what is left.
+//! 5. It returns once every connection is closed, or after [`DrainOptions::max_drain`]
+//!    (4 s by default, under the cluster's default `grace` of 5 s), dropping what is left,
+//!    so that a worker stops by itself before its master would SIGKILL it.
+//!
+//! Every connection has deadlines, while serving and while draining alike: one that
+//! completes no request head for [`DrainOptions::header_read_timeout`] (a slowloris client,
+//! or a keep-alive connection idle between requests), or whose response cannot be written
+//! for [`DrainOptions::write_timeout`] (its client stopped reading), is closed.
+//! [`DrainOptions::max_connections`] optionally caps the connections served at once: at the
+//! cap the server stops accepting, and new connections wait in the listener's queue.
 //!
 //! Closing goes through a "lingering close": the write side is shut first and whatever the
 //! client still sends is read and discarded until it closes (at most two seconds), because
@@ -61,10 +69,11 @@
 
 // The parts, bottom to top; each uses only those above it in this list: where connections
 // come from (`accept`), what a server reports (`readiness`), what a caller gives and gets
-// (`options`), how one connection drains (`drain`), one connection's task (`connection`), and
-// the accept loop that runs them (`server`).
+// (`options`), how one connection drains (`drain`), its deadlines (`deadline`), one
+// connection's task (`connection`), and the accept loop that runs them (`server`).
 mod accept;
 mod connection;
+mod deadline;
 mod drain;
 mod options;
 mod readiness;

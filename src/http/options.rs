@@ -8,6 +8,13 @@ use super::readiness::Readiness;
 
 /// The default [`DrainOptions::header_read_timeout`], hyper's own default.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default [`DrainOptions::write_timeout`]: as long as the header read timeout, so that
+/// by default one timer period serves both.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default [`DrainOptions::max_drain`]: one second under the cluster's default `grace`
+/// (5 s), so that a worker stops by itself, with its drained requests answered, before the
+/// master's SIGKILL would end every connection it still has.
+const MAX_DRAIN: Duration = Duration::from_secs(4);
 
 /// The peer address of a request's connection, found in the request's extensions.
 ///
@@ -51,6 +58,8 @@ pub struct DrainOptions {
     pub(super) max_drain: Option<Duration>,
     pub(super) readiness: Readiness,
     pub(super) header_read_timeout: Option<Duration>,
+    pub(super) write_timeout: Option<Duration>,
+    pub(super) max_connections: Option<usize>,
     pub(super) peer_addr: bool,
 }
 
@@ -59,16 +68,19 @@ impl Default for DrainOptions {
         DrainOptions {
             quiet_period: Duration::from_millis(500),
             shutdown_delay: Duration::ZERO,
-            max_drain: None,
+            max_drain: Some(MAX_DRAIN),
             readiness: Readiness::new(),
             header_read_timeout: Some(HEADER_READ_TIMEOUT),
+            write_timeout: Some(WRITE_TIMEOUT),
+            max_connections: None,
             peer_addr: true,
         }
     }
 }
 
 impl DrainOptions {
-    /// The defaults: a 500 ms quiet period, no shutdown delay, no bound on the drain.
+    /// The defaults: a 500 ms quiet period, no shutdown delay, a drain of at most 4 s,
+    /// header read and write timeouts of 30 s, no connection cap.
     ///
     /// ```
     /// let options = cluster::http::DrainOptions::new();
@@ -109,16 +121,22 @@ impl DrainOptions {
     }
 
     /// The longest the drain may take, counted from its start (after the shutdown delay);
-    /// connections still open then are dropped. Default `None`: wait for all. In a worker,
-    /// keep `shutdown_delay + max_drain` under the cluster's `grace`, after which the
-    /// worker is killed.
+    /// connections still open then are dropped, and [`serve`] returns normally. Default 4 s,
+    /// under the cluster's default `grace` of 5 s: a worker must stop by itself before the
+    /// master's SIGKILL, which would end every connection it still has, including requests
+    /// about to complete. A client that keeps one connection busy (a response it never
+    /// reads, a request that never ends) then costs only that connection. In a worker, keep
+    /// `shutdown_delay + max_drain` under `grace` (with a margin for the process to exit);
+    /// with a longer `grace`, raise this with it. `None` waits for every connection.
     ///
     /// ```
     /// use std::time::Duration;
     ///
-    /// let options = cluster::http::DrainOptions::new().max_drain(Duration::from_secs(4));
+    /// let options = cluster::http::DrainOptions::new().max_drain(Duration::from_secs(8));
     /// # let _ = options;
     /// ```
+    ///
+    /// [`serve`]: crate::http::serve
     pub fn max_drain(mut self, max: impl Into<Option<Duration>>) -> Self {
         self.max_drain = max.into();
         self
@@ -126,10 +144,12 @@ impl DrainOptions {
 
     /// A connection that completes no request head for this long while no request on it is
     /// under way is closed: a client sending its head byte by byte (slowloris), or a
-    /// keep-alive connection left idle. Default 30 s, as hyper's own header read timeout;
-    /// `None` keeps such connections open. The check runs once per period per connection,
-    /// not per request, so a connection is closed between one and two periods after it last
-    /// started a request.
+    /// keep-alive connection left idle between requests (this is the idle deadline). Default
+    /// 30 s, as hyper's own header read timeout; `None` keeps such connections open. It holds
+    /// while draining too. The check runs once per period per connection (the shorter of this
+    /// and [`write_timeout`](Self::write_timeout)), not per request, so a connection is
+    /// closed between one timeout and one timeout plus one period after it last started a
+    /// request.
     ///
     /// ```
     /// use std::time::Duration;
@@ -139,6 +159,43 @@ impl DrainOptions {
     /// ```
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.header_read_timeout = timeout.into();
+        self
+    }
+
+    /// A connection whose response cannot be written for this long (the socket stays full
+    /// because the client stopped reading) is closed, without waiting for the rest of the
+    /// response. Default 30 s; `None` waits for as long as the client. It holds while
+    /// draining too, and only stalls count: a handler that produces its body slowly is not
+    /// timed. Checked by the same per-connection timer as
+    /// [`header_read_timeout`](Self::header_read_timeout), from what each write records
+    /// (no clock read, no timer per write), so the close comes between one timeout and one
+    /// timeout plus one period after the last byte that went out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let options = cluster::http::DrainOptions::new().write_timeout(Duration::from_secs(10));
+    /// # let _ = options;
+    /// ```
+    pub fn write_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.write_timeout = timeout.into();
+        self
+    }
+
+    /// The most connections served at once. When this many are open, the server stops
+    /// accepting until one closes: new connections wait in the listener's queue (with the
+    /// cluster's `Shared` balance, another worker takes them) instead of being accepted and
+    /// closed, which a client would see as a failed request. Default `None`: no cap. A cap of
+    /// 0 counts as 1. The connections already queued when draining starts are still taken
+    /// past the cap: each closes after one response, and leaving them would reset them when
+    /// the listener closes.
+    ///
+    /// ```
+    /// let options = cluster::http::DrainOptions::new().max_connections(10_000);
+    /// # let _ = options;
+    /// ```
+    pub fn max_connections(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.max_connections = max.into().map(|max| max.max(1));
         self
     }
 
@@ -196,4 +253,9 @@ pub struct ServeStats {
     pub closed_after_response: u64,
     /// Connections dropped still open when `max_drain` elapsed.
     pub aborted: u64,
+    /// Connections closed by `header_read_timeout`: an unfinished request head, or idle
+    /// between requests.
+    pub closed_header_timeout: u64,
+    /// Connections closed by `write_timeout`: their client stopped reading a response.
+    pub closed_write_timeout: u64,
 }

@@ -147,6 +147,8 @@ where
         max_drain,
         readiness,
         header_read_timeout,
+        write_timeout,
+        max_connections,
         peer_addr,
     } = options;
     // No timer for hyper: its header read timeout arms (and boxes, and cancels) a timer for
@@ -160,12 +162,16 @@ where
         draining: AtomicBool::new(false),
         quiet: quiet_period,
         header_read_timeout,
+        write_timeout,
         peer_addr,
         epoch: Instant::now(),
         requests: AtomicU64::new(0),
         closed_idle: AtomicU64::new(0),
         closed_after_response: AtomicU64::new(0),
+        closed_header_timeout: AtomicU64::new(0),
+        closed_write_timeout: AtomicU64::new(0),
     });
+    let max_connections = max_connections.unwrap_or(usize::MAX);
     let mut stats = ServeStats::default();
     let mut conns = JoinSet::new();
     readiness.set(Phase::Serving);
@@ -187,7 +193,9 @@ where
             () = &mut stop => break,
             // Reap finished connections so the set does not grow with every one ever served.
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
+            // At the cap, not accepting leaves new connections queued (for another worker,
+            // or until one of ours closes) rather than accepting and closing them.
+            accepted = listener.accept(), if conns.len() < max_connections => match accepted {
                 Ok((io, peer)) => {
                     stats.connections += 1;
                     conns.spawn(serve_connection(io, peer, Arc::clone(&shared)));
@@ -254,6 +262,8 @@ where
     stats.requests = shared.requests.load(Ordering::Relaxed);
     stats.closed_idle = shared.closed_idle.load(Ordering::Relaxed);
     stats.closed_after_response = shared.closed_after_response.load(Ordering::Relaxed);
+    stats.closed_header_timeout = shared.closed_header_timeout.load(Ordering::Relaxed);
+    stats.closed_write_timeout = shared.closed_write_timeout.load(Ordering::Relaxed);
     match failure {
         Some(e) => Err(e),
         None => Ok(stats),

@@ -1,11 +1,17 @@
 //! Unit tests of the parts of the drain that need no socket.
 
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use http_body_util::{Empty, Full};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper::header::CONNECTION;
+use tokio::time::Instant;
 
-use super::drain::is_clients_last;
+use super::deadline::{Deadlines, Expired};
+use super::drain::{ConnState, is_clients_last};
+use super::options::DrainOptions;
 
 /// Whether a bodiless request with these `Connection` headers ends the client's input.
 fn last(version: hyper::Version, connection: &[&str]) -> bool {
@@ -34,4 +40,109 @@ fn a_close_asked_by_the_client_ends_its_input() {
         .body(Full::new(Bytes::from_static(b"data")))
         .unwrap_or_default();
     assert!(!is_clients_last(&upload));
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// A connection whose latest write found the socket full.
+fn blocked(conn: &ConnState) {
+    conn.write_blocked.store(true, Ordering::Relaxed);
+}
+
+/// A write that made progress.
+fn progressed(conn: &ConnState) {
+    conn.wrote.store(true, Ordering::Relaxed);
+    conn.write_blocked.store(false, Ordering::Relaxed);
+}
+
+#[test]
+fn a_stuck_write_expires_only_after_a_whole_timeout_without_progress() {
+    let t0 = Instant::now();
+    let conn = ConnState::new(t0);
+    let mut deadlines = Deadlines::new(None, Some(2 * SEC), t0);
+    assert_eq!(deadlines.next(), Some(t0 + 2 * SEC));
+    progressed(&conn);
+    blocked(&conn);
+    // Progress since the last check: the stall counts from this check.
+    assert_eq!(deadlines.check(&conn, t0 + 2 * SEC), None);
+    assert_eq!(deadlines.next(), Some(t0 + 4 * SEC));
+    assert_eq!(deadlines.check(&conn, t0 + 4 * SEC), Some(Expired::Write));
+}
+
+#[test]
+fn progress_or_no_waiting_write_restarts_the_write_deadline() {
+    let t0 = Instant::now();
+    let conn = ConnState::new(t0);
+    let mut deadlines = Deadlines::new(None, Some(SEC), t0);
+    // Slow but moving: every period some bytes went out.
+    for tick in 1..=5 {
+        progressed(&conn);
+        blocked(&conn);
+        assert_eq!(deadlines.check(&conn, t0 + tick * SEC), None, "{tick}");
+    }
+    // Nothing waiting to be written (a handler producing its body slowly) is not a stall.
+    conn.write_blocked.store(false, Ordering::Relaxed);
+    for tick in 6..=8 {
+        assert_eq!(deadlines.check(&conn, t0 + tick * SEC), None, "{tick}");
+    }
+}
+
+#[test]
+fn one_timer_serves_both_deadlines_at_the_shorter_period() {
+    let t0 = Instant::now();
+    let conn = ConnState::new(t0);
+    let mut deadlines = Deadlines::new(Some(3 * SEC), Some(SEC), t0);
+    assert_eq!(deadlines.next(), Some(t0 + SEC));
+    // No head and no write: the header deadline is the one that passes, at 3 s, not 1 s.
+    assert_eq!(deadlines.check(&conn, t0 + SEC), None);
+    assert_eq!(deadlines.check(&conn, t0 + 2 * SEC), None);
+    assert_eq!(deadlines.check(&conn, t0 + 3 * SEC), Some(Expired::Header));
+
+    // A request under way keeps the header deadline away.
+    let conn = ConnState::new(t0);
+    let mut deadlines = Deadlines::new(Some(SEC), None, t0);
+    conn.busy.store(1, Ordering::Relaxed);
+    assert_eq!(deadlines.check(&conn, t0 + SEC), None);
+    assert_eq!(deadlines.check(&conn, t0 + 2 * SEC), None);
+    conn.busy.store(0, Ordering::Relaxed);
+    conn.heads.store(1, Ordering::Relaxed);
+    assert_eq!(deadlines.check(&conn, t0 + 3 * SEC), None);
+    assert_eq!(deadlines.check(&conn, t0 + 4 * SEC), Some(Expired::Header));
+
+    // Both off: no timer at all.
+    assert_eq!(Deadlines::new(None, None, t0).next(), None);
+}
+
+#[test]
+fn default_max_drain_ends_before_the_default_grace() {
+    let options = DrainOptions::new();
+    let grace = cluster_core::Options::new().grace();
+    let max_drain = options.max_drain.unwrap_or(Duration::MAX);
+    assert_eq!(max_drain, 4 * SEC);
+    assert!(
+        options.shutdown_delay + max_drain < grace,
+        "{max_drain:?} vs {grace:?}"
+    );
+    assert_eq!(options.write_timeout, Some(30 * SEC));
+    assert_eq!(options.header_read_timeout, Some(30 * SEC));
+    assert_eq!(options.max_connections, None);
+}
+
+#[test]
+fn deadline_and_cap_builders() {
+    let options = DrainOptions::new()
+        .write_timeout(2 * SEC)
+        .max_connections(100)
+        .max_drain(None);
+    assert_eq!(options.write_timeout, Some(2 * SEC));
+    assert_eq!(options.max_connections, Some(100));
+    assert_eq!(options.max_drain, None);
+    let options = options.write_timeout(None).max_connections(None);
+    assert_eq!(options.write_timeout, None);
+    assert_eq!(options.max_connections, None);
+    // A cap of zero would never accept: it counts as one.
+    assert_eq!(
+        DrainOptions::new().max_connections(0).max_connections,
+        Some(1)
+    );
 }
