@@ -13,7 +13,9 @@
 //! - `WORKERS` (default one per CPU);
 //! - `POLICY`: `shared` (default), `round-robin`, `least-connections`, `sticky`, `reuseport`;
 //! - `STATUS_PORT` (8001; `off` to disable): the master's `/status`, `/metrics`, `/healthz`,
-//!   `/readyz`;
+//!   `/readyz`, on 127.0.0.1 whatever `HOST` is; an address such as `0.0.0.0:8001` exposes
+//!   it, so set `STATUS_TOKEN` then;
+//! - `STATUS_TOKEN` (unset): `/status` and `/metrics` then need `Authorization: Bearer <it>`;
 //! - `SHUTDOWN_DELAY_MS` (0): on shutdown or reload, keep serving this long while the worker's
 //!   `/readyz` says not ready, for load balancers to notice;
 //! - `MAX_MEMORY_MB` (512): a worker above it for 3 seconds is replaced without dropping a request;
@@ -117,16 +119,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let status_addr = match env_or("STATUS_PORT", "8001").as_str() {
-        "off" => None,
-        port => match format!("{host}:{port}").parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(e) => {
-                eprintln!("http: bad STATUS_PORT {port}: {e}");
-                return ExitCode::from(2);
-            }
-        },
-    };
+    // The options' own text forms: a bare port is on 127.0.0.1, so the status stays local
+    // even when HOST exposes the app; the token is read at run time, never from the source.
+    let mut status = cluster::Options::new();
+    if let Err(e) = status.set_from_str("status_addr", &env_or("STATUS_PORT", "8001")) {
+        eprintln!("http: bad STATUS_PORT: {e}");
+        return ExitCode::from(2);
+    }
+    if let Ok(token) = std::env::var("STATUS_TOKEN") {
+        if let Err(e) = status.set_from_str("status_token", &token) {
+            eprintln!("http: bad STATUS_TOKEN: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let status_addr = status.status_addr();
     let number = |name: &str, default: u64| env_or(name, &default.to_string()).parse::<u64>();
     let (Ok(delay_ms), Ok(max_memory_mb), Ok(coalescing_ms)) = (
         number("SHUTDOWN_DELAY_MS", 0),
@@ -156,6 +162,7 @@ fn main() -> ExitCode {
         // `DrainOptions`), after which the worker returns by itself; the rest is margin.
         .with_grace(delay + Duration::from_secs(10))
         .with_status_addr(status_addr)
+        .with_status_token(status.status_token().cloned())
         .with_heartbeat_timeout(Some(Duration::from_secs(10)))
         .with_max_memory(Some(max_memory_mb << 20))
         .with_accept_coalescing(Duration::from_millis(coalescing_ms));

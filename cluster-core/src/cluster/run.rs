@@ -181,8 +181,20 @@ impl<D: Message, U: Message> Cluster<D, U> {
             let source = Arc::new(crate::supervisor::CommandSource {
                 commands: commands_tx.clone(),
             });
+            let token = self.options.status_token().cloned();
+            if token.is_none() && !addr.ip().is_loopback() {
+                // Not refused: a cluster probed from another host (a pod IP) needs such an
+                // address, and the probes need no token. But /status and /metrics are then
+                // open to that network, which an operator should hear about.
+                crate::supervisor::notice!(
+                    warn,
+                    "the status server on {addr} is reachable from other hosts and /status and /metrics need no token; set `status_token`, or a loopback address such as 127.0.0.1:{}",
+                    addr.port()
+                );
+            }
             let options = crate::observe::status_server::StatusOptions {
                 min_ready: self.options.min_ready(),
+                token,
                 ..Default::default()
             };
             tokio::spawn(crate::observe::status_server::serve_status(

@@ -17,6 +17,7 @@ mod signal;
 mod table;
 #[cfg(test)]
 mod tests;
+mod token;
 mod value;
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub use parse::{ParseError, bytes_text, duration_text, parse_bytes, parse_durati
 pub use restart::{Backoff, RestartMode, RestartPolicy};
 pub use signal::{in_both_lists, parse_signal};
 pub use table::{OPTIONS, OptionSpec, Options};
+pub use token::StatusToken;
 pub use value::OptionValue;
 
 pub use crate::protocol::Balance;

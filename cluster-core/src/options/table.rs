@@ -24,7 +24,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::parse::{ParseError, duration_text};
-use super::value::{Bytes, OptionValue};
+use super::token::{self, StatusToken};
+use super::value::{Bytes, OptionValue, StatusAddr};
 use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
 use crate::Error;
 
@@ -172,6 +173,12 @@ impl<T: Copy> Get<'_, T> for T {
 impl<'a> Get<'a, &'a [Signal]> for Vec<Signal> {
     fn get(&'a self) -> &'a [Signal] {
         self
+    }
+}
+
+impl<'a> Get<'a, Option<&'a StatusToken>> for Option<StatusToken> {
+    fn get(&'a self) -> Option<&'a StatusToken> {
+        self.as_ref()
     }
 }
 
@@ -476,10 +483,34 @@ options_table! {
     text "1s", accepts "a positive duration";
     check check::sample_interval;
 
-    /// Serve `/status`, `/metrics`, `/healthz` and `/readyz` from the master on this address.
+    /// Serve `/status`, `/metrics`, `/healthz` and `/readyz` from the master on this address;
+    /// a bare port is on 127.0.0.1.
+    ///
+    /// A bare port means loopback because the status server is for the machine's own
+    /// monitoring: `/status` names every worker's pid and `/metrics` carries the app's own
+    /// figures. An address other than loopback (`0.0.0.0:8001`, a pod IP for Kubernetes
+    /// probes) lets every host that can reach it read them: set `status_token` then, which
+    /// the master warns about at start if missing. Host names are refused: resolving one is a
+    /// run-time matter that could fail later.
     status_addr: Option<SocketAddr> = None;
     set with_status_addr(Option<SocketAddr>);
-    text "off", accepts "an IP address and port such as `127.0.0.1:8001`, or `off`";
+    text "off", accepts "a port such as `8001` (on 127.0.0.1), an IP address and port such as `0.0.0.0:8001`, or `off`";
+    parse StatusAddr::parse_optional, print StatusAddr::optional_text;
+
+    /// When set, `/status` and `/metrics` answer only requests with `Authorization: Bearer
+    /// <token>`; `/healthz` and `/readyz` stay open.
+    ///
+    /// The probes stay open because an orchestrator probes without secrets (a Kubernetes
+    /// `httpGet` probe could carry the header only by writing the token into the pod spec)
+    /// and they tell nothing but "up" and "ready". A wrong or missing token gets 401 with
+    /// `WWW-Authenticate: Bearer`. The token is compared in constant time and never printed:
+    /// [`StatusToken`]'s `Debug` redacts it and no error quotes it. Prefer setting it at run
+    /// time (`set_from_str("status_token", &std::env::var("STATUS_TOKEN")?)`) to writing it
+    /// in `#[cluster::main]`, which puts it in the binary and the source.
+    status_token: Option<StatusToken> as Option<&StatusToken> = None;
+    set with_status_token(Option<StatusToken>);
+    text "off", accepts "a bearer token (letters, digits, `-._~+/`, then `=` padding), or `off`";
+    check token::check;
 
     /// `/readyz` answers 200 when at least this many workers are ready.
     min_ready: usize = 1;

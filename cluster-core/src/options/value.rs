@@ -133,6 +133,37 @@ impl Bytes {
     }
 }
 
+/// The address of `status_addr`: a bare port is on 127.0.0.1.
+pub(super) struct StatusAddr;
+
+impl StatusAddr {
+    pub(super) fn parse_optional(text: &str) -> Result<Option<SocketAddr>, ParseError> {
+        let trimmed = text.trim();
+        if trimmed == "off" {
+            return Ok(None);
+        }
+        if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+            // Loopback unless told otherwise: exposing the status to the network should take
+            // an address written out.
+            return match trimmed.parse::<u16>() {
+                Ok(port) => Ok(Some(SocketAddr::from(([127, 0, 0, 1], port)))),
+                Err(_) => Err(ParseError::new(format!(
+                    "port {trimmed} is out of range; a port is at most 65535"
+                ))),
+            };
+        }
+        SocketAddr::parse_text(text).map(Some).map_err(|e| {
+            ParseError::new(format!(
+                "{e}, a port such as \"8001\" (on 127.0.0.1), or \"off\""
+            ))
+        })
+    }
+
+    pub(super) fn optional_text(value: &Option<SocketAddr>) -> String {
+        value.to_text()
+    }
+}
+
 impl OptionValue for SocketAddr {
     fn parse_text(text: &str) -> Result<Self, ParseError> {
         // Host names are refused: resolving one is a run-time matter that could fail later.

@@ -1,5 +1,5 @@
-// The address is parsed at compile time: a host name, an address without a port and a bare
-// port are each reported on the value.
+// The address is parsed at compile time: a host name, an address without a port and a port
+// out of range are each reported on the value.
 #[cluster::main(status_addr = "localhost:8001")]
 fn main() {
     #[cluster::worker]
@@ -12,8 +12,8 @@ fn no_port() {
     async fn worker() {}
 }
 
-#[cluster::main(status_addr = 8001)]
-fn bare_port() {
+#[cluster::main(status_addr = 65536)]
+fn bare_port_out_of_range() {
     #[cluster::worker]
     async fn worker() {}
 }

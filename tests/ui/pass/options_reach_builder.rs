@@ -13,7 +13,7 @@ mod stand_in {
     use std::process::ExitCode;
     use std::sync::Mutex;
 
-    pub use cluster::{Balance, Signal};
+    pub use cluster::{Balance, Signal, options};
 
     /// The options of the last `run`.
     pub static RAN_WITH: Mutex<Option<cluster::Options>> = Mutex::new(None);
@@ -64,6 +64,7 @@ mod stand_in {
     memory_samples = 5,
     sample_interval = "2s",
     status_addr = "127.0.0.1:8001",
+    status_token = "s3cr3t-Token_1",
     min_ready = 0,
     worker_prefix_logs = false,
 )]
@@ -85,6 +86,13 @@ fn every_option() {
     worker_prefix_logs = true,
 )]
 fn other_spellings() {
+    #[worker]
+    async fn worker() {}
+}
+
+// A bare port is on 127.0.0.1; a token of digits only is written bare, like any number.
+#[cluster::main(crate = "stand_in", status_addr = 9100, status_token = 20250101)]
+fn status_spellings() {
     #[worker]
     async fn worker() {}
 }
@@ -120,6 +128,10 @@ fn main() {
     assert_eq!(o.sample_interval(), Duration::from_secs(2));
     let addr: SocketAddr = "127.0.0.1:8001".parse().unwrap();
     assert_eq!(o.status_addr(), Some(addr));
+    assert_eq!(
+        o.status_token().map(|t| t.as_str()),
+        Some("s3cr3t-Token_1")
+    );
     assert_eq!(o.min_ready(), 0);
     assert!(!o.worker_prefix_logs());
     assert!(o.validate().is_ok());
@@ -133,6 +145,12 @@ fn main() {
     let addr: SocketAddr = "[::1]:9000".parse().unwrap();
     assert_eq!(o.status_addr(), Some(addr));
     assert!(o.worker_prefix_logs());
+    assert!(o.validate().is_ok());
+
+    let o = ran_with(status_spellings);
+    let addr: SocketAddr = "127.0.0.1:9100".parse().unwrap();
+    assert_eq!(o.status_addr(), Some(addr));
+    assert_eq!(o.status_token().map(|t| t.as_str()), Some("20250101"));
     assert!(o.validate().is_ok());
 
     let o = ran_with(more_spellings);

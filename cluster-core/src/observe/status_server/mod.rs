@@ -3,7 +3,10 @@
 //!
 //! It runs inside the master next to the supervisor and asks it for data through a
 //! [`StatusSource`]. Every request is bounded in time: a slow or hung worker, or a busy
-//! supervisor, makes a scrape partial or a probe fail, never makes it hang.
+//! supervisor, makes a scrape partial or a probe fail, never makes it hang. Every connection
+//! is bounded too, and no number of idle or slow connections keeps `/healthz` and `/readyz`
+//! from answering (slots.rs says how). With a [`StatusToken`], `/status` and `/metrics` need
+//! it; the probes never do (see [`StatusOptions::token`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,13 +15,14 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +30,11 @@ use tokio_util::sync::CancellationToken;
 use crate::model::WorkerState;
 use crate::observe::metrics::{self, WorkerMetricsText};
 use crate::observe::status::ClusterStatus;
+use crate::options::StatusToken;
+
+mod slots;
+
+use slots::{Limits, Pool, Slot, Slots};
 
 /// Where the status server gets its data (the supervisor implements it over its command
 /// channel).
@@ -50,6 +59,12 @@ pub struct StatusOptions {
     /// How long a `/metrics` scrape waits for the workers' own metrics; workers that take
     /// longer are left out of that scrape. Default 500 ms.
     pub scrape_timeout: Duration,
+    /// When set, `/status` and `/metrics` answer 401 (with `WWW-Authenticate: Bearer`) unless
+    /// the request carries `Authorization: Bearer <token>`. Default none.
+    ///
+    /// `/healthz` and `/readyz` stay open: an orchestrator probes without secrets, and they
+    /// tell nothing but "up" and "ready". The `Debug` of these options redacts the token.
+    pub token: Option<StatusToken>,
 }
 
 impl Default for StatusOptions {
@@ -57,6 +72,7 @@ impl Default for StatusOptions {
         Self {
             min_ready: 1,
             scrape_timeout: Duration::from_millis(500),
+            token: None,
         }
     }
 }
@@ -71,11 +87,15 @@ impl StatusOptions {
 
 /// See [`StatusOptions::request_bound`].
 const REQUEST_SLACK: Duration = Duration::from_secs(1);
-/// Monitoring needs few connections; a cap keeps a misbehaving client from using up the
-/// master's file descriptors, which it needs for workers.
-const MAX_CONNECTIONS: usize = 64;
-/// A client that has not sent its request headers by then is dropped (slow-loris).
+/// A client that has not sent a whole request head by then is dropped: a slow-loris, and
+/// also an idle keep-alive connection, since hyper arms this timer whenever it starts waiting
+/// for a head, including the next one on a kept-alive connection. So an idle connection holds
+/// its slot at most 10 s even when nobody needs it; when somebody does, it is closed at once
+/// (slots.rs).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a connection on a reserved probe slot: a probe sends its request at once, and
+/// a client that does not is holding a slot meant for probes.
+const PROBE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a failed accept (typically EMFILE), wait before the next one rather than spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -92,21 +112,15 @@ pub(crate) async fn serve_status<S: StatusSource>(
     options: StatusOptions,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Slots::new(Limits::DEFAULT);
     let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                // The semaphore is never closed; stop rather than spin if it ever is.
-                Err(_) => break,
-            },
-        };
-        let stream = tokio::select! {
+    'accept: loop {
+        // Accepted before a slot is found (unlike a semaphore taken first): the peer decides
+        // which connection, if any, makes room, and an idle one always can.
+        let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "status server: accept failed");
                     tokio::select! {
@@ -116,6 +130,16 @@ pub(crate) async fn serve_status<S: StatusSource>(
                 }
             },
         };
+        let slot = loop {
+            if let Some(slot) = slots.admit(peer.ip()) {
+                break slot;
+            }
+            // Every slot is answering a request, each bounded in time: wait for one.
+            tokio::select! {
+                () = shutdown.cancelled() => break 'accept,
+                () = slots.freed() => {}
+            }
+        };
         // Reap finished connections so that the set does not grow with every one served.
         while connections.try_join_next().is_some() {}
         connections.spawn(serve_connection(
@@ -123,7 +147,7 @@ pub(crate) async fn serve_status<S: StatusSource>(
             Arc::clone(&source),
             options.clone(),
             shutdown.clone(),
-            permit,
+            slot,
         ));
     }
     drop(listener);
@@ -137,23 +161,37 @@ pub(crate) async fn serve_status<S: StatusSource>(
     connections.abort_all();
 }
 
-/// Serves one connection until the client closes it or `shutdown` fires.
+/// Serves one connection on `slot` until the client closes it, `shutdown` fires, or the slot
+/// is wanted for another connection.
 async fn serve_connection<S: StatusSource>(
     stream: TcpStream,
     source: Arc<S>,
     options: StatusOptions,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    slot: Slot,
 ) {
+    let pool = slot.pool();
+    let marker = slot.marker();
+    let bound = options.request_bound();
     let service = service_fn(move |request: Request<Incoming>| {
         let source = Arc::clone(&source);
         let options = options.clone();
-        async move { Ok::<_, Infallible>(respond(&*source, &options, &request).await) }
+        let busy = marker.busy();
+        async move {
+            let response = respond(&*source, &options, pool, &request).await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.timer(TokioTimer::new());
+    match pool {
+        Pool::General => builder.header_read_timeout(HEADER_READ_TIMEOUT),
+        // One request, then the reserved slot is free for the next probe.
+        Pool::Probe => builder
+            .header_read_timeout(PROBE_HEADER_READ_TIMEOUT)
+            .keep_alive(false),
+    };
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
@@ -163,6 +201,20 @@ async fn serve_connection<S: StatusSource>(
             // at once.
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = slot.closed() => {
+            if !slot.is_busy() {
+                // Idle: dropped at once rather than through hyper's graceful shutdown, which
+                // would wait for a half-sent request head until its timeout and hold the
+                // descriptor meanwhile.
+                return;
+            }
+            // It took a request after it was chosen: answer that one (bounded) and close.
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(bound + REQUEST_SLACK, connection).await {
+                Ok(result) => result,
+                Err(_) => return,
+            }
         }
     };
     if let Err(error) = result {
@@ -174,6 +226,7 @@ async fn serve_connection<S: StatusSource>(
 async fn respond<S: StatusSource>(
     source: &S,
     options: &StatusOptions,
+    pool: Pool,
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     #[derive(Clone, Copy)]
@@ -196,6 +249,25 @@ async fn respond<S: StatusSource>(
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
+    }
+    if let Route::Status | Route::Metrics = route {
+        if pool == Pool::Probe {
+            let mut response = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "status server busy: every connection slot is answering a request, and the reserved ones serve /healthz and /readyz only; retry shortly\n",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        if let Some(refused) = options
+            .token
+            .as_ref()
+            .and_then(|t| unauthorized(t, request))
+        {
+            return refused;
+        }
     }
     let deadline = Instant::now() + options.request_bound();
     match route {
@@ -258,6 +330,39 @@ async fn respond<S: StatusSource>(
             Err(unavailable) => unavailable,
         },
     }
+}
+
+/// The 401 to answer when `request` does not carry `token` as `Authorization: Bearer`.
+fn unauthorized(token: &StatusToken, request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|value| bearer_credentials(value.as_bytes()));
+    let challenge = match given {
+        Some(Some(credentials)) if token.matches(credentials) => return None,
+        // RFC 6750: a request that tried a token learns it was refused; one that sent none
+        // learns only which scheme to use.
+        Some(_) => "Bearer realm=\"cluster status\", error=\"invalid_token\"",
+        None => "Bearer realm=\"cluster status\"",
+    };
+    let mut response = text(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized: /status and /metrics need the header `Authorization: Bearer <status_token>`\n",
+    );
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    Some(response)
+}
+
+/// The credentials of an `Authorization: Bearer <credentials>` value; the scheme's case does
+/// not matter (RFC 9110).
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    Some(value[SCHEME.len()..].trim_ascii())
 }
 
 /// The supervisor's snapshot by `deadline`, or the 503 to answer instead.

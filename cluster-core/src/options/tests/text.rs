@@ -60,6 +60,7 @@ fn every_option_round_trips_through_its_text() {
         .with_memory_samples(5)
         .with_sample_interval(Duration::from_secs(2))
         .with_status_addr(Some("[::1]:9000".parse().unwrap()))
+        .with_status_token(Some(StatusToken::new("abc-DEF_123.~+/==")))
         .with_min_ready(0)
         .with_worker_prefix_logs(false);
     assert!(o.validate().is_ok());
@@ -162,6 +163,81 @@ fn set_from_str_applies_the_rules_and_names_the_option() {
         assert!(reason.contains(says), "{key} = {text:?}: {reason}");
         assert_eq!(o, before, "{key} = {text:?}: nothing changed");
     }
+}
+
+/// `status_addr`: a bare port is loopback, anything else is written out in full. `status_token`:
+/// the token, trimmed, checked for a bearer token's characters, and never quoted back.
+#[test]
+fn status_addr_and_status_token_as_text() {
+    let mut o = Options::new();
+    o.set_from_str("status_addr", "9100").unwrap();
+    assert_eq!(o.status_addr(), Some("127.0.0.1:9100".parse().unwrap()));
+    o.set_from_str("status_addr", " 8001 ").unwrap();
+    assert_eq!(o.status_addr(), Some("127.0.0.1:8001".parse().unwrap()));
+    o.set_from_str("status_addr", "0.0.0.0:8001").unwrap();
+    assert_eq!(o.status_addr(), Some("0.0.0.0:8001".parse().unwrap()));
+    o.set_from_str("status_addr", "[::1]:8001").unwrap();
+    assert_eq!(o.status_addr(), Some("[::1]:8001".parse().unwrap()));
+    o.set_from_str("status_addr", "off").unwrap();
+    assert_eq!(o.status_addr(), None);
+    let spec = OptionSpec::find("status_addr").unwrap();
+    // The macro's expression for a bare port is the loopback address.
+    assert_eq!(
+        spec.rust_expr("9100").unwrap(),
+        OptionSpec::find("status_addr")
+            .unwrap()
+            .rust_expr("127.0.0.1:9100")
+            .unwrap()
+    );
+    for (bad, says) in [
+        ("65536", "at most 65535"),
+        ("127.0.0.1", "a port such as \"8001\" (on 127.0.0.1)"),
+        ("localhost", "IP address and port"),
+        ("", "IP address and port"),
+    ] {
+        let (option, reason) = option_of(o.set_from_str("status_addr", bad));
+        assert_eq!(option, "status_addr");
+        assert!(reason.contains(says), "{bad:?}: {reason}");
+    }
+
+    let secret = "Zm9vYmFyYmF6-._~+/==";
+    assert_eq!(o.status_token(), None);
+    o.set_from_str("status_token", &format!(" {secret}\n"))
+        .unwrap();
+    assert_eq!(o.status_token().map(StatusToken::as_str), Some(secret));
+    assert!(o.validate().is_ok());
+    // Neither the options' Debug nor an error shows the token.
+    assert!(!format!("{o:?}").contains(secret));
+    for bad in [
+        "s3cr3t token",
+        "s3cr3t\"quote",
+        "s3cr3t$crate",
+        "a=b",
+        "==",
+        "s3cr3t\u{e9}",
+    ] {
+        let (option, reason) = option_of(o.set_from_str("status_token", bad));
+        assert_eq!(option, "status_token", "{bad:?}");
+        assert!(reason.contains("bearer token"), "{bad:?}: {reason}");
+        assert!(!reason.contains("s3cr3t"), "{reason}");
+        assert_eq!(o.status_token().map(StatusToken::as_str), Some(secret));
+    }
+    // The builder takes anything; the master's validation refuses it before starting.
+    let (option, reason) = option_of(
+        Options::new()
+            .with_status_token(Some(StatusToken::new("")))
+            .validate(),
+    );
+    assert_eq!(option, "status_token");
+    assert!(reason.contains("empty"), "{reason}");
+    o.set_from_str("status_token", "off").unwrap();
+    assert_eq!(o.status_token(), None);
+    let spec = OptionSpec::find("status_token").unwrap();
+    assert_eq!(
+        spec.rust_expr("abc==").unwrap(),
+        "::std::option::Option::Some($crate::options::StatusToken::new(\"abc==\"))"
+    );
+    assert!(spec.rust_expr("a\"b").is_err());
 }
 
 #[test]
