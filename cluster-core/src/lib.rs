@@ -24,9 +24,9 @@ mod protocol;
 mod request;
 mod supervisor;
 mod sys;
-mod worker;
 #[cfg(feature = "testing")]
 pub mod wire;
+mod worker;
 
 pub use cluster::{BoxError, Cluster, IntoOutcome, Master, Message, Runtime, Worker};
 pub use error::{Error, ErrorKind, Result};
