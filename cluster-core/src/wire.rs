@@ -55,4 +55,33 @@ impl RawWorker {
                     .with_source(e)
             })
     }
+
+    /// As [`RawWorker::connect`], with a second handle on the channel's socket, for writing
+    /// what the channel itself never would: bytes outside its framing, descriptors that no
+    /// frame announces. The socket is non-blocking (a write may fail with `WouldBlock`), and
+    /// what is written through it lands between two of the channel's frames only if the
+    /// channel was flushed and sends nothing meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Bootstrap`] if the socket cannot be duplicated or the handshake fails.
+    pub async fn connect_with_raw(
+        self,
+    ) -> Result<(Channel<ToMaster, ToWorker>, std::os::unix::net::UnixStream)> {
+        let stream = self.boot.into_stream();
+        let raw = stream.try_clone().map_err(|e| {
+            Error::new(
+                ErrorKind::Bootstrap,
+                "cannot duplicate the channel's socket",
+            )
+            .with_source(e)
+        })?;
+        let channel = Channel::from_std(stream, Config::default())
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Bootstrap, "the handshake with the master failed")
+                    .with_source(e)
+            })?;
+        Ok((channel, raw))
+    }
 }

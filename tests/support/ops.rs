@@ -118,7 +118,18 @@ impl Fixture {
     /// Starts the fixture with `env` on top of this process's environment (without any
     /// cluster or fixture variable).
     pub(crate) fn start(env: &[(&str, String)]) -> Fixture {
-        let mut cmd = group_command(Path::new(FIXTURE), &["CLUSTER_", "OPS_"]);
+        Self::start_program(Path::new(FIXTURE), &["CLUSTER_", "OPS_"], env)
+    }
+
+    /// As [`Fixture::start`], running `program` (another fixture whose output has the same
+    /// shape, say) without this process's variables whose names start with one of
+    /// `drop_env`.
+    pub(crate) fn start_program(
+        program: &Path,
+        drop_env: &[&str],
+        env: &[(&str, String)],
+    ) -> Fixture {
+        let mut cmd = group_command(program, drop_env);
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let (group, pipes) = Group::spawn(&mut cmd, "the ops fixture");
         let (tx, lines) = mpsc::channel();
