@@ -41,11 +41,15 @@ pub(crate) enum Violation {
     StrayAnswer,
     /// It sent messages faster than the supervisor reads them and was slowed down.
     Flood,
+    /// Its channel broke the protocol (a garbled or oversized frame, descriptors no frame
+    /// claims): the channel cannot be read past it, so the worker is killed and restarted
+    /// like a crash.
+    BadFrame,
 }
 
 impl Violation {
     /// Every kind, in the order of [`Violations::snapshot`].
-    pub(crate) const ALL: [Violation; 7] = [
+    pub(crate) const ALL: [Violation; 8] = [
         Violation::UnreadChannel,
         Violation::AckTimeout,
         Violation::AppQueue,
@@ -53,6 +57,7 @@ impl Violation {
         Violation::MetricsSize,
         Violation::StrayAnswer,
         Violation::Flood,
+        Violation::BadFrame,
     ];
 
     /// The name in `/status`, the `kind` label of `cluster_worker_violations_total` and logs.
@@ -65,6 +70,7 @@ impl Violation {
             Violation::MetricsSize => "metrics_size",
             Violation::StrayAnswer => "stray_answer",
             Violation::Flood => "flood",
+            Violation::BadFrame => "bad_frame",
         }
     }
 

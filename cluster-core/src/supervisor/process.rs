@@ -302,9 +302,15 @@ async fn watch(
             msg = async { match receiver.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => match msg {
                 Ok(Some(msg)) => reporter.message(msg).await,
                 Ok(None) => receiver = None,
+                // Nothing past a bad frame can be read: the worker is broken, as if it had
+                // crashed, and waiting for its heartbeat to time out would only delay that.
                 Err(e) => {
-                    tracing::warn!("worker {id}: {}", crate::error::chain(&e));
+                    reporter.bad_frame(&e);
                     receiver = None;
+                    if !killed {
+                        let _ = child.start_kill();
+                        killed = true;
+                    }
                 }
             },
             _ = &mut kill, if !killed => {

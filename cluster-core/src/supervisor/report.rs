@@ -33,6 +33,12 @@ pub(crate) const CREDITS: usize = 256;
 /// one message of the channel's largest frame (16 MiB) fits, 256 of them do not.
 pub(crate) const BYTE_CREDITS: usize = 16 * 1024 + 64;
 
+/// Heartbeats a second above which a worker is reported as flooding. The worker runtime
+/// beats once per `heartbeat_interval` (1 s by default, at least every few ms); a hundred
+/// a second is a bug or an attack, though it costs the master little: heartbeats never
+/// enter the supervisor's queue.
+pub(crate) const MAX_HEARTBEATS_PER_SECOND: u64 = 100;
+
 /// The largest metrics text the master takes from one worker. A registry this large is a
 /// bug (a label with unbounded values); merged into every scrape it would cost the master
 /// that much memory per scrape.
@@ -61,6 +67,9 @@ pub(crate) struct Beat {
     lag_us: AtomicU64,
     /// Open connections the worker reported with it.
     connections: AtomicU64,
+    /// The second (from `epoch`) whose heartbeats `in_second` counts.
+    second: AtomicU64,
+    in_second: AtomicU64,
 }
 
 impl Beat {
@@ -70,6 +79,8 @@ impl Beat {
             last_ms: AtomicU64::new(0),
             lag_us: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            second: AtomicU64::new(0),
+            in_second: AtomicU64::new(0),
         }
     }
 
@@ -98,6 +109,19 @@ impl Beat {
 
     pub(crate) fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a heartbeat; true for the one that first goes past
+    /// [`MAX_HEARTBEATS_PER_SECOND`] in a second. Only the worker's reading task calls it,
+    /// so the two counters need no common lock.
+    fn count(&self) -> bool {
+        let second = Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_secs();
+        if self.second.swap(second, Ordering::Relaxed) != second {
+            self.in_second.store(0, Ordering::Relaxed);
+        }
+        self.in_second.fetch_add(1, Ordering::Relaxed) + 1 == MAX_HEARTBEATS_PER_SECOND + 1
     }
 }
 
@@ -164,6 +188,15 @@ impl Reporter {
                 self.beat.lag_us.store(lag_us, Ordering::Relaxed);
                 self.beat.connections.store(connections, Ordering::Relaxed);
                 self.beat.touch();
+                if self.beat.count() {
+                    self.in_flight.violations.record(
+                        Violation::Flood,
+                        &self.id,
+                        format_args!(
+                            "sent over {MAX_HEARTBEATS_PER_SECOND} heartbeats in a second"
+                        ),
+                    );
+                }
             }
             // The busiest message under a master-accept policy: settled here, off the loop.
             ToMaster::Accepted { conn } => self.in_flight.ack(conn, &self.id),
@@ -216,6 +249,18 @@ impl Reporter {
                 _credit: (credit, bytes),
             },
         });
+    }
+
+    /// The worker's channel broke the protocol; the caller kills the worker.
+    pub(crate) fn bad_frame(&self, error: &cluster_ipc::Error) {
+        self.in_flight.violations.record(
+            Violation::BadFrame,
+            &self.id,
+            format_args!(
+                "broke the channel's protocol ({}): killing it",
+                crate::error::chain(error)
+            ),
+        );
     }
 
     /// The process has exited: the last report.
@@ -292,5 +337,43 @@ mod tests {
             }
         }
         flood.await.unwrap();
+    }
+
+    fn flood_count(r: &Reporter) -> u64 {
+        r.in_flight
+            .violations
+            .snapshot()
+            .into_iter()
+            .find(|(kind, _)| *kind == "flood")
+            .map_or(0, |(_, n)| n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_flood_is_reported_once_a_second_and_normal_beats_never() {
+        let (internal, _queue) = mpsc::unbounded_channel();
+        let r = reporter(0, &internal);
+        let beat = || ToMaster::Heartbeat {
+            lag_us: 0,
+            connections: 0,
+        };
+        for _ in 0..MAX_HEARTBEATS_PER_SECOND {
+            r.message(beat()).await;
+        }
+        assert_eq!(flood_count(&r), 0);
+        for _ in 0..1000 {
+            r.message(beat()).await;
+        }
+        assert_eq!(flood_count(&r), 1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..1000 {
+            r.message(beat()).await;
+        }
+        assert_eq!(flood_count(&r), 2);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..10 {
+            r.message(beat()).await;
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        assert_eq!(flood_count(&r), 2);
     }
 }
