@@ -35,6 +35,11 @@ struct Bound {
 /// for ever new addresses must meet a bound; no real service listens on this many.
 pub(crate) const MAX_LISTENERS: usize = 64;
 
+/// Addresses one worker process may have the master bind. With [`MAX_LISTENERS`] alone, one
+/// worker asking for ever new addresses would use them all up, and its siblings' first
+/// `listen` on the service's address would be refused.
+pub(crate) const MAX_BINDS_PER_WORKER: usize = 16;
+
 /// Every address the master has bound, by the address workers asked for.
 pub(crate) struct MasterListeners {
     by_addr: HashMap<ListenAddr, u32>,
@@ -44,6 +49,8 @@ pub(crate) struct MasterListeners {
     coalescing: Duration,
     /// See `Options::ack_timeout`.
     ack_timeout: Duration,
+    /// Addresses each live worker had the master bind.
+    binds: HashMap<WorkerId, usize>,
 }
 
 impl MasterListeners {
@@ -58,6 +65,7 @@ impl MasterListeners {
             in_flight: Arc::new(InFlightTable::new(violations)),
             coalescing,
             ack_timeout,
+            binds: HashMap::new(),
         }
     }
 
@@ -72,16 +80,25 @@ impl MasterListeners {
         let index = match self.by_addr.get(&addr) {
             Some(&index) => index,
             None => {
-                if self.bound.len() >= MAX_LISTENERS {
-                    let error = format!(
-                        "cannot listen on {addr:?}: the master already listens on {MAX_LISTENERS} addresses, the most it keeps"
-                    );
+                let binds = self.binds.get(id).copied().unwrap_or(0);
+                let refusal = if binds >= MAX_BINDS_PER_WORKER {
+                    Some(format!(
+                        "this worker has had the master bind {MAX_BINDS_PER_WORKER} addresses, the most one worker may"
+                    ))
+                } else if self.bound.len() >= MAX_LISTENERS {
+                    Some(format!(
+                        "the master already listens on {MAX_LISTENERS} addresses, the most it keeps"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(refusal) = refusal {
                     self.in_flight.violations.record(
                         Violation::Listeners,
                         id,
-                        format_args!("asked to listen on one address more than the {MAX_LISTENERS} the master keeps: refused"),
+                        format_args!("asked to listen on {addr:?}, refused: {refusal}"),
                     );
-                    return Err(error);
+                    return Err(format!("cannot listen on {addr:?}: {refusal}"));
                 }
                 let index = u32::try_from(self.bound.len())
                     .map_err(|_| "too many listeners".to_string())?;
@@ -94,6 +111,7 @@ impl MasterListeners {
                 )?;
                 self.bound.push(bound);
                 self.by_addr.insert(addr.clone(), index);
+                *self.binds.entry(id.clone()).or_default() += 1;
                 index
             }
         };
@@ -186,6 +204,7 @@ impl MasterListeners {
     /// (the copies passed to it died unread with its channel).
     pub(crate) fn gone(&mut self, id: &WorkerId) {
         self.leave(id);
+        self.binds.remove(id);
         let orphans = self.in_flight.orphans_of(id);
         if orphans.is_empty() {
             return;
@@ -582,27 +601,43 @@ mod tests {
         let mut listeners = MasterListeners::new(Duration::ZERO, Duration::ZERO, Arc::default());
         let dir = std::env::temp_dir().join(format!("cluster-listen-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for i in 0..MAX_LISTENERS {
-            let addr = ListenAddr::Unix(dir.join(format!("{i}.sock")));
-            listeners.listen(&worker(0), addr, Balance::Shared).unwrap();
+        let unix = |name: String| ListenAddr::Unix(dir.join(name));
+        // One worker gets its share, and not one address more.
+        for i in 0..MAX_BINDS_PER_WORKER {
+            listeners
+                .listen(&worker(0), unix(format!("w0-{i}.sock")), Balance::Shared)
+                .unwrap();
         }
         let error = listeners
-            .listen(
-                &worker(0),
-                ListenAddr::Unix(dir.join("over.sock")),
-                Balance::Shared,
-            )
+            .listen(&worker(0), unix("w0-over.sock".into()), Balance::Shared)
+            .unwrap_err();
+        assert!(error.contains("the most one worker may"), "{error}");
+        assert!(!dir.join("w0-over.sock").exists());
+        // Its siblings still listen, on its addresses and on new ones, up to the cluster's
+        // bound.
+        listeners
+            .listen(&worker(1), unix("w0-0.sock".into()), Balance::Shared)
+            .unwrap();
+        let mut slot = 1;
+        while listeners.bound.len() < MAX_LISTENERS {
+            let name = format!("w{slot}-{}.sock", listeners.bound.len());
+            match listeners.listen(&worker(slot), unix(name), Balance::Shared) {
+                Ok(_) => {}
+                Err(_) => slot += 1,
+            }
+        }
+        let error = listeners
+            .listen(&worker(slot + 1), unix("over.sock".into()), Balance::Shared)
             .unwrap_err();
         assert!(error.contains("64 addresses"), "{error}");
-        assert!(!dir.join("over.sock").exists());
-        // An address already bound is still answered.
-        listeners
-            .listen(
-                &worker(1),
-                ListenAddr::Unix(dir.join("0.sock")),
-                Balance::Shared,
-            )
-            .unwrap();
+        let listeners_hit = listeners
+            .in_flight
+            .violations
+            .snapshot()
+            .into_iter()
+            .find(|(kind, _)| *kind == "listeners")
+            .map_or(0, |(_, n)| n);
+        assert!(listeners_hit >= 2);
         // The socket files go with the master's listeners.
         drop(listeners);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
