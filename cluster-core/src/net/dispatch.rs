@@ -24,6 +24,10 @@ use crate::violations::{Violation, Violations};
 
 /// Connections waiting for a ready worker beyond this many stay in the kernel's queue.
 const MAX_WAITING: usize = 1024;
+/// Connections handed out and not acknowledged, across all listeners, beyond which the
+/// accept loops leave new ones in the kernel's queue. The master keeps a descriptor for each
+/// until its worker acknowledges it.
+pub(crate) const MAX_IN_FLIGHT: usize = 4096;
 /// Connections taken from the kernel's queue per wake-up of the accept loop.
 const ACCEPT_BATCH: usize = 64;
 /// Connections per message to a worker: well under the descriptors a channel takes per frame.
@@ -85,18 +89,32 @@ pub(super) struct InFlight {
 /// Every connection the master handed out and the worker has not acknowledged, across all
 /// listeners. Shared with the tasks that read each worker's channel, which forget a
 /// connection as soon as its acknowledgement arrives, without a trip through the supervisor.
-#[derive(Default)]
 pub(crate) struct InFlightTable {
     next_conn: std::sync::atomic::AtomicU64,
     map: Mutex<HashMap<u64, InFlight>>,
     pub(crate) violations: Arc<Violations>,
+    /// Woken when acknowledgements bring the table under `max`.
+    room: Notify,
+    /// [`MAX_IN_FLIGHT`], but for tests.
+    max: usize,
 }
 
 impl InFlightTable {
     pub(crate) fn new(violations: Arc<Violations>) -> Self {
         InFlightTable {
+            next_conn: std::sync::atomic::AtomicU64::new(0),
+            map: Mutex::new(HashMap::new()),
             violations,
-            ..InFlightTable::default()
+            room: Notify::new(),
+            max: MAX_IN_FLIGHT,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_max(violations: Arc<Violations>, max: usize) -> Self {
+        InFlightTable {
+            max,
+            ..InFlightTable::new(violations)
         }
     }
 
@@ -108,8 +126,12 @@ impl InFlightTable {
         match map.get(&conn) {
             Some(flight) if flight.to == *by => {
                 let taken = map.remove(&conn);
+                let room = map.len() + 1 == self.max;
                 drop(map);
                 drop(taken);
+                if room {
+                    self.room.notify_waiters();
+                }
             }
             Some(_) => {
                 drop(map);
@@ -128,6 +150,10 @@ impl InFlightTable {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         lock(&self.map).insert(conn, flight);
         conn
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.map).len()
     }
 
     fn contains(&self, conn: u64) -> bool {
@@ -401,6 +427,16 @@ impl Dispatch {
                 }
                 joined.await;
             }
+            // And while workers have not acknowledged too many: every worker is stalled
+            // (otherwise `pick` would skip the stalled ones), and each connection accepted
+            // now would cost the master a descriptor until they wake.
+            while self.in_flight.len() >= self.in_flight.max {
+                let room = self.in_flight.room.notified();
+                if self.in_flight.len() < self.in_flight.max {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), room).await;
+            }
             let mut ready = match listener.readable().await {
                 Ok(ready) => ready,
                 Err(e) => {
@@ -415,7 +451,8 @@ impl Dispatch {
                 }
             }
             let mut failed = false;
-            while batch.len() < ACCEPT_BATCH {
+            let room = self.in_flight.max.saturating_sub(self.in_flight.len());
+            while batch.len() < ACCEPT_BATCH.min(room) {
                 match socket2::SockRef::from(listener.get_ref()).accept() {
                     Ok((socket, addr)) => {
                         if let Some(peer) = addr.as_socket() {

@@ -643,4 +643,45 @@ mod tests {
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn past_the_in_flight_bound_connections_wait_in_the_kernels_queue() {
+        let mut listeners = MasterListeners::new(Duration::ZERO, Duration::ZERO, Arc::default());
+        listeners.in_flight = Arc::new(InFlightTable::with_max(Arc::default(), 4));
+        let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
+        let (info, _) = listeners
+            .listen(&worker(0), addr, Balance::RoundRobin)
+            .unwrap();
+        let (master, end) = Channel::<ToWorker, ToMaster>::pair(Config::default())
+            .await
+            .unwrap();
+        let (sender, _) = master.split();
+        let (_, mut rx) = end.split();
+        listeners.join(info.listener, &worker(0), &sender);
+        let addr = info.local.unwrap();
+        let in_flight = listeners.in_flight();
+
+        let mut clients = Vec::new();
+        let mut handed = Vec::new();
+        for _ in 0..10 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        while handed.len() < 4 {
+            handed.extend(handed_ids(&mut rx).await);
+        }
+        assert!(
+            nothing_within(&mut rx, Duration::from_millis(150)).await,
+            "a connection was handed out past the bound"
+        );
+        // Two acknowledgements make room for two more.
+        for conn in handed.drain(..2) {
+            in_flight.ack(conn, &worker(0));
+        }
+        let mut more = 0;
+        while more < 2 {
+            more += handed_ids(&mut rx).await.len();
+        }
+        assert_eq!(more, 2);
+        assert!(nothing_within(&mut rx, Duration::from_millis(150)).await);
+    }
 }

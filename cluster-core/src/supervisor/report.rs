@@ -284,7 +284,7 @@ mod tests {
             id,
             internal.clone(),
             beat,
-            Arc::new(InFlightTable::default()),
+            Arc::new(InFlightTable::new(Arc::default())),
         )
     }
 
