@@ -34,6 +34,8 @@ pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct HttpCluster {
     group: Group,
     addr: SocketAddr,
+    /// The master's status server, when started with one.
+    status: Option<SocketAddr>,
     workers: usize,
     stdout: Captured,
     stderr: Captured,
@@ -44,9 +46,20 @@ impl HttpCluster {
     /// `POLICY=policy` on a free loopback port, and waits until every slot answers. A port
     /// taken meanwhile by someone else is retried with another one.
     pub(crate) fn start(program: &Path, workers: usize, policy: &str) -> HttpCluster {
+        Self::start_on(program, workers, policy, false)
+    }
+
+    /// As [`HttpCluster::start`], with the master's status server (`/status`, `/metrics`) on
+    /// a free loopback port of its own too (see [`HttpCluster::status_addr`]).
+    pub(crate) fn start_with_status(program: &Path, workers: usize, policy: &str) -> HttpCluster {
+        Self::start_on(program, workers, policy, true)
+    }
+
+    fn start_on(program: &Path, workers: usize, policy: &str, status: bool) -> HttpCluster {
         let mut last = String::new();
         for _ in 0..5 {
-            let mut cluster = Self::spawn(program, workers, policy, free_port());
+            let status_port = status.then(free_port);
+            let mut cluster = Self::spawn(program, workers, policy, free_port(), status_port);
             match cluster.wait_up() {
                 Ok(()) => return cluster,
                 Err(why) => last = format!("{why}\n{}", cluster.dump()),
@@ -58,17 +71,27 @@ impl HttpCluster {
         );
     }
 
-    fn spawn(program: &Path, workers: usize, policy: &str, port: u16) -> HttpCluster {
+    fn spawn(
+        program: &Path,
+        workers: usize,
+        policy: &str,
+        port: u16,
+        status_port: Option<u16>,
+    ) -> HttpCluster {
         let mut cmd = group_command(program, &["CLUSTER_"]);
         cmd.env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
             .env("WORKERS", workers.to_string())
             .env("POLICY", policy)
-            .env("STATUS_PORT", "off");
+            .env(
+                "STATUS_PORT",
+                status_port.map_or("off".to_string(), |p| p.to_string()),
+            );
         let (group, pipes) = Group::spawn(&mut cmd, &program.display().to_string());
         HttpCluster {
             group,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            status: status_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             workers,
             stdout: Captured::start(pipes.stdout),
             stderr: Captured::start(pipes.stderr),
@@ -111,9 +134,20 @@ impl HttpCluster {
         self.addr
     }
 
+    /// The master's status server; panics when the cluster was started without one.
+    pub(crate) fn status_addr(&self) -> SocketAddr {
+        self.status
+            .expect("started without a status server (use start_with_status)")
+    }
+
     /// The master's pid (also its process group's id).
     pub(crate) fn pid(&self) -> i32 {
         self.group.pid()
+    }
+
+    /// Checks, without waiting and without reaping, whether the master has exited.
+    pub(crate) fn try_exit(&mut self) -> Option<super::Exit> {
+        self.group.try_exit()
     }
 
     /// Everything the cluster wrote to stderr so far.
@@ -416,6 +450,36 @@ impl Conn {
                 .map_err(|e| describe("read a chunk", &e))?;
             body.truncate(start + size);
         }
+    }
+
+    /// Whether anything from the server is waiting to be read (received or buffered), or
+    /// the server closed: a peek that does not wait.
+    pub(crate) fn has_input(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        let stream = self.reader.get_ref();
+        if stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let peeked = stream.peek(&mut [0u8; 1]);
+        stream
+            .set_nonblocking(false)
+            .expect("make the connection blocking again");
+        match peeked {
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        }
+    }
+
+    /// Reads everything the server still sends until it closes the connection: after a
+    /// response to a request that asked for the close, anything here is a second answer.
+    pub(crate) fn read_rest(&mut self) -> Result<Vec<u8>, String> {
+        let mut rest = Vec::new();
+        self.reader
+            .read_to_end(&mut rest)
+            .map_err(|e| describe("read to the end", &e))?;
+        Ok(rest)
     }
 
     /// Sends `GET /` and reads the answer.

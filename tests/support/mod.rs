@@ -3,7 +3,8 @@
 //! waits, check processes through /proc, and kill everything a test started when it ends, even
 //! when it fails. `process` holds the machinery every fixture shares, `http` runs
 //! examples/http and drives it with a raw HTTP client, `ops` drives the ops fixture
-//! (tests/fixture/ops_fixture.rs).
+//! (tests/fixture/ops_fixture.rs), `faults` stops processes and moves program files away for
+//! the fault tests.
 // Each test binary uses a subset of these helpers; the rest would warn as dead code.
 #![allow(dead_code)]
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+pub(crate) mod faults;
 pub(crate) mod http;
 pub(crate) mod ops;
 pub(crate) mod process;
