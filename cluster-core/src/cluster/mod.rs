@@ -27,6 +27,26 @@ use crate::options::{Count, GroupOptions, Options, Signal};
 use crate::supervisor::{SpawnHook, SpawnSettings};
 use crate::worker::{Outcome, WorkerContext};
 
+/// The name of the group that [`Cluster::worker`] adds: what [`MasterContext::scale`],
+/// [`MasterContext::broadcast_group`] and [`SlotKey`](crate::SlotKey) take to name its workers,
+/// and the `group` of their [`WorkerId`]s.
+///
+/// ```no_run
+/// use cluster_core::{Cluster, DEFAULT_GROUP, SlotKey};
+///
+/// fn main() -> std::process::ExitCode {
+///     Cluster::<String, ()>::new()
+///         .worker(|ctx| async move { ctx.shutdown_requested().await })
+///         .master(|ctx| async move {
+///             ctx.scale(DEFAULT_GROUP, 4).await?;
+///             ctx.broadcast_group(DEFAULT_GROUP, &"hello".to_owned()).await?;
+///             ctx.send(&SlotKey::new(DEFAULT_GROUP, 0), &"first".to_owned()).await
+///         })
+///         .run()
+/// }
+/// ```
+pub const DEFAULT_GROUP: &str = "worker";
+
 /// The options that [`Cluster`] sets with a method of their own name (`count(3)`); every
 /// other is set through [`Cluster::configure`]. The README's options table says so for each,
 /// and a test holds each to its method; only tests read it.
@@ -356,7 +376,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
         self.configure(|o| o.with_signals(signals.into_iter().collect::<Vec<_>>()))
     }
 
-    /// The worker function of the default group, `worker`, which has the cluster's `count`.
+    /// The worker function of the default group, [`DEFAULT_GROUP`] (`"worker"`), which has
+    /// the cluster's `count`.
     pub fn worker<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(WorkerContext<D, U>) -> Fut + Send + Sync + 'static,
@@ -367,7 +388,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
             self.duplicate_worker = true;
         }
         self.groups.push(GroupEntry {
-            options: GroupOptions::new("worker"),
+            options: GroupOptions::new(DEFAULT_GROUP),
             inherits_count: true,
             run: boxed_worker(f),
         });

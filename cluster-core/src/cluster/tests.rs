@@ -1,4 +1,4 @@
-//! The builder: shortcuts and `configure` compose in order.
+//! The builder: shortcuts and `configure` compose in order, and the default group's name.
 
 use std::time::Duration;
 
@@ -137,4 +137,15 @@ fn from_app_starts_from_the_masters_options() {
     assert_eq!(c.options.grace(), Duration::from_secs(1));
     assert_eq!(c.options.count(), Count::Fixed(2));
     assert_eq!(c.options.min_ready(), 2);
+}
+
+#[test]
+fn the_default_group_is_named_by_the_constant() {
+    assert_eq!(DEFAULT_GROUP, "worker");
+    let c = cluster();
+    let names: Vec<&str> = c.groups.iter().map(|g| g.options.name()).collect();
+    assert_eq!(names, [DEFAULT_GROUP]);
+    // A group of that name besides `.worker(...)` is two groups of one name.
+    let c = cluster().group(GroupOptions::new(DEFAULT_GROUP), |_ctx| async {});
+    assert!(c.validate().is_err());
 }
