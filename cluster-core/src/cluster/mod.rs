@@ -309,9 +309,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
     /// }
     /// ```
     ///
-    /// Settings shared between programs, or read from a configuration file, are a function
-    /// from the options so far to the new ones, so that they too keep what was set before
-    /// them:
+    /// Settings shared between programs can be a function from the options so far to the new
+    /// ones, so that they too keep what was set before them:
     ///
     /// ```
     /// use std::time::Duration;
