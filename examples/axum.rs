@@ -88,14 +88,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = cluster::Options::new()
-        .with_count(count)
-        .with_balance(balance)
-        .with_signals([Signal::SIGINT, Signal::SIGTERM])
-        .with_reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
-        .with_grace(GRACE);
     Cluster::<(), ()>::new()
-        .options(options)
+        .count(count)
+        .signals([Signal::SIGINT, Signal::SIGTERM])
+        .grace(GRACE)
+        .configure(|o| {
+            o.with_balance(balance)
+                .with_reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
+        })
         // One single-threaded worker per CPU: the prefork model, no hand-offs between threads.
         .worker_runtime(Runtime::CurrentThread)
         .master(move |_ctx| async move {

@@ -153,21 +153,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = cluster::Options::new()
-        .with_count(count)
-        .with_balance(balance)
-        .with_signals([Signal::SIGINT, Signal::SIGTERM])
-        .with_reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
+    Cluster::<(), ()>::new()
+        .count(count)
+        .signals([Signal::SIGINT, Signal::SIGTERM])
         // Draining takes at most the shutdown delay plus `max_drain` (4 s by default, see
         // `DrainOptions`), after which the worker returns by itself; the rest is margin.
-        .with_grace(delay + Duration::from_secs(10))
-        .with_status_addr(status_addr)
-        .with_status_token(status.status_token().cloned())
-        .with_heartbeat_timeout(Some(Duration::from_secs(10)))
-        .with_max_memory(Some(max_memory_mb << 20))
-        .with_accept_coalescing(Duration::from_millis(coalescing_ms));
-    Cluster::<(), ()>::new()
-        .options(options)
+        .grace(delay + Duration::from_secs(10))
+        .configure(|o| {
+            o.with_balance(balance)
+                .with_reload_signals([Signal::SIGUSR2, Signal::SIGHUP])
+                .with_status_addr(status_addr)
+                .with_status_token(status.status_token().cloned())
+                .with_heartbeat_timeout(Some(Duration::from_secs(10)))
+                .with_max_memory(Some(max_memory_mb << 20))
+                .with_accept_coalescing(Duration::from_millis(coalescing_ms))
+        })
         .worker_runtime(runtime)
         .master(move |_ctx| async move {
             let status = status_addr.map_or("off".to_string(), |a| format!("http://{a}/status"));

@@ -89,9 +89,9 @@
 )]
 // The everyday names, at the root; everything else in the module of its part.
 pub use cluster_core::{
-    Balance, BoxError, Cluster, Count, Error, ErrorKind, Event, GroupOptions, Incoming, Master,
-    MasterContext, Message, Options, Request, Result, Runtime, Signal, SlotKey, Worker,
-    WorkerContext, WorkerId,
+    Balance, BoxError, Cluster, Count, DEFAULT_GROUP, Error, ErrorKind, Event, GroupOptions,
+    Incoming, Master, MasterContext, Message, Options, Request, Result, Runtime, Signal, SlotKey,
+    Worker, WorkerContext, WorkerId,
 };
 pub use cluster_ipc as ipc;
 

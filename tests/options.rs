@@ -7,7 +7,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cluster::{Cluster, ErrorKind, GroupOptions, Options, Signal};
+use cluster::{Cluster, ErrorKind, GroupOptions, Signal};
 use support::{Fixture, WAIT};
 
 #[test]
@@ -63,13 +63,11 @@ fn validate_rejects_bad_clusters_naming_the_option() {
     assert_eq!(option, "signals");
     assert!(reason.contains("SIGKILL"), "{reason}");
     assert_eq!(rejected(&with_worker().signals([])).0, "signals");
-    let overlap = Options::new()
-        .with_signals([Signal::SIGINT, Signal::SIGHUP])
-        .with_reload_signals([Signal::SIGHUP]);
-    assert_eq!(
-        rejected(&with_worker().options(overlap)).0,
-        "reload_signals"
-    );
+    let overlap = with_worker().configure(|o| {
+        o.with_signals([Signal::SIGINT, Signal::SIGHUP])
+            .with_reload_signals([Signal::SIGHUP])
+    });
+    assert_eq!(rejected(&overlap).0, "reload_signals");
     assert_eq!(
         rejected(&with_worker().max_restarts_interval_ms(0)).0,
         "max_restarts_interval"

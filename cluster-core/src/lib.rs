@@ -30,7 +30,9 @@ mod violations;
 pub mod wire;
 mod worker;
 
-pub use cluster::{BoxError, Cluster, IntoOutcome, Master, Message, Runtime, Worker};
+pub use cluster::{
+    BoxError, Cluster, DEFAULT_GROUP, IntoOutcome, Master, Message, Runtime, Worker,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use identity::role;
 pub use master::{Event, MasterContext};

@@ -202,7 +202,8 @@ where
     }
 
     /// Sends a message to every worker of one group, as [`MasterContext::broadcast`]
-    /// does; a group that does not exist gets it 0 times.
+    /// does; a group that does not exist gets it 0 times. The group of
+    /// [`Cluster::worker`](crate::Cluster::worker) is [`DEFAULT_GROUP`](crate::DEFAULT_GROUP).
     ///
     /// # Errors
     ///
@@ -345,7 +346,9 @@ where
 
     /// Sets the number of workers of `group`: new slots start at once; removed slots (the
     /// highest) stop gracefully. Returns once the change has begun, not when the new workers
-    /// are ready or the removed ones have exited.
+    /// are ready or the removed ones have exited. The group of
+    /// [`Cluster::worker`](crate::Cluster::worker) is [`DEFAULT_GROUP`](crate::DEFAULT_GROUP):
+    /// `ctx.scale(DEFAULT_GROUP, 4)`.
     ///
     /// # Errors
     ///

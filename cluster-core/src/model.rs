@@ -45,7 +45,8 @@ pub struct SlotKey {
 }
 
 impl SlotKey {
-    /// The key of `slot` in `group`.
+    /// The key of `slot` in `group`; the group of [`Cluster::worker`](crate::Cluster::worker)
+    /// is [`DEFAULT_GROUP`](crate::DEFAULT_GROUP): `SlotKey::new(DEFAULT_GROUP, 0)`.
     pub fn new(group: &str, slot: usize) -> Self {
         SlotKey {
             group: group.into(),

@@ -6,6 +6,8 @@
 //! list of options and functions, with no process or task in sight.
 
 mod run;
+#[cfg(test)]
+mod tests;
 
 pub use crate::error::BoxError;
 use std::fmt;
@@ -21,9 +23,41 @@ use tokio::sync::Mutex;
 use crate::Error;
 use crate::master::MasterContext;
 use crate::model::WorkerId;
-use crate::options::{GroupOptions, Options, Signal};
+use crate::options::{Count, GroupOptions, Options, Signal};
 use crate::supervisor::{SpawnHook, SpawnSettings};
 use crate::worker::{Outcome, WorkerContext};
+
+/// The name of the group that [`Cluster::worker`] adds: what [`MasterContext::scale`],
+/// [`MasterContext::broadcast_group`] and [`SlotKey`](crate::SlotKey) take to name its workers,
+/// and the `group` of their [`WorkerId`]s.
+///
+/// ```no_run
+/// use cluster_core::{Cluster, DEFAULT_GROUP, SlotKey};
+///
+/// fn main() -> std::process::ExitCode {
+///     Cluster::<String, ()>::new()
+///         .worker(|ctx| async move { ctx.shutdown_requested().await })
+///         .master(|ctx| async move {
+///             ctx.scale(DEFAULT_GROUP, 4).await?;
+///             ctx.broadcast_group(DEFAULT_GROUP, &"hello".to_owned()).await?;
+///             ctx.send(&SlotKey::new(DEFAULT_GROUP, 0), &"first".to_owned()).await
+///         })
+///         .run()
+/// }
+/// ```
+pub const DEFAULT_GROUP: &str = "worker";
+
+/// The options that [`Cluster`] sets with a method of their own name (`count(3)`); every
+/// other is set through [`Cluster::configure`]. The README's options table says so for each,
+/// and a test holds each to its method; only tests read it.
+#[cfg(test)]
+pub(crate) const SHORTCUTS: &[&str] = &[
+    "count",
+    "max_restarts",
+    "max_restarts_interval",
+    "grace",
+    "signals",
+];
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -236,7 +270,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
         };
         let for_fork = master.clone();
         Cluster::new()
-            .options(options)
+            // The first options of this cluster: nothing set before them is replaced.
+            .configure(|_| options)
             .worker(move |ctx| {
                 let worker = worker.clone();
                 async move { worker.run(ctx).await }
@@ -255,69 +290,93 @@ impl<D: Message, U: Message> Cluster<D, U> {
             })
     }
 
-    /// Replaces every option at once.
-    pub fn options(mut self, options: Options) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// Adjusts the options with any of [`Options`]' setters, for those without a shortcut
-    /// here.
+    /// Sets options with [`Options`]' `with_*` setters, on the options set so far: this is
+    /// how the builder takes every option (the table of [`OPTIONS`](crate::options::OPTIONS)
+    /// lists them), and the shortcuts below (`count`, `grace`, ...) are `configure` with one
+    /// setter. Calls compose in order: each sees what earlier calls and shortcuts set, and an
+    /// option set twice keeps the later value.
     ///
     /// ```no_run
-    /// # use cluster_core::{Balance, Cluster};
-    /// let cluster = Cluster::<(), ()>::new().configure(|o| o.with_balance(Balance::RoundRobin).with_min_ready(2));
+    /// use cluster_core::{Balance, Cluster};
+    ///
+    /// fn main() -> std::process::ExitCode {
+    ///     Cluster::<(), ()>::new()
+    ///         .worker(|ctx| async move { ctx.shutdown_requested().await })
+    ///         .count(4)
+    ///         .configure(|o| o.with_balance(Balance::RoundRobin).with_min_ready(2))
+    ///         .grace_ms(3000)
+    ///         .run()
+    /// }
     /// ```
-    pub fn configure(self, f: impl FnOnce(Options) -> Options) -> Self {
-        self.with_options(f)
-    }
-
-    fn with_options(mut self, f: impl FnOnce(Options) -> Options) -> Self {
+    ///
+    /// Settings shared between programs can be a function from the options so far to the new
+    /// ones, so that they too keep what was set before them:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cluster_core::{Cluster, Options};
+    ///
+    /// fn production(o: Options) -> Options {
+    ///     o.with_max_memory(Some(512 << 20)).with_grace(Duration::from_secs(30))
+    /// }
+    ///
+    /// let cluster = Cluster::<(), ()>::new()
+    ///     .worker(|_ctx| async {})
+    ///     .count(3)
+    ///     .configure(production);
+    /// assert!(cluster.validate().is_ok());
+    /// ```
+    pub fn configure(mut self, f: impl FnOnce(Options) -> Options) -> Self {
         self.options = f(self.options);
         self
     }
 
-    /// Number of workers of the default group (default 2). See [`Options::with_count`].
-    pub fn count(self, count: usize) -> Self {
-        self.with_options(|o| o.with_count(count))
+    // The shortcuts: one option each, the most used ones, as the origin's `manage_cluster`
+    // took them. Each is listed in `SHORTCUTS`, which the README's options table reads.
+
+    /// Number of workers of the default group (default 2): a number, or [`Count::Cpus`]. See
+    /// [`Options::with_count`].
+    pub fn count(self, count: impl Into<Count>) -> Self {
+        self.configure(|o| o.with_count(count))
     }
 
     /// One worker per CPU.
     pub fn count_cpus(self) -> Self {
-        self.with_options(|o| o.with_count_cpus())
+        self.configure(|o| o.with_count_cpus())
     }
 
     /// See [`Options::with_max_restarts`] (default 3).
     pub fn max_restarts(self, max: u32) -> Self {
-        self.with_options(|o| o.with_max_restarts(max))
+        self.configure(|o| o.with_max_restarts(max))
     }
 
     /// See [`Options::with_max_restarts_interval`] (default 10 s).
     pub fn max_restarts_interval(self, interval: Duration) -> Self {
-        self.with_options(|o| o.with_max_restarts_interval(interval))
+        self.configure(|o| o.with_max_restarts_interval(interval))
     }
 
     /// [`Cluster::max_restarts_interval`] in milliseconds, as the origin took it.
     pub fn max_restarts_interval_ms(self, ms: u64) -> Self {
-        self.with_options(|o| o.with_max_restarts_interval_ms(ms))
+        self.configure(|o| o.with_max_restarts_interval_ms(ms))
     }
 
     /// See [`Options::with_grace`] (default 5 s).
     pub fn grace(self, grace: Duration) -> Self {
-        self.with_options(|o| o.with_grace(grace))
+        self.configure(|o| o.with_grace(grace))
     }
 
     /// [`Cluster::grace`] in milliseconds, as the origin took it.
     pub fn grace_ms(self, ms: u64) -> Self {
-        self.with_options(|o| o.with_grace_ms(ms))
+        self.configure(|o| o.with_grace_ms(ms))
     }
 
     /// The signals that shut the cluster down gracefully (default SIGINT and SIGTERM).
     pub fn signals(self, signals: impl IntoIterator<Item = Signal>) -> Self {
-        self.with_options(|o| o.with_signals(signals.into_iter().collect::<Vec<_>>()))
+        self.configure(|o| o.with_signals(signals.into_iter().collect::<Vec<_>>()))
     }
 
-    /// The worker function of the default group, `worker`, which has the cluster's `count`.
+    /// The worker function of the default group, [`DEFAULT_GROUP`] (`"worker"`), which has
+    /// the cluster's `count`.
     pub fn worker<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(WorkerContext<D, U>) -> Fut + Send + Sync + 'static,
@@ -328,7 +387,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
             self.duplicate_worker = true;
         }
         self.groups.push(GroupEntry {
-            options: GroupOptions::new("worker"),
+            options: GroupOptions::new(DEFAULT_GROUP),
             inherits_count: true,
             run: boxed_worker(f),
         });

@@ -298,7 +298,9 @@ options_table! {
     /// Cluster-wide options.
     ///
     /// Built from the defaults with the `with_*` methods, read with the getters of the same
-    /// names without `with_`; [`OPTIONS`] lists them with their defaults and text forms.
+    /// names without `with_`; [`OPTIONS`] lists them with their defaults and text forms. A
+    /// [`Cluster`](crate::Cluster) takes them through
+    /// [`Cluster::configure`](crate::Cluster::configure).
     /// Defaults: 2 workers, at most 3 restarts within 10 s, 5 s grace, shutdown on `SIGINT` and
     /// `SIGTERM`, rolling reload on `SIGUSR2`, 30 s to report ready, worker output prefixed.
     ///
