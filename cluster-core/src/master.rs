@@ -109,6 +109,56 @@ pub enum Event<D, U> {
 /// for the answer: dropping a future (a `select!` arm that lost, a timeout) gives up the
 /// answer, not the command. Once the cluster has stopped, the supervisor is gone and every
 /// method fails with [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected).
+///
+/// The master's function gets it (see [`Cluster::master`](crate::Cluster::master)) and runs
+/// beside the supervision; it is cheap to clone, so tasks of its own can have one. A master
+/// that asks each worker that becomes ready for its version, passes every worker's report on
+/// to all of them, and logs crashes:
+///
+/// ```no_run
+/// # use cluster_core as cluster; // the facade crate `cluster` re-exports these names
+/// use std::time::Duration;
+/// use cluster::{Cluster, Event, Incoming, MasterContext};
+///
+/// async fn master(ctx: MasterContext<String, String>) {
+///     // `None` once the cluster has stopped: the loop ends by itself.
+///     while let Some(event) = ctx.next_event().await {
+///         match event {
+///             Event::Ready { id } => {
+///                 // `key()`: the worker's slot, whichever process fills it.
+///                 let question = "version?".to_owned();
+///                 match ctx.request(&id.key(), &question, Duration::from_secs(1)).await {
+///                     Ok(version) => println!("{id} runs {version}"),
+///                     Err(e) => eprintln!("{id} did not answer: {e}"),
+///                 }
+///             }
+///             Event::Message { from, msg } => {
+///                 if let Err(e) = ctx.broadcast(&format!("{from} says {msg}")).await {
+///                     eprintln!("broadcast failed: {e}");
+///                 }
+///             }
+///             Event::Exit { id, exit, expected: false, .. } => eprintln!("{id} {exit}"),
+///             _ => {}
+///         }
+///     }
+/// }
+///
+/// fn main() -> std::process::ExitCode {
+///     Cluster::<String, String>::new()
+///         .master(master)
+///         .worker(|ctx| async move {
+///             ctx.send(&"hello".to_owned()).await?;
+///             while let Some(incoming) = ctx.recv().await {
+///                 match incoming {
+///                     Incoming::Request(request) => request.respond(&"1.0".to_owned()).await?,
+///                     Incoming::Message(text) => println!("{}: {text}", ctx.id()),
+///                 }
+///             }
+///             Ok::<_, cluster::Error>(())
+///         })
+///         .run()
+/// }
+/// ```
 pub struct MasterContext<D = (), U = ()> {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) events: Arc<Mutex<EventReceiver<RawEvent>>>,

@@ -66,6 +66,39 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! In a cluster, each worker serves the port the master shares ([`WorkerContext::listen`])
+//! and drains on its shutdown token, so a rolling reload (SIGUSR2) or a shutdown loses no
+//! request (`curl localhost:8000` while it runs; `examples/http.rs` is a fuller server):
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use std::net::SocketAddr;
+//!
+//! use cluster::http::http_body_util::Full;
+//! use cluster::http::hyper::body::{Bytes, Incoming};
+//! use cluster::http::hyper::{Request, Response};
+//! use cluster::http::{DrainOptions, serve};
+//! use cluster::{BoxError, Cluster, WorkerContext};
+//!
+//! async fn worker(ctx: WorkerContext) -> Result<(), BoxError> {
+//!     let listener = ctx.listen(SocketAddr::from(([127, 0, 0, 1], 8000))).await?;
+//!     let id = ctx.id().to_string();
+//!     let handler = move |_req: Request<Incoming>| {
+//!         let body = format!("hello from {id}\n");
+//!         async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+//!     };
+//!     let stats = serve(listener, handler, ctx.shutdown_token(), DrainOptions::new()).await?;
+//!     println!("{}: served {} requests", ctx.id(), stats.requests);
+//!     Ok(())
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     Cluster::<(), ()>::new().worker(worker).run()
+//! }
+//! ```
+//!
+//! [`WorkerContext::listen`]: crate::WorkerContext::listen
 
 // The parts, bottom to top; each uses only those above it in this list: where connections
 // come from (`accept`), what a server reports (`readiness`), what a caller gives and gets

@@ -181,13 +181,25 @@ struct GroupEntry<D, U> {
     run: WorkerFn<D, U>,
 }
 
-/// A cluster: options, worker groups, and the master's hooks. Build it at the top of `main`
-/// and call [`Cluster::run`]: in the master it supervises, in each worker it runs that
-/// worker's function.
+/// A cluster: options, worker groups, and the master's hooks. Build it in `main` and call
+/// [`Cluster::run`]: in the master it supervises, in each worker it runs that worker's
+/// function, and it returns the exit code for `main` to return.
+///
+/// Each worker is the same program started again by the master, so whatever `main` does
+/// before `run()` happens in every process: reading arguments or environment variables there
+/// is fine, starting a tokio runtime (`run()` starts its own) or threads, or anything that
+/// must happen once, is not (do that in [`Cluster::before_fork`] or in the worker function).
+///
+/// `D` is the type of the messages the master sends to workers, `U` of those workers send
+/// up (any serde type, see [`Message`]); `Cluster::<(), ()>` sends none.
+///
+/// A worker that ticks until it is asked to stop, four of them, with the origin helper's
+/// options (`cargo run`, then Ctrl-C):
 ///
 /// ```no_run
+/// # use cluster_core as cluster; // the facade crate `cluster` re-exports these names
 /// use std::time::Duration;
-/// use cluster_core::{Cluster, Signal};
+/// use cluster::{Cluster, Signal};
 ///
 /// fn main() -> std::process::ExitCode {
 ///     Cluster::<(), ()>::new()
@@ -197,7 +209,7 @@ struct GroupEntry<D, U> {
 ///             loop {
 ///                 tokio::select! {
 ///                     _ = tick.tick() => println!("Worker process running"),
-///                     _ = ctx.shutdown_requested() => break,
+///                     () = ctx.shutdown_requested() => break,
 ///                 }
 ///             }
 ///         })
@@ -208,6 +220,21 @@ struct GroupEntry<D, U> {
 ///         .signals([Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])
 ///         .run()
 /// }
+/// ```
+///
+/// Everything but starting processes can be tried without `run()`: [`Cluster::validate`]
+/// checks the options as the master would (this example runs as a doctest):
+///
+/// ```
+/// # use cluster_core as cluster;
+/// use cluster::{Cluster, ErrorKind};
+///
+/// let cluster = Cluster::<(), ()>::new()
+///     .worker(|ctx| async move { ctx.shutdown_requested().await })
+///     .count(0);
+/// let error = cluster.validate().unwrap_err();
+/// assert_eq!(error.kind(), ErrorKind::InvalidOption);
+/// assert!(error.to_string().contains("count"), "{error}");
 /// ```
 #[must_use = "a cluster does nothing until `run()` or `try_run()` is called"]
 pub struct Cluster<D = (), U = ()> {

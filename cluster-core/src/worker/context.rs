@@ -37,6 +37,54 @@ pub enum Incoming<D, U> {
 /// A worker's handle on the cluster: its identity, messages to and from the master, and the
 /// shutdown signal. `D` is the type of messages the master sends, `U` of those it receives.
 /// Cheap to clone.
+///
+/// The worker's function gets it (see [`Cluster::worker`](crate::Cluster::worker)). A worker
+/// that serves a line of text on a port shared by every worker, answers the master's
+/// messages and requests, and stops when asked:
+///
+/// ```no_run
+/// # use cluster_core as cluster; // the facade crate `cluster` re-exports these names
+/// use std::net::SocketAddr;
+/// use std::time::Duration;
+/// use cluster::{BoxError, Cluster, Incoming, WorkerContext};
+/// use tokio::io::AsyncWriteExt;
+///
+/// async fn worker(ctx: WorkerContext<String, String>) -> Result<(), BoxError> {
+///     // The master binds the port once and shares it: every worker accepts on it.
+///     let listener = ctx.listen(SocketAddr::from(([127, 0, 0, 1], 7000))).await?;
+///     // A request to the master, with its own timeout.
+///     let motd = ctx.request(&"motd?".to_owned(), Duration::from_secs(1)).await?;
+///     loop {
+///         tokio::select! {
+///             accepted = listener.accept() => {
+///                 let (mut connection, _peer) = accepted?;
+///                 connection.write_all(format!("{}: {motd}\n", ctx.id()).as_bytes()).await?;
+///             }
+///             incoming = ctx.recv() => match incoming {
+///                 Some(Incoming::Message(text)) => println!("the master says {text}"),
+///                 Some(Incoming::Request(request)) => request.respond(&"fine".to_owned()).await?,
+///                 None => break, // the master is gone
+///             },
+///             () = ctx.shutdown_requested() => break,
+///         }
+///     }
+///     ctx.send(&format!("{} stops", ctx.id())).await?;
+///     Ok(())
+/// }
+///
+/// fn main() -> std::process::ExitCode {
+///     Cluster::<String, String>::new()
+///         .master(|ctx| async move {
+///             while let Some(event) = ctx.next_event().await {
+///                 if let cluster::Event::Request { request, .. } = event {
+///                     let _ = request.respond(&"welcome".to_owned()).await;
+///                 }
+///             }
+///         })
+///         .worker(worker)
+///         .run()
+/// }
+/// ```
 pub struct WorkerContext<D = (), U = ()> {
     pub(super) id: WorkerId,
     pub(super) sender: cluster_ipc::Sender<ToMaster>,
