@@ -85,14 +85,15 @@ fn panicked(payload: &(dyn std::any::Any + Send)) -> Outcome {
 /// the panic already (once: `catch_unwind` does not run it again).
 enum CatchPanic<Fut> {
     Running(Pin<Box<Fut>>),
-    /// The function panicked before returning its future.
+    /// Ended: with the outcome still to give when the function panicked before returning its
+    /// future, with none once the outcome was given.
     Panicked(Option<Outcome>),
 }
 
 impl<Fut: Future<Output = Outcome>> CatchPanic<Fut> {
     fn new<C, F: FnOnce(C) -> Fut>(f: F, ctx: C) -> Self {
         // Unwind safety: after a panic, nothing that `f` or the future could have left half
-        // updated is used again; the future is dropped unpolled.
+        // updated is used again: a future that panicked is dropped, never polled again.
         match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
             Ok(work) => CatchPanic::Running(Box::pin(work)),
             Err(payload) => CatchPanic::Panicked(Some(panicked(&*payload))),
