@@ -1,6 +1,6 @@
-//! An axum app run as a cluster: the `Router` is served through
-//! `cluster::http::serve_service`, so rolling reloads and shutdowns drain it without a failed
-//! request, exactly as the hyper handler of examples/http.
+//! An axum app run as a cluster: the `Router` is served by `cluster::http::serve_tower`, so
+//! rolling reloads and shutdowns drain it without a failed request, exactly as the hyper
+//! handler of examples/http. No adapter and no dependency besides `cluster` and `axum`.
 //!
 //! ```sh
 //! cargo run --release --example axum
@@ -23,7 +23,6 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use cluster::http::DrainOptions;
 use cluster::{Balance, BoxError, Cluster, Count, Runtime, Signal, WorkerContext};
-use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 
 /// The longest `/slow` sleeps: a draining worker waits for it, and is killed after `GRACE`.
@@ -57,11 +56,9 @@ async fn worker(ctx: WorkerContext, addr: SocketAddr) -> Result<(), BoxError> {
         .route("/slow", get(slow))
         .with_state(ctx.slot());
     // Not `axum::serve`: its graceful shutdown closes idle keep-alive connections at once,
-    // losing any request a client is sending on one just then. `serve_service` drains them
+    // losing any request a client is sending on one just then. `serve_tower` drains them
     // (see `cluster::http`).
-    let service = TowerToHyperService::new(app);
-    cluster::http::serve_service(listener, service, ctx.shutdown_token(), DrainOptions::new())
-        .await?;
+    cluster::http::serve_tower(listener, app, ctx.shutdown_token(), DrainOptions::new()).await?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! The axum example (examples/axum.rs), a `Router` served through
-//! `cluster::http::serve_service`, drains like the hyper one: 16 keep-alive connections and a
+//! The axum example (examples/axum.rs), a `Router` served by `cluster::http::serve_tower`,
+//! drains like the hyper one: 16 keep-alive connections and a
 //! connection-per-request loop run through 3 rolling reloads (SIGUSR2, each waited for)
 //! without a failed request, and every worker is replaced. Its `/slow` route answers, and a
 //! slow request in flight on a worker that a reload replaces still gets its answer.

@@ -135,3 +135,48 @@ fn a_worker_crashing_at_start_hits_the_restart_limit_without_a_fork_storm() {
         });
     }
 }
+
+/// How the first worker of slot 0 ended when its function panicked `when` (`early`: before
+/// its first `.await`, `late`: after it): its exit as the master saw it, and the lines of its
+/// stderr (without their `[worker/0 pid N] ` prefix).
+fn panicking_worker(when: &str) -> (String, Vec<String>) {
+    let mut fx = Fixture::start(&[("FIXTURE_COUNT", "1"), ("FIXTURE_PANIC", when)]);
+    let first = id("worker", 0, 1);
+    let pid = fx.wait_line("SPAWNED", &[("id", &first)]).pid();
+    let exit = fx.wait_line("EXIT", &[("id", &first)]);
+    assert_eq!(exit.get("expected"), "false", "{}", fx.dump());
+    assert_eq!(exit.get("restarting"), "true", "{}", fx.dump());
+    // A panic is a crash like any other: the slot comes back, and the cluster stops as usual.
+    fx.wait_hellos("worker/", 1);
+    fx.signal(Signal::SIGTERM);
+    assert_eq!(fx.wait_exit(WAIT), Exit::Code(0), "{}", fx.dump());
+    fx.finish(WAIT);
+    let prefix = format!("[worker/0 pid {pid}] ");
+    let lines = fx
+        .stderr()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    (exit.get("how").to_owned(), lines)
+}
+
+#[test]
+fn a_panic_before_the_first_await_is_reported_like_one_after_it() {
+    let (early_exit, early) = panicking_worker("early");
+    let (late_exit, late) = panicking_worker("late");
+    let report = "cluster worker worker/0#1: the worker function panicked: \
+                  the fixture worker was told to panic";
+    for (when, exit, lines) in [("early", &early_exit, &early), ("late", &late_exit, &late)] {
+        assert_eq!(exit, "code:1", "{when}: {lines:#?}");
+        // The panic hook printed the panic once, then the worker said why it failed, once.
+        let said = |text: &str| lines.iter().filter(|l| l.contains(text)).count();
+        assert_eq!(said("panicked at"), 1, "{when}: {lines:#?}");
+        assert_eq!(said(report), 1, "{when}: {lines:#?}");
+        assert_eq!(
+            said("the fixture worker was told to panic"),
+            2,
+            "{when}: {lines:#?}"
+        );
+    }
+    assert_eq!(early_exit, late_exit);
+}

@@ -1,6 +1,6 @@
-//! Shutdown: graceful on a signal, SIGKILL after `grace`, a second signal skips the grace,
-//! a terminal's Ctrl-C to the whole process group stops each worker once, and killing the
-//! master leaves no worker behind.
+//! Shutdown: graceful on a signal, SIGKILL after `grace`, a second signal skips the grace
+//! however soon it comes, a terminal's Ctrl-C to the whole process group stops each worker
+//! once, and killing the master leaves no worker behind.
 
 mod support;
 
@@ -112,9 +112,6 @@ fn a_worker_ignoring_shutdown_is_killed_after_grace() {
     }
 }
 
-/// See `SIGNAL_DEBOUNCE` in cluster-core/src/supervisor/mod.rs.
-const SIGNAL_DEBOUNCE: Duration = Duration::from_millis(250);
-
 /// With a 30 s grace and workers that ignore shutdown, a second signal ends it at once.
 fn second_signal_skips_the_grace(first: Signal, second: Signal) {
     let mut fx = Fixture::start(&[
@@ -133,11 +130,6 @@ fn second_signal_skips_the_grace(first: Signal, second: Signal) {
         "the grace period is still running\n{}",
         fx.dump()
     );
-    // The master takes a repeat within 250 ms of the first signal for the same request
-    // (SIGNAL_DEBOUNCE in cluster-core/src/supervisor/mod.rs). It handled the first before asking
-    // the workers to stop, so 250 ms from now are 250 ms after it, however slow the machine.
-    std::thread::sleep(SIGNAL_DEBOUNCE + Duration::from_millis(50));
-
     let again = Instant::now();
     fx.signal(second);
     let code = fx.wait_exit_code(Duration::from_secs(10));
@@ -168,6 +160,61 @@ fn a_second_sigterm_skips_the_grace() {
 #[test]
 fn sigint_after_sigterm_skips_the_grace() {
     second_signal_skips_the_grace(Signal::SIGTERM, Signal::SIGINT);
+}
+
+/// A second signal 50 ms after the first, far sooner than a worker could drain: the master
+/// stops at once and says why, instead of waiting out a 30 s grace.
+fn a_quick_second_signal_stops_at_once(signal: impl Fn(&Fixture)) {
+    let mut fx = Fixture::start(&[
+        ("FIXTURE_COUNT", "2"),
+        ("FIXTURE_GRACE_MS", "30000"),
+        ("FIXTURE_IGNORE_SHUTDOWN", "1"),
+    ]);
+    fx.wait_hellos("worker/", 2);
+    let first = Instant::now();
+    signal(&fx);
+    std::thread::sleep(Duration::from_millis(50));
+    signal(&fx);
+    let code = fx.wait_exit_code(Duration::from_secs(20));
+    let took = first.elapsed();
+    assert_eq!(
+        code,
+        cluster::master::EXIT_KILLED_AFTER_GRACE,
+        "{}",
+        fx.dump()
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the second signal skipped the 30 s grace: {took:?}\n{}",
+        fx.dump()
+    );
+    fx.finish(WAIT);
+    for slot in 0..2 {
+        let exit = fx.wait_line("EXIT", &[("id", &id("worker", slot, 1))]);
+        assert_eq!(exit.get("how"), "sig:9", "{}", fx.dump());
+        assert_eq!(exit.get("restarting"), "false", "{}", fx.dump());
+    }
+    let stderr = fx.stderr();
+    assert_eq!(
+        stderr.matches("second signal: stopping now").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("did not stop within the grace period"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_sigterm_50_ms_after_the_first_stops_at_once() {
+    a_quick_second_signal_stops_at_once(|fx| fx.signal(Signal::SIGTERM));
+}
+
+/// A quick double Ctrl-C in a terminal: SIGINT twice to the whole process group.
+#[test]
+fn a_double_ctrl_c_50_ms_apart_stops_at_once() {
+    a_quick_second_signal_stops_at_once(|fx| fx.signal_group(Signal::SIGINT));
 }
 
 #[test]

@@ -149,4 +149,4 @@ pub use tokio_util::sync::CancellationToken;
 pub use accept::Accept;
 pub use options::{DrainOptions, PeerAddr, ServeStats};
 pub use readiness::{Phase, Readiness};
-pub use server::{serve, serve_service};
+pub use server::{serve, serve_service, serve_tower};

@@ -1,4 +1,4 @@
-//! [`serve`] and [`serve_service`]: the accept loop, the shutdown delay, taking the queued
+//! [`serve`], [`serve_tower`] and [`serve_service`]: the accept loop, the shutdown delay, taking the queued
 //! connections, and waiting for the drain. Apart from the connection's task because this runs
 //! once per server, and follows the steps of the module documentation in order.
 
@@ -13,6 +13,7 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
+use hyper_util::service::TowerToHyperService;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -92,9 +93,58 @@ where
     serve_service(listener, service_fn(handler), shutdown, options).await
 }
 
+/// [`serve`] with a tower service: an axum `Router` (after `with_state`), or any
+/// `tower::Service` that takes a hyper request, served as it is, with no adapter in the app.
+///
+/// Each request goes to a clone of `service`, made ready (`poll_ready`) and then called, as
+/// hyper-util's `TowerToHyperService` does (which this uses): cloning a `Router` is cheap.
+///
+/// ```
+/// use axum::Router;
+/// use axum::routing::get;
+/// use cluster::http::{CancellationToken, DrainOptions, serve_tower};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// // In a worker this is `ctx.shutdown_token()`.
+/// let shutdown = CancellationToken::new();
+/// # shutdown.cancel();
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// serve_tower(listener, app, shutdown, DrainOptions::new()).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn serve_tower<A, S, B>(
+    listener: A,
+    service: S,
+    shutdown: CancellationToken,
+    options: DrainOptions,
+) -> io::Result<ServeStats>
+where
+    A: Accept,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_service(
+        listener,
+        TowerToHyperService::new(service),
+        shutdown,
+        options,
+    )
+    .await
+}
+
 /// [`serve`] with a hyper [`Service`] instead of a function: for a service written as a
-/// type, or a tower service (an axum `Router`, say) wrapped in
-/// `hyper_util::service::TowerToHyperService`.
+/// type. A tower service (an axum `Router`) goes to [`serve_tower`].
 ///
 /// ```
 /// use std::convert::Infallible;

@@ -146,3 +146,54 @@ fn deadline_and_cap_builders() {
         Some(1)
     );
 }
+
+/// An axum `Router`, with state, served by `serve_tower` as it is: it answers its routes on a
+/// keep-alive connection, and the server drains and counts them when told to stop.
+#[tokio::test]
+async fn serve_tower_serves_an_axum_router() -> std::io::Result<()> {
+    use axum::Router;
+    use axum::extract::State;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route(
+            "/",
+            get(|State(name): State<&'static str>| async move { name }),
+        )
+        .with_state("hello from axum");
+    let shutdown = super::CancellationToken::new();
+    let server = tokio::spawn(super::serve_tower(
+        listener,
+        app,
+        shutdown.clone(),
+        DrainOptions::new().shutdown_delay(Duration::ZERO),
+    ));
+
+    let mut client = tokio::net::TcpStream::connect(addr).await?;
+    // Two requests on one connection, the second asking for the close, then read it all.
+    client
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(10 * SEC, client.read_to_string(&mut answer)).await??;
+    // The first response's body ends where the second response begins.
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.contains("\r\n\r\nhello from axumHTTP/1.1 404 Not Found\r\n"),
+        "{answer}"
+    );
+
+    shutdown.cancel();
+    let stats = tokio::time::timeout(10 * SEC, server)
+        .await?
+        .map_err(std::io::Error::other)??;
+    assert_eq!(stats.requests, 2);
+    assert_eq!(stats.connections, 1);
+    Ok(())
+}

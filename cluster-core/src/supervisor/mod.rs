@@ -122,9 +122,6 @@ enum Stopping {
     MasterFailed(Error),
 }
 
-/// A shutdown signal repeated within this is not "a second signal".
-const SIGNAL_DEBOUNCE: Duration = Duration::from_millis(250);
-
 pub(crate) struct Supervisor<L = Processes> {
     options: Options,
     groups: Vec<Group>,
@@ -139,9 +136,14 @@ pub(crate) struct Supervisor<L = Processes> {
     listeners: MasterListeners,
     /// The workers' outbox tasks.
     outboxes: JoinSet<()>,
-    /// When the shutdown began: a repeat of the signal within `SIGNAL_DEBOUNCE` is the same
-    /// request (GNU `timeout`, for one, signals the master and then its whole group).
-    stop_signalled_at: Option<Instant>,
+    /// Shutdown signals received, the first included. Every one after the shutdown began
+    /// kills what is left, however soon it comes: no debounce, since a quick double Ctrl-C
+    /// means "now". A storm of them is only counted (see `on_signal`).
+    shutdown_signals: u64,
+    /// A shutdown signal came after the shutdown began: every process was killed.
+    stopped_now: bool,
+    /// Shutdown signals after the one that stopped the cluster at once.
+    signals_after_stop_now: u64,
     reload: Option<Reload>,
     reloads_total: u64,
     started: Instant,
@@ -236,7 +238,9 @@ impl<L: Launcher> Supervisor<L> {
             killed_after_grace: false,
             listeners,
             outboxes: JoinSet::new(),
-            stop_signalled_at: None,
+            shutdown_signals: 0,
+            stopped_now: false,
+            signals_after_stop_now: 0,
             reload: None,
             reloads_total: 0,
             started: now,
@@ -315,6 +319,7 @@ impl<L: Launcher> Supervisor<L> {
             }
         }
         self.launcher.finish().await;
+        self.report_signal_storm();
         match self.stopping.take() {
             Some(Stopping::RestartLimit(e)) => (EXIT_RESTART_LIMIT, Some(e)),
             Some(Stopping::MasterFailed(e)) => (1, Some(e)),
@@ -373,33 +378,73 @@ impl<L: Launcher> Supervisor<L> {
     }
 
     async fn on_signal(&mut self, sig: Signal) {
+        let reload = self.options.reload_signals().contains(&sig);
         if self.stopping.is_some() {
-            if self
-                .stop_signalled_at
-                .is_some_and(|t| t.elapsed() < SIGNAL_DEBOUNCE)
-            {
-                return;
-            }
-            notice!(
-                warn,
-                "{} again: killing the remaining workers without waiting",
-                sig.as_str()
-            );
-            // The grace was cut short: the exit code says so, as when it runs out.
-            self.killed_after_grace |= self.live_count() > 0;
-            for p in self.procs_mut() {
-                p.kill();
+            if reload {
+                notice!(
+                    info,
+                    "{}: no reload, the cluster is shutting down",
+                    sig.as_str()
+                );
+            } else {
+                self.shutdown_signals += 1;
+                self.stop_now(sig);
             }
             return;
         }
-        if self.options.reload_signals().contains(&sig) {
+        if reload {
             notice!(info, "{}: rolling reload", sig.as_str());
             self.start_reload().await;
             return;
         }
+        self.shutdown_signals += 1;
         notice!(info, "{}: shutting down gracefully", sig.as_str());
-        self.stop_signalled_at = Some(Instant::now());
         self.begin_stop(Stopping::Requested);
+    }
+
+    /// A shutdown signal during a shutdown: kill every process now instead of waiting out the
+    /// grace. Only the first such signal says so; the rest of a storm (a script repeating
+    /// `kill`, a held Ctrl-C) find nothing left to kill (`Proc::kill` acts once) and are
+    /// counted for [`Supervisor::report_signal_storm`], so each costs one pass over the
+    /// processes and no output.
+    fn stop_now(&mut self, sig: Signal) {
+        if self.stopped_now {
+            self.signals_after_stop_now += 1;
+        } else {
+            let live = self.procs().filter(|p| !p.killed()).count();
+            self.stopped_now = true;
+            // The first signal may not have been ours to count: the app or the restart limit
+            // can begin a shutdown too.
+            let which = if self.shutdown_signals >= 2 {
+                "second signal"
+            } else {
+                "signal during the shutdown"
+            };
+            notice!(
+                warn,
+                "{}: {which}: stopping now, killing {live} remaining worker{} without waiting for the grace period",
+                sig.as_str(),
+                if live == 1 { "" } else { "s" }
+            );
+        }
+        // The grace was cut short: the exit code says so, as when it runs out.
+        self.killed_after_grace |= self.live_count() > 0;
+        for p in self.procs_mut() {
+            p.kill();
+        }
+    }
+
+    /// Says how many shutdown signals came after the one that stopped the cluster at once, if
+    /// any did: they changed nothing, but were not lost.
+    fn report_signal_storm(&self) {
+        let extra = self.signals_after_stop_now;
+        if extra > 0 {
+            notice!(
+                info,
+                "{extra} more shutdown signal{} came while the workers were being killed",
+                if extra == 1 { "" } else { "s" }
+            );
+        }
     }
 
     /// Asks every process to stop, to be killed after `grace`; nothing is restarted from now.

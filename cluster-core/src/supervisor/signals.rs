@@ -2,6 +2,10 @@
 //!
 //! Handlers are installed once at start and kept for the master's life: tokio never restores a
 //! signal's default action, and deliveries coalesce, so each notification means "at least one".
+//! The kernel merges a signal into one already pending, too: in practice the two signals GNU
+//! `timeout` sends microseconds apart (to the master, then to its group) arrive as one. The
+//! loop takes every notification after the first shutdown signal as a second one, however
+//! soon it comes (`Supervisor::on_signal`).
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;

@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cluster_ipc::{Channel, Config, bootstrap};
@@ -70,6 +72,59 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
+/// How a worker function that panicked is reported, wherever the panic happened.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> Outcome {
+    Outcome::Failed(format!(
+        "the worker function panicked: {}",
+        panic_message(payload)
+    ))
+}
+
+/// The worker's function as a future that never panics: a panic while calling the function or
+/// in any poll of its future ends it with [`panicked`]'s outcome. The panic hook has printed
+/// the panic already (once: `catch_unwind` does not run it again).
+enum CatchPanic<Fut> {
+    Running(Pin<Box<Fut>>),
+    /// Ended: with the outcome still to give when the function panicked before returning its
+    /// future, with none once the outcome was given.
+    Panicked(Option<Outcome>),
+}
+
+impl<Fut: Future<Output = Outcome>> CatchPanic<Fut> {
+    fn new<C, F: FnOnce(C) -> Fut>(f: F, ctx: C) -> Self {
+        // Unwind safety: after a panic, nothing that `f` or the future could have left half
+        // updated is used again: a future that panicked is dropped, never polled again.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| f(ctx))) {
+            Ok(work) => CatchPanic::Running(Box::pin(work)),
+            Err(payload) => CatchPanic::Panicked(Some(panicked(&*payload))),
+        }
+    }
+}
+
+impl<Fut: Future<Output = Outcome>> Future for CatchPanic<Fut> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        // `Unpin`: the function's future is boxed.
+        let this = self.get_mut();
+        let outcome = match this {
+            CatchPanic::Running(work) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(outcome)) => outcome,
+                    Err(payload) => panicked(&*payload),
+                }
+            }
+            CatchPanic::Panicked(outcome) => outcome.take().unwrap_or_else(|| {
+                Outcome::Failed("the worker function was polled after it ended".into())
+            }),
+        };
+        // Never poll a future again once it has finished or panicked.
+        *this = CatchPanic::Panicked(None);
+        Poll::Ready(outcome)
+    }
+}
+
 /// Runs a worker process's whole life inside a runtime: bootstrap, handshake, the user's
 /// function, then a final message to the master. Returns once the function has ended and the
 /// master has been told how; the error says why the worker failed.
@@ -128,9 +183,11 @@ where
         _up: PhantomData,
     };
     // Poll the worker's function once here, so the listens it starts before its first real
-    // wait are known: the worker is ready when they are done, or now if there are none.
-    let mut work = Box::pin(f(ctx));
-    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+    // wait are known: the worker is ready when they are done, or now if there are none. That
+    // poll runs on this task, outside `tokio::spawn`'s panic guard: `CatchPanic` makes a panic
+    // there (or in `f` itself) the same failure as one after the first `.await`.
+    let mut work = CatchPanic::new(f, ctx);
+    let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut work).poll(cx))).await;
     shared.first_poll_done.store(true, Ordering::SeqCst);
     shared.maybe_ready().await.map_err(|e| {
         Error::new(
@@ -141,14 +198,14 @@ where
     })?;
     let outcome = match first {
         Poll::Ready(outcome) => outcome,
-        // A panic in the worker's function is a failure like any other, reported to the master.
+        // `CatchPanic` turned a panic into an outcome already; the task can only be cancelled
+        // (the runtime shutting down), which ends the worker as a failure too.
         Poll::Pending => match tokio::spawn(work).await {
             Ok(outcome) => outcome,
-            Err(e) if e.is_panic() => Outcome::Failed(format!(
-                "the worker function panicked: {}",
-                panic_message(&*e.into_panic())
-            )),
-            Err(e) => Outcome::Failed(e.to_string()),
+            Err(e) => match e.try_into_panic() {
+                Ok(payload) => panicked(&*payload),
+                Err(e) => Outcome::Failed(e.to_string()),
+            },
         },
     };
     let failed = matches!(outcome, Outcome::Failed(_));

@@ -43,16 +43,88 @@ async fn a_second_signal_kills_at_once() {
     assert_eq!(code, EXIT_KILLED_AFTER_GRACE);
 }
 
+/// A quick double Ctrl-C means "now": no repeat is taken for the first one, however soon.
 #[tokio::test(start_paused = true)]
-async fn a_repeat_within_the_debounce_is_the_same_request() {
+async fn a_second_signal_50_ms_after_the_first_kills_at_once() {
+    let options = options().with_grace(Duration::from_secs(30));
+    let mut h = Harness::start(
+        options,
+        vec![group(2)],
+        &[Behaviour::STUBBORN, Behaviour::STUBBORN],
+    );
+    h.expect("ready worker/1#1").await;
+    let t0 = Instant::now();
+    h.signal(Signal::SIGINT);
+    h.wait_state(WorkerState::Stopping).await;
+    tokio::time::sleep_until(t0 + Duration::from_millis(50)).await;
+    h.signal(Signal::SIGINT);
+    let (code, _) = h.finished().await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(code, EXIT_KILLED_AFTER_GRACE);
+    assert_eq!(h.launched().len(), 2);
+}
+
+/// Two signals in the same instant (a script that sends SIGTERM twice) are two requests too.
+#[tokio::test(start_paused = true)]
+async fn a_repeat_in_the_same_instant_kills_at_once() {
     let options = options().with_grace(Duration::from_secs(3));
     let mut h = Harness::start(options, vec![group(1)], &[Behaviour::STUBBORN]);
     h.expect("ready worker/0#1").await;
     let t0 = Instant::now();
     h.signal(Signal::SIGTERM);
     h.signal(Signal::SIGTERM);
-    h.finished().await;
+    let (code, _) = h.finished().await;
+    assert!(t0.elapsed() < Duration::from_millis(100));
+    assert_eq!(code, EXIT_KILLED_AFTER_GRACE);
+}
+
+/// A thousand signals at once: the first asks, the second kills, the rest change nothing;
+/// the master neither restarts anything nor falls behind.
+#[tokio::test(start_paused = true)]
+async fn a_storm_of_signals_stops_at_once_and_nothing_else() {
+    let options = options().with_grace(Duration::from_secs(30));
+    let mut h = Harness::start(
+        options,
+        vec![group(3)],
+        &[Behaviour::STUBBORN, Behaviour::HEALTHY, Behaviour::STUBBORN],
+    );
+    h.expect("ready worker/2#1").await;
+    let t0 = Instant::now();
+    for i in 0..1_000 {
+        h.signal(if i % 2 == 0 {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGINT
+        });
+    }
+    let (code, _) = h.finished().await;
+    assert!(t0.elapsed() < Duration::from_millis(100));
+    assert_eq!(code, EXIT_KILLED_AFTER_GRACE);
+    assert_eq!(h.launched().len(), 3, "nothing was restarted");
+    for slot in 0..3 {
+        h.assert_never(&format!("exit worker/{slot}#1 unexpected restarting"));
+    }
+}
+
+/// The reload signal is not a shutdown signal: during a shutdown it does not cut the grace.
+#[tokio::test(start_paused = true)]
+async fn a_reload_signal_during_a_shutdown_changes_nothing() {
+    let options = options().with_grace(Duration::from_secs(3));
+    let mut h = Harness::start(options, vec![group(1)], &[Behaviour::STUBBORN]);
+    h.expect("ready worker/0#1").await;
+    let t0 = Instant::now();
+    h.signal(Signal::SIGTERM);
+    h.wait_state(WorkerState::Stopping).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.signal(Signal::SIGUSR2);
+    let (code, _) = h.finished().await;
     assert_eq!(t0.elapsed().as_secs(), 3);
+    assert_eq!(code, EXIT_KILLED_AFTER_GRACE);
+    assert_eq!(h.launched().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
