@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 mod command;
+mod config;
 mod lifecycle;
 mod outbox;
 mod process;
@@ -29,6 +30,7 @@ mod tests;
 
 pub use crate::error::EXIT_RESTART_LIMIT;
 pub(crate) use command::{Command, CommandSource};
+pub(crate) use config::LiveConfig;
 pub use process::{SpawnHook, SpawnSettings};
 
 use crate::messaging::Pending;
@@ -162,6 +164,8 @@ pub(crate) struct Supervisor<L = Processes> {
     events_dropped: u64,
     /// Bounds workers went past, by kind; shared with the listeners and reporters.
     violations: Arc<Violations>,
+    /// The options file and environment the master started with, re-read at each reload.
+    config: Option<LiveConfig>,
 }
 
 impl Supervisor<Processes> {
@@ -252,6 +256,7 @@ impl<L: Launcher> Supervisor<L> {
             spawn_error: None,
             events_dropped: 0,
             violations,
+            config: None,
         })
     }
 
