@@ -89,6 +89,11 @@ mkdir -p "$app/src" "$app/examples"
 {
     printf '[package]\nname = "hello-cluster"\nversion = "0.1.0"\nedition = "2024"\n\n'
     printf '%s\n' "$manifest"
+    # The README's axum example needs the one dependency its section names ("no dependency
+    # besides `cluster` and `axum`"): for the examples only, so the program above still builds
+    # from the README's lines alone. The workspace's own axum line, so the lock has it.
+    printf '\n[dev-dependencies]\n'
+    grep -E '^axum = ' "$root/Cargo.toml"
 } >"$app/Cargo.toml"
 printf '%s\n' "$program" >"$app/src/main.rs"
 cp "$root/Cargo.lock" "$app/Cargo.lock"
@@ -101,7 +106,13 @@ while IFS= read -r line; do
     if [ "$line" = "//@ end" ]; then
         if [ "$current" != "$program"$'\n' ]; then
             n=$((n + 1))
-            printf '%s' "$current" >"$app/examples/readme_$n.rs"
+            # A block without `main` is a statement list, which rustdoc wraps in one (and, as
+            # rustdoc does, allows unused items in).
+            if grep -q 'fn main' <<<"$current"; then
+                printf '%s' "$current" >"$app/examples/readme_$n.rs"
+            else
+                printf '#![allow(unused)]\nfn main() {\n%s}\n' "$current" >"$app/examples/readme_$n.rs"
+            fi
         fi
         current=
     else
