@@ -161,8 +161,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
     }
 
     async fn supervise(self) -> Result<ExitCode, Error> {
-        let signals =
-            signals::listen(&[self.options.signals(), self.options.reload_signals()].concat())?;
+        let signals = signals::listen(&signals::handled(&self.options))?;
         if let Some(hook) = self.before_fork {
             if let Outcome::Failed(e) = hook().await {
                 return Err(Error::new(
