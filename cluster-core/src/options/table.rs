@@ -28,6 +28,7 @@ use super::token::{self, StatusToken};
 use super::value::{Bytes, OptionValue, StatusAddr};
 use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
 use crate::Error;
+use crate::control::{ClusterName, ControlPath};
 
 /// One option as the table describes it; see [`OPTIONS`].
 #[derive(Clone, Copy)]
@@ -172,6 +173,18 @@ impl<T: Copy> Get<'_, T> for T {
 
 impl<'a> Get<'a, &'a [Signal]> for Vec<Signal> {
     fn get(&'a self) -> &'a [Signal] {
+        self
+    }
+}
+
+impl<'a> Get<'a, &'a ClusterName> for ClusterName {
+    fn get(&'a self) -> &'a ClusterName {
+        self
+    }
+}
+
+impl<'a> Get<'a, &'a ControlPath> for ControlPath {
+    fn get(&'a self) -> &'a ControlPath {
         self
     }
 }
@@ -523,4 +536,22 @@ options_table! {
     worker_prefix_logs: bool = true;
     set with_worker_prefix_logs(bool);
     text "true", accepts "`true` or `false`";
+
+    /// The cluster's name, which names its control socket and which `clusterctl -n` finds it
+    /// by; `auto` is the executable's file name.
+    name: ClusterName as &ClusterName = ClusterName::default();
+    set with_name(impl Into<ClusterName>);
+    text "auto", accepts "`auto`, or up to 64 characters without `/`, spaces or a leading `.`";
+    check crate::control::path::check_cluster_name;
+
+    /// Where the master serves the control socket that `clusterctl` talks to; `off` turns it
+    /// off.
+    ///
+    /// `auto` is `$XDG_RUNTIME_DIR/cluster/<name>.sock` when that variable is set, else
+    /// `/run/cluster/<name>.sock` for root, else `<tmp>/cluster-<uid>/<name>.sock`. The socket
+    /// is mode 0600, its directory is created mode 0700, and only the master's user and root
+    /// may use it. `with_control_path(ControlPath::Off)` (or `None::<PathBuf>`) turns it off.
+    control_path: ControlPath as &ControlPath = ControlPath::Auto;
+    set with_control_path(impl Into<ControlPath>);
+    text "auto", accepts "`auto`, `off` or a socket path";
 }

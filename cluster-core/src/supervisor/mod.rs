@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 mod command;
+pub(crate) mod control;
 mod lifecycle;
 mod outbox;
 mod process;
@@ -162,6 +163,8 @@ pub(crate) struct Supervisor<L = Processes> {
     events_dropped: u64,
     /// Bounds workers went past, by kind; shared with the listeners and reporters.
     violations: Arc<Violations>,
+    /// Lifecycle events for the control socket's followers (`clusterctl reload --wait`).
+    taps: tokio::sync::broadcast::Sender<control::Tap>,
 }
 
 impl Supervisor<Processes> {
@@ -252,10 +255,17 @@ impl<L: Launcher> Supervisor<L> {
             spawn_error: None,
             events_dropped: 0,
             violations,
+            taps: tokio::sync::broadcast::channel(control::TAP_CAPACITY).0,
         })
     }
 
     fn emit(&mut self, event: RawEvent) {
+        // Before the master's queue, which a cluster without a master function lacks.
+        if self.taps.receiver_count() > 0 {
+            if let Some(tap) = control::Tap::of(&event) {
+                let _ = self.taps.send(tap);
+            }
+        }
         let Some(events) = &self.events else { return };
         let queued = match &event {
             RawEvent::Message { payload, .. } | RawEvent::Request { payload, .. } => {
