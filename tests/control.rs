@@ -80,7 +80,9 @@ fn every_command_list_status_scale_restart_stop() {
     let list = ctl(&socket, &["list"]);
     assert!(list.status.success(), "{}", describe(&list));
     let table = text(&list.stdout);
-    for header in ["group", "slot", "pid", "gen", "state", "uptime", "cpu", "mem", "conns"] {
+    for header in [
+        "group", "slot", "pid", "gen", "state", "uptime", "cpu", "mem", "conns",
+    ] {
         assert!(table.contains(header), "{header} in\n{table}");
     }
     assert_eq!(table.matches("│ worker ").count(), 2, "{table}");
@@ -92,30 +94,55 @@ fn every_command_list_status_scale_restart_stop() {
     assert_eq!(status["name"], "cluster-fixture");
     assert_eq!(status["exe_hash"].as_str().unwrap().len(), 16);
     let options = status["options"].as_array().unwrap();
-    assert!(options.iter().any(|o| o[0] == "count" && o[1] == "2"), "{options:?}");
     assert!(
-        options.iter().any(|o| o[0] == "control_path" && o[1] == socket.to_str().unwrap()),
+        options.iter().any(|o| o[0] == "count" && o[1] == "2"),
+        "{options:?}"
+    );
+    assert!(
+        options
+            .iter()
+            .any(|o| o[0] == "control_path" && o[1] == socket.to_str().unwrap()),
         "{options:?}"
     );
     let human = ctl(&socket, &["status"]);
-    assert!(text(&human.stdout).contains("options:"), "{}", describe(&human));
+    assert!(
+        text(&human.stdout).contains("options:"),
+        "{}",
+        describe(&human)
+    );
 
     for (arg, n) in [("+2", 4), ("-1", 3), ("2", 2)] {
         let out = ctl(&socket, &["scale", "worker", arg]);
         assert!(out.status.success(), "scale {arg}: {}", describe(&out));
-        assert!(text(&out.stdout).contains(&format!("scaled to {n}")), "{}", describe(&out));
+        assert!(
+            text(&out.stdout).contains(&format!("scaled to {n}")),
+            "{}",
+            describe(&out)
+        );
         wait_ready(&socket, n);
     }
     let out = ctl(&socket, &["scale", "worker", "0"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(text(&out.stderr).contains("at least 1"), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("at least 1"),
+        "{}",
+        describe(&out)
+    );
     let out = ctl(&socket, &["scale", "nope", "+1"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(text(&out.stderr).contains("no group named \"nope\""), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("no group named \"nope\""),
+        "{}",
+        describe(&out)
+    );
 
     let out = ctl(&socket, &["restart", "worker/1"]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(text(&out.stdout).contains("worker/1#2 is ready"), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).contains("worker/1#2 is ready"),
+        "{}",
+        describe(&out)
+    );
     let rows = wait_ready(&socket, 2);
     let slot1 = rows.iter().find(|r| r["slot"] == 1).unwrap();
     assert_eq!(slot1["generation"], 2, "{rows:?}");
@@ -166,7 +193,11 @@ fn reload_wait_exits_3_naming_the_slot_when_a_replacement_never_becomes_ready() 
     let stderr = text(&out.stderr);
     assert!(stderr.contains("reload failed at worker/0"), "{stderr}");
     assert!(stderr.contains("rolled back"), "{stderr}");
-    assert!(text(&out.stdout).contains("worker/0: starting worker/0#2"), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).contains("worker/0: starting worker/0#2"),
+        "{}",
+        describe(&out)
+    );
     // The old workers keep serving.
     let after = wait_ready(&socket, 2);
     let pids = |rows: &[Value]| rows.iter().map(|r| r["pid"].clone()).collect::<Vec<_>>();
@@ -183,7 +214,11 @@ fn reload_wait_exits_4_when_the_timeout_runs_out_first() {
     wait_ready(&socket, 1);
     let out = ctl(&socket, &["reload", "--wait", "--timeout", "300ms"]);
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
-    assert!(text(&out.stderr).contains("no longer waiting"), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("no longer waiting"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -202,7 +237,10 @@ fn a_second_master_of_the_same_name_is_refused_with_the_first_ones_pid() {
         )),
         "{stderr}"
     );
-    assert!(second.lines("HELLO", &[]).is_empty(), "no worker of the second started");
+    assert!(
+        second.lines("HELLO", &[]).is_empty(),
+        "no worker of the second started"
+    );
     // The first one's socket is untouched.
     assert_eq!(rows(&socket).len(), 1);
 }
@@ -253,7 +291,11 @@ fn a_peer_of_another_uid_is_refused() {
     // The socket's mode keeps others out first...
     let out = as_nobody();
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(text(&out.stderr).contains("Permission denied"), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        describe(&out)
+    );
     // ...and with the mode opened, the master's uid check (SO_PEERCRED) still refuses.
     open(&socket, 0o777);
     let out = as_nobody();
@@ -281,9 +323,15 @@ fn help_for_every_command_and_completions() {
     ] {
         let out = Command::new(CTL).args(&command).output().unwrap();
         assert!(out.status.success(), "{command:?}: {}", describe(&out));
-        assert!(text(&out.stdout).contains("Usage: clusterctl"), "{command:?}");
+        assert!(
+            text(&out.stdout).contains("Usage: clusterctl"),
+            "{command:?}"
+        );
     }
-    let out = Command::new(CTL).args(["completions", "bash"]).output().unwrap();
+    let out = Command::new(CTL)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("_clusterctl"));
     // Found by name when no socket is given: a name nobody runs says where it looked.
@@ -293,18 +341,19 @@ fn help_for_every_command_and_completions() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no cluster named \"nothing-here\""), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("no cluster named \"nothing-here\""),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]
 fn found_by_name_and_as_the_only_one_running() {
     let runtime = TempDir::new("ctl-byname");
-    let mut fx = Fixture::start_with(
-        &[("FIXTURE_COUNT", "1"), ("FIXTURE_NAME", "shop")],
-        |cmd| {
-            cmd.env("XDG_RUNTIME_DIR", &runtime.0);
-        },
-    );
+    let mut fx = Fixture::start_with(&[("FIXTURE_COUNT", "1"), ("FIXTURE_NAME", "shop")], |cmd| {
+        cmd.env("XDG_RUNTIME_DIR", &runtime.0);
+    });
     fx.wait_hellos("worker/", 1);
     let run = |args: &[&str]| {
         Command::new(CTL)
@@ -315,7 +364,11 @@ fn found_by_name_and_as_the_only_one_running() {
     };
     let out = poll("the socket by name", WAIT, || {
         let out = run(&["-n", "shop", "status", "--json"]);
-        if out.status.success() { Ok(out) } else { Err(describe(&out)) }
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(describe(&out))
+        }
     });
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["name"], "shop");

@@ -62,7 +62,9 @@ fn every_option_round_trips_through_its_text() {
         .with_status_addr(Some("[::1]:9000".parse().unwrap()))
         .with_status_token(Some(StatusToken::new("abc-DEF_123.~+/==")))
         .with_min_ready(0)
-        .with_worker_prefix_logs(false);
+        .with_worker_prefix_logs(false)
+        .with_name("shop")
+        .with_control_path(std::path::PathBuf::from("/run/shop/ctl.sock"));
     assert!(o.validate().is_ok());
     let mut copy = Options::default();
     for spec in OPTIONS {
