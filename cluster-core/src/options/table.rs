@@ -19,6 +19,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -64,6 +65,17 @@ impl OptionSpec {
         self.default
     }
 
+    /// The environment variable that sets this option: `CLUSTER_` and the name in capitals
+    /// (`CLUSTER_GRACE`), except `config_file`'s, which is `CLUSTER_CONFIG` (see
+    /// [`Resolved`](crate::options::Resolved)). `count` also reads `WEB_CONCURRENCY`.
+    #[must_use]
+    pub fn env_var(&self) -> String {
+        if self.name == "config_file" {
+            return super::config::CONFIG_VAR.to_owned();
+        }
+        format!("CLUSTER_{}", self.name.to_ascii_uppercase())
+    }
+
     /// What the text may be (`"a duration: ..."`), for docs and errors.
     #[must_use]
     pub fn accepts(&self) -> &'static str {
@@ -101,6 +113,30 @@ impl OptionSpec {
         }
     }
 
+    /// The option as the options file writes it, with its default: `grace = "5s"`,
+    /// `count = 2`, `signals = ["SIGINT", "SIGTERM"]`; `None` for `config_file`, which the
+    /// file cannot set (see [`Resolved`](crate::options::Resolved)).
+    #[must_use]
+    pub fn toml_example(&self) -> Option<String> {
+        if self.name == "config_file" {
+            return None;
+        }
+        let value = self.default;
+        Some(if self.list {
+            let items: Vec<String> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| format!("{item:?}"))
+                .collect();
+            format!("{} = [{}]", self.name, items.join(", "))
+        } else if value.bytes().all(|b| b.is_ascii_digit()) || value == "true" || value == "false" {
+            format!("{} = {value}", self.name)
+        } else {
+            format!("{} = {value:?}", self.name)
+        })
+    }
+
     /// Sets this option of `options` from text, checked by the option's rule.
     ///
     /// # Errors
@@ -109,6 +145,11 @@ impl OptionSpec {
     /// `options` is then unchanged.
     pub fn set(&self, options: &mut Options, text: &str) -> Result<(), Error> {
         (self.set)(options, text).map_err(|e| self.error(&e))
+    }
+
+    /// [`OptionSpec::set`] with the bare problem, for errors that say where the text was.
+    pub(super) fn set_text(&self, options: &mut Options, text: &str) -> Result<(), ParseError> {
+        (self.set)(options, text)
     }
 
     /// Checks a text without setting anything.
@@ -186,6 +227,12 @@ impl<'a> Get<'a, &'a ClusterName> for ClusterName {
 impl<'a> Get<'a, &'a ControlPath> for ControlPath {
     fn get(&'a self) -> &'a ControlPath {
         self
+    }
+}
+
+impl<'a> Get<'a, Option<&'a Path>> for Option<PathBuf> {
+    fn get(&'a self) -> Option<&'a Path> {
+        self.as_deref()
     }
 }
 
@@ -554,4 +601,15 @@ options_table! {
     control_path: ControlPath as &ControlPath = ControlPath::Auto;
     set with_control_path(impl Into<ControlPath>);
     text "auto", accepts "`auto`, `off` or a socket path";
+
+    /// A TOML file of options (`grace = "3s"`), read by the master at start and at each
+    /// reload, over the code's options and under the environment's; `CLUSTER_CONFIG` names one
+    /// too.
+    ///
+    /// Its keys are the options' names and its values their text forms (a number may be a
+    /// TOML integer, a list an array of strings); a bad value or unknown key is an error
+    /// naming the file and line. See [`Resolved`](crate::options::Resolved).
+    config_file: Option<PathBuf> as Option<&Path> = None;
+    set with_config_file(Option<PathBuf>);
+    text "off", accepts "the path of a TOML file, or `off`";
 }

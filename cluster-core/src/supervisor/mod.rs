@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 mod command;
+mod config;
 pub(crate) mod control;
 mod lifecycle;
 mod outbox;
@@ -30,6 +31,7 @@ mod tests;
 
 pub use crate::error::EXIT_RESTART_LIMIT;
 pub(crate) use command::{Command, CommandSource};
+pub(crate) use config::LiveConfig;
 pub use process::{SpawnHook, SpawnSettings};
 
 use crate::messaging::Pending;
@@ -165,6 +167,8 @@ pub(crate) struct Supervisor<L = Processes> {
     violations: Arc<Violations>,
     /// Lifecycle events for the control socket's followers (`clusterctl reload --wait`).
     taps: tokio::sync::broadcast::Sender<control::Tap>,
+    /// The options file and environment the master started with, re-read at each reload.
+    config: Option<LiveConfig>,
 }
 
 impl Supervisor<Processes> {
@@ -256,6 +260,7 @@ impl<L: Launcher> Supervisor<L> {
             events_dropped: 0,
             violations,
             taps: tokio::sync::broadcast::channel(control::TAP_CAPACITY).0,
+            config: None,
         })
     }
 
