@@ -167,6 +167,26 @@ impl Error {
         error
     }
 
+    /// An option written outside the code was rejected: `place` says where ("from the
+    /// environment variable CLUSTER_GRACE", "in app.toml, line 3"), `reason` why and what
+    /// would be accepted.
+    pub(crate) fn invalid_option_at(option: &'static str, place: &str, reason: String) -> Error {
+        let mut error = Error::new(
+            ErrorKind::InvalidOption,
+            format!("invalid option `{option}` {place}: {reason}"),
+        );
+        error.inner.option = Some(option);
+        error
+    }
+
+    /// The same error with `note` added to the end of its message.
+    pub(crate) fn with_note(mut self, note: String) -> Error {
+        if let Detail::Message { message, .. } = &mut self.inner.detail {
+            message.to_mut().push_str(&note);
+        }
+        self
+    }
+
     /// A system call failed while doing `what`.
     pub(crate) fn io(what: impl Into<Cow<'static, str>>, source: io::Error) -> Error {
         Error::new(ErrorKind::Io, what).with_source(source)

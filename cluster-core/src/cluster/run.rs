@@ -14,8 +14,9 @@ use crate::identity::role;
 use crate::master::MasterContext;
 use crate::messaging::Pending;
 use crate::model::{Role, WorkerId};
-use crate::supervisor::Supervisor;
+use crate::options::Resolved;
 use crate::supervisor::signals;
+use crate::supervisor::{LiveConfig, Supervisor};
 use crate::worker::{self, Outcome, panic_message};
 use crate::{Error, ErrorKind};
 
@@ -31,7 +32,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
     /// - 1: the master's function failed or panicked; a worker had to be killed after `grace`
     ///   ([`EXIT_KILLED_AFTER_GRACE`](crate::EXIT_KILLED_AFTER_GRACE)); the worker's function
     ///   failed; or a system call failed;
-    /// - 2: an option was invalid ([`ErrorKind::InvalidOption`]);
+    /// - 2: an option was invalid ([`ErrorKind::InvalidOption`]), in the code, the options
+    ///   file or the environment (see [`Resolved`]); no worker was started;
     /// - [`EXIT_RESTART_LIMIT`](crate::EXIT_RESTART_LIMIT): too many workers crashed;
     /// - [`EXIT_BOOTSTRAP`](crate::EXIT_BOOTSTRAP): started with the worker variables but not
     ///   by a master;
@@ -46,6 +48,14 @@ impl<D: Message, U: Message> Cluster<D, U> {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("{prefix}: {e:#}");
+                if e.kind() == ErrorKind::InvalidOption && prefix == "cluster" {
+                    // The master stops at the first bad option, before any worker: say so,
+                    // and where options come from, so that the fix is one look away.
+                    eprintln!(
+                        "{prefix}: no worker was started; fix the option where it is set (the code, the file named by {} or `config_file`, or a CLUSTER_* variable) and start again",
+                        crate::options::CONFIG_VAR
+                    );
+                }
                 ExitCode::from(e.exit_code())
             }
         }
@@ -146,6 +156,13 @@ impl<D: Message, U: Message> Cluster<D, U> {
     }
 
     fn run_master(mut self) -> Result<ExitCode, Error> {
+        // Before anything starts: the options file and the environment over the code's, so
+        // that a bad value stops the master with nothing to clean up.
+        let resolved = Resolved::resolve(self.options.clone())?;
+        for warning in resolved.warnings() {
+            crate::supervisor::notice!(warn, "{warning}");
+        }
+        self.options = resolved.options().clone();
         self.validate()?;
         // The master only routes and supervises: one thread is plenty, and keeps it small.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -157,11 +174,18 @@ impl<D: Message, U: Message> Cluster<D, U> {
                 g.options = g.options.clone().with_count(self.options.count());
             }
         }
-        runtime.block_on(self.supervise())
+        runtime.block_on(self.supervise(resolved))
     }
 
-    async fn supervise(self) -> Result<ExitCode, Error> {
+    async fn supervise(self, resolved: Resolved) -> Result<ExitCode, Error> {
         let signals = signals::listen(&signals::handled(&self.options))?;
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let status_stop = tokio_util::sync::CancellationToken::new();
+        // Before anything else starts, so that a second master of the same name stops here;
+        // the guard removes the socket file when this function returns.
+        let _control =
+            crate::control::server::start(&self.options, commands_tx.clone(), status_stop.clone())
+                .await?;
         if let Some(hook) = self.before_fork {
             if let Outcome::Failed(e) = hook().await {
                 return Err(Error::new(
@@ -170,8 +194,6 @@ impl<D: Message, U: Message> Cluster<D, U> {
                 ));
             }
         }
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let status_stop = tokio_util::sync::CancellationToken::new();
         if let Some(addr) = self.options.status_addr() {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Error::new(ErrorKind::Listen, format!("cannot serve status on {addr}"))
@@ -211,8 +233,14 @@ impl<D: Message, U: Message> Cluster<D, U> {
             }
             None => (None, None),
         };
+        let count_groups = self
+            .groups
+            .iter()
+            .filter(|g| g.inherits_count)
+            .map(|g| g.options.name().into())
+            .collect();
         let groups = self.groups.into_iter().map(|g| g.options).collect();
-        let supervisor = Supervisor::new(
+        let mut supervisor = Supervisor::new(
             self.options,
             groups,
             self.spawn_hook,
@@ -220,6 +248,10 @@ impl<D: Message, U: Message> Cluster<D, U> {
             events_tx,
             pending.clone(),
         )?;
+        supervisor.set_config(LiveConfig {
+            resolved,
+            count_groups,
+        });
         let (done_tx, done_rx) = oneshot::channel();
         let master_task = match (self.master, events_rx) {
             (Some(master), Some(events)) => {

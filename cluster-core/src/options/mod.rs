@@ -10,6 +10,7 @@
 //! accepted.
 
 mod check;
+mod config;
 mod group;
 mod parse;
 mod restart;
@@ -24,6 +25,9 @@ use std::time::Duration;
 
 use crate::Error;
 
+pub use config::{
+    CONFIG_VAR, OptionSource, RELOADABLE, Reloaded, Resolved, Source, WEB_CONCURRENCY,
+};
 pub use group::GroupOptions;
 /// The signal type used throughout the public API (re-exported from `nix`).
 pub use nix::sys::signal::Signal;

@@ -19,6 +19,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -28,6 +29,7 @@ use super::token::{self, StatusToken};
 use super::value::{Bytes, OptionValue, StatusAddr};
 use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
 use crate::Error;
+use crate::control::{ClusterName, ControlPath};
 
 /// One option as the table describes it; see [`OPTIONS`].
 #[derive(Clone, Copy)]
@@ -61,6 +63,17 @@ impl OptionSpec {
     #[must_use]
     pub fn default_text(&self) -> &'static str {
         self.default
+    }
+
+    /// The environment variable that sets this option: `CLUSTER_` and the name in capitals
+    /// (`CLUSTER_GRACE`), except `config_file`'s, which is `CLUSTER_CONFIG` (see
+    /// [`Resolved`](crate::options::Resolved)). `count` also reads `WEB_CONCURRENCY`.
+    #[must_use]
+    pub fn env_var(&self) -> String {
+        if self.name == "config_file" {
+            return super::config::CONFIG_VAR.to_owned();
+        }
+        format!("CLUSTER_{}", self.name.to_ascii_uppercase())
     }
 
     /// What the text may be (`"a duration: ..."`), for docs and errors.
@@ -100,6 +113,30 @@ impl OptionSpec {
         }
     }
 
+    /// The option as the options file writes it, with its default: `grace = "5s"`,
+    /// `count = 2`, `signals = ["SIGINT", "SIGTERM"]`; `None` for `config_file`, which the
+    /// file cannot set (see [`Resolved`](crate::options::Resolved)).
+    #[must_use]
+    pub fn toml_example(&self) -> Option<String> {
+        if self.name == "config_file" {
+            return None;
+        }
+        let value = self.default;
+        Some(if self.list {
+            let items: Vec<String> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| format!("{item:?}"))
+                .collect();
+            format!("{} = [{}]", self.name, items.join(", "))
+        } else if value.bytes().all(|b| b.is_ascii_digit()) || value == "true" || value == "false" {
+            format!("{} = {value}", self.name)
+        } else {
+            format!("{} = {value:?}", self.name)
+        })
+    }
+
     /// Sets this option of `options` from text, checked by the option's rule.
     ///
     /// # Errors
@@ -108,6 +145,11 @@ impl OptionSpec {
     /// `options` is then unchanged.
     pub fn set(&self, options: &mut Options, text: &str) -> Result<(), Error> {
         (self.set)(options, text).map_err(|e| self.error(&e))
+    }
+
+    /// [`OptionSpec::set`] with the bare problem, for errors that say where the text was.
+    pub(super) fn set_text(&self, options: &mut Options, text: &str) -> Result<(), ParseError> {
+        (self.set)(options, text)
     }
 
     /// Checks a text without setting anything.
@@ -173,6 +215,24 @@ impl<T: Copy> Get<'_, T> for T {
 impl<'a> Get<'a, &'a [Signal]> for Vec<Signal> {
     fn get(&'a self) -> &'a [Signal] {
         self
+    }
+}
+
+impl<'a> Get<'a, &'a ClusterName> for ClusterName {
+    fn get(&'a self) -> &'a ClusterName {
+        self
+    }
+}
+
+impl<'a> Get<'a, &'a ControlPath> for ControlPath {
+    fn get(&'a self) -> &'a ControlPath {
+        self
+    }
+}
+
+impl<'a> Get<'a, Option<&'a Path>> for Option<PathBuf> {
+    fn get(&'a self) -> Option<&'a Path> {
+        self.as_deref()
     }
 }
 
@@ -565,4 +625,33 @@ options_table! {
     worker_prefix_logs: bool = true;
     set with_worker_prefix_logs(bool);
     text "true", accepts "`true` or `false`";
+
+    /// The cluster's name, which names its control socket and which `clusterctl -n` finds it
+    /// by; `auto` is the executable's file name.
+    name: ClusterName as &ClusterName = ClusterName::default();
+    set with_name(impl Into<ClusterName>);
+    text "auto", accepts "`auto`, or up to 64 characters without `/`, spaces or a leading `.`";
+    check crate::control::path::check_cluster_name;
+
+    /// Where the master serves the control socket that `clusterctl` talks to; `off` turns it
+    /// off.
+    ///
+    /// `auto` is `$XDG_RUNTIME_DIR/cluster/<name>.sock` when that variable is set, else
+    /// `/run/cluster/<name>.sock` for root, else `<tmp>/cluster-<uid>/<name>.sock`. The socket
+    /// is mode 0600, its directory is created mode 0700, and only the master's user and root
+    /// may use it. `with_control_path(ControlPath::Off)` (or `None::<PathBuf>`) turns it off.
+    control_path: ControlPath as &ControlPath = ControlPath::Auto;
+    set with_control_path(impl Into<ControlPath>);
+    text "auto", accepts "`auto`, `off` or a socket path";
+
+    /// A TOML file of options (`grace = "3s"`), read by the master at start and at each
+    /// reload, over the code's options and under the environment's; `CLUSTER_CONFIG` names one
+    /// too.
+    ///
+    /// Its keys are the options' names and its values their text forms (a number may be a
+    /// TOML integer, a list an array of strings); a bad value or unknown key is an error
+    /// naming the file and line. See [`Resolved`](crate::options::Resolved).
+    config_file: Option<PathBuf> as Option<&Path> = None;
+    set with_config_file(Option<PathBuf>);
+    text "off", accepts "the path of a TOML file, or `off`";
 }

@@ -91,6 +91,26 @@ impl OptionValue for Duration {
     }
 }
 
+/// A file's path, as written: any non-empty text (`off` is taken by `Option`'s `None`).
+impl OptionValue for std::path::PathBuf {
+    fn parse_text(text: &str) -> Result<Self, ParseError> {
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(ParseError::new("an empty path names no file"));
+        }
+        Ok(trimmed.into())
+    }
+    fn to_text(&self) -> String {
+        self.display().to_string()
+    }
+    fn to_rust(&self) -> String {
+        format!(
+            "::std::path::PathBuf::from({:?})",
+            self.display().to_string()
+        )
+    }
+}
+
 /// `off` is `None`; anything else is the value.
 impl<T: OptionValue> OptionValue for Option<T> {
     fn parse_text(text: &str) -> Result<Self, ParseError> {

@@ -15,6 +15,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
 mod command;
+mod config;
+pub(crate) mod control;
 mod lifecycle;
 mod outbox;
 mod process;
@@ -30,6 +32,7 @@ mod watch;
 
 pub use crate::error::EXIT_RESTART_LIMIT;
 pub(crate) use command::{Command, CommandSource};
+pub(crate) use config::LiveConfig;
 pub use process::{SpawnHook, SpawnSettings};
 
 use crate::messaging::Pending;
@@ -172,6 +175,10 @@ pub(crate) struct Supervisor<L = Processes> {
     watch: Option<watch::ExeWatch>,
     /// A new build seen by the watch, to reload onto once no replacement is under way.
     build_waiting: Option<watch::NewBuild>,
+    /// Lifecycle events for the control socket's followers (`clusterctl reload --wait`).
+    taps: tokio::sync::broadcast::Sender<control::Tap>,
+    /// The options file and environment the master started with, re-read at each reload.
+    config: Option<LiveConfig>,
 }
 
 impl Supervisor<Processes> {
@@ -278,10 +285,18 @@ impl<L: Launcher> Supervisor<L> {
             violations,
             watch: None,
             build_waiting: None,
+            taps: tokio::sync::broadcast::channel(control::TAP_CAPACITY).0,
+            config: None,
         })
     }
 
     fn emit(&mut self, event: RawEvent) {
+        // Before the master's queue, which a cluster without a master function lacks.
+        if self.taps.receiver_count() > 0 {
+            if let Some(tap) = control::Tap::of(&event) {
+                let _ = self.taps.send(tap);
+            }
+        }
         let Some(events) = &self.events else { return };
         let queued = match &event {
             RawEvent::Message { payload, .. } | RawEvent::Request { payload, .. } => {

@@ -37,6 +37,8 @@ impl<L: Launcher> Supervisor<L> {
             again: false,
         });
         self.emit(RawEvent::ReloadStarted);
+        // After the queue is made: slots a new `count` adds start new, not to be replaced.
+        self.reread_config().await;
         self.pump_reload().await;
     }
 

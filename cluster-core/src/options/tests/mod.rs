@@ -1,5 +1,6 @@
 //! The options' defaults, builders and rules; text.rs has their text forms.
 
+mod config;
 mod text;
 
 use std::time::Duration;

@@ -65,7 +65,10 @@ fn every_option_round_trips_through_its_text() {
         .with_status_addr(Some("[::1]:9000".parse().unwrap()))
         .with_status_token(Some(StatusToken::new("abc-DEF_123.~+/==")))
         .with_min_ready(0)
-        .with_worker_prefix_logs(false);
+        .with_worker_prefix_logs(false)
+        .with_name("shop")
+        .with_control_path(std::path::PathBuf::from("/run/shop/ctl.sock"))
+        .with_config_file(Some("/etc/app/cluster.toml".into()));
     assert!(o.validate().is_ok());
     let mut copy = Options::default();
     for spec in OPTIONS {
@@ -423,9 +426,11 @@ fn rust_expressions_of_values() {
 #[test]
 fn readme_lists_every_option() {
     let readme = include_str!("../../../../README.md");
-    let header =
-        "| option | default | `#[cluster::main]` | `Cluster` builder | accepts | meaning |";
-    let mut expected = vec![header.to_owned(), "|---|---|---|---|---|---|".to_owned()];
+    let header = "| option | default | `#[cluster::main]` | `Cluster` builder | environment | options file | accepts | meaning |";
+    let mut expected = vec![
+        header.to_owned(),
+        "|---|---|---|---|---|---|---|---|".to_owned(),
+    ];
     for spec in OPTIONS {
         // A pipe in a cell, even in a code span, is written `\|` (GitHub's tables).
         let builder = if crate::cluster::SHORTCUTS.contains(&spec.name()) {
@@ -433,8 +438,16 @@ fn readme_lists_every_option() {
         } else {
             format!(".configure(\\|o\\| o.{}(…))", spec.setter())
         };
+        let mut env = format!("`{}`", spec.env_var());
+        if spec.name() == "count" {
+            env.push_str(", `WEB_CONCURRENCY`");
+        }
+        let file = match spec.toml_example() {
+            Some(example) => format!("`{example}`"),
+            None => "—".to_owned(),
+        };
         expected.push(format!(
-            "| `{}` | `{}` | `{}` | `{builder}` | {} | {} |",
+            "| `{}` | `{}` | `{}` | `{builder}` | {env} | {file} | {} | {} |",
             spec.name(),
             spec.default_text(),
             spec.attribute_example(),
