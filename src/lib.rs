@@ -88,6 +88,8 @@
     warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 // The everyday names, at the root; everything else in the module of its part.
+/// The control socket's protocol, paths and client (what `clusterctl` speaks).
+pub use cluster_core::control;
 pub use cluster_core::{
     Balance, BoxError, Cluster, Count, DEFAULT_GROUP, Error, ErrorKind, Event, GroupOptions,
     Incoming, Master, MasterContext, Message, Options, Request, Result, Runtime, Signal, SlotKey,

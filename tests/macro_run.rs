@@ -46,7 +46,10 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
 /// Starts the example, waits until every line in `expected` has been printed, sends SIGINT
 /// and expects exit code 0.
 fn run_until_printed_then_interrupt(name: &str, expected: &[&str]) {
+    // The default control socket in a directory of this run's (see support::process).
+    let runtime_dir = support::TempDir::new(name);
     let child = Command::new(example(name))
+        .env("XDG_RUNTIME_DIR", &runtime_dir.0)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

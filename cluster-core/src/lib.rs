@@ -12,6 +12,7 @@
 )]
 
 mod cluster;
+pub mod control;
 mod error;
 mod event_queue;
 mod identity;

@@ -41,9 +41,14 @@ pub(crate) fn kill_with_parent(cmd: &mut tokio::process::Command, parent: libc::
 /// group), but until then their default action would kill it, and the master would take the
 /// Ctrl-C for a crash. Ignored dispositions survive `exec`; the worker's own handlers replace
 /// them later.
+///
+/// SIGTTIN and SIGTTOU are ignored for good: they scale the master (`scale_signals`), and
+/// their default action would stop a worker that receives one sent to the whole process
+/// group. Ignoring SIGTTOU also lets a worker of a background cluster write to the terminal
+/// under `stty tostop` without the kernel signalling the group, and with it the master.
 pub(crate) fn ignore_terminal_signals(cmd: &mut tokio::process::Command) {
     let hook = || {
-        for sig in [libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGTTIN, libc::SIGTTOU] {
             // SAFETY: signal is async-signal-safe and allocates nothing.
             if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
                 return Err(io::Error::last_os_error());

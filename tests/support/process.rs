@@ -33,8 +33,20 @@ pub(crate) fn group_command(program: &Path, drop_env: &[&str]) -> Command {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0);
+        .process_group(0)
+        // Each cluster's default control socket (`$XDG_RUNTIME_DIR/cluster/<name>.sock`) in a
+        // directory of its own: tests run the same program at once, and a second master of a
+        // name refuses to start. Removed with the group.
+        .env("XDG_RUNTIME_DIR", runtime_dir());
     cmd
+}
+
+/// A fresh directory path (not created) under the temporary directory.
+pub(crate) fn runtime_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("cluster-test-run-{}-{n}", std::process::id()))
 }
 
 /// A running master that leads its own process group, which its workers share; dropping this
@@ -45,6 +57,8 @@ pub(crate) struct Group {
     /// The master's exit, once seen. It is seen with WNOWAIT, so the master stays a zombie
     /// (its pid, which is also the group's id, cannot be reused) until this is dropped.
     exit: Option<Exit>,
+    /// The `XDG_RUNTIME_DIR` given by [`group_command`], removed on drop.
+    runtime_dir: Option<std::path::PathBuf>,
 }
 
 /// The pipes of a [`Group`]'s master.
@@ -64,10 +78,16 @@ impl Group {
             stdout: child.stdout.take().expect("stdout"),
             stderr: child.stderr.take().expect("stderr"),
         };
+        let runtime_dir = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "XDG_RUNTIME_DIR")
+            .and_then(|(_, v)| v.map(std::path::PathBuf::from))
+            .filter(|dir| dir.starts_with(std::env::temp_dir()));
         let group = Group {
             child,
             pid,
             exit: None,
+            runtime_dir,
         };
         (group, pipes)
     }
@@ -109,6 +129,9 @@ impl Drop for Group {
         let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.runtime_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

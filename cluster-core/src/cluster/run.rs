@@ -178,8 +178,14 @@ impl<D: Message, U: Message> Cluster<D, U> {
     }
 
     async fn supervise(self, resolved: Resolved) -> Result<ExitCode, Error> {
-        let signals =
-            signals::listen(&[self.options.signals(), self.options.reload_signals()].concat())?;
+        let signals = signals::listen(&signals::handled(&self.options))?;
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let status_stop = tokio_util::sync::CancellationToken::new();
+        // Before anything else starts, so that a second master of the same name stops here;
+        // the guard removes the socket file when this function returns.
+        let _control =
+            crate::control::server::start(&self.options, commands_tx.clone(), status_stop.clone())
+                .await?;
         if let Some(hook) = self.before_fork {
             if let Outcome::Failed(e) = hook().await {
                 return Err(Error::new(
@@ -188,8 +194,6 @@ impl<D: Message, U: Message> Cluster<D, U> {
                 ));
             }
         }
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let status_stop = tokio_util::sync::CancellationToken::new();
         if let Some(addr) = self.options.status_addr() {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 Error::new(ErrorKind::Listen, format!("cannot serve status on {addr}"))

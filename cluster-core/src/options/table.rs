@@ -29,6 +29,7 @@ use super::token::{self, StatusToken};
 use super::value::{Bytes, OptionValue, StatusAddr};
 use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
 use crate::Error;
+use crate::control::{ClusterName, ControlPath};
 
 /// One option as the table describes it; see [`OPTIONS`].
 #[derive(Clone, Copy)]
@@ -213,6 +214,18 @@ impl<T: Copy> Get<'_, T> for T {
 
 impl<'a> Get<'a, &'a [Signal]> for Vec<Signal> {
     fn get(&'a self) -> &'a [Signal] {
+        self
+    }
+}
+
+impl<'a> Get<'a, &'a ClusterName> for ClusterName {
+    fn get(&'a self) -> &'a ClusterName {
+        self
+    }
+}
+
+impl<'a> Get<'a, &'a ControlPath> for ControlPath {
+    fn get(&'a self) -> &'a ControlPath {
         self
     }
 }
@@ -425,6 +438,48 @@ options_table! {
     text "1", accepts "a whole number, at least 1";
     check check::reload_parallelism;
 
+    /// Watch the executable on disk and run a rolling reload when a new build replaces it:
+    /// the development loop, with `cargo build` in another terminal and the sockets open
+    /// throughout. Off by default.
+    ///
+    /// The master watches the executable's directory (inotify), so a build renamed over the
+    /// file is seen as well as one written in place; it reloads only once the file has not
+    /// changed for `watch_debounce`, is executable, is a complete ELF file when it is one,
+    /// and differs from the build the workers were last started from. A replacement that
+    /// fails to start rolls back as any reload does.
+    watch: bool = false;
+    set with_watch(bool);
+    text "false", accepts "`true` or `false`";
+
+    /// With `watch`: how long the executable must stay unchanged before the reload starts, so
+    /// that a binary still being written is never started.
+    watch_debounce: Duration = Duration::from_millis(500);
+    set with_watch_debounce(Duration);
+    text "500ms", accepts "a duration from 10ms to 60s";
+    // Below 10 ms every write of a linker would count as the end of the build; beyond a
+    // minute the loop is no longer interactive, and a writer that slow is better served by a
+    // rename.
+    check |quiet: &Duration| if (Duration::from_millis(10)..=Duration::from_secs(60)).contains(quiet) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is out of range; use from 10ms (shorter would take a pause between two writes for the end of the build) to 60s",
+            duration_text(quiet)
+        ))
+    };
+
+    /// SIGTTIN adds one worker to the default group and SIGTTOU removes one (never the last),
+    /// as in gunicorn. On by default.
+    ///
+    /// The master then always handles both signals, whose default action would stop it: a
+    /// master running in the background of an interactive shell that reads from the
+    /// terminal (or writes to it under `stty tostop`) is no longer stopped by the kernel but
+    /// scaled, once per attempt. Turn this off to keep the shell's job control. A signal also
+    /// listed in `signals` or `reload_signals` does what those lists say instead.
+    scale_signals: bool = true;
+    set with_scale_signals(bool);
+    text "true", accepts "`true` or `false`";
+
     /// How connections of the addresses workers `listen` on are spread over them; a worker
     /// can override it per address with `listen_with`.
     balance: Balance = Balance::Shared;
@@ -570,6 +625,24 @@ options_table! {
     worker_prefix_logs: bool = true;
     set with_worker_prefix_logs(bool);
     text "true", accepts "`true` or `false`";
+
+    /// The cluster's name, which names its control socket and which `clusterctl -n` finds it
+    /// by; `auto` is the executable's file name.
+    name: ClusterName as &ClusterName = ClusterName::default();
+    set with_name(impl Into<ClusterName>);
+    text "auto", accepts "`auto`, or up to 64 characters without `/`, spaces or a leading `.`";
+    check crate::control::path::check_cluster_name;
+
+    /// Where the master serves the control socket that `clusterctl` talks to; `off` turns it
+    /// off.
+    ///
+    /// `auto` is `$XDG_RUNTIME_DIR/cluster/<name>.sock` when that variable is set, else
+    /// `/run/cluster/<name>.sock` for root, else `<tmp>/cluster-<uid>/<name>.sock`. The socket
+    /// is mode 0600, its directory is created mode 0700, and only the master's user and root
+    /// may use it. `with_control_path(ControlPath::Off)` (or `None::<PathBuf>`) turns it off.
+    control_path: ControlPath as &ControlPath = ControlPath::Auto;
+    set with_control_path(impl Into<ControlPath>);
+    text "auto", accepts "`auto`, `off` or a socket path";
 
     /// A TOML file of options (`grace = "3s"`), read by the master at start and at each
     /// reload, over the code's options and under the environment's; `CLUSTER_CONFIG` names one

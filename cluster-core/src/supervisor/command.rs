@@ -53,6 +53,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Vec<WorkerMetricsText>>,
     },
     Shutdown,
+    /// What the control socket asks (`clusterctl`).
+    Control(super::control::Ask),
 }
 
 impl<L: Launcher> Supervisor<L> {
@@ -145,6 +147,7 @@ impl<L: Launcher> Supervisor<L> {
                 let _ = reply.send(self.status());
             }
             Command::WorkerMetrics { timeout, reply } => self.collect_metrics(timeout, reply),
+            Command::Control(ask) => self.on_ask(ask).await,
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep_until};
 
 mod command;
 mod config;
+pub(crate) mod control;
 mod lifecycle;
 mod outbox;
 mod process;
@@ -27,6 +28,7 @@ mod slot;
 mod spawner;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 pub use crate::error::EXIT_RESTART_LIMIT;
 pub(crate) use command::{Command, CommandSource};
@@ -44,6 +46,11 @@ use slot::{Proc, Slot};
 
 /// Exit code of a master whose workers did not all stop within `grace`.
 pub const EXIT_KILLED_AFTER_GRACE: i32 = 1;
+
+/// The group that SIGTTIN and SIGTTOU scale (`scale_signals`): `DEFAULT_GROUP`, the one
+/// `Cluster::worker` adds, spelled again here because the supervisor sits below the API that
+/// defines it (a unit test holds the two equal).
+const SCALED_GROUP: &str = "worker";
 
 /// Events for the master's code, before decoding app payloads.
 #[derive(Debug)]
@@ -164,6 +171,12 @@ pub(crate) struct Supervisor<L = Processes> {
     events_dropped: u64,
     /// Bounds workers went past, by kind; shared with the listeners and reporters.
     violations: Arc<Violations>,
+    /// The watch on the executable (option `watch`); dropped when the shutdown begins.
+    watch: Option<watch::ExeWatch>,
+    /// A new build seen by the watch, to reload onto once no replacement is under way.
+    build_waiting: Option<watch::NewBuild>,
+    /// Lifecycle events for the control socket's followers (`clusterctl reload --wait`).
+    taps: tokio::sync::broadcast::Sender<control::Tap>,
     /// The options file and environment the master started with, re-read at each reload.
     config: Option<LiveConfig>,
 }
@@ -183,9 +196,23 @@ impl Supervisor<Processes> {
             ready_timeout: options.ready_timeout(),
             prefix_logs: options.worker_prefix_logs(),
         };
-        Supervisor::with_launcher(options, groups, commands_rx, events, pending, || {
-            Processes::new(settings)
-        })
+        let mut supervisor =
+            Supervisor::with_launcher(options, groups, commands_rx, events, pending, || {
+                Processes::new(settings)
+            })?;
+        if supervisor.options.watch() {
+            let exe = supervisor.launcher.exe();
+            supervisor.watch = Some(watch::ExeWatch::start(
+                exe,
+                supervisor.options.watch_debounce(),
+            )?);
+            notice!(
+                info,
+                "watching {} for new builds: each one starts a rolling reload",
+                exe.display()
+            );
+        }
+        Ok(supervisor)
     }
 }
 
@@ -256,11 +283,20 @@ impl<L: Launcher> Supervisor<L> {
             spawn_error: None,
             events_dropped: 0,
             violations,
+            watch: None,
+            build_waiting: None,
+            taps: tokio::sync::broadcast::channel(control::TAP_CAPACITY).0,
             config: None,
         })
     }
 
     fn emit(&mut self, event: RawEvent) {
+        // Before the master's queue, which a cluster without a master function lacks.
+        if self.taps.receiver_count() > 0 {
+            if let Some(tap) = control::Tap::of(&event) {
+                let _ = self.taps.send(tap);
+            }
+        }
         let Some(events) = &self.events else { return };
         let queued = match &event {
             RawEvent::Message { payload, .. } | RawEvent::Request { payload, .. } => {
@@ -307,9 +343,11 @@ impl<L: Launcher> Supervisor<L> {
             if self.stopping.is_some() && self.live_count() == 0 {
                 break;
             }
+            self.reload_onto_waiting_build().await;
             let deadline = self.next_deadline();
             tokio::select! {
                 Some(sig) = signals.recv() => self.on_signal(sig).await,
+                build = next_build(&mut self.watch) => self.on_new_build(build),
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
                 Some(cmd) = self.commands_rx.recv() => self.on_command(cmd).await,
                 failed = &mut master_done, if master_running => {
@@ -384,6 +422,15 @@ impl<L: Launcher> Supervisor<L> {
 
     async fn on_signal(&mut self, sig: Signal) {
         let reload = self.options.reload_signals().contains(&sig);
+        // A scale signal also listed as a shutdown or reload signal does what that list says.
+        if !reload
+            && self.options.scale_signals()
+            && !self.options.signals().contains(&sig)
+            && matches!(sig, Signal::SIGTTIN | Signal::SIGTTOU)
+        {
+            self.scale_by_signal(sig).await;
+            return;
+        }
         if self.stopping.is_some() {
             if reload {
                 notice!(
@@ -405,6 +452,79 @@ impl<L: Launcher> Supervisor<L> {
         self.shutdown_signals += 1;
         notice!(info, "{}: shutting down gracefully", sig.as_str());
         self.begin_stop(Stopping::Requested);
+    }
+
+    /// SIGTTIN adds a worker to [`SCALED_GROUP`], SIGTTOU removes one but never its last, as
+    /// gunicorn does (option `scale_signals`).
+    async fn scale_by_signal(&mut self, sig: Signal) {
+        let name = sig.as_str();
+        if self.stopping.is_some() {
+            notice!(info, "{name}: no scaling, the cluster is shutting down");
+            return;
+        }
+        let Some(g) = self.group_index(SCALED_GROUP) else {
+            notice!(
+                warn,
+                "{name}: no group named {SCALED_GROUP:?} (the one `Cluster::worker` adds) to scale; nothing changed"
+            );
+            return;
+        };
+        let live = self.groups[g].slots.len();
+        let count = if sig == Signal::SIGTTIN {
+            live + 1
+        } else if live <= 1 {
+            notice!(
+                info,
+                "{name}: the {SCALED_GROUP:?} group keeps its last worker; nothing changed"
+            );
+            return;
+        } else {
+            live - 1
+        };
+        notice!(
+            info,
+            "{name}: scaling the {SCALED_GROUP:?} group from {live} to {count} worker{}",
+            if count == 1 { "" } else { "s" }
+        );
+        self.resize(g, count).await;
+    }
+
+    /// The watch saw a new build: it is reloaded onto as soon as no replacement is under way
+    /// (see [`Supervisor::reload_onto_waiting_build`]); a later build before then replaces it.
+    fn on_new_build(&mut self, build: watch::NewBuild) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if self.reload.is_some() {
+            notice!(
+                info,
+                "watch: {build}; reloading onto it once the reload under way has ended"
+            );
+        }
+        self.build_waiting = Some(build);
+    }
+
+    /// Starts the rolling reload onto the build the watch saw, once nothing is being replaced:
+    /// no reload under way and no replacement still starting or leaving. A reload that is
+    /// rolled back leaves its abandoned replacements in their slots until they have exited;
+    /// waiting for them (rather than asking the reload under way for one more pass, which a
+    /// roll-back forgets) makes a build that fixes a failed one reloaded too.
+    async fn reload_onto_waiting_build(&mut self) {
+        if self.build_waiting.is_none() || self.reload.is_some() || self.stopping.is_some() {
+            return;
+        }
+        let replacing = self
+            .groups
+            .iter()
+            .flat_map(|g| g.slots.values())
+            .any(|s| s.next.is_some());
+        if replacing {
+            return;
+        }
+        if let Some(build) = self.build_waiting.take() {
+            notice!(info, "watch: {build}: rolling reload");
+            self.start_reload().await;
+        }
     }
 
     /// A shutdown signal during a shutdown: kill every process now instead of waiting out the
@@ -459,6 +579,9 @@ impl<L: Launcher> Supervisor<L> {
         }
         self.stopping = Some(why);
         self.reload = None;
+        // No build is started any more: the watch and its thread go now.
+        self.watch = None;
+        self.build_waiting = None;
         self.recycling = None;
         let deadline = Instant::now() + self.options.grace();
         for slot in self.groups.iter_mut().flat_map(|g| g.slots.values_mut()) {
@@ -468,6 +591,14 @@ impl<L: Launcher> Supervisor<L> {
         for id in ids {
             self.stop_proc(&id, deadline, slot::StopReason::Shutdown);
         }
+    }
+}
+
+/// The next build the watch saw; never, without a watch.
+async fn next_build(watch: &mut Option<watch::ExeWatch>) -> watch::NewBuild {
+    match watch {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -130,6 +130,11 @@ impl Processes {
         })
     }
 
+    /// The executable workers are started from, as found at start.
+    pub(crate) fn exe(&self) -> &std::path::Path {
+        &self.exe
+    }
+
     async fn start(
         &mut self,
         id: &WorkerId,

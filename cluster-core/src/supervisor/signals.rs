@@ -10,8 +10,33 @@
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::options::Signal;
+use crate::options::{Options, Signal};
 use crate::{Error, Result};
+
+/// The signals the master handles under `options`, each once: the shutdown and reload signals
+/// and, with `scale_signals`, SIGTTIN and SIGTTOU. Those two are handled whenever the option
+/// is on, not only when one is sent: their default action stops the process, and a master
+/// stopped by them would leave its workers unsupervised.
+pub(crate) fn handled(options: &Options) -> Vec<Signal> {
+    let scale: &[Signal] = if options.scale_signals() {
+        &[Signal::SIGTTIN, Signal::SIGTTOU]
+    } else {
+        &[]
+    };
+    let mut all: Vec<Signal> = Vec::new();
+    for &sig in options
+        .signals()
+        .iter()
+        .chain(options.reload_signals())
+        .chain(scale)
+    {
+        // Two handlers for one signal would deliver it twice.
+        if !all.contains(&sig) {
+            all.push(sig);
+        }
+    }
+    all
+}
 
 /// Starts forwarding each signal in `signals` to the returned queue.
 pub(crate) fn listen(signals: &[Signal]) -> Result<mpsc::UnboundedReceiver<Signal>> {

@@ -44,6 +44,9 @@ fn every_option_round_trips_through_its_text() {
         .with_signals([SIGTERM, SIGQUIT])
         .with_reload_signals([])
         .with_reload_parallelism(4)
+        .with_watch(true)
+        .with_watch_debounce(Duration::from_millis(1250))
+        .with_scale_signals(false)
         .with_balance(Balance::LeastConnections)
         .with_accept_coalescing(Duration::from_micros(2500))
         .with_ack_timeout(Duration::from_millis(250))
@@ -63,6 +66,8 @@ fn every_option_round_trips_through_its_text() {
         .with_status_token(Some(StatusToken::new("abc-DEF_123.~+/==")))
         .with_min_ready(0)
         .with_worker_prefix_logs(false)
+        .with_name("shop")
+        .with_control_path(std::path::PathBuf::from("/run/shop/ctl.sock"))
         .with_config_file(Some("/etc/app/cluster.toml".into()));
     assert!(o.validate().is_ok());
     let mut copy = Options::default();

@@ -27,7 +27,9 @@ use crate::{Error, Result};
 
 mod faults;
 mod reload;
+mod scale_signals;
 mod shutdown;
+mod watch;
 
 /// How a fake process behaves on its own.
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +229,8 @@ pub(super) struct Harness {
     commands: mpsc::UnboundedSender<Command>,
     events: crate::event_queue::EventReceiver<RawEvent>,
     signals: mpsc::UnboundedSender<Signal>,
+    /// Plays the watch on the executable: each build sent is one it saw.
+    builds: mpsc::UnboundedSender<super::watch::NewBuild>,
     master_done: Option<oneshot::Sender<Option<Error>>>,
     /// The master's table of requests waiting for a worker's answer.
     pub pending: Arc<Pending>,
@@ -292,7 +296,7 @@ impl Harness {
         let (master_done, done_rx) = oneshot::channel();
         let w = world.clone();
         let pending = Arc::new(Pending::default());
-        let supervisor = Supervisor::with_launcher(
+        let mut supervisor = Supervisor::with_launcher(
             options,
             groups,
             commands_rx,
@@ -301,12 +305,15 @@ impl Harness {
             move || Ok(Fake { world: w }),
         )
         .unwrap();
+        let (builds, watch) = super::watch::ExeWatch::fake();
+        supervisor.watch = Some(watch);
         let run = tokio::spawn(supervisor.run(signals_rx, done_rx));
         Harness {
             world,
             commands,
             events,
             signals,
+            builds,
             master_done: Some(master_done),
             pending,
             run: Some(run),
@@ -375,6 +382,16 @@ impl Harness {
 
     pub(super) fn signal(&self, sig: Signal) {
         self.signals.send(sig).unwrap();
+    }
+
+    /// The watch saw build number `n` of the executable. Ignored once the shutdown began,
+    /// which drops the watch.
+    pub(super) fn new_build(&self, n: u64) {
+        let _ = self.builds.send(super::watch::NewBuild {
+            path: "/fake/app".into(),
+            bytes: 1000 + n,
+            hash: n,
+        });
     }
 
     pub(super) fn command(&self, cmd: Command) {

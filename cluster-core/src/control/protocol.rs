@@ -1,0 +1,297 @@
+//! The control protocol: what `clusterctl` asks a master over its control socket, and what the
+//! master answers.
+//!
+//! It rides on cluster-ipc's channel (length-prefixed frames, the codec, and the channel's
+//! hello with the framing version and codec name); on top of that the client's first request
+//! is [`Request::Hello`] with [`CONTROL_VERSION`], answered by [`Response::Hello`]. A client
+//! and a master of different builds must keep understanding each other, and the codecs are
+//! positional, so these enums and structs are **append-only**: new variants and new fields go
+//! at the end, nothing is reordered or removed. `tests::pinned_bytes` pins the encoding.
+
+use serde::{Deserialize, Serialize};
+
+/// The control protocol's version, raised when a request or answer is appended.
+pub const CONTROL_VERSION: u32 = 1;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// The first request on a connection: the client's [`CONTROL_VERSION`].
+    Hello {
+        /// The client's protocol version.
+        version: u32,
+    },
+    /// Every live worker: answered by [`Response::Workers`].
+    List,
+    /// The master itself: answered by [`Response::Status`].
+    Status,
+    /// A rolling reload of every slot, or of one group's. Answered by [`Response::Done`] once
+    /// started; with `wait`, followed by [`Response::Progress`] lines and then
+    /// [`Response::ReloadFinished`] or [`Response::ReloadFailed`].
+    Reload {
+        /// Only this group's slots.
+        group: Option<String>,
+        /// Follow the reload to its end.
+        wait: bool,
+    },
+    /// A graceful replacement of one slot's worker: its replacement starts beside it and
+    /// takes over once ready. Followed like a reload with `wait`.
+    Restart {
+        /// The group.
+        group: String,
+        /// The slot.
+        slot: usize,
+    },
+    /// Resize a group.
+    Scale {
+        /// The group.
+        group: String,
+        /// The new size.
+        to: ScaleTo,
+    },
+    /// A graceful shutdown, optionally with another grace period than the option's.
+    /// Answered by [`Response::Stopping`]; the connection closes when the master exits.
+    Stop {
+        /// The grace period, in milliseconds.
+        grace_ms: Option<u64>,
+    },
+}
+
+/// The size a group is scaled to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScaleTo {
+    /// Exactly this many slots.
+    Exactly(usize),
+    /// This many more.
+    Add(usize),
+    /// This many fewer.
+    Remove(usize),
+}
+
+/// What the master answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The answer to [`Request::Hello`].
+    Hello {
+        /// The master's [`CONTROL_VERSION`].
+        version: u32,
+        /// The master's pid.
+        pid: u32,
+        /// The cluster's name.
+        name: String,
+    },
+    /// The request was refused (a peer of another user, an unknown group, a reload during a
+    /// shutdown): why.
+    Refused(String),
+    /// The answer to [`Request::List`].
+    Workers(Vec<WorkerRow>),
+    /// The answer to [`Request::Status`].
+    Status(Box<MasterInfo>),
+    /// The request was carried out (or started): what happened, in words.
+    Done(String),
+    /// A step of a reload or restart being followed.
+    Progress(Progress),
+    /// The reload or restart being followed replaced every slot it had to.
+    ReloadFinished,
+    /// The reload or restart being followed failed and was rolled back: the old workers keep
+    /// serving.
+    ReloadFailed {
+        /// The slot whose replacement failed (`group/slot`), when known.
+        slot: Option<String>,
+        /// Why.
+        error: String,
+    },
+    /// The master is shutting down.
+    Stopping {
+        /// Its pid, for the client to wait on.
+        pid: u32,
+    },
+}
+
+/// One step of a reload or restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Progress {
+    /// A replacement process was started for a slot.
+    Replacing {
+        /// `group/slot`.
+        slot: String,
+        /// The replacement's generation.
+        generation: u64,
+        /// The replacement's pid.
+        pid: u32,
+    },
+    /// The replacement is ready and took over its slot; the old worker drains.
+    Replaced {
+        /// `group/slot`.
+        slot: String,
+        /// The replacement's generation.
+        generation: u64,
+    },
+    /// The replacement exited before it became ready.
+    Exited {
+        /// `group/slot`.
+        slot: String,
+        /// The replacement's generation.
+        generation: u64,
+        /// How it exited.
+        how: String,
+    },
+}
+
+/// One worker process, as `clusterctl list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    /// Its group.
+    pub group: String,
+    /// Its slot.
+    pub slot: usize,
+    /// Its pid, once spawned.
+    pub pid: Option<u32>,
+    /// Which process of the slot it is (1 for the first).
+    pub generation: u64,
+    /// `starting`, `online`, `ready` or `stopping`.
+    pub state: String,
+    /// Milliseconds since it was spawned.
+    pub uptime_ms: u64,
+    /// Restarts of its slot after unexpected exits.
+    pub restarts: u64,
+    /// CPU use over the last sampling interval, in percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// Resident memory at the last sample.
+    pub memory_bytes: Option<u64>,
+    /// Open connections.
+    pub connections: u64,
+    /// How late its runtime ran its last heartbeat, in milliseconds.
+    pub lag_ms: Option<f64>,
+}
+
+/// The master, as `clusterctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MasterInfo {
+    /// The cluster's name.
+    pub name: String,
+    /// The master's pid.
+    pub pid: u32,
+    /// Milliseconds since the master started.
+    pub uptime_ms: u64,
+    /// The version of the `cluster` library it was built with.
+    pub version: String,
+    /// The executable it started from.
+    pub exe: String,
+    /// A hash (64-bit FNV-1a, hex) of that executable as it was when the master started.
+    pub exe_hash: String,
+    /// Its control socket.
+    pub control_path: String,
+    /// Live worker processes.
+    pub workers: u64,
+    /// Workers ready.
+    pub ready: u64,
+    /// Worker restarts after unexpected exits.
+    pub restarts_total: u64,
+    /// Completed rolling reloads.
+    pub reloads_total: u64,
+    /// Every option in force, as `(name, value as text)`; secrets are shown as `<set>`.
+    pub options: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cluster_ipc::{Bincode, Codec};
+
+    fn bytes<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        Bincode.encode(value, &mut out).unwrap();
+        out
+    }
+
+    /// If this fails, a variant or field was inserted, removed or reordered: a `clusterctl`
+    /// and a master of different builds would misread each other. Append instead.
+    #[test]
+    fn pinned_bytes() {
+        assert_eq!(bytes(&Request::Hello { version: 1 }), [0, 1]);
+        assert_eq!(bytes(&Request::List), [1]);
+        assert_eq!(bytes(&Request::Status), [2]);
+        assert_eq!(
+            bytes(&Request::Reload {
+                group: Some("w".into()),
+                wait: true
+            }),
+            [3, 1, 1, b'w', 1]
+        );
+        assert_eq!(
+            bytes(&Request::Restart {
+                group: "w".into(),
+                slot: 2
+            }),
+            [4, 1, b'w', 2]
+        );
+        assert_eq!(
+            bytes(&Request::Scale {
+                group: "w".into(),
+                to: ScaleTo::Remove(3)
+            }),
+            [5, 1, b'w', 2, 3]
+        );
+        assert_eq!(bytes(&Request::Stop { grace_ms: None }), [6, 0]);
+        assert_eq!(
+            bytes(&Response::Hello {
+                version: 1,
+                pid: 7,
+                name: "n".into()
+            }),
+            [0, 1, 7, 1, b'n']
+        );
+        assert_eq!(bytes(&Response::Refused("x".into())), [1, 1, b'x']);
+        assert_eq!(bytes(&Response::Done("d".into())), [4, 1, b'd']);
+        assert_eq!(
+            bytes(&Response::Progress(Progress::Replaced {
+                slot: "s".into(),
+                generation: 2
+            })),
+            [5, 1, 1, b's', 2]
+        );
+        assert_eq!(bytes(&Response::ReloadFinished), [6]);
+        assert_eq!(
+            bytes(&Response::ReloadFailed {
+                slot: None,
+                error: "e".into()
+            }),
+            [7, 0, 1, b'e']
+        );
+        assert_eq!(bytes(&Response::Stopping { pid: 9 }), [8, 9]);
+        let row = WorkerRow {
+            group: "g".into(),
+            slot: 1,
+            pid: Some(5),
+            generation: 2,
+            state: "r".into(),
+            uptime_ms: 3,
+            restarts: 0,
+            cpu_percent: None,
+            memory_bytes: Some(4),
+            connections: 6,
+            lag_ms: None,
+        };
+        assert_eq!(
+            bytes(&Response::Workers(vec![row])),
+            [2, 1, 1, b'g', 1, 1, 5, 2, 1, b'r', 3, 0, 0, 1, 4, 6, 0]
+        );
+    }
+
+    #[test]
+    fn round_trip() {
+        for req in [
+            Request::List,
+            Request::Scale {
+                group: "web".into(),
+                to: ScaleTo::Add(2),
+            },
+            Request::Stop {
+                grace_ms: Some(1500),
+            },
+        ] {
+            assert_eq!(Bincode.decode::<Request>(&bytes(&req)).unwrap(), req);
+        }
+    }
+}

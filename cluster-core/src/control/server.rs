@@ -1,0 +1,659 @@
+//! The master's side of the control socket: binding it safely (a directory of its own, mode
+//! 0600, a stale socket replaced, a live one refused), checking each peer's uid, and answering
+//! requests by asking the supervisor over its command queue, like the status server does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cluster_ipc::{Channel, Sender};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{
+    CONTROL_VERSION, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
+};
+use super::{client, config};
+use crate::model::SlotKey;
+use crate::observe::status::ClusterStatus;
+use crate::options::{OPTIONS, Options};
+use crate::supervisor::Command;
+use crate::supervisor::control::{Ask, ReloadStart, Tap};
+use crate::supervisor::notice;
+use crate::{Error, ErrorKind, Result};
+
+/// At most this many control connections at once: one more is closed at once, so a client
+/// looping on connect cannot make the master hold unbounded tasks and buffers.
+const MAX_CONNECTIONS: usize = 16;
+/// A peer gets this long for the handshake and its hello, and between two requests.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The socket file, removed when the master ends, unless another process has put a socket
+/// of its own at that path since (then that one is left alone).
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    ino: Option<(u64, u64)>,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if ours.is_some() && ours == self.ino {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// What every connection reads.
+struct Shared {
+    commands: mpsc::UnboundedSender<Command>,
+    name: String,
+    path: PathBuf,
+    started: Instant,
+    options: Vec<(String, String)>,
+    exe_hash: tokio::sync::OnceCell<String>,
+    /// CPU use by pid over the last sampling interval, in percent.
+    cpu: Mutex<HashMap<u32, f64>>,
+}
+
+/// Binds the control socket and serves it until `stop`; `None` when `control_path` is off.
+///
+/// # Errors
+///
+/// [`ErrorKind::Listen`] when the socket's directory is not this user's, a live master
+/// already serves the path, or the socket cannot be bound.
+pub(crate) async fn start(
+    options: &Options,
+    commands: mpsc::UnboundedSender<Command>,
+    stop: CancellationToken,
+) -> Result<Option<SocketFile>> {
+    let name = options.name().resolve();
+    let Some(path) = options.control_path().resolve(&name) else {
+        return Ok(None);
+    };
+    let (listener, file) = bind(&path, &name).await?;
+    let texts = OPTIONS
+        .iter()
+        .map(|spec| {
+            let mut text = spec.value_text(options);
+            // The status token is a secret: say only whether there is one.
+            if spec.name() == "status_token" && text != "off" {
+                text = "<set>".to_owned();
+            }
+            (spec.name().to_owned(), text)
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        commands,
+        name,
+        path,
+        started: Instant::now(),
+        options: texts,
+        exe_hash: tokio::sync::OnceCell::new(),
+        cpu: Mutex::new(HashMap::new()),
+    });
+    tokio::spawn(sample_cpu(
+        shared.clone(),
+        options.sample_interval(),
+        stop.clone(),
+    ));
+    tokio::spawn(accept_loop(listener, shared, stop));
+    Ok(Some(file))
+}
+
+fn listen_error(path: &Path, what: String) -> Error {
+    Error::new(
+        ErrorKind::Listen,
+        format!("control socket {}: {what}", path.display()),
+    )
+}
+
+/// Binds `path`: creates its directory (0700) when missing, refuses a directory of another
+/// user, replaces a stale socket, refuses a live one.
+async fn bind(path: &Path, name: &str) -> Result<(UnixListener, SocketFile)> {
+    let uid = nix::unistd::geteuid().as_raw();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| listen_error(path, format!("cannot create its directory: {e}")))?;
+        }
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| listen_error(path, format!("cannot read its directory: {e}")))?;
+        // A directory of another user could hold a socket in our name that we would trust.
+        // Root's sticky /tmp is fine for an explicit path: the socket itself is 0600.
+        let sticky = meta.mode() & 0o1000 != 0;
+        if meta.uid() != uid && !(meta.uid() == 0 && sticky) {
+            return Err(listen_error(
+                path,
+                format!(
+                    "its directory {} belongs to uid {}, not to this user (uid {uid})",
+                    dir.display(),
+                    meta.uid()
+                ),
+            ));
+        }
+    }
+    let listener = match UnixListener::bind(path) {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            replace_stale(path, name).await?;
+            UnixListener::bind(path).map_err(|e| listen_error(path, e.to_string()))?
+        }
+        Err(e) => return Err(listen_error(path, e.to_string())),
+    };
+    // Bound with the umask's mode: narrow it before anyone is served (the peer check below
+    // covers the moment in between).
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| listen_error(path, format!("cannot set its mode: {e}")))?;
+    let ino = std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            ino,
+        },
+    ))
+}
+
+/// Something is at `path`: a socket nobody listens on (a killed master's) is removed; a live
+/// one is another master's, which is asked for its pid; anything else is left alone.
+async fn replace_stale(path: &Path, name: &str) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| listen_error(path, e.to_string()))?;
+    if !meta.file_type().is_socket() {
+        return Err(listen_error(
+            path,
+            "the path exists and is not a socket; not replacing it".to_owned(),
+        ));
+    }
+    match UnixStream::connect(path).await {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            notice!(
+                info,
+                "control socket {}: replacing a stale socket (its master is gone)",
+                path.display()
+            );
+            std::fs::remove_file(path).map_err(|e| listen_error(path, e.to_string()))
+        }
+        Err(e) => Err(listen_error(path, e.to_string())),
+        Ok(stream) => {
+            let pid = match timeout(HELLO_TIMEOUT, client::Client::on_stream(stream)).await {
+                Ok(Ok(client)) => client.pid().to_string(),
+                _ => "unknown".to_owned(),
+            };
+            Err(Error::new(
+                ErrorKind::Listen,
+                format!(
+                    "another master named {name} is running, pid {pid} (control socket {})",
+                    path.display()
+                ),
+            ))
+        }
+    }
+}
+
+async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let uid = nix::unistd::geteuid().as_raw();
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and the like: wait a little instead of spinning.
+                    tracing::warn!("control socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        // SO_PEERCRED: who connected, as the kernel recorded it at connect time.
+        let peer = stream.peer_cred().ok().map(|c| c.uid());
+        let allowed = peer.is_some_and(|p| p == uid || p == 0);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            connection(stream, shared, allowed.then_some(()).ok_or(peer)).await;
+        });
+    }
+}
+
+/// One connection: its hello, then requests one at a time until it closes, idles out or sends
+/// something that does not decode (which ends this connection only).
+async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(), Option<u32>>) {
+    let Ok(Ok(channel)) = timeout(
+        HELLO_TIMEOUT,
+        Channel::<Response, Request>::handshake(stream, config()),
+    )
+    .await
+    else {
+        return;
+    };
+    let (tx, mut rx) = channel.split();
+    let Ok(Ok(Some(Request::Hello { .. }))) = timeout(HELLO_TIMEOUT, rx.recv()).await else {
+        return;
+    };
+    if let Err(peer) = allowed {
+        let who = peer.map_or_else(|| "an unknown uid".to_owned(), |uid| format!("uid {uid}"));
+        let me = nix::unistd::geteuid();
+        notice!(warn, "control socket: refused a client of {who}");
+        let _ = tx
+            .send(&Response::Refused(format!(
+                "permission denied: the master runs as uid {me}; a client of {who} may not control it"
+            )))
+            .await;
+        let _ = tx.flush().await;
+        return;
+    }
+    let hello = Response::Hello {
+        version: CONTROL_VERSION,
+        pid: std::process::id(),
+        name: shared.name.clone(),
+    };
+    if tx.send(&hello).await.is_err() {
+        return;
+    }
+    loop {
+        let request = match timeout(IDLE_TIMEOUT, rx.recv()).await {
+            Ok(Ok(Some(request))) => request,
+            // Closed, idle too long, or a frame that does not decode.
+            _ => return,
+        };
+        if answer(request, &tx, &shared).await.is_err() {
+            return;
+        }
+    }
+}
+
+type Tx = Sender<Response>;
+
+async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+    let (reply, rx) = oneshot::channel();
+    shared.commands.send(make(reply)).ok()?;
+    rx.await.ok()
+}
+
+async fn status(shared: &Shared) -> Option<ClusterStatus> {
+    ask(shared, |reply| Command::Status { reply }).await
+}
+
+const GONE: &str = "the master is shutting down";
+
+/// Answers one request; an error means the client has gone.
+async fn answer(request: Request, tx: &Tx, shared: &Shared) -> cluster_ipc::Result<()> {
+    let response = match request {
+        Request::Hello { .. } => Response::Refused("hello was already said".to_owned()),
+        Request::List => match status(shared).await {
+            Some(status) => Response::Workers(rows(&status, shared)),
+            None => Response::Refused(GONE.to_owned()),
+        },
+        Request::Status => match status(shared).await {
+            Some(status) => Response::Status(Box::new(master_info(&status, shared).await)),
+            None => Response::Refused(GONE.to_owned()),
+        },
+        Request::Reload { group, wait } => return reload(group, wait, tx, shared).await,
+        Request::Restart { group, slot } => return restart(group, slot, tx, shared).await,
+        Request::Scale { group, to } => scale(group, to, shared).await,
+        Request::Stop { grace_ms } => {
+            let grace = grace_ms.map(Duration::from_millis);
+            let _ = shared.commands.send(Command::Control(Ask::Stop { grace }));
+            tx.send(&Response::Stopping {
+                pid: std::process::id(),
+            })
+            .await?;
+            tx.flush().await?;
+            // Held open until the master exits and its runtime drops this task: the client
+            // reads the end of the stream as "the master has exited".
+            std::future::pending::<()>().await;
+            return Ok(());
+        }
+    };
+    tx.send(&response).await
+}
+
+async fn scale(group: String, to: ScaleTo, shared: &Shared) -> Response {
+    let answer = ask(shared, |reply| {
+        Command::Control(Ask::Scale {
+            group: group.clone(),
+            to,
+            reply,
+        })
+    })
+    .await;
+    match answer {
+        Some(Ok(n)) => Response::Done(format!("group {group} scaled to {n}")),
+        Some(Err(e)) => Response::Refused(e.to_string()),
+        None => Response::Refused(GONE.to_owned()),
+    }
+}
+
+async fn follow(shared: &Shared) -> Option<broadcast::Receiver<Tap>> {
+    ask(shared, |reply| Command::Control(Ask::Follow { reply })).await
+}
+
+fn slot_of(id: &crate::model::WorkerId) -> String {
+    format!("{}/{}", id.group, id.slot)
+}
+
+async fn reload(
+    group: Option<String>,
+    wait: bool,
+    tx: &Tx,
+    shared: &Shared,
+) -> cluster_ipc::Result<()> {
+    // Following starts before the reload, so no event of it is missed.
+    let events = if wait { follow(shared).await } else { None };
+    let started = ask(shared, |reply| {
+        Command::Control(Ask::Reload {
+            group: group.clone(),
+            reply,
+        })
+    })
+    .await;
+    let start = match started {
+        Some(Ok(start)) => start,
+        Some(Err(e)) => return tx.send(&Response::Refused(e.to_string())).await,
+        None => return tx.send(&Response::Refused(GONE.to_owned())).await,
+    };
+    let what = match (&group, start) {
+        (_, ReloadStart::Queued) => {
+            "a reload is under way: another pass of every slot follows it".to_owned()
+        }
+        (Some(g), ReloadStart::Started) => format!("rolling reload of group {g} started"),
+        (None, ReloadStart::Started) => "rolling reload started".to_owned(),
+    };
+    tx.send(&Response::Done(what)).await?;
+    let Some(mut events) = events else {
+        return Ok(());
+    };
+    // A queued pass ends at the second finish from now.
+    let mut finishes_to_skip = usize::from(start == ReloadStart::Queued);
+    // Replacements seen starting, by slot: (generation, ready yet).
+    let mut replacing: BTreeMap<String, (u64, bool)> = BTreeMap::new();
+    let mut last_exit: Option<String> = None;
+    loop {
+        let tap = match events.recv().await {
+            Ok(tap) => tap,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => {
+                let failed = Response::ReloadFailed {
+                    slot: None,
+                    error: "the master stopped before the reload ended".to_owned(),
+                };
+                return tx.send(&failed).await;
+            }
+        };
+        let response = match tap {
+            Tap::Spawned { id, pid } if id.generation > 1 => {
+                replacing.insert(slot_of(&id), (id.generation, false));
+                Response::Progress(Progress::Replacing {
+                    slot: slot_of(&id),
+                    generation: id.generation,
+                    pid,
+                })
+            }
+            Tap::Ready { id } => match replacing.get_mut(&slot_of(&id)) {
+                Some((generation, ready)) if *generation == id.generation => {
+                    *ready = true;
+                    Response::Progress(Progress::Replaced {
+                        slot: slot_of(&id),
+                        generation: id.generation,
+                    })
+                }
+                _ => continue,
+            },
+            Tap::Exit { id, how } => match replacing.get(&slot_of(&id)) {
+                Some((generation, false)) if *generation == id.generation => {
+                    last_exit = Some(slot_of(&id));
+                    Response::Progress(Progress::Exited {
+                        slot: slot_of(&id),
+                        generation: id.generation,
+                        how,
+                    })
+                }
+                _ => continue,
+            },
+            Tap::ReloadFinished if finishes_to_skip > 0 => {
+                finishes_to_skip -= 1;
+                continue;
+            }
+            Tap::ReloadFinished => return tx.send(&Response::ReloadFinished).await,
+            Tap::ReloadFailed { error } => {
+                let slot = last_exit.or_else(|| {
+                    replacing
+                        .iter()
+                        .find(|(_, (_, ready))| !ready)
+                        .map(|(slot, _)| slot.clone())
+                });
+                return tx.send(&Response::ReloadFailed { slot, error }).await;
+            }
+            Tap::Spawned { .. } | Tap::ReloadStarted => continue,
+        };
+        tx.send(&response).await?;
+    }
+}
+
+async fn restart(group: String, slot: usize, tx: &Tx, shared: &Shared) -> cluster_ipc::Result<()> {
+    let Some(mut events) = follow(shared).await else {
+        return tx.send(&Response::Refused(GONE.to_owned())).await;
+    };
+    let key = SlotKey::new(&group, slot);
+    let name = format!("{group}/{slot}");
+    let started = ask(shared, |reply| {
+        Command::Control(Ask::Restart {
+            key: key.clone(),
+            reply,
+        })
+    })
+    .await;
+    let generation = match started {
+        Some(Ok(generation)) => generation,
+        Some(Err(e)) => return tx.send(&Response::Refused(e.to_string())).await,
+        None => return tx.send(&Response::Refused(GONE.to_owned())).await,
+    };
+    tx.send(&Response::Done(format!(
+        "replacing {name} with generation {generation}"
+    )))
+    .await?;
+    let ours = |id: &crate::model::WorkerId| id.key() == key && id.generation == generation;
+    loop {
+        let tap = match events.recv().await {
+            Ok(tap) => tap,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => {
+                let failed = Response::ReloadFailed {
+                    slot: Some(name),
+                    error: "the master stopped before the replacement was ready".to_owned(),
+                };
+                return tx.send(&failed).await;
+            }
+        };
+        match tap {
+            Tap::Spawned { id, pid } if ours(&id) => {
+                let step = Progress::Replacing {
+                    slot: name.clone(),
+                    generation,
+                    pid,
+                };
+                tx.send(&Response::Progress(step)).await?;
+            }
+            Tap::Ready { id } if ours(&id) => {
+                let step = Progress::Replaced {
+                    slot: name.clone(),
+                    generation,
+                };
+                tx.send(&Response::Progress(step)).await?;
+                return tx.send(&Response::ReloadFinished).await;
+            }
+            Tap::Exit { id, how } if ours(&id) => {
+                let failed = Response::ReloadFailed {
+                    slot: Some(name.clone()),
+                    error: format!("replacement worker {id} {how} before it became ready"),
+                };
+                return tx.send(&failed).await;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn rows(status: &ClusterStatus, shared: &Shared) -> Vec<WorkerRow> {
+    let cpu = shared.cpu.lock().map(|m| m.clone()).unwrap_or_default();
+    status
+        .workers
+        .iter()
+        .map(|w| {
+            // The last interval's figure once the sampler has one; until then the average
+            // over the worker's life.
+            let cpu_percent = w.pid.and_then(|pid| cpu.get(&pid).copied()).or_else(|| {
+                let secs = w.cpu_seconds?;
+                (w.uptime_ms > 0).then(|| secs * 1e5 / w.uptime_ms as f64)
+            });
+            WorkerRow {
+                group: w.group.clone(),
+                slot: w.slot,
+                pid: w.pid,
+                generation: w.generation,
+                state: state_text(w.state),
+                uptime_ms: w.uptime_ms,
+                restarts: w.restarts,
+                cpu_percent,
+                memory_bytes: w.rss_bytes,
+                connections: w.connections as u64,
+                lag_ms: w.event_loop_lag_ms,
+            }
+        })
+        .collect()
+}
+
+fn state_text(state: crate::model::WorkerState) -> String {
+    use crate::model::WorkerState::{Online, Ready, Starting, Stopping};
+    match state {
+        Starting => "starting",
+        Online => "online",
+        Ready => "ready",
+        Stopping => "stopping",
+    }
+    .to_owned()
+}
+
+async fn master_info(status: &ClusterStatus, shared: &Shared) -> MasterInfo {
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let hash = shared
+        .exe_hash
+        .get_or_init(|| async {
+            // /proc/self/exe is the file this process started from, even if the path now
+            // holds a newer build; read off the loop, once.
+            tokio::task::spawn_blocking(|| hash_file("/proc/self/exe"))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "unknown".to_owned())
+        })
+        .await
+        .clone();
+    MasterInfo {
+        name: shared.name.clone(),
+        pid: status.master.pid,
+        uptime_ms: u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        exe,
+        exe_hash: hash,
+        control_path: shared.path.display().to_string(),
+        workers: status.workers.len() as u64,
+        ready: status
+            .workers
+            .iter()
+            .filter(|w| w.state == crate::model::WorkerState::Ready)
+            .count() as u64,
+        restarts_total: status.master.restarts_total,
+        reloads_total: status.master.reloads_total,
+        options: shared.options.clone(),
+    }
+}
+
+/// 64-bit FNV-1a of a file: dependency-free and stable across Rust releases, enough to tell
+/// two builds apart (not a security measure).
+fn hash_file(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            return Some(format!("{hash:016x}"));
+        }
+        for &b in &buf[..n] {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Every `interval`, each worker's CPU use since the last round, for `list`.
+async fn sample_cpu(shared: Arc<Shared>, interval: Duration, stop: CancellationToken) {
+    let mut last: HashMap<u32, (f64, Instant)> = HashMap::new();
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(status) = status(&shared).await else {
+            return;
+        };
+        let now = Instant::now();
+        let mut next = HashMap::new();
+        let mut percent = HashMap::new();
+        for w in &status.workers {
+            let (Some(pid), Some(cpu)) = (w.pid, w.cpu_seconds) else {
+                continue;
+            };
+            // The master reads /proc on its own clock: a figure counts from when it was first
+            // seen, and an unchanged one means an idle worker only after two intervals (before
+            // that it may just not have been read again yet).
+            let entry = match last.get(&pid) {
+                Some(&(before, at)) => {
+                    let elapsed = now.saturating_duration_since(at);
+                    if cpu != before || elapsed >= interval * 2 {
+                        let secs = elapsed.as_secs_f64();
+                        if secs > 0.0 && cpu >= before {
+                            percent.insert(pid, (cpu - before) * 100.0 / secs);
+                        }
+                        (cpu, now)
+                    } else {
+                        (before, at)
+                    }
+                }
+                None => (cpu, now),
+            };
+            next.insert(pid, entry);
+        }
+        last = next;
+        if let Ok(mut cpu) = shared.cpu.lock() {
+            // A pid with no new figure keeps its last one.
+            cpu.retain(|pid, _| last.contains_key(pid));
+            cpu.extend(percent);
+        }
+    }
+}

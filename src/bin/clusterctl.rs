@@ -1,0 +1,434 @@
+//! `clusterctl`: operate a running cluster through its master's control socket (list, status,
+//! reload, restart, scale, stop), as `pm2` does for its processes.
+//!
+//! Exit codes: 0 done; 1 the cluster could not be reached or refused the request; 2 bad
+//! usage; 3 a reload or restart failed and was rolled back (the old workers keep serving);
+//! 4 `--timeout` ran out before the reload, restart or stop ended.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use cluster::control::client::{Client, ClientError, find};
+use cluster::control::protocol::{MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow};
+use cluster_core::options::parse_duration;
+
+/// A reload or restart failed and was rolled back.
+const EXIT_ROLLED_BACK: u8 = 3;
+/// `--timeout` ran out first.
+const EXIT_TIMEOUT: u8 = 4;
+
+/// Operate a running cluster: list its workers, reload, restart, scale or stop it.
+///
+/// The cluster is found by its name (`-n`, the socket `<name>.sock` in the default directory:
+/// `$XDG_RUNTIME_DIR/cluster`, else `/run/cluster` for root, else `<tmp>/cluster-<uid>`), by its
+/// socket path (`-s`), or as the only one running in the default directory.
+///
+/// Exit codes: 0 done; 1 the cluster could not be reached or refused; 2 bad usage; 3 a reload
+/// or restart failed and was rolled back; 4 --timeout ran out first.
+#[derive(Debug, Parser)]
+#[command(name = "clusterctl", version)]
+struct Cli {
+    /// The cluster's name (its `name` option; by default its executable's file name).
+    #[arg(short, long, global = true)]
+    name: Option<String>,
+    /// The control socket's path (its `control_path` option).
+    #[arg(short, long = "socket", global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List the workers: group, slot, pid, generation, state, uptime, restarts, CPU, memory,
+    /// connections.
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the master: pid, uptime, version and hash of its executable, options in force.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every worker slot by slot (rolling reload); the old ones keep serving until
+    /// their replacements are ready.
+    Reload {
+        /// Only this group's slots.
+        #[arg(long, short)]
+        group: Option<String>,
+        /// Follow the reload slot by slot; exit 0 when every slot was replaced, 3 when it
+        /// failed and was rolled back.
+        #[arg(long, short)]
+        wait: bool,
+        /// With --wait: give up waiting after this long (`30s`, `2m`) and exit 4; the reload
+        /// goes on.
+        #[arg(long, value_parser = duration, requires = "wait")]
+        timeout: Option<Duration>,
+    },
+    /// Gracefully replace one slot's worker: the new one takes over once ready. Exits 3 if it
+    /// never becomes ready (the old one keeps serving).
+    Restart {
+        /// The slot, as GROUP/SLOT (`worker/0`).
+        target: String,
+        /// Give up waiting after this long and exit 4.
+        #[arg(long, value_parser = duration)]
+        timeout: Option<Duration>,
+    },
+    /// Resize a group: to N workers, or by +N / -N.
+    Scale {
+        /// The group (`worker` is the default group).
+        group: String,
+        /// N, +N or -N.
+        #[arg(allow_hyphen_values = true)]
+        count: String,
+    },
+    /// Shut the cluster down gracefully and wait for the master to exit.
+    Stop {
+        /// The workers' grace period for this stop (instead of the `grace` option).
+        #[arg(long, value_parser = duration)]
+        grace: Option<Duration>,
+        /// Give up waiting after this long and exit 4.
+        #[arg(long, value_parser = duration)]
+        timeout: Option<Duration>,
+    },
+    /// Print shell completions for clusterctl.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// What went wrong, and the exit code that says so.
+struct Failure(u8, String);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure(1, e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "clusterctl",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("clusterctl: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, message)) => {
+            eprintln!("clusterctl: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let path = find(cli.name.as_deref(), cli.socket.as_deref()).map_err(|e| Failure(1, e))?;
+    let mut client = Client::connect(&path).await.map_err(|e| match e {
+        ClientError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound && cli.name.is_some() =>
+        {
+            Failure(
+                1,
+                format!(
+                    "no cluster named {:?} is running (no socket {})",
+                    cli.name.unwrap_or_default(),
+                    path.display()
+                ),
+            )
+        }
+        e => e.into(),
+    })?;
+    match cli.command {
+        Cmd::List { json } => {
+            let Response::Workers(rows) = client.request(&Request::List).await? else {
+                return Err(Failure(1, "unexpected answer to list".to_owned()));
+            };
+            if json {
+                print_json(&rows)
+            } else {
+                print!("{}", table(&rows));
+                Ok(())
+            }
+        }
+        Cmd::Status { json } => {
+            let Response::Status(info) = client.request(&Request::Status).await? else {
+                return Err(Failure(1, "unexpected answer to status".to_owned()));
+            };
+            if json {
+                print_json(&info)
+            } else {
+                print!("{}", status_text(&info));
+                Ok(())
+            }
+        }
+        Cmd::Reload {
+            group,
+            wait,
+            timeout,
+        } => {
+            let first = client.request(&Request::Reload { group, wait }).await?;
+            say(&first);
+            if !wait {
+                return Ok(());
+            }
+            follow(&mut client, timeout, "reload").await
+        }
+        Cmd::Restart { target, timeout } => {
+            let (group, slot) = target
+                .rsplit_once('/')
+                .and_then(|(g, s)| Some((g.to_owned(), s.parse().ok()?)))
+                .ok_or_else(|| Failure(2, format!("{target:?} is not GROUP/SLOT (`worker/0`)")))?;
+            let first = client.request(&Request::Restart { group, slot }).await?;
+            say(&first);
+            follow(&mut client, timeout, "restart").await
+        }
+        Cmd::Scale { group, count } => {
+            let to = scale_to(&count).ok_or_else(|| {
+                Failure(2, format!("{count:?} is not a count: expected N, +N or -N"))
+            })?;
+            let answer = client.request(&Request::Scale { group, to }).await?;
+            say(&answer);
+            Ok(())
+        }
+        Cmd::Stop { grace, timeout } => {
+            let grace_ms = grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
+            let Response::Stopping { pid } = client.request(&Request::Stop { grace_ms }).await?
+            else {
+                return Err(Failure(1, "unexpected answer to stop".to_owned()));
+            };
+            println!("stopping the cluster {} (master pid {pid})", client.name());
+            let wait = async {
+                // The master holds the connection open until it exits.
+                while let Ok(Some(_)) = client.next().await {}
+                while process_alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            within(timeout, wait, "stop").await?;
+            println!("stopped");
+            Ok(())
+        }
+        Cmd::Completions { .. } => Ok(()),
+    }
+}
+
+async fn within<T>(
+    limit: Option<Duration>,
+    work: impl std::future::Future<Output = T>,
+    what: &str,
+) -> Result<T, Failure> {
+    match limit {
+        None => Ok(work.await),
+        Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| {
+            Failure(
+                EXIT_TIMEOUT,
+                format!(
+                    "the {what} has not ended after {}; no longer waiting (it goes on)",
+                    cluster_core::options::duration_text(&limit)
+                ),
+            )
+        }),
+    }
+}
+
+/// Prints a reload's or restart's progress until it ends.
+async fn follow(client: &mut Client, limit: Option<Duration>, what: &str) -> Result<(), Failure> {
+    let work = async {
+        loop {
+            match client.next().await {
+                Ok(Some(Response::ReloadFinished)) => {
+                    println!("{what}: done, every slot it replaced is ready");
+                    return Ok(());
+                }
+                Ok(Some(Response::ReloadFailed { slot, error })) => {
+                    let at = slot.map(|s| format!(" at {s}")).unwrap_or_default();
+                    return Err(Failure(
+                        EXIT_ROLLED_BACK,
+                        format!(
+                            "{what} failed{at}: {error}; rolled back, the old workers keep serving"
+                        ),
+                    ));
+                }
+                Ok(Some(other)) => say(&other),
+                Ok(None) => {
+                    return Err(Failure(
+                        1,
+                        format!("the master closed the connection before the {what} ended"),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    within(limit, work, what).await?
+}
+
+/// One line for an answer that is only words.
+fn say(response: &Response) {
+    let line = match response {
+        Response::Done(what) => what.clone(),
+        Response::Progress(Progress::Replacing {
+            slot,
+            generation,
+            pid,
+        }) => format!("{slot}: starting {slot}#{generation} (pid {pid})"),
+        Response::Progress(Progress::Replaced { slot, generation }) => {
+            format!("{slot}: {slot}#{generation} is ready and took over; the old worker drains")
+        }
+        Response::Progress(Progress::Exited {
+            slot,
+            generation,
+            how,
+        }) => format!("{slot}: {slot}#{generation} {how} before it became ready"),
+        other => format!("{other:?}"),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn scale_to(text: &str) -> Option<ScaleTo> {
+    let text = text.trim();
+    if let Some(n) = text.strip_prefix('+') {
+        n.parse().ok().map(ScaleTo::Add)
+    } else if let Some(n) = text.strip_prefix('-') {
+        n.parse().ok().map(ScaleTo::Remove)
+    } else {
+        text.parse().ok().map(ScaleTo::Exactly)
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Failure(1, e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Whether `pid` still runs (a zombie waiting for its parent has exited).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}D", s / 86400),
+    }
+}
+
+fn memory(bytes: Option<u64>) -> String {
+    match bytes {
+        None => "-".to_owned(),
+        Some(b) if b >= 1 << 30 => format!("{:.1}gb", b as f64 / f64::from(1u32 << 30)),
+        Some(b) => format!("{:.1}mb", b as f64 / f64::from(1u32 << 20)),
+    }
+}
+
+/// The workers as a boxed table, as `pm2 list` draws it.
+fn table(rows: &[WorkerRow]) -> String {
+    let header = [
+        "group", "slot", "pid", "gen", "state", "uptime", "↺", "cpu", "mem", "conns",
+    ];
+    let cells: Vec<[String; 10]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.group.clone(),
+                r.slot.to_string(),
+                r.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                r.generation.to_string(),
+                r.state.clone(),
+                uptime(r.uptime_ms),
+                r.restarts.to_string(),
+                r.cpu_percent
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}%")),
+                memory(r.memory_bytes),
+                r.connections.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |left: &str, mid: &str, right: &str| {
+        let parts: Vec<String> = widths.iter().map(|w| "─".repeat(w + 2)).collect();
+        format!("{left}{}{right}\n", parts.join(mid))
+    };
+    let row = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!(" {c}{} ", " ".repeat(w - c.chars().count())))
+            .collect();
+        format!("│{}│\n", parts.join("│"))
+    };
+    let mut out = line("┌", "┬", "┐");
+    out += &row(header.to_vec());
+    out += &line("├", "┼", "┤");
+    for cells in &cells {
+        out += &row(cells.iter().map(String::as_str).collect());
+    }
+    out += &line("└", "┴", "┘");
+    out
+}
+
+fn status_text(info: &MasterInfo) -> String {
+    let mut out = format!(
+        "cluster   {}\nmaster    pid {}, up {}\nbinary    {} (hash {}), cluster {}\nsocket    {}\nworkers   {} live, {} ready; {} restarts, {} reloads\noptions:\n",
+        info.name,
+        info.pid,
+        uptime(info.uptime_ms),
+        info.exe,
+        info.exe_hash,
+        info.version,
+        info.control_path,
+        info.workers,
+        info.ready,
+        info.restarts_total,
+        info.reloads_total
+    );
+    let width = info.options.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    for (name, value) in &info.options {
+        out += &format!("  {name:width$}  {value}\n");
+    }
+    out
+}
