@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, oneshot};
 
 use super::process::Launcher;
-use super::{RawEvent, Reload, Stopping, Supervisor, notice};
+use super::{RawEvent, Stopping, Supervisor, notice};
 use crate::control::protocol::ScaleTo;
 use crate::model::{SlotKey, WorkerId};
 use crate::{Error, ErrorKind, Result};
@@ -159,28 +159,7 @@ impl<L: Launcher> Supervisor<L> {
             self.start_reload().await;
             return Ok(ReloadStart::Queued);
         }
-        let Some(name) = group else {
-            self.start_reload().await;
-            return Ok(ReloadStart::Started);
-        };
-        let queue = self
-            .groups
-            .iter()
-            .filter(|g| *g.name == *name)
-            .flat_map(|g| {
-                g.slots
-                    .keys()
-                    .map(|&slot| SlotKey::new(&g.name, slot))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        self.reload = Some(Reload {
-            queue,
-            active: Vec::new(),
-            again: false,
-        });
-        self.emit(RawEvent::ReloadStarted);
-        self.pump_reload().await;
+        self.start_reload_of(group.as_deref()).await;
         Ok(ReloadStart::Started)
     }
 

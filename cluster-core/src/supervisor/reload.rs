@@ -14,6 +14,14 @@ use crate::model::{SlotKey, WorkerId};
 impl<L: Launcher> Supervisor<L> {
     /// Starts a rolling reload, or asks the one under way for one more pass.
     pub(super) async fn start_reload(&mut self) {
+        self.start_reload_of(None).await;
+    }
+
+    /// Starts a rolling reload of every slot, or of `group`'s only (asked through the control
+    /// socket), or asks the one under way for one more pass. The options file and environment
+    /// are re-read for a whole reload only: what they change (`count`, limits) is the
+    /// cluster's, not one group's.
+    pub(super) async fn start_reload_of(&mut self, group: Option<&str>) {
         if self.stopping.is_some() {
             return;
         }
@@ -24,6 +32,7 @@ impl<L: Launcher> Supervisor<L> {
         let queue = self
             .groups
             .iter()
+            .filter(|g| group.is_none_or(|name| *g.name == *name))
             .flat_map(|g| {
                 g.slots
                     .keys()
@@ -37,8 +46,10 @@ impl<L: Launcher> Supervisor<L> {
             again: false,
         });
         self.emit(RawEvent::ReloadStarted);
-        // After the queue is made: slots a new `count` adds start new, not to be replaced.
-        self.reread_config().await;
+        if group.is_none() {
+            // After the queue is made: slots a new `count` adds start new, not to be replaced.
+            self.reread_config().await;
+        }
         self.pump_reload().await;
     }
 
