@@ -183,9 +183,12 @@ impl<D: Message, U: Message> Cluster<D, U> {
         let status_stop = tokio_util::sync::CancellationToken::new();
         // Before anything else starts, so that a second master of the same name stops here;
         // the guard removes the socket file when this function returns.
-        let _control =
-            crate::control::server::start(&self.options, commands_tx.clone(), status_stop.clone())
-                .await?;
+        let _control = crate::supervisor::control_server::start(
+            &self.options,
+            commands_tx.clone(),
+            status_stop.clone(),
+        )
+        .await?;
         if let Some(hook) = self.before_fork {
             if let Outcome::Failed(e) = hook().await {
                 return Err(Error::new(

@@ -149,3 +149,53 @@ fn the_default_group_is_named_by_the_constant() {
     let c = cluster().group(GroupOptions::new(DEFAULT_GROUP), |_ctx| async {});
     assert!(c.validate().is_err());
 }
+
+// Here rather than with the options' own tests: the table says how the `Cluster` builder
+// sets each option, and `options` must not import the builder above it.
+/// The README's option table is the table's: each row's name, default, attribute, how the
+/// `Cluster` builder sets it (its shortcut, or `configure` with the option's setter), accepted
+/// values and meaning. On a mismatch the message holds the table to paste.
+#[test]
+fn readme_lists_every_option() {
+    let readme = include_str!("../../../README.md");
+    let header = "| option | default | `#[cluster::main]` | `Cluster` builder | environment | options file | accepts | meaning |";
+    let mut expected = vec![
+        header.to_owned(),
+        "|---|---|---|---|---|---|---|---|".to_owned(),
+    ];
+    for spec in OPTIONS {
+        // A pipe in a cell, even in a code span, is written `\|` (GitHub's tables).
+        let builder = if SHORTCUTS.contains(&spec.name()) {
+            format!(".{}(…)", spec.name())
+        } else {
+            format!(".configure(\\|o\\| o.{}(…))", spec.setter())
+        };
+        let mut env = format!("`{}`", spec.env_var());
+        if spec.name() == "count" {
+            env.push_str(", `WEB_CONCURRENCY`");
+        }
+        let file = match spec.toml_example() {
+            Some(example) => format!("`{example}`"),
+            None => "—".to_owned(),
+        };
+        expected.push(format!(
+            "| `{}` | `{}` | `{}` | `{builder}` | {env} | {file} | {} | {} |",
+            spec.name(),
+            spec.default_text(),
+            spec.attribute_example(),
+            spec.accepts(),
+            spec.doc()
+        ));
+    }
+    let found: Vec<&str> = readme
+        .lines()
+        .skip_while(|line| *line != header)
+        .take_while(|line| line.starts_with('|'))
+        .collect();
+    assert_eq!(
+        found,
+        expected,
+        "README.md's option table differs from the options table; the table should read:\n{}\n",
+        expected.join("\n")
+    );
+}

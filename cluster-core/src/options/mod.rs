@@ -11,6 +11,7 @@
 
 mod check;
 mod config;
+pub mod control_path;
 mod group;
 mod parse;
 mod restart;
@@ -28,6 +29,7 @@ use crate::Error;
 pub use config::{
     CONFIG_VAR, OptionSource, RELOADABLE, Reloaded, Resolved, Source, WEB_CONCURRENCY,
 };
+pub use control_path::{ClusterName, ControlPath};
 pub use group::GroupOptions;
 /// The signal type used throughout the public API (re-exported from `nix`).
 pub use nix::sys::signal::Signal;

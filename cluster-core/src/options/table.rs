@@ -24,12 +24,12 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use super::control_path::{ClusterName, ControlPath};
 use super::parse::{ParseError, duration_text};
 use super::token::{self, StatusToken};
 use super::value::{Bytes, OptionValue, StatusAddr};
 use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
 use crate::Error;
-use crate::control::{ClusterName, ControlPath};
 
 /// One option as the table describes it; see [`OPTIONS`].
 #[derive(Clone, Copy)]
@@ -631,7 +631,7 @@ options_table! {
     name: ClusterName as &ClusterName = ClusterName::default();
     set with_name(impl Into<ClusterName>);
     text "auto", accepts "`auto`, or up to 64 characters without `/`, spaces or a leading `.`";
-    check crate::control::path::check_cluster_name;
+    check crate::options::control_path::check_cluster_name;
 
     /// Where the master serves the control socket that `clusterctl` talks to; `off` turns it
     /// off.

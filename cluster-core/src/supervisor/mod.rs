@@ -17,6 +17,7 @@ use tokio::time::{Instant, sleep_until};
 mod command;
 mod config;
 pub(crate) mod control;
+pub(crate) mod control_server;
 mod lifecycle;
 mod outbox;
 mod process;

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::options::{OptionValue, ParseError};
+use super::{OptionValue, ParseError};
 
 /// The `control_path` option: where the master serves its control socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -14,10 +14,10 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{
+use crate::control::protocol::{
     CONTROL_VERSION, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
 };
-use super::{client, config};
+use crate::control::{client, config};
 use crate::model::SlotKey;
 use crate::observe::status::ClusterStatus;
 use crate::options::{OPTIONS, Options};
