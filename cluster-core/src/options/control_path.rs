@@ -73,10 +73,10 @@ impl OptionValue for ControlPath {
     }
     fn to_rust(&self) -> String {
         match self {
-            ControlPath::Auto => "$crate::control::ControlPath::Auto".to_owned(),
-            ControlPath::Off => "$crate::control::ControlPath::Off".to_owned(),
+            ControlPath::Auto => "$crate::options::ControlPath::Auto".to_owned(),
+            ControlPath::Off => "$crate::options::ControlPath::Off".to_owned(),
             ControlPath::At(path) => format!(
-                "$crate::control::ControlPath::At(::std::path::PathBuf::from({:?}))",
+                "$crate::options::ControlPath::At(::std::path::PathBuf::from({:?}))",
                 path.display().to_string()
             ),
         }
@@ -141,8 +141,8 @@ impl OptionValue for ClusterName {
     }
     fn to_rust(&self) -> String {
         match &self.0 {
-            None => "$crate::control::ClusterName::default()".to_owned(),
-            Some(name) => format!("$crate::control::ClusterName::new({name:?})"),
+            None => "$crate::options::ClusterName::default()".to_owned(),
+            Some(name) => format!("$crate::options::ClusterName::new({name:?})"),
         }
     }
 }
