@@ -295,6 +295,19 @@ async fn status(shared: &Shared) -> Option<ClusterStatus> {
 
 const GONE: &str = "the master is shutting down";
 
+/// Asks the supervisor to do something it may refuse; `Err` is the answer to send back when
+/// it refused or is gone.
+async fn ask_to<T>(
+    shared: &Shared,
+    make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+) -> std::result::Result<T, Response> {
+    match ask(shared, make).await {
+        Some(Ok(done)) => Ok(done),
+        Some(Err(e)) => Err(Response::Refused(e.to_string())),
+        None => Err(Response::Refused(GONE.to_owned())),
+    }
+}
+
 /// Answers one request; an error means the client has gone.
 async fn answer(request: Request, tx: &Tx, shared: &Shared) -> cluster_ipc::Result<()> {
     let response = match request {
@@ -328,7 +341,7 @@ async fn answer(request: Request, tx: &Tx, shared: &Shared) -> cluster_ipc::Resu
 }
 
 async fn scale(group: String, to: ScaleTo, shared: &Shared) -> Response {
-    let answer = ask(shared, |reply| {
+    let answer = ask_to(shared, |reply| {
         Command::Control(Ask::Scale {
             group: group.clone(),
             to,
@@ -337,9 +350,8 @@ async fn scale(group: String, to: ScaleTo, shared: &Shared) -> Response {
     })
     .await;
     match answer {
-        Some(Ok(n)) => Response::Done(format!("group {group} scaled to {n}")),
-        Some(Err(e)) => Response::Refused(e.to_string()),
-        None => Response::Refused(GONE.to_owned()),
+        Ok(n) => Response::Done(format!("group {group} scaled to {n}")),
+        Err(refused) => refused,
     }
 }
 
@@ -359,7 +371,7 @@ async fn reload(
 ) -> cluster_ipc::Result<()> {
     // Following starts before the reload, so no event of it is missed.
     let events = if wait { follow(shared).await } else { None };
-    let started = ask(shared, |reply| {
+    let started = ask_to(shared, |reply| {
         Command::Control(Ask::Reload {
             group: group.clone(),
             reply,
@@ -367,9 +379,8 @@ async fn reload(
     })
     .await;
     let start = match started {
-        Some(Ok(start)) => start,
-        Some(Err(e)) => return tx.send(&Response::Refused(e.to_string())).await,
-        None => return tx.send(&Response::Refused(GONE.to_owned())).await,
+        Ok(start) => start,
+        Err(refused) => return tx.send(&refused).await,
     };
     let what = match (&group, start) {
         (_, ReloadStart::Queued) => {
@@ -455,7 +466,7 @@ async fn restart(group: String, slot: usize, tx: &Tx, shared: &Shared) -> cluste
     };
     let key = SlotKey::new(&group, slot);
     let name = format!("{group}/{slot}");
-    let started = ask(shared, |reply| {
+    let started = ask_to(shared, |reply| {
         Command::Control(Ask::Restart {
             key: key.clone(),
             reply,
@@ -463,9 +474,8 @@ async fn restart(group: String, slot: usize, tx: &Tx, shared: &Shared) -> cluste
     })
     .await;
     let generation = match started {
-        Some(Ok(generation)) => generation,
-        Some(Err(e)) => return tx.send(&Response::Refused(e.to_string())).await,
-        None => return tx.send(&Response::Refused(GONE.to_owned())).await,
+        Ok(generation) => generation,
+        Err(refused) => return tx.send(&refused).await,
     };
     tx.send(&Response::Done(format!(
         "replacing {name} with generation {generation}"
