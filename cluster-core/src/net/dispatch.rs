@@ -68,8 +68,14 @@ impl Member {
     /// connection would wait with it.
     fn stalled(&mut self, in_flight: &InFlightTable, cutoff: Instant) -> bool {
         while let Some(&(conn, at)) = self.handed.front() {
+            // Oldest first: if this one is recent, so are the rest, acknowledged or not. The
+            // table's lock is taken only for connections old enough to matter, so a worker
+            // that keeps up costs the hand-out no lock per connection.
+            if at >= cutoff {
+                return false;
+            }
             if in_flight.contains(conn) {
-                return at < cutoff;
+                return true;
             }
             self.handed.pop_front();
         }
@@ -282,7 +288,9 @@ impl Dispatch {
             .checked_sub(self.ack_timeout)
             .filter(|_| !self.ack_timeout.is_zero());
         let chosen = match cutoff {
-            Some(cutoff) if n > 1 && st.members[first].stalled(&self.in_flight, cutoff) => {
+            // `stalled` first: it also drops the acknowledged from the front of `handed`, which
+            // must happen with a single worker too, or `handed` would only grow.
+            Some(cutoff) if st.members[first].stalled(&self.in_flight, cutoff) && n > 1 => {
                 let order = order(st);
                 let other = order
                     .into_iter()
@@ -375,7 +383,10 @@ impl Dispatch {
                 listener: self.listener,
                 at: now,
             });
-            member.handed.push_back((conn, now));
+            // Kept only for the stall check, and pruned only by it.
+            if !self.ack_timeout.is_zero() {
+                member.handed.push_back((conn, now));
+            }
             let open = parcels
                 .iter()
                 .position(|p| p.to == member.id && p.conns.len() < MAX_PARCEL);
@@ -485,5 +496,48 @@ impl Dispatch {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ToMaster;
+
+    #[tokio::test(start_paused = true)]
+    async fn handed_keeps_only_the_connections_the_stall_check_still_needs() {
+        let (master, _worker) =
+            cluster_ipc::Channel::<ToWorker, ToMaster>::pair(cluster_ipc::Config::default())
+                .await
+                .unwrap();
+        let (sender, _) = master.split();
+        let id = WorkerId {
+            group: "worker".into(),
+            slot: 0,
+            generation: 1,
+        };
+        let table = InFlightTable::new(Arc::default());
+        let mut member = Member::new(id.clone(), sender);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..100 {
+            let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+            let at = Instant::now();
+            let conn = table.insert(InFlight {
+                fd,
+                peer,
+                to: id.clone(),
+                listener: 0,
+                at,
+            });
+            member.handed.push_back((conn, at));
+            table.ack(conn, &id);
+        }
+        // Recent ones stay (no lock is taken for them); once past the bound, the
+        // acknowledged ones go at the next check.
+        assert!(!member.stalled(&table, Instant::now() - Duration::from_millis(100)));
+        assert_eq!(member.handed.len(), 100);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(!member.stalled(&table, Instant::now() - Duration::from_millis(100)));
+        assert!(member.handed.is_empty());
     }
 }
