@@ -111,7 +111,7 @@ pub mod master {
 pub mod worker {
     pub use cluster_core::{
         EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, IntoOutcome, Outcome, Role, Worker,
-        WorkerContext, WorkerId, role,
+        WorkerContext, WorkerId, count_request, role,
     };
 }
 

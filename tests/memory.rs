@@ -126,7 +126,7 @@ fn a_leaking_worker_is_replaced_without_failed_requests_or_counting_as_a_restart
     // with its reason and is not a restart after an unexpected exit.
     assert_eq!(fx.try_exit(), None, "{}", fx.dump());
     let json = ops::status(status);
-    assert_eq!(ops::restarts_for(&json, 0, "memory"), 1, "{json}");
+    assert_eq!(ops::recycles_for(&json, 0, "memory"), 1, "{json}");
     assert_eq!(ops::restarts_for(&json, 0, "crash"), 0, "{json}");
     // `restarts_total` counts restarts after unexpected exits, like each slot's `restarts`.
     assert_eq!(json["master"]["restarts_total"], 0, "{json}");
@@ -143,7 +143,7 @@ fn a_leaking_worker_is_replaced_without_failed_requests_or_counting_as_a_restart
     assert_eq!(
         sample(
             &metrics,
-            r#"cluster_worker_restarts_total{group="worker",slot="0",reason="memory"}"#
+            r#"cluster_worker_recycles_total{group="worker",slot="0",reason="memory"}"#
         ),
         Some(1.0),
         "{metrics}"

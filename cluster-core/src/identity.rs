@@ -8,6 +8,8 @@ pub(crate) const ENV_SLOT: &str = "CLUSTER_WORKER_SLOT";
 pub(crate) const ENV_GENERATION: &str = "CLUSTER_WORKER_GENERATION";
 pub(crate) const ENV_IPC_FD: &str = "CLUSTER_IPC_FD";
 pub(crate) const ENV_HEARTBEAT_MS: &str = "CLUSTER_HEARTBEAT_MS";
+/// The master's `protocol::LEVEL`; absent from a master older than the levels (level 1).
+pub(crate) const ENV_PROTOCOL_LEVEL: &str = "CLUSTER_PROTOCOL_LEVEL";
 
 /// Whether `var` is one of the variables a master sets for its workers.
 pub(crate) fn is_cluster_var(var: &std::ffi::OsStr) -> bool {
@@ -17,6 +19,7 @@ pub(crate) fn is_cluster_var(var: &std::ffi::OsStr) -> bool {
         ENV_GENERATION,
         ENV_IPC_FD,
         ENV_HEARTBEAT_MS,
+        ENV_PROTOCOL_LEVEL,
     ]
     .iter()
     .any(|name| var == *name)

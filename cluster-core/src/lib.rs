@@ -48,7 +48,9 @@ pub use options::{
 };
 pub use request::Request;
 pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
-pub use worker::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext};
+pub use worker::{
+    EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext, count_request,
+};
 
 /// The metrics library behind [`WorkerMetrics`], re-exported so that apps can build metrics
 /// without depending on it themselves.

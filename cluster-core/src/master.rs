@@ -81,6 +81,15 @@ pub enum Event<D, U> {
         /// What went wrong.
         error: String,
     },
+    /// A live worker is being replaced the reload way (its replacement is started now and
+    /// takes over once ready): it went over `max_memory`, stopped reading its channel, or
+    /// reached its `max_requests` or `max_lifetime`. Never a restart.
+    Recycling {
+        /// The worker being replaced.
+        id: WorkerId,
+        /// `memory`, `unread_channel`, `max_requests` or `max_lifetime`.
+        reason: &'static str,
+    },
     /// A worker process could not be started (the descriptor or process limit, the binary
     /// missing or being replaced). Its slot tries again after `retry_in`, backing off while
     /// it keeps failing; this is not a restart and never counts toward `max_restarts`.
@@ -355,6 +364,7 @@ where
             RawEvent::ReloadStarted => Event::ReloadStarted,
             RawEvent::ReloadFinished => Event::ReloadFinished,
             RawEvent::ReloadFailed { error } => Event::ReloadFailed { error },
+            RawEvent::Recycling { id, reason } => Event::Recycling { id, reason },
             RawEvent::Message { from, payload } => match messaging::decode::<U>(&payload) {
                 Ok(msg) => Event::Message { from, msg },
                 Err(e) => Event::BadMessage {

@@ -139,7 +139,18 @@ pub enum ToMaster {
     /// The worker's app has not read its messages: its queue was full and `dropped`
     /// messages from the master (in all, so far) were dropped.
     Dropped { dropped: u64 },
+    /// Requests served by the worker so far (counted by `cluster::http` and by the app's
+    /// `WorkerContext::count_request`), sent with a heartbeat when it changed. Only to a
+    /// master of [`LEVEL`] 2 or above: an older master would take it for a broken frame.
+    Served { requests: u64 },
 }
+
+/// What this build's master understands beyond the first protocol: the master passes its level
+/// to workers (`CLUSTER_PROTOCOL_LEVEL`), and a worker sends a message added at level N only to
+/// a master of level N or above. During a deploy the master is the older binary, so a new worker
+/// must not send it what it cannot decode. Level 1: everything up to `ToMaster::Dropped`;
+/// level 2: `ToMaster::Served`.
+pub(crate) const LEVEL: u32 = 2;
 
 #[cfg(test)]
 mod tests {
@@ -258,6 +269,7 @@ mod tests {
             [9, 1, 1, b'a']
         );
         assert_eq!(bytes(&ToMaster::Dropped { dropped: 2 }), [10, 2]);
+        assert_eq!(bytes(&ToMaster::Served { requests: 5 }), [11, 5]);
     }
 
     #[test]

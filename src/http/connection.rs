@@ -188,6 +188,8 @@ where
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let busy = Busy::new(Arc::clone(&self.conn));
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        // The worker's count, for the master's `max_requests` recycling.
+        cluster_core::count_request();
         self.conn.heads.fetch_add(1, Ordering::Relaxed);
         self.conn
             .client_done

@@ -46,20 +46,37 @@ impl HttpCluster {
     /// `POLICY=policy` on a free loopback port, and waits until every slot answers. A port
     /// taken meanwhile by someone else is retried with another one.
     pub(crate) fn start(program: &Path, workers: usize, policy: &str) -> HttpCluster {
-        Self::start_on(program, workers, policy, false)
+        Self::start_on(program, workers, policy, false, &[])
     }
 
     /// As [`HttpCluster::start`], with the master's status server (`/status`, `/metrics`) on
     /// a free loopback port of its own too (see [`HttpCluster::status_addr`]).
     pub(crate) fn start_with_status(program: &Path, workers: usize, policy: &str) -> HttpCluster {
-        Self::start_on(program, workers, policy, true)
+        Self::start_on(program, workers, policy, true, &[])
     }
 
-    fn start_on(program: &Path, workers: usize, policy: &str, status: bool) -> HttpCluster {
+    /// As [`HttpCluster::start_with_status`], with `env` set for the master too (options as
+    /// `CLUSTER_*` variables).
+    pub(crate) fn start_with_env(
+        program: &Path,
+        workers: usize,
+        policy: &str,
+        env: &[(&str, &str)],
+    ) -> HttpCluster {
+        Self::start_on(program, workers, policy, true, env)
+    }
+
+    fn start_on(
+        program: &Path,
+        workers: usize,
+        policy: &str,
+        status: bool,
+        env: &[(&str, &str)],
+    ) -> HttpCluster {
         let mut last = String::new();
         for _ in 0..5 {
             let status_port = status.then(free_port);
-            let mut cluster = Self::spawn(program, workers, policy, free_port(), status_port);
+            let mut cluster = Self::spawn(program, workers, policy, free_port(), status_port, env);
             match cluster.wait_up() {
                 Ok(()) => return cluster,
                 Err(why) => last = format!("{why}\n{}", cluster.dump()),
@@ -77,8 +94,10 @@ impl HttpCluster {
         policy: &str,
         port: u16,
         status_port: Option<u16>,
+        env: &[(&str, &str)],
     ) -> HttpCluster {
         let mut cmd = group_command(program, &["CLUSTER_"]);
+        cmd.envs(env.iter().copied());
         cmd.env("HOST", "127.0.0.1")
             .env("PORT", port.to_string())
             .env("WORKERS", workers.to_string())

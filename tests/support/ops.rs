@@ -276,7 +276,16 @@ pub(crate) fn slot_status(status: &serde_json::Value, slot: u64) -> Option<serde
 
 /// The count of `/status`'s `restarts` for `slot` of group `worker` and `reason` (0 if none).
 pub(crate) fn restarts_for(status: &serde_json::Value, slot: u64, reason: &str) -> u64 {
-    status["restarts"]
+    counted_for(status, "restarts", slot, reason)
+}
+
+/// The count of `/status`'s `recycles` for `slot` of group `worker` and `reason` (0 if none).
+pub(crate) fn recycles_for(status: &serde_json::Value, slot: u64, reason: &str) -> u64 {
+    counted_for(status, "recycles", slot, reason)
+}
+
+fn counted_for(status: &serde_json::Value, list: &str, slot: u64, reason: &str) -> u64 {
+    status[list]
         .as_array()
         .into_iter()
         .flatten()

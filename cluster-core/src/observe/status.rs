@@ -11,9 +11,13 @@ pub struct ClusterStatus {
     pub master: MasterStatus,
     /// Every live worker process (current ones, replacements starting, old ones draining).
     pub workers: Vec<WorkerStatus>,
-    /// Restarts by slot and reason (`crash`, `hung`, `failed_start`; and the replacements
-    /// `memory` and `unread_channel`, which are not counted as restarts).
+    /// Restarts after unexpected exits, by slot and reason (`crash`, `hung`,
+    /// `failed_start`).
     pub restarts: Vec<RestartCount>,
+    /// Recycles by slot and reason (`memory`, `unread_channel`, `max_requests`,
+    /// `max_lifetime`): workers replaced the reload way while alive, never counted as
+    /// restarts.
+    pub recycles: Vec<RestartCount>,
     /// Messages the master sent to workers and received from them.
     pub ipc_messages_sent: u64,
     /// See `ipc_messages_sent`.
@@ -75,7 +79,8 @@ pub struct RestartCount {
     pub group: String,
     /// The slot.
     pub slot: usize,
-    /// `crash`, `hung`, `memory` or `failed_start`.
+    /// Restarts: `crash`, `hung` or `failed_start`; recycles: `memory`, `unread_channel`,
+    /// `max_requests` or `max_lifetime`.
     pub reason: &'static str,
     /// How many.
     pub count: u64,

@@ -144,6 +144,26 @@ pub(super) fn memory_samples(samples: &u32) -> Checked {
     Ok(())
 }
 
+pub(super) fn max_requests(requests: &Option<u64>) -> Checked {
+    if *requests == Some(0) {
+        return Err(
+            "0 requests would recycle every worker as soon as it is ready; give a count such as 10000, or \"off\""
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn max_lifetime(value: &Option<Duration>) -> Checked {
+    match value {
+        Some(lifetime) => positive(
+            lifetime,
+            "zero would recycle every worker as soon as it is ready; give a duration such as \"1h\", or \"off\"",
+        ),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn sample_interval(value: &Duration) -> Checked {
     positive(
         value,

@@ -581,6 +581,38 @@ options_table! {
     text "3", accepts "a whole number, at least 1";
     check check::memory_samples;
 
+    /// Recycle a worker once it has served this many requests (plus its share of
+    /// `max_requests_jitter`), as gunicorn's `max_requests` does: for a slow leak the memory
+    /// limit would catch late. Requests are counted by `cluster::http`, and by the app through
+    /// `WorkerContext::count_request` for other protocols; the worker reports its count with
+    /// its heartbeats, so a recycle comes up to one `heartbeat_interval` after the limit. The
+    /// replacement is ready before the old worker drains, at most `reload_parallelism` at a
+    /// time, and a recycle never counts toward `max_restarts`.
+    max_requests: Option<u64> = None;
+    set with_max_requests(Option<u64>);
+    text "off", accepts "a whole number, at least 1, or `off`";
+    check check::max_requests;
+
+    /// Up to this many requests added to `max_requests`, drawn at random for each worker
+    /// process, so that workers started together do not all recycle together.
+    max_requests_jitter: u64 = 0;
+    set with_max_requests_jitter(u64);
+    text "0", accepts "a whole number";
+
+    /// Recycle a worker once it has run this long (plus its share of `max_lifetime_jitter`),
+    /// the reload way, at most `reload_parallelism` at a time; never counts toward
+    /// `max_restarts`.
+    max_lifetime: Option<Duration> = None;
+    set with_max_lifetime(Option<Duration>);
+    text "off", accepts "a positive duration, or `off`";
+    check check::max_lifetime;
+
+    /// Up to this much time added to `max_lifetime`, drawn at random for each worker process.
+    max_lifetime_jitter: Duration = Duration::ZERO;
+    set with_max_lifetime_jitter(Duration);
+    text "0s", accepts "a duration";
+    check check::not_huge;
+
     /// How often the master reads each worker's memory and CPU from /proc.
     sample_interval: Duration = Duration::from_secs(1);
     set with_sample_interval(Duration);

@@ -1,6 +1,8 @@
 //! What the master's code, the status server and `MasterContext` ask of the supervisor, and
 //! the snapshots it answers with. Nothing here waits for a worker.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -220,28 +222,22 @@ impl<L: Launcher> Supervisor<L> {
                 });
             }
         }
-        let restarts: Vec<RestartCount> = self
-            .restart_reasons
-            .iter()
-            .map(|((group, slot, reason), count)| RestartCount {
-                group: group.to_string(),
-                slot: *slot,
-                reason,
-                count: *count,
-            })
-            .collect();
+        let counts = |map: &BTreeMap<(Arc<str>, usize, &'static str), u64>| -> Vec<RestartCount> {
+            map.iter()
+                .map(|((group, slot, reason), count)| RestartCount {
+                    group: group.to_string(),
+                    slot: *slot,
+                    reason,
+                    count: *count,
+                })
+                .collect()
+        };
+        let restarts = counts(&self.restart_reasons);
         ClusterStatus {
             master: MasterStatus {
                 pid: std::process::id(),
                 uptime_ms: millis(now.saturating_duration_since(self.started)),
-                // Restarts after unexpected exits, like each slot's `restarts`: a memory or
-                // unread-channel replacement is listed by reason but is not one (nor counts
-                // toward `max_restarts`).
-                restarts_total: restarts
-                    .iter()
-                    .filter(|r| !matches!(r.reason, "memory" | "unread_channel"))
-                    .map(|r| r.count)
-                    .sum(),
+                restarts_total: restarts.iter().map(|r| r.count).sum(),
                 reloads_total: self.reloads_total,
                 spawn_failures_total: self.spawn_failures_total,
                 spawn_error: self.spawn_error.clone(),
@@ -254,6 +250,7 @@ impl<L: Launcher> Supervisor<L> {
             },
             workers,
             restarts,
+            recycles: counts(&self.recycles),
             ipc_messages_sent: protocol::SENT.load(Ordering::Relaxed),
             ipc_messages_received: self.ipc_received,
         }

@@ -178,7 +178,7 @@ impl<L: Launcher> Supervisor<L> {
         };
         if slot.next.is_some() {
             return Err(refused(format!(
-                "slot {name} is already being replaced (a reload or memory replacement)"
+                "slot {name} is already being replaced (a reload or a recycle)"
             )));
         }
         if slot.current.is_none() {

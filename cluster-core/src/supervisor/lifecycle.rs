@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::outbox::{OUTBOX_CAPACITY, Outbox, Outgoing, Refused};
+use super::outbox::{Outbox, Outgoing, Refused};
 use super::process::{Internal, Launched, Launcher};
+use super::recycle::Limits;
 use super::report::{Beat, Reporter};
 use super::restart::{Decision, Exit as RestartExit, decide};
 use super::slot::{Phase, Place, Proc, StopReason};
@@ -78,7 +79,7 @@ impl<L: Launcher> Supervisor<L> {
         self.ipc_received += 1;
         match msg {
             // Settled by the process's reporter; never queued.
-            ToMaster::Heartbeat { .. } | ToMaster::Accepted { .. } => {}
+            ToMaster::Heartbeat { .. } | ToMaster::Accepted { .. } | ToMaster::Served { .. } => {}
             ToMaster::Ready => {
                 let Some(p) = self.proc_mut(&id) else { return };
                 let tx = match &p.phase {
@@ -426,7 +427,8 @@ impl<L: Launcher> Supervisor<L> {
             Ok(Launched { pid, kill }) => {
                 let now = Instant::now();
                 let ready_by = now + self.options.ready_timeout();
-                let proc = Proc::new(id.clone(), pid, kill, beat, now, ready_by);
+                let mut proc = Proc::new(id.clone(), pid, kill, beat, now, ready_by);
+                proc.limits = Limits::draw(&self.options, now);
                 let Some(s) = self.groups[g].slots.get_mut(&slot) else {
                     return;
                 };
@@ -539,6 +541,7 @@ impl<L: Launcher> Supervisor<L> {
             self.next_sample = now + self.options.sample_interval();
             self.sample().await;
             self.replace_unread(now).await;
+            self.recycle_due(now).await;
         }
         let due: Vec<(usize, usize)> = self
             .groups
@@ -563,113 +566,5 @@ impl<L: Launcher> Supervisor<L> {
                 self.spawn_into(g, s, false).await;
             }
         }
-    }
-
-    /// Reads every worker's memory and CPU, and replaces (the reload way) a worker that stayed
-    /// over `max_memory` for `memory_samples` samples in a row: one slot at a time, so a leak
-    /// shared by every worker does not recycle them all at once.
-    async fn sample(&mut self) {
-        let limit = self.options.max_memory();
-        let needed = self.options.memory_samples();
-        let mut over = None;
-        let Supervisor {
-            groups, launcher, ..
-        } = self;
-        for (g, group) in groups.iter_mut().enumerate() {
-            for (&s, slot) in &mut group.slots {
-                let replacing = slot.next.is_some();
-                for p in slot.procs_mut() {
-                    let Some(usage) = p.pid.and_then(|pid| launcher.usage(pid)) else {
-                        continue;
-                    };
-                    p.usage = Some((usage.rss_bytes, usage.cpu_seconds));
-                    match limit {
-                        Some(limit) if usage.rss_bytes > limit && !p.is_stopping() => {
-                            p.over_memory += 1
-                        }
-                        _ => p.over_memory = 0,
-                    }
-                }
-                let current = slot
-                    .current
-                    .as_ref()
-                    .filter(|p| matches!(p.phase, Phase::Ready { .. }));
-                if let (Some(p), true, false) = (current, over.is_none(), replacing) {
-                    if p.over_memory >= needed {
-                        over = Some((g, s, p.id.clone(), p.usage.map_or(0, |u| u.0)));
-                    }
-                }
-            }
-        }
-        let (Some(limit), Some((g, s, id, rss))) = (limit, over) else {
-            return;
-        };
-        if self.recycling.is_some() || self.reload.is_some() {
-            return;
-        }
-        notice!(
-            warn,
-            "worker {id} uses {} MiB, over max_memory ({} MiB) for {needed} samples: replacing it",
-            rss >> 20,
-            limit >> 20
-        );
-        *self
-            .restart_reasons
-            .entry((id.group.clone(), id.slot, "memory"))
-            .or_default() += 1;
-        self.recycling = Some(id.key());
-        self.spawn_into(g, s, true).await;
-    }
-
-    /// Replaces (the reload way: the replacement is ready before the old worker is asked to
-    /// stop) a worker that does not read its channel: its outbox is full, or it has left a
-    /// handed connection unacknowledged for `heartbeat_timeout`. Its heartbeats may go on
-    /// (they come from another task), so the watchdog alone would never see it. One slot at
-    /// a time, like memory replacements.
-    async fn replace_unread(&mut self, now: Instant) {
-        if self.recycling.is_some() || self.reload.is_some() {
-            return;
-        }
-        let bound = self.options.heartbeat_timeout();
-        let in_flight = self.listeners.in_flight();
-        let mut found = None;
-        'groups: for (g, group) in self.groups.iter().enumerate() {
-            for (&s, slot) in &group.slots {
-                let Some(p) = slot.current.as_ref() else {
-                    continue;
-                };
-                if slot.next.is_some() || !matches!(p.phase, Phase::Ready { .. }) {
-                    continue;
-                }
-                let full = p.phase.outbox().is_some_and(Outbox::is_full);
-                let unacked = bound
-                    .zip(in_flight.oldest_of(&p.id))
-                    .is_some_and(|(bound, at)| at + bound <= now);
-                if full || unacked {
-                    let what = if full {
-                        format!(
-                            "does not read its channel ({OUTBOX_CAPACITY} messages wait for it): replacing it"
-                        )
-                    } else {
-                        format!(
-                            "has left a connection unacknowledged for over {} ms (heartbeat_timeout): replacing it",
-                            bound.map_or(0, |b| b.as_millis())
-                        )
-                    };
-                    found = Some((g, s, p.id.clone(), what));
-                    break 'groups;
-                }
-            }
-        }
-        let Some((g, s, id, what)) = found else {
-            return;
-        };
-        self.violations.record(Violation::UnreadChannel, &id, what);
-        *self
-            .restart_reasons
-            .entry((id.group.clone(), id.slot, "unread_channel"))
-            .or_default() += 1;
-        self.recycling = Some(id.key());
-        self.spawn_into(g, s, true).await;
     }
 }

@@ -21,6 +21,7 @@ pub(crate) mod control_server;
 mod lifecycle;
 mod outbox;
 mod process;
+mod recycle;
 mod reload;
 mod report;
 pub(crate) mod restart;
@@ -85,6 +86,10 @@ pub(crate) enum RawEvent {
     ReloadFinished,
     ReloadFailed {
         error: String,
+    },
+    Recycling {
+        id: WorkerId,
+        reason: &'static str,
     },
     Message {
         from: WorkerId,
@@ -162,8 +167,11 @@ pub(crate) struct Supervisor<L = Processes> {
     ipc_received: u64,
     /// When to read every worker's memory and CPU next.
     next_sample: Instant,
-    /// The slot being replaced for using too much memory (one at a time).
-    recycling: Option<SlotKey>,
+    /// The slots being recycled (memory, unread channel, max_requests, max_lifetime), at most
+    /// `reload_parallelism` at once.
+    recycling: BTreeMap<SlotKey, recycle::Why>,
+    /// Recycles by slot and reason, for status and metrics.
+    recycles: BTreeMap<(Arc<str>, usize, &'static str), u64>,
     /// Worker processes that could not be started.
     spawn_failures_total: u64,
     /// The last start failure, while a slot still waits for its retry.
@@ -279,7 +287,8 @@ impl<L: Launcher> Supervisor<L> {
             restart_reasons: BTreeMap::new(),
             ipc_received: 0,
             next_sample: now,
-            recycling: None,
+            recycling: BTreeMap::new(),
+            recycles: BTreeMap::new(),
             spawn_failures_total: 0,
             spawn_error: None,
             events_dropped: 0,
@@ -583,7 +592,7 @@ impl<L: Launcher> Supervisor<L> {
         // No build is started any more: the watch and its thread go now.
         self.watch = None;
         self.build_waiting = None;
-        self.recycling = None;
+        self.recycling.clear();
         let deadline = Instant::now() + self.options.grace();
         for slot in self.groups.iter_mut().flat_map(|g| g.slots.values_mut()) {
             slot.restart_at = None;

@@ -17,7 +17,9 @@ use tokio::sync::oneshot;
 
 use super::report::{Credited, Reporter};
 use super::spawner::Spawner;
-use crate::identity::{ENV_GENERATION, ENV_GROUP, ENV_HEARTBEAT_MS, ENV_IPC_FD, ENV_SLOT};
+use crate::identity::{
+    ENV_GENERATION, ENV_GROUP, ENV_HEARTBEAT_MS, ENV_IPC_FD, ENV_PROTOCOL_LEVEL, ENV_SLOT,
+};
 use crate::model::{ExitKind, WorkerId};
 use crate::observe::logs;
 use crate::observe::resources::{self, Usage};
@@ -155,6 +157,7 @@ impl Processes {
                 ENV_HEARTBEAT_MS,
                 self.heartbeat_interval.as_millis().to_string(),
             )
+            .env(ENV_PROTOCOL_LEVEL, crate::protocol::LEVEL.to_string())
             .envs(env.iter().map(|(k, v)| (k, v)))
             .envs(settings.env)
             // The terminal's input stays with the master.

@@ -89,7 +89,7 @@ impl<L: Launcher> Supervisor<L> {
             if let Some(reload) = &mut self.reload {
                 reload.active.push(key.clone());
             }
-            // A memory replacement already under way is this slot's replacement too.
+            // A recycle already under way is this slot's replacement too.
             if !replacing {
                 Box::pin(self.spawn_into(g, key.slot, true)).await;
             }
@@ -116,23 +116,23 @@ impl<L: Launcher> Supervisor<L> {
             slot.draining.push(old);
             self.stop_proc(&old_id, deadline, StopReason::Replaced);
         }
-        if self.recycling.as_ref() == Some(&key) {
-            self.recycling = None;
-        }
+        self.recycling.remove(&key);
         if let Some(reload) = &mut self.reload {
             reload.active.retain(|k| *k != key);
         }
         self.pump_reload().await;
     }
 
-    /// The replacement for slot `key` failed: a memory replacement is given up, a reload
-    /// stops; the old workers keep serving, and the operator is told why.
+    /// The replacement for slot `key` failed: a recycle is given up, a reload stops; the old
+    /// workers keep serving, and the operator is told why.
     pub(super) async fn reload_failed(&mut self, key: &SlotKey, error: String) {
-        if self.recycling.as_ref() == Some(key) {
-            self.recycling = None;
+        if let Some(why) = self.recycling.remove(key) {
             notice!(
                 error,
-                "memory replacement failed, the old worker keeps serving: {error}"
+                "recycling {}/{} ({}) failed, the old worker keeps serving: {error}",
+                key.group,
+                key.slot,
+                why.name()
             );
         }
         if !self.reload.as_ref().is_some_and(|r| r.active.contains(key)) {
@@ -147,8 +147,8 @@ impl<L: Launcher> Supervisor<L> {
         );
         let deadline = Instant::now() + self.options.grace();
         for key in reload.active {
-            if self.recycling.as_ref() == Some(&key) {
-                // The memory replacement it adopted goes on as before the reload.
+            if self.recycling.contains_key(&key) {
+                // The recycle it adopted goes on as before the reload.
                 continue;
             }
             let next = self
@@ -204,9 +204,7 @@ impl<L: Launcher> Supervisor<L> {
             for id in ids {
                 self.stop_proc(&id, deadline, StopReason::Retired);
             }
-            if self.recycling.as_ref() == Some(&key) {
-                self.recycling = None;
-            }
+            self.recycling.remove(&key);
             if let Some(reload) = &mut self.reload {
                 reload.queue.retain(|k| *k != key);
                 reload.active.retain(|k| *k != key);

@@ -67,6 +67,8 @@ pub(crate) struct Beat {
     lag_us: AtomicU64,
     /// Open connections the worker reported with it.
     connections: AtomicU64,
+    /// Requests the worker reported serving (`ToMaster::Served`), for `max_requests`.
+    requests: AtomicU64,
     /// The second (from `epoch`) whose heartbeats `in_second` counts.
     second: AtomicU64,
     in_second: AtomicU64,
@@ -79,6 +81,7 @@ impl Beat {
             last_ms: AtomicU64::new(0),
             lag_us: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             second: AtomicU64::new(0),
             in_second: AtomicU64::new(0),
         }
@@ -109,6 +112,11 @@ impl Beat {
 
     pub(crate) fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests the worker said it has served.
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// Counts a heartbeat; true for the one that first goes past
@@ -197,6 +205,10 @@ impl Reporter {
                         ),
                     );
                 }
+            }
+            // A count that only grows: a worker cannot lower it to dodge `max_requests`.
+            ToMaster::Served { requests } => {
+                self.beat.requests.fetch_max(requests, Ordering::Relaxed);
             }
             // The busiest message under a master-accept policy: settled here, off the loop.
             ToMaster::Accepted { conn } => self.in_flight.ack(conn, &self.id),

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::outbox::Outbox;
+use super::recycle::Limits;
 use super::report::Beat;
 use super::restart::SlotBackoff;
 use crate::model::{WorkerId, WorkerState};
@@ -109,6 +110,8 @@ pub(crate) struct Proc {
     pub(crate) usage: Option<(u64, f64)>,
     /// Consecutive samples above `max_memory`.
     pub(crate) over_memory: u32,
+    /// Its `max_requests` and `max_lifetime`, jitter drawn.
+    pub(crate) limits: Limits,
 }
 
 impl Proc {
@@ -132,6 +135,7 @@ impl Proc {
             held: Vec::new(),
             usage: None,
             over_memory: 0,
+            limits: Limits::default(),
         }
     }
 

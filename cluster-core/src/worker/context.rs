@@ -122,6 +122,12 @@ where
     D: DeserializeOwned + Send + 'static,
     U: Serialize + Send + 'static,
 {
+    /// Counts one request served, for the master's `max_requests` recycling: see
+    /// [`count_request`](crate::count_request). `cluster::http` counts its own requests.
+    pub fn count_request(&self) {
+        super::count_request();
+    }
+
     /// This worker's identity.
     pub fn id(&self) -> &WorkerId {
         &self.id

@@ -3,10 +3,20 @@
 //! place.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::protocol::ToMaster;
+
+/// Requests served by this process: one relaxed add per request, read once a beat.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one request served by this worker, for the master's `max_requests` recycling and its
+/// status. `cluster::http` counts the requests it serves itself; call this once per request
+/// (or message, job...) when serving another protocol. A relaxed atomic add: cheap on any path.
+pub fn count_request() {
+    REQUESTS.fetch_add(1, Ordering::Relaxed);
+}
 
 /// Beats from a task on the worker's own runtime: if the runtime is stuck (a busy loop, a
 /// deadlock), the beats stop and the master's watchdog replaces the worker. A thread of its
@@ -15,8 +25,10 @@ pub(super) async fn heartbeat(
     sender: cluster_ipc::Sender<ToMaster>,
     interval: Duration,
     live: Arc<AtomicUsize>,
+    level: u32,
 ) {
     let mut due = tokio::time::Instant::now() + interval;
+    let mut reported = 0;
     loop {
         tokio::time::sleep_until(due).await;
         let now = tokio::time::Instant::now();
@@ -33,8 +45,26 @@ pub(super) async fn heartbeat(
         {
             return;
         }
+        // Sent only when it changed, so an idle worker's beat stays one message.
+        let requests = REQUESTS.load(Ordering::Relaxed);
+        if level >= 2
+            && requests != reported
+            && sender.send(&ToMaster::Served { requests }).await.is_err()
+        {
+            return;
+        }
+        reported = requests;
         due = now + interval;
     }
+}
+
+/// The master's protocol level (`CLUSTER_PROTOCOL_LEVEL`): 1 when unset, for a master older
+/// than the levels.
+pub(super) fn master_level() -> u32 {
+    std::env::var(crate::identity::ENV_PROTOCOL_LEVEL)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The interval the master asked for, in `CLUSTER_HEARTBEAT_MS` (default 1 s).

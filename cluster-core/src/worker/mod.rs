@@ -15,5 +15,6 @@ mod tests;
 
 pub use crate::error::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE};
 pub use context::{Incoming, WorkerContext};
+pub use heartbeat::count_request;
 pub use run::Outcome;
 pub(crate) use run::{Boot, panic_message, run};

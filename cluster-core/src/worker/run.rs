@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::context::WorkerContext;
-use super::heartbeat::{heartbeat, heartbeat_interval};
+use super::heartbeat::{heartbeat, heartbeat_interval, master_level};
 use super::reader::read_master;
 use super::shared::WorkerShared;
 use crate::identity::ENV_IPC_FD;
@@ -163,6 +163,7 @@ where
         sender.clone(),
         boot.heartbeat,
         shared.live.clone(),
+        boot.level,
     ));
     tokio::spawn(listener::report_closes(closes_rx, sender.clone()));
     tokio::spawn(read_master(
@@ -221,6 +222,8 @@ where
 pub(crate) struct Boot {
     stream: std::os::unix::net::UnixStream,
     heartbeat: Duration,
+    /// The master's protocol level: which messages it can decode.
+    level: u32,
 }
 
 impl Boot {
@@ -243,12 +246,17 @@ impl Boot {
                 )
             })?;
         let heartbeat = heartbeat_interval();
+        let level = master_level();
         for (var, _) in std::env::vars_os() {
             if crate::identity::is_cluster_var(&var) {
                 crate::sys::remove_env(&var);
             }
         }
-        Ok(Boot { stream, heartbeat })
+        Ok(Boot {
+            stream,
+            heartbeat,
+            level,
+        })
     }
 
     #[cfg(feature = "testing")]

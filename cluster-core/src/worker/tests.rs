@@ -133,3 +133,52 @@ async fn a_full_app_queue_never_blocks_the_control_messages_behind_it() {
         .expect("the shutdown behind the app's messages was read");
     reader.abort();
 }
+
+/// The next `n` messages from a worker's heartbeat task, with a level-`level` master.
+async fn beats(level: u32, n: usize) -> Vec<ToMaster> {
+    let (worker, mut master) = Channel::<ToMaster, ToWorker>::pair(Config::default())
+        .await
+        .unwrap();
+    let (sender, _receiver) = worker.split();
+    let task = tokio::spawn(super::heartbeat::heartbeat(
+        sender,
+        Duration::from_millis(10),
+        Arc::new(AtomicUsize::new(0)),
+        level,
+    ));
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let msg = tokio::time::timeout(Duration::from_secs(5), master.recv())
+            .await
+            .expect("a beat within 5 s")
+            .unwrap()
+            .unwrap();
+        seen.push(msg);
+    }
+    task.abort();
+    seen
+}
+
+#[tokio::test]
+async fn request_counts_go_only_to_a_master_that_can_decode_them() {
+    super::count_request();
+    super::count_request();
+    // A level-1 master (older than `Served`) would take it for a broken frame.
+    let old = beats(1, 4).await;
+    assert!(
+        old.iter().all(|m| matches!(m, ToMaster::Heartbeat { .. })),
+        "{old:?}"
+    );
+    // A level-2 master hears the count once, after a beat, and again only when it changes.
+    let new = beats(2, 4).await;
+    let served: Vec<_> = new
+        .iter()
+        .filter_map(|m| match m {
+            ToMaster::Served { requests } => Some(*requests),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(served.len(), 1, "{new:?}");
+    assert!(served[0] >= 2, "{new:?}");
+    assert!(matches!(new[0], ToMaster::Heartbeat { .. }), "{new:?}");
+}

@@ -100,8 +100,24 @@ pub(super) fn cluster_metrics(status: &ClusterStatus) -> String {
     }
     registry.register(
         "cluster_worker_restarts",
-        "Worker restarts by slot and reason: crash, hung and failed_start after unexpected exits; memory and unread_channel for replacements over max_memory or of a worker not reading its channel",
+        "Worker restarts after unexpected exits, by slot and reason: crash, hung, failed_start",
         restarts,
+    );
+
+    let recycles = Family::<RestartLabels, Counter>::default();
+    for recycle in &status.recycles {
+        recycles
+            .get_or_create(&RestartLabels {
+                group: recycle.group.clone(),
+                slot: recycle.slot,
+                reason: recycle.reason,
+            })
+            .inc_by(recycle.count);
+    }
+    registry.register(
+        "cluster_worker_recycles",
+        "Workers replaced while alive (the replacement ready first; never counted as restarts), by slot and reason: memory, unread_channel, max_requests, max_lifetime",
+        recycles,
     );
 
     let reloads = Counter::<u64>::default();

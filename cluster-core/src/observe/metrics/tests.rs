@@ -252,6 +252,12 @@ pub(crate) fn status() -> ClusterStatus {
             reason: "crash",
             count: 5,
         }],
+        recycles: vec![RestartCount {
+            group: "web".into(),
+            slot: 1,
+            reason: "max_requests",
+            count: 4,
+        }],
         ipc_messages_sent: 10,
         ipc_messages_received: 20,
     }
@@ -310,6 +316,7 @@ fn cluster_metrics_have_every_family_and_state() {
         r#"cluster_workers{state="ready"} 1"#,
         r#"cluster_workers{state="stopping"} 0"#,
         r#"cluster_worker_restarts_total{group="web",slot="0",reason="crash"} 5"#,
+        r#"cluster_worker_recycles_total{group="web",slot="1",reason="max_requests"} 4"#,
         "cluster_reloads_total 2",
         "cluster_spawn_failures_total 3",
         "cluster_worker_violations_total{kind=\"ack_timeout\"} 7",

@@ -26,6 +26,7 @@ use crate::protocol::{ToMaster, ToWorker};
 use crate::{Error, Result};
 
 mod faults;
+mod recycle;
 mod reload;
 mod scale_signals;
 mod shutdown;
@@ -278,6 +279,7 @@ fn describe(event: &RawEvent) -> String {
         RawEvent::ReloadStarted => "reload-started".into(),
         RawEvent::ReloadFinished => "reload-finished".into(),
         RawEvent::ReloadFailed { .. } => "reload-failed".into(),
+        RawEvent::Recycling { id, reason } => format!("recycling {id} {reason}"),
         RawEvent::Message { from, .. } => format!("message {from}"),
         RawEvent::Request { from, .. } => format!("request {from}"),
     }
@@ -366,8 +368,11 @@ impl Harness {
         }
     }
 
-    /// Asserts that `event` was never seen.
-    pub(super) fn assert_never(&self, event: &str) {
+    /// Asserts that `event` was never seen, taking every event queued so far first.
+    pub(super) fn assert_never(&mut self, event: &str) {
+        while let Some(queued) = self.events.try_recv() {
+            self.seen.push(describe(&queued));
+        }
         assert!(
             !self.seen.iter().any(|s| s == event),
             "{event:?} was seen: {:#?}",
