@@ -141,7 +141,7 @@ pub enum ToMaster {
     Dropped { dropped: u64 },
     /// Requests served by the worker so far (counted by `cluster::http` and by the app's
     /// `WorkerContext::count_request`), sent with a heartbeat when it changed. Only to a
-    /// master of [`LEVEL`] 2 or above: an older master would take it for a broken frame.
+    /// master of protocol level 2 or above: an older master would take it for a broken frame.
     Served { requests: u64 },
 }
 

@@ -5,7 +5,7 @@
 
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{CONNECTION, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::Service;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -44,6 +44,8 @@ pub(super) struct Shared<S> {
     pub(super) header_read_timeout: Option<Duration>,
     /// See [`DrainOptions::write_timeout`](crate::http::DrainOptions::write_timeout).
     pub(super) write_timeout: Option<Duration>,
+    /// See [`DrainOptions::request_timeout`](crate::http::DrainOptions::request_timeout).
+    pub(super) request_timeout: Option<Duration>,
     /// See [`DrainOptions::peer_addr`](crate::http::DrainOptions::peer_addr).
     pub(super) peer_addr: bool,
     /// Origin of [`ConnState::last_io`].
@@ -53,6 +55,7 @@ pub(super) struct Shared<S> {
     pub(super) closed_after_response: AtomicU64,
     pub(super) closed_header_timeout: AtomicU64,
     pub(super) closed_write_timeout: AtomicU64,
+    pub(super) requests_timed_out: AtomicU64,
 }
 
 /// Serves one connection until it closes: normally, then draining once `shared.drain`
@@ -88,6 +91,7 @@ where
     let mut deadlines = Deadlines::new(
         shared.header_read_timeout,
         shared.write_timeout,
+        shared.request_timeout,
         Instant::now(),
     );
     let mut draining = false;
@@ -117,12 +121,27 @@ where
                 }
             }
             () = sleep_until_some(next_check), if next_check.is_some() => {
-                let Some(expired) = deadlines.check(&conn, Instant::now()) else {
+                let now = Instant::now();
+                let Some(expired) = deadlines.check(&conn, now) else {
                     continue;
                 };
                 let counter = match expired {
                     Expired::Header => &shared.closed_header_timeout,
                     Expired::Write => &shared.closed_write_timeout,
+                    Expired::Request => {
+                        shared.requests_timed_out.fetch_add(1, Ordering::Relaxed);
+                        let answered = !conn.responded.load(Ordering::Relaxed);
+                        log_timeout(&conn, deadlines.request_age(now), answered);
+                        if answered {
+                            // The next poll of the connection polls the service wrapper,
+                            // which sees the flag and answers 503 in place of the handler.
+                            conn.timed_out.store(true, Ordering::Relaxed);
+                            continue;
+                        }
+                        // The response's head is out: nothing but a close tells the client.
+                        close_now(http.into_parts().io.into_inner().io).await;
+                        return;
+                    }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 // Closed without a linger: no response is on its way that the client would
@@ -145,6 +164,30 @@ where
         } else {
             linger(io).await;
         }
+    }
+}
+
+/// Logs a request ended by its timeout, with its method, path and (lower bound of) age.
+fn log_timeout(conn: &ConnState, age: Duration, answered: bool) {
+    let request = conn.request.lock().ok().and_then(|r| r.clone());
+    let (method, path) = request.map_or_else(
+        || ("?".to_owned(), "?".to_owned()),
+        |(method, uri)| (method.to_string(), uri.path().to_owned()),
+    );
+    let what = if answered {
+        "answered 503 in place of its handler"
+    } else {
+        "its response had started: connection closed"
+    };
+    let line = format!(
+        "request {method} {path} still under way after {} ms (request_timeout): {what}",
+        age.as_millis()
+    );
+    // Like the master's notices: a worker without a tracing subscriber still shows it.
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{line}");
+    } else {
+        eprintln!("cluster::http: {line}");
     }
 }
 
@@ -187,6 +230,15 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let busy = Busy::new(Arc::clone(&self.conn));
+        let expires = self.shared.request_timeout.is_some();
+        if expires {
+            // Only with a timeout: its log line names the request.
+            self.conn.responded.store(false, Ordering::Relaxed);
+            self.conn.timed_out.store(false, Ordering::Relaxed);
+            if let Ok(mut current) = self.conn.request.lock() {
+                *current = Some((req.method().clone(), req.uri().clone()));
+            }
+        }
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         // The worker's count, for the master's `max_requests` recycling.
         cluster_core::count_request();
@@ -199,8 +251,33 @@ where
         }
         let response = self.shared.service.call(req);
         let shared = Arc::clone(&self.shared);
+        let conn = Arc::clone(&self.conn);
         Box::pin(async move {
-            let mut response = response.await.map_err(Into::into)?;
+            let response = if expires {
+                let mut response = pin!(response);
+                // The flag is set by the connection's task, which polls this future next.
+                let answered = poll_fn(|cx| {
+                    if conn.timed_out.swap(false, Ordering::Relaxed) {
+                        return Poll::Ready(None);
+                    }
+                    response.as_mut().poll(cx).map(Some)
+                })
+                .await;
+                let Some(answered) = answered else {
+                    // The handler's future is dropped here, with whatever it held.
+                    let mut unavailable = Response::new(DrainBody {
+                        body: None,
+                        _busy: busy,
+                    });
+                    *unavailable.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    return Ok(unavailable);
+                };
+                conn.responded.store(true, Ordering::Relaxed);
+                answered
+            } else {
+                response.await
+            };
+            let mut response = response.map_err(Into::into)?;
             // Decided when the response is ready, not when the request came: a request that
             // was under way when draining started still closes its connection, so the
             // client learns it from this response instead of from a close that races its
@@ -212,7 +289,7 @@ where
                 shared.closed_after_response.fetch_add(1, Ordering::Relaxed);
             }
             Ok(response.map(|body| DrainBody {
-                body: Box::pin(body),
+                body: Some(Box::pin(body)),
                 _busy: busy,
             }))
         })
@@ -241,8 +318,9 @@ impl Drop for Busy {
 /// A response body that keeps its connection marked busy until hyper drops it, which it
 /// does once the body is sent.
 struct DrainBody<B> {
-    // Boxed so that bodies which are not `Unpin` work without unsafe pin projection.
-    body: Pin<Box<B>>,
+    // Boxed so that bodies which are not `Unpin` work without unsafe pin projection. `None`:
+    // the empty body of a 503 given in place of a handler that passed its request timeout.
+    body: Option<Pin<Box<B>>>,
     _busy: Busy,
 }
 
@@ -254,14 +332,19 @@ impl<B: Body> Body for DrainBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.body.as_mut().poll_frame(cx)
+        match self.body.as_mut() {
+            Some(body) => body.as_mut().poll_frame(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.body.as_ref().is_none_or(|body| body.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |body| body.size_hint())
     }
 }

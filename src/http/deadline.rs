@@ -1,5 +1,6 @@
-//! One connection's deadlines: the header read (idle) timeout and the write timeout, both
-//! checked by one timer per connection instead of a timer per request or per write. Apart
+//! One connection's deadlines: the header read (idle) timeout, the write timeout and the
+//! request timeout, all checked by one timer per connection instead of a timer per request
+//! or per write. Apart
 //! from the connection's task because the rule (what counts as progress, how late a check
 //! may fire) is the subtle part and is checked here on its own.
 //!
@@ -26,13 +27,18 @@ pub(super) enum Expired {
     /// A response's bytes could not be written (the socket stayed full) for a whole write
     /// timeout: a client that stopped reading.
     Write,
+    /// One request was under way (its handler running, or its response body being produced)
+    /// for a whole request timeout: a stuck handler.
+    Request,
 }
 
 /// The deadlines of one connection and what its last check saw.
 pub(super) struct Deadlines {
     header_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
-    /// The timer's period: the shorter timeout, `None` when both are off.
+    request_timeout: Option<Duration>,
+    /// The timer's period: the shortest of the header and write timeouts and half the
+    /// request timeout, `None` when all are off.
     period: Option<Duration>,
     /// When the timer fires next.
     next: Option<Instant>,
@@ -40,6 +46,11 @@ pub(super) struct Deadlines {
     heads: u64,
     /// The last check at which a request was started or under way.
     header_since: Instant,
+    /// `ConnState::heads` when the request under way was first seen by a check.
+    request_heads: u64,
+    /// The last check at which no request was under way, or another one than now: the
+    /// current request started after it.
+    request_since: Instant,
     /// The last check at which the connection's writes were not stuck. Starts at the
     /// connection's start, which is safe because a new socket's first write always finds
     /// room: a write can only be stuck after earlier ones made progress, and those set
@@ -51,21 +62,37 @@ impl Deadlines {
     pub(super) fn new(
         header_timeout: Option<Duration>,
         write_timeout: Option<Duration>,
+        request_timeout: Option<Duration>,
         now: Instant,
     ) -> Self {
-        let period = match (header_timeout, write_timeout) {
-            (Some(h), Some(w)) => Some(h.min(w)),
-            (h, w) => h.or(w),
-        };
+        // Half the request timeout, so that a stuck request is answered between one and one
+        // and a half timeouts after it began.
+        let period = [
+            header_timeout,
+            write_timeout,
+            request_timeout.map(|r| r / 2),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.is_zero())
+        .min();
         Deadlines {
             header_timeout,
             write_timeout,
+            request_timeout,
             period,
             next: period.map(|p| now + p),
             heads: 0,
             header_since: now,
+            request_heads: 0,
+            request_since: now,
             write_since: now,
         }
+    }
+
+    /// How long the request under way has run at least, as of the last check.
+    pub(super) fn request_age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.request_since)
     }
 
     /// When the timer should fire next; `None` when no deadline is set.
@@ -83,6 +110,21 @@ impl Deadlines {
                 self.write_since = now;
             } else if now.duration_since(self.write_since) >= timeout {
                 return Some(Expired::Write);
+            }
+        }
+        if let Some(timeout) = self.request_timeout {
+            // The same request (no new head since) still under way: it started after
+            // `request_since`. Anything else starts the count again.
+            let heads = conn.heads.load(Ordering::Relaxed);
+            if conn.busy.load(Ordering::Relaxed) == 0 || heads != self.request_heads {
+                self.request_heads = heads;
+                self.request_since = now;
+            } else if now.duration_since(self.request_since) >= timeout {
+                // Counted once: the next check starts over (the request is answered or its
+                // connection closed by then).
+                self.request_since = now;
+                self.next = self.period.map(|p| now + p);
+                return Some(Expired::Request);
             }
         }
         if let Some(timeout) = self.header_timeout {

@@ -43,6 +43,15 @@ pub(super) struct ConnState {
     pub(super) wrote: AtomicBool,
     /// The latest write found the socket full: a response is waiting for the client to read.
     pub(super) write_blocked: AtomicBool,
+    /// The request under way has its response head: a request timeout can no longer answer
+    /// 503 and closes the connection instead.
+    pub(super) responded: AtomicBool,
+    /// Set by the connection's task when the request under way passed its timeout: the
+    /// service wrapper answers 503 at its next poll instead of waiting for the handler.
+    pub(super) timed_out: AtomicBool,
+    /// The method and path of the request under way, kept only with a request timeout (for
+    /// its log line).
+    pub(super) request: std::sync::Mutex<Option<(hyper::Method, hyper::Uri)>>,
 }
 
 impl ConnState {
@@ -56,6 +65,9 @@ impl ConnState {
             heads: AtomicU64::new(0),
             wrote: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
+            responded: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            request: std::sync::Mutex::new(None),
         }
     }
 

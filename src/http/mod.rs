@@ -22,7 +22,9 @@
 //! Every connection has deadlines, while serving and while draining alike: one that
 //! completes no request head for [`DrainOptions::header_read_timeout`] (a slowloris client,
 //! or a keep-alive connection idle between requests), or whose response cannot be written
-//! for [`DrainOptions::write_timeout`] (its client stopped reading), is closed.
+//! for [`DrainOptions::write_timeout`] (its client stopped reading), is closed. With
+//! [`DrainOptions::request_timeout`], a request still under way that long gets 503 in place
+//! of its handler (or its connection is closed, if the response had started).
 //! [`DrainOptions::max_connections`] optionally caps the connections served at once: at the
 //! cap the server stops accepting, and new connections wait in the listener's queue.
 //!

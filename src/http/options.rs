@@ -59,6 +59,7 @@ pub struct DrainOptions {
     pub(super) readiness: Readiness,
     pub(super) header_read_timeout: Option<Duration>,
     pub(super) write_timeout: Option<Duration>,
+    pub(super) request_timeout: Option<Duration>,
     pub(super) max_connections: Option<usize>,
     pub(super) peer_addr: bool,
 }
@@ -72,6 +73,7 @@ impl Default for DrainOptions {
             readiness: Readiness::new(),
             header_read_timeout: Some(HEADER_READ_TIMEOUT),
             write_timeout: Some(WRITE_TIMEOUT),
+            request_timeout: None,
             max_connections: None,
             peer_addr: true,
         }
@@ -182,6 +184,31 @@ impl DrainOptions {
         self
     }
 
+    /// A request still under way this long after it began is ended, as uWSGI's `harakiri`
+    /// does for a stuck handler but without killing the worker: if its handler has not
+    /// produced a response yet, the handler's future is dropped and the client gets
+    /// `503 Service Unavailable` (empty body; the connection stays open); if the response
+    /// has started (a body still being produced), the connection is closed. Each is logged
+    /// with the method, path and age, and counted in [`ServeStats::requests_timed_out`].
+    /// Default `None`: no limit.
+    ///
+    /// Checked by the connection's one timer, at half this period, so a stuck request ends
+    /// between one and one and a half timeouts after it began, with no timer or clock read
+    /// per request. A handler that blocks its thread (a busy loop, a blocking call on a
+    /// current-thread runtime) cannot be interrupted by anything in its process: that is the
+    /// master's heartbeat watchdog's job.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let options = cluster::http::DrainOptions::new().request_timeout(Duration::from_secs(30));
+    /// # let _ = options;
+    /// ```
+    pub fn request_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.request_timeout = timeout.into().filter(|t| !t.is_zero());
+        self
+    }
+
     /// The most connections served at once. When this many are open, the server stops
     /// accepting until one closes: new connections wait in the listener's queue (with the
     /// cluster's `Shared` balance, another worker takes them) instead of being accepted and
@@ -258,4 +285,6 @@ pub struct ServeStats {
     pub closed_header_timeout: u64,
     /// Connections closed by `write_timeout`: their client stopped reading a response.
     pub closed_write_timeout: u64,
+    /// Requests ended by `request_timeout` (answered 503, or their connection closed).
+    pub requests_timed_out: u64,
 }

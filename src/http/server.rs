@@ -198,6 +198,7 @@ where
         readiness,
         header_read_timeout,
         write_timeout,
+        request_timeout,
         max_connections,
         peer_addr,
     } = options;
@@ -213,6 +214,7 @@ where
         quiet: quiet_period,
         header_read_timeout,
         write_timeout,
+        request_timeout,
         peer_addr,
         epoch: Instant::now(),
         requests: AtomicU64::new(0),
@@ -220,6 +222,7 @@ where
         closed_after_response: AtomicU64::new(0),
         closed_header_timeout: AtomicU64::new(0),
         closed_write_timeout: AtomicU64::new(0),
+        requests_timed_out: AtomicU64::new(0),
     });
     let max_connections = max_connections.unwrap_or(usize::MAX);
     let mut stats = ServeStats::default();
@@ -314,6 +317,7 @@ where
     stats.closed_after_response = shared.closed_after_response.load(Ordering::Relaxed);
     stats.closed_header_timeout = shared.closed_header_timeout.load(Ordering::Relaxed);
     stats.closed_write_timeout = shared.closed_write_timeout.load(Ordering::Relaxed);
+    stats.requests_timed_out = shared.requests_timed_out.load(Ordering::Relaxed);
     match failure {
         Some(e) => Err(e),
         None => Ok(stats),

@@ -59,7 +59,7 @@ fn progressed(conn: &ConnState) {
 fn a_stuck_write_expires_only_after_a_whole_timeout_without_progress() {
     let t0 = Instant::now();
     let conn = ConnState::new(t0);
-    let mut deadlines = Deadlines::new(None, Some(2 * SEC), t0);
+    let mut deadlines = Deadlines::new(None, Some(2 * SEC), None, t0);
     assert_eq!(deadlines.next(), Some(t0 + 2 * SEC));
     progressed(&conn);
     blocked(&conn);
@@ -73,7 +73,7 @@ fn a_stuck_write_expires_only_after_a_whole_timeout_without_progress() {
 fn progress_or_no_waiting_write_restarts_the_write_deadline() {
     let t0 = Instant::now();
     let conn = ConnState::new(t0);
-    let mut deadlines = Deadlines::new(None, Some(SEC), t0);
+    let mut deadlines = Deadlines::new(None, Some(SEC), None, t0);
     // Slow but moving: every period some bytes went out.
     for tick in 1..=5 {
         progressed(&conn);
@@ -91,7 +91,7 @@ fn progress_or_no_waiting_write_restarts_the_write_deadline() {
 fn one_timer_serves_both_deadlines_at_the_shorter_period() {
     let t0 = Instant::now();
     let conn = ConnState::new(t0);
-    let mut deadlines = Deadlines::new(Some(3 * SEC), Some(SEC), t0);
+    let mut deadlines = Deadlines::new(Some(3 * SEC), Some(SEC), None, t0);
     assert_eq!(deadlines.next(), Some(t0 + SEC));
     // No head and no write: the header deadline is the one that passes, at 3 s, not 1 s.
     assert_eq!(deadlines.check(&conn, t0 + SEC), None);
@@ -100,7 +100,7 @@ fn one_timer_serves_both_deadlines_at_the_shorter_period() {
 
     // A request under way keeps the header deadline away.
     let conn = ConnState::new(t0);
-    let mut deadlines = Deadlines::new(Some(SEC), None, t0);
+    let mut deadlines = Deadlines::new(Some(SEC), None, None, t0);
     conn.busy.store(1, Ordering::Relaxed);
     assert_eq!(deadlines.check(&conn, t0 + SEC), None);
     assert_eq!(deadlines.check(&conn, t0 + 2 * SEC), None);
@@ -110,7 +110,7 @@ fn one_timer_serves_both_deadlines_at_the_shorter_period() {
     assert_eq!(deadlines.check(&conn, t0 + 4 * SEC), Some(Expired::Header));
 
     // Both off: no timer at all.
-    assert_eq!(Deadlines::new(None, None, t0).next(), None);
+    assert_eq!(Deadlines::new(None, None, None, t0).next(), None);
 }
 
 #[test]
@@ -196,4 +196,141 @@ async fn serve_tower_serves_an_axum_router() -> std::io::Result<()> {
     assert_eq!(stats.requests, 2);
     assert_eq!(stats.connections, 1);
     Ok(())
+}
+
+#[test]
+fn a_request_expires_after_a_whole_timeout_under_way() {
+    let t0 = Instant::now();
+    let conn = ConnState::new(t0);
+    let mut deadlines = Deadlines::new(None, None, Some(2 * SEC), t0);
+    // Half the timeout: a stuck request ends within one and a half timeouts.
+    assert_eq!(deadlines.next(), Some(t0 + SEC));
+    // A request starts before the first check: seen under way from then on.
+    conn.busy.store(1, Ordering::Relaxed);
+    conn.heads.store(1, Ordering::Relaxed);
+    assert_eq!(deadlines.check(&conn, t0 + SEC), None);
+    assert_eq!(deadlines.check(&conn, t0 + 2 * SEC), None);
+    assert_eq!(deadlines.check(&conn, t0 + 3 * SEC), Some(Expired::Request));
+    // Counted once, not at every later check.
+    assert_eq!(deadlines.check(&conn, t0 + 4 * SEC), None);
+
+    // A new request on the connection starts the count again.
+    conn.heads.store(2, Ordering::Relaxed);
+    assert_eq!(deadlines.check(&conn, t0 + 5 * SEC), None);
+    conn.heads.store(3, Ordering::Relaxed);
+    assert_eq!(deadlines.check(&conn, t0 + 6 * SEC), None);
+    assert_eq!(deadlines.check(&conn, t0 + 7 * SEC), None);
+    // Idle (no request under way) never expires a request.
+    conn.busy.store(0, Ordering::Relaxed);
+    for s in 8..20 {
+        assert_eq!(deadlines.check(&conn, t0 + s * SEC), None);
+    }
+}
+
+/// Reads from `client` until `done` says the bytes so far are complete, or EOF.
+async fn read_until(
+    client: &mut tokio::net::TcpStream,
+    done: impl Fn(&str) -> bool,
+) -> std::io::Result<(String, bool)> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if done(&text) {
+            return Ok((text, false));
+        }
+        let n = tokio::time::timeout(10 * SEC, client.read(&mut buf)).await??;
+        if n == 0 {
+            return Ok((String::from_utf8_lossy(&seen).into_owned(), true));
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A stuck handler gets 503 at its request timeout and its connection goes on serving; a
+/// response whose body stalls has its connection closed. Both are counted.
+#[tokio::test]
+async fn a_stuck_request_is_answered_503_at_its_timeout() -> std::io::Result<()> {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/stuck", get(std::future::pending::<&'static str>))
+        .route(
+            "/stream",
+            get(|| async {
+                let first = one_chunk_then_stall(Bytes::from_static(b"first chunk"));
+                Body::from_stream(first)
+            }),
+        );
+    let shutdown = super::CancellationToken::new();
+    let timeout = Duration::from_millis(400);
+    let server = tokio::spawn(super::serve_tower(
+        listener,
+        app,
+        shutdown.clone(),
+        DrainOptions::new().request_timeout(timeout),
+    ));
+
+    let mut client = tokio::net::TcpStream::connect(addr).await?;
+    let asked = Instant::now();
+    client
+        .write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let (answer, eof) = read_until(&mut client, |t| t.contains("\r\n\r\n")).await?;
+    let took = asked.elapsed();
+    assert!(!eof, "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(
+        took >= timeout && took < 3 * timeout,
+        "answered after {took:?}"
+    );
+    // The connection serves on.
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let (answer, eof) = read_until(&mut client, |t| t.ends_with("ok")).await?;
+    assert!(
+        !eof && answer.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{answer}"
+    );
+
+    // Its head and first chunk out, the body stalls: the connection is closed.
+    let mut client = tokio::net::TcpStream::connect(addr).await?;
+    client
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await?;
+    let (answer, eof) = read_until(&mut client, |_| false).await?;
+    assert!(eof, "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.contains("first chunk"),
+        "{answer}"
+    );
+
+    shutdown.cancel();
+    let stats = tokio::time::timeout(10 * SEC, server)
+        .await?
+        .map_err(std::io::Error::other)??;
+    assert_eq!(stats.requests_timed_out, 2, "{stats:?}");
+    Ok(())
+}
+
+/// A stream of one chunk that then never ends.
+fn one_chunk_then_stall(
+    chunk: Bytes,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    let mut first = Some(chunk);
+    futures_util::stream::poll_fn(move |_| match first.take() {
+        Some(chunk) => std::task::Poll::Ready(Some(Ok(chunk))),
+        None => std::task::Poll::Pending,
+    })
 }
