@@ -111,7 +111,7 @@ pub mod master {
 pub mod worker {
     pub use cluster_core::{
         EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, IntoOutcome, Outcome, Role, Worker,
-        WorkerContext, WorkerId, count_request, role,
+        WorkerContext, WorkerId, count_request, in_flight, role,
     };
 }
 
@@ -125,8 +125,8 @@ pub mod net {
 /// server's options, and the metrics a worker exports.
 pub mod observe {
     pub use cluster_core::{
-        ClusterStatus, MasterStatus, RestartCount, StatusOptions, WorkerMetrics, WorkerStatus,
-        prometheus_client,
+        ClusterStatus, MasterStatus, RestartCount, SlowRequest, StatusOptions, WorkerMetrics,
+        WorkerStatus, prometheus_client,
     };
 }
 

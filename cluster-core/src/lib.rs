@@ -46,10 +46,11 @@ pub use options::{
     Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal,
     parse_signal,
 };
+pub use protocol::SlowRequest;
 pub use request::Request;
 pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
 pub use worker::{
-    EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext, count_request,
+    EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext, count_request, in_flight,
 };
 
 /// The metrics library behind [`WorkerMetrics`], re-exported so that apps can build metrics

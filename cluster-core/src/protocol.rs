@@ -143,13 +143,27 @@ pub enum ToMaster {
     /// `WorkerContext::count_request`), sent with a heartbeat when it changed. Only to a
     /// master of protocol level 2 or above: an older master would take it for a broken frame.
     Served { requests: u64 },
+    /// The worker's requests under way for over a second, oldest first (at most 5), sent
+    /// with a heartbeat while there are any, and once empty when they are done. Level 2.
+    InFlight { requests: Vec<SlowRequest> },
+}
+
+/// A request under way in a worker, as its server described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowRequest {
+    /// Its method (or, for another protocol than HTTP, its kind).
+    pub method: String,
+    /// Its path (or name).
+    pub path: String,
+    /// How long it has been under way, at least, in milliseconds.
+    pub age_ms: u64,
 }
 
 /// What this build's master understands beyond the first protocol: the master passes its level
 /// to workers (`CLUSTER_PROTOCOL_LEVEL`), and a worker sends a message added at level N only to
 /// a master of level N or above. During a deploy the master is the older binary, so a new worker
 /// must not send it what it cannot decode. Level 1: everything up to `ToMaster::Dropped`;
-/// level 2: `ToMaster::Served`.
+/// level 2: `ToMaster::Served` and `ToMaster::InFlight`.
 pub(crate) const LEVEL: u32 = 2;
 
 #[cfg(test)]
@@ -270,6 +284,16 @@ mod tests {
         );
         assert_eq!(bytes(&ToMaster::Dropped { dropped: 2 }), [10, 2]);
         assert_eq!(bytes(&ToMaster::Served { requests: 5 }), [11, 5]);
+        assert_eq!(
+            bytes(&ToMaster::InFlight {
+                requests: vec![SlowRequest {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    age_ms: 7
+                }]
+            }),
+            [12, 1, 3, b'G', b'E', b'T', 1, b'/', 7]
+        );
     }
 
     #[test]

@@ -72,6 +72,10 @@ where
     B::Error: Into<BoxError>,
 {
     let conn = Arc::new(ConnState::new(shared.epoch));
+    // Once per connection: its requests under way show in the worker's slow-request reports.
+    let source: Arc<dyn cluster_core::in_flight::InFlightSource> = conn.clone();
+    let _in_flight = cluster_core::in_flight::register(Arc::downgrade(&source));
+    drop(source);
     let service = DrainService {
         shared: Arc::clone(&shared),
         conn: Arc::clone(&conn),
@@ -232,12 +236,11 @@ where
         let busy = Busy::new(Arc::clone(&self.conn));
         let expires = self.shared.request_timeout.is_some();
         if expires {
-            // Only with a timeout: its log line names the request.
             self.conn.responded.store(false, Ordering::Relaxed);
             self.conn.timed_out.store(false, Ordering::Relaxed);
-            if let Ok(mut current) = self.conn.request.lock() {
-                *current = Some((req.method().clone(), req.uri().clone()));
-            }
+        }
+        if let Ok(mut current) = self.conn.request.lock() {
+            *current = Some((req.method().clone(), req.uri().clone()));
         }
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         // The worker's count, for the master's `max_requests` recycling.

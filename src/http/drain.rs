@@ -49,8 +49,9 @@ pub(super) struct ConnState {
     /// Set by the connection's task when the request under way passed its timeout: the
     /// service wrapper answers 503 at its next poll instead of waiting for the handler.
     pub(super) timed_out: AtomicBool,
-    /// The method and path of the request under way, kept only with a request timeout (for
-    /// its log line).
+    /// The method and path of the latest request: for the request timeout's log line and the
+    /// worker's report of slow requests (`InFlightSource`). Cheap clones (the path shares the
+    /// request's bytes); the lock is this connection's alone.
     pub(super) request: std::sync::Mutex<Option<(hyper::Method, hyper::Uri)>>,
 }
 
@@ -115,6 +116,22 @@ impl ConnState {
     /// Idle: no request under way and silent for the whole quiet period.
     pub(super) fn is_quiet(&self, quiet: Duration) -> bool {
         self.busy.load(Ordering::Relaxed) == 0 && self.quiet_until(quiet) <= Instant::now()
+    }
+}
+
+/// What the connection has under way, for the worker's report of slow requests: the request
+/// being handled, or whose response is being sent (`busy`), numbered by `heads`.
+impl cluster_core::in_flight::InFlightSource for ConnState {
+    fn current(&self) -> Option<(u64, String, String)> {
+        if self.busy.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let (method, uri) = self.request.lock().ok()?.clone()?;
+        Some((
+            self.heads.load(Ordering::Relaxed),
+            method.to_string(),
+            uri.path().to_owned(),
+        ))
     }
 }
 

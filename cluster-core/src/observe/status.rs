@@ -70,6 +70,9 @@ pub struct WorkerStatus {
     pub connections: usize,
     /// How late the worker's runtime ran its last heartbeat, in milliseconds.
     pub event_loop_lag_ms: Option<f64>,
+    /// Its requests under way for over a second at its last report, oldest first
+    /// (`cluster::http` reports them; other servers through `worker::in_flight`).
+    pub slow_requests: Vec<crate::protocol::SlowRequest>,
 }
 
 /// Restarts of one slot for one reason.

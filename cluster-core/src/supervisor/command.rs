@@ -219,6 +219,7 @@ impl<L: Launcher> Supervisor<L> {
                     connections: (p.beat.connections() as usize)
                         .max(self.listeners.open_connections(&p.id)),
                     event_loop_lag_ms: p.beat.lag().map(|lag| lag.as_secs_f64() * 1e3),
+                    slow_requests: p.beat.slow_requests(),
                 });
             }
         }

@@ -79,7 +79,10 @@ impl<L: Launcher> Supervisor<L> {
         self.ipc_received += 1;
         match msg {
             // Settled by the process's reporter; never queued.
-            ToMaster::Heartbeat { .. } | ToMaster::Accepted { .. } | ToMaster::Served { .. } => {}
+            ToMaster::Heartbeat { .. }
+            | ToMaster::Accepted { .. }
+            | ToMaster::Served { .. }
+            | ToMaster::InFlight { .. } => {}
             ToMaster::Ready => {
                 let Some(p) = self.proc_mut(&id) else { return };
                 let tx = match &p.phase {
@@ -506,9 +509,24 @@ impl<L: Launcher> Supervisor<L> {
         }
         for id in hung {
             if let Some(timeout) = heartbeat {
+                // What it was doing, as far as the master knows: its last report of slow
+                // requests (a request that froze the runtime at once is in the worker's own
+                // last stderr line instead, written by its stall watch).
+                let slow = self
+                    .proc_mut(&id)
+                    .map(|p| p.beat.slow_requests())
+                    .unwrap_or_default();
+                let doing = if slow.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; requests under way at its last heartbeat: {}",
+                        crate::worker::in_flight::describe(&slow)
+                    )
+                };
                 notice!(
                     warn,
-                    "worker {id} is hung (no heartbeat from its runtime for {} ms): killing it",
+                    "worker {id} is hung (no heartbeat from its runtime for {} ms): killing it{doing}",
                     timeout.as_millis()
                 );
             }

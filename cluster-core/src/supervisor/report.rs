@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::process::Internal;
 use crate::model::{ExitKind, WorkerId};
 use crate::net::dispatch::InFlightTable;
-use crate::protocol::{ToMaster, ToWorker};
+use crate::protocol::{SlowRequest, ToMaster, ToWorker};
 use crate::violations::Violation;
 
 /// Messages of one worker that may wait in the supervisor's queue at once.
@@ -69,6 +69,8 @@ pub(crate) struct Beat {
     connections: AtomicU64,
     /// Requests the worker reported serving (`ToMaster::Served`), for `max_requests`.
     requests: AtomicU64,
+    /// Its last report of requests under way for over a second (`ToMaster::InFlight`).
+    slow: std::sync::Mutex<Vec<SlowRequest>>,
     /// The second (from `epoch`) whose heartbeats `in_second` counts.
     second: AtomicU64,
     in_second: AtomicU64,
@@ -82,6 +84,7 @@ impl Beat {
             lag_us: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            slow: std::sync::Mutex::new(Vec::new()),
             second: AtomicU64::new(0),
             in_second: AtomicU64::new(0),
         }
@@ -114,6 +117,11 @@ impl Beat {
         self.connections.load(Ordering::Relaxed)
     }
 
+    /// The worker's last report of its slow requests.
+    pub(crate) fn slow_requests(&self) -> Vec<SlowRequest> {
+        self.slow.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     /// Requests the worker said it has served.
     pub(crate) fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
@@ -130,6 +138,22 @@ impl Beat {
             self.in_second.store(0, Ordering::Relaxed);
         }
         self.in_second.fetch_add(1, Ordering::Relaxed) + 1 == MAX_HEARTBEATS_PER_SECOND + 1
+    }
+}
+
+/// The most slow requests kept per worker, and the longest method or path kept of each: a
+/// worker's report costs the master a bounded amount however it was made.
+const MAX_SLOW_REPORTED: usize = 16;
+const MAX_SLOW_TEXT: usize = 256;
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+fn truncate_text(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
 }
 
@@ -209,6 +233,18 @@ impl Reporter {
             // A count that only grows: a worker cannot lower it to dodge `max_requests`.
             ToMaster::Served { requests } => {
                 self.beat.requests.fetch_max(requests, Ordering::Relaxed);
+            }
+            // Kept beside the heartbeat: the watchdog's report needs the last one the worker
+            // sent before it hung. Bounded here, whatever the worker sends.
+            ToMaster::InFlight { mut requests } => {
+                requests.truncate(MAX_SLOW_REPORTED);
+                for r in &mut requests {
+                    truncate_text(&mut r.method, MAX_SLOW_TEXT);
+                    truncate_text(&mut r.path, MAX_SLOW_TEXT);
+                }
+                if let Ok(mut slow) = self.beat.slow.lock() {
+                    *slow = requests;
+                }
             }
             // The busiest message under a master-accept policy: settled here, off the loop.
             ToMaster::Accepted { conn } => self.in_flight.ack(conn, &self.id),

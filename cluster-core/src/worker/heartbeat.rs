@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::in_flight;
 use crate::protocol::ToMaster;
 
 /// Requests served by this process: one relaxed add per request, read once a beat.
@@ -26,12 +27,15 @@ pub(super) async fn heartbeat(
     interval: Duration,
     live: Arc<AtomicUsize>,
     level: u32,
+    stall_mark: Arc<AtomicU64>,
 ) {
     let mut due = tokio::time::Instant::now() + interval;
     let mut reported = 0;
+    let mut slow_before = false;
     loop {
         tokio::time::sleep_until(due).await;
         let now = tokio::time::Instant::now();
+        in_flight::mark(&stall_mark);
         let lag_us =
             u64::try_from(now.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
         let connections = live.load(Ordering::Relaxed) as u64;
@@ -54,6 +58,24 @@ pub(super) async fn heartbeat(
             return;
         }
         reported = requests;
+        // The slow requests while there are any, then one empty list when they are done.
+        if level >= 2 {
+            let slow = in_flight::slowest(
+                std::time::Instant::now(),
+                in_flight::SLOW,
+                in_flight::REPORTED,
+            );
+            let any = !slow.is_empty();
+            if (any || slow_before)
+                && sender
+                    .send(&ToMaster::InFlight { requests: slow })
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            slow_before = any;
+        }
         due = now + interval;
     }
 }

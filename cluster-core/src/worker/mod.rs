@@ -7,6 +7,7 @@
 
 mod context;
 mod heartbeat;
+pub mod in_flight;
 mod reader;
 mod run;
 mod shared;

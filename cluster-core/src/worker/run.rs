@@ -159,11 +159,14 @@ where
         metrics: std::sync::Mutex::new(None),
     });
     handle_signals(shutdown.clone());
+    let stall_mark = Arc::new(AtomicU64::new(0));
+    super::in_flight::watch_stalls(stall_mark.clone(), boot.heartbeat);
     tokio::spawn(heartbeat(
         sender.clone(),
         boot.heartbeat,
         shared.live.clone(),
         boot.level,
+        stall_mark,
     ));
     tokio::spawn(listener::report_closes(closes_rx, sender.clone()));
     tokio::spawn(read_master(

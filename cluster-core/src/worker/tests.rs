@@ -145,6 +145,7 @@ async fn beats(level: u32, n: usize) -> Vec<ToMaster> {
         Duration::from_millis(10),
         Arc::new(AtomicUsize::new(0)),
         level,
+        Arc::new(AtomicU64::new(0)),
     ));
     let mut seen = Vec::new();
     for _ in 0..n {

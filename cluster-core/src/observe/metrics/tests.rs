@@ -226,6 +226,7 @@ pub(crate) fn worker(state: WorkerState, slot: usize) -> WorkerStatus {
         cpu_seconds: Some(1.25),
         connections: 3,
         event_loop_lag_ms: Some(2.5),
+        slow_requests: Vec::new(),
     }
 }
 

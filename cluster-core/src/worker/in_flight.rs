@@ -1,0 +1,236 @@
+//! The requests a worker has under way, for the operator: the slow ones go to the master with
+//! the heartbeats (shown in `/status` and in the watchdog's kill report), and when the worker's
+//! runtime stops turning, a thread of its own writes them to stderr, which the master
+//! forwards, since nothing on the runtime can send anything any more.
+//!
+//! A server registers each connection once ([`register`]); per request it only records what
+//! the request is on its own connection state. Ages are measured here, by the scans: a request
+//! is as old as the first scan that saw it under way (at most one scan late), so serving pays
+//! no clock read per request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use crate::protocol::SlowRequest;
+
+/// How many of the oldest requests a report carries.
+pub(crate) const REPORTED: usize = 5;
+
+/// A request under way is reported once it has run this long.
+pub(crate) const SLOW: Duration = Duration::from_secs(1);
+
+/// What one connection (or any unit of work a server tracks) has under way.
+pub trait InFlightSource: Send + Sync {
+    /// The request under way, if any: a number that changes with each new request on this
+    /// source (a count of requests begun), its method (or kind) and its path (or name).
+    fn current(&self) -> Option<(u64, String, String)>;
+}
+
+/// Keeps a source registered; dropping it removes the source.
+#[derive(Debug)]
+#[must_use = "the source is unregistered when this is dropped"]
+pub struct InFlightRegistration {
+    key: u64,
+}
+
+impl Drop for InFlightRegistration {
+    fn drop(&mut self) {
+        if let Ok(mut registry) = REGISTRY.lock() {
+            registry.sources.remove(&self.key);
+            registry.seen.remove(&self.key);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    sources: HashMap<u64, Weak<dyn InFlightSource>>,
+    /// Per source: the request number seen under way and when it was first seen.
+    seen: HashMap<u64, (u64, Instant)>,
+}
+
+static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new(Mutex::default);
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// Registers `source` for the reports of this worker's slow requests, until the returned
+/// registration is dropped (`cluster::http` does this for each connection). A lock per
+/// call: register once per connection, not per request.
+pub fn register(source: Weak<dyn InFlightSource>) -> InFlightRegistration {
+    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut registry) = REGISTRY.lock() {
+        registry.sources.insert(key, source);
+    }
+    InFlightRegistration { key }
+}
+
+/// The requests under way for at least `min_age`, oldest first, at most `n`; also ages every
+/// request seen (call it at a steady pace: ages count from the first call that saw each).
+pub(crate) fn slowest(now: Instant, min_age: Duration, n: usize) -> Vec<SlowRequest> {
+    let Ok(mut registry) = REGISTRY.lock() else {
+        return Vec::new();
+    };
+    let Registry { sources, seen } = &mut *registry;
+    let mut found = Vec::new();
+    sources.retain(|key, source| {
+        let Some(source) = source.upgrade() else {
+            seen.remove(key);
+            return false;
+        };
+        match source.current() {
+            Some((number, method, path)) => {
+                let since = match seen.get(key) {
+                    Some(&(seen_number, since)) if seen_number == number => since,
+                    _ => {
+                        seen.insert(*key, (number, now));
+                        now
+                    }
+                };
+                let age = now.saturating_duration_since(since);
+                if age >= min_age {
+                    found.push(SlowRequest {
+                        method,
+                        path,
+                        age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                    });
+                }
+            }
+            None => {
+                seen.remove(key);
+            }
+        }
+        true
+    });
+    found.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
+    found.truncate(n);
+    found
+}
+
+/// The requests as one line: `GET /a (1200 ms), POST /b (1000 ms)`.
+pub(crate) fn describe(requests: &[SlowRequest]) -> String {
+    requests
+        .iter()
+        .map(|r| format!("{} {} ({} ms)", r.method, r.path, r.age_ms))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Watches the runtime from a thread of its own: when the heartbeat task has not run for
+/// three intervals, the runtime is stuck (a handler blocking its thread, a deadlock), and the
+/// master's watchdog is about to kill this worker. Nothing on the runtime can report then, so
+/// this thread writes the requests under way to stderr, once per stall, where the master's
+/// log forwarding (and the slot's log) keeps them.
+pub(crate) fn watch_stalls(beat: Arc<AtomicU64>, interval: Duration) {
+    mark(&beat);
+    let spawned = std::thread::Builder::new()
+        .name("cluster-stall-watch".into())
+        .spawn(move || {
+            let mut reported = false;
+            loop {
+                std::thread::sleep(interval);
+                let now = Instant::now();
+                let last = *EPOCH + Duration::from_millis(beat.load(Ordering::Relaxed));
+                let stalled = now.saturating_duration_since(last) >= 3 * interval;
+                // Scanned whether stalled or not, so that ages keep counting from when each
+                // request was first seen, not from the stall.
+                let slow = slowest(now, Duration::ZERO, REPORTED);
+                if stalled && !reported {
+                    reported = true;
+                    let what = if slow.is_empty() {
+                        "no request under way".to_owned()
+                    } else {
+                        format!("requests under way: {}", describe(&slow))
+                    };
+                    eprintln!(
+                        "cluster: this worker's runtime has not run for {} ms (a handler blocking its thread?); {what}",
+                        now.saturating_duration_since(last).as_millis()
+                    );
+                } else if !stalled {
+                    reported = false;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("cluster: cannot start the stall watch thread: {e}");
+    }
+}
+
+/// The origin of the heartbeat marks.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// Records that the runtime is turning now (the heartbeat task's mark, read by the stall
+/// watch): milliseconds from [`EPOCH`].
+pub(crate) fn mark(beat: &AtomicU64) {
+    let ms = u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX);
+    beat.store(ms, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake(Mutex<Option<(u64, String, String)>>);
+
+    impl InFlightSource for Fake {
+        fn current(&self) -> Option<(u64, String, String)> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn fake(number: u64, path: &str) -> Arc<Fake> {
+        Arc::new(Fake(Mutex::new(Some((number, "GET".into(), path.into())))))
+    }
+
+    #[test]
+    fn ages_count_from_the_first_scan_and_restart_with_each_request() {
+        let a = fake(1, "/a-slow-one");
+        let b = fake(1, "/b");
+        let a_dyn: Arc<dyn InFlightSource> = a.clone();
+        let b_dyn: Arc<dyn InFlightSource> = b.clone();
+        let _ra = register(Arc::downgrade(&a_dyn));
+        let rb = register(Arc::downgrade(&b_dyn));
+        let t0 = Instant::now();
+        let mine = |found: Vec<SlowRequest>| -> Vec<(String, u64)> {
+            found
+                .into_iter()
+                .filter(|r| r.path == "/a-slow-one" || r.path == "/b")
+                .map(|r| (r.path, r.age_ms))
+                .collect()
+        };
+        assert_eq!(mine(slowest(t0, SLOW, 5)), []);
+        // `b` starts its next request; `a` goes on.
+        *b.0.lock().unwrap() = Some((2, "GET".into(), "/b".into()));
+        let found = mine(slowest(t0 + Duration::from_secs(2), SLOW, 5));
+        assert_eq!(found, [("/a-slow-one".to_owned(), 2000)]);
+        let found = mine(slowest(t0 + Duration::from_secs(3), Duration::ZERO, 5));
+        assert_eq!(
+            found,
+            [("/a-slow-one".to_owned(), 3000), ("/b".to_owned(), 1000)]
+        );
+        // Unregistered (its connection closed): gone from the reports.
+        drop(rb);
+        let found = mine(slowest(t0 + Duration::from_secs(4), Duration::ZERO, 5));
+        assert_eq!(found, [("/a-slow-one".to_owned(), 4000)]);
+        // Nothing under way: nothing reported, and the next request counts from zero.
+        *a.0.lock().unwrap() = None;
+        assert_eq!(
+            mine(slowest(t0 + Duration::from_secs(5), Duration::ZERO, 5)),
+            []
+        );
+        *a.0.lock().unwrap() = Some((1, "GET".into(), "/a-slow-one".into()));
+        assert_eq!(
+            mine(slowest(t0 + Duration::from_secs(6), Duration::ZERO, 5)),
+            [("/a-slow-one".to_owned(), 0)]
+        );
+    }
+
+    #[test]
+    fn a_dropped_source_is_forgotten() {
+        let a: Arc<dyn InFlightSource> = fake(1, "/dropped");
+        let _r = register(Arc::downgrade(&a));
+        drop(a);
+        let found = slowest(Instant::now(), Duration::ZERO, 100);
+        assert!(found.iter().all(|r| r.path != "/dropped"), "{found:?}");
+    }
+}
