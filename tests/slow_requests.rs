@@ -40,6 +40,20 @@ fn slow_requests(status: &serde_json::Value) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// One worker on the current-thread runtime serving HTTP on `http`, beating every 200 ms,
+/// killed after `timeout_ms` without a beat.
+fn start_hanging(http: u16, timeout_ms: u64) -> Fixture {
+    let mut fx = Fixture::start(&[
+        ("OPS_COUNT", "1".to_string()),
+        ("OPS_HTTP_PORT", http.to_string()),
+        ("OPS_CURRENT_THREAD", "1".into()),
+        ("OPS_HEARTBEAT_MS", "200".into()),
+        ("OPS_HEARTBEAT_TIMEOUT_MS", timeout_ms.to_string()),
+    ]);
+    fx.wait_ready(1);
+    fx
+}
+
 fn output(fx: &Fixture) -> String {
     fx.history
         .iter()
@@ -107,14 +121,7 @@ fn a_slow_request_shows_in_status_and_a_stuck_one_gets_503_at_its_timeout() {
 #[test]
 fn the_watchdogs_kill_report_names_the_request_that_hung_the_worker() {
     let http = free_port();
-    let mut fx = Fixture::start(&[
-        ("OPS_COUNT", "1".to_string()),
-        ("OPS_HTTP_PORT", http.to_string()),
-        ("OPS_CURRENT_THREAD", "1".into()),
-        ("OPS_HEARTBEAT_MS", "200".into()),
-        ("OPS_HEARTBEAT_TIMEOUT_MS", "2000".into()),
-    ]);
-    fx.wait_ready(1);
+    let mut fx = start_hanging(http, 2000);
     // Awaits long enough to be reported as slow by a heartbeat, then blocks the runtime.
     let _client = request_in_background(local(http), "/await-1500-block");
     let kill = fx.wait_for(
@@ -141,14 +148,7 @@ fn the_watchdogs_kill_report_names_the_request_that_hung_the_worker() {
 #[test]
 fn a_request_that_freezes_the_runtime_at_once_is_named_by_the_workers_stall_watch() {
     let http = free_port();
-    let mut fx = Fixture::start(&[
-        ("OPS_COUNT", "1".to_string()),
-        ("OPS_HTTP_PORT", http.to_string()),
-        ("OPS_CURRENT_THREAD", "1".into()),
-        ("OPS_HEARTBEAT_MS", "200".into()),
-        ("OPS_HEARTBEAT_TIMEOUT_MS", "3000".into()),
-    ]);
-    fx.wait_ready(1);
+    let mut fx = start_hanging(http, 3000);
     // Blocks before any heartbeat can report it: only a thread outside the runtime can.
     let _client = request_in_background(local(http), "/block");
     let stall = fx.wait_for("the stall watch's line", Duration::from_secs(20), |lines| {

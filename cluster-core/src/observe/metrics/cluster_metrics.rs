@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::model::WorkerState;
-use crate::observe::status::{ClusterStatus, WorkerStatus};
+use crate::observe::status::{ClusterStatus, RestartCount, WorkerStatus};
 
 /// Every [`WorkerState`], so that `cluster_workers` has a series (possibly 0) for each.
 pub(super) const ALL_STATES: [WorkerState; 4] = [
@@ -88,36 +88,15 @@ pub(super) fn cluster_metrics(status: &ClusterStatus) -> String {
     }
     registry.register("cluster_workers", "Worker processes by state", workers);
 
-    let restarts = Family::<RestartLabels, Counter>::default();
-    for restart in &status.restarts {
-        restarts
-            .get_or_create(&RestartLabels {
-                group: restart.group.clone(),
-                slot: restart.slot,
-                reason: restart.reason,
-            })
-            .inc_by(restart.count);
-    }
     registry.register(
         "cluster_worker_restarts",
         "Worker restarts after unexpected exits, by slot and reason: crash, hung, failed_start",
-        restarts,
+        by_slot_and_reason(&status.restarts),
     );
-
-    let recycles = Family::<RestartLabels, Counter>::default();
-    for recycle in &status.recycles {
-        recycles
-            .get_or_create(&RestartLabels {
-                group: recycle.group.clone(),
-                slot: recycle.slot,
-                reason: recycle.reason,
-            })
-            .inc_by(recycle.count);
-    }
     registry.register(
         "cluster_worker_recycles",
         "Workers replaced while alive (the replacement ready first; never counted as restarts), by slot and reason: memory, unread_channel, max_requests, max_lifetime",
-        recycles,
+        by_slot_and_reason(&status.recycles),
     );
 
     let reloads = Counter::<u64>::default();
@@ -242,4 +221,19 @@ fn current_per_slot(workers: &[WorkerStatus]) -> impl Iterator<Item = &WorkerSta
             .or_insert(worker);
     }
     newest.into_values()
+}
+
+/// A counter family of `counts`, labelled by group, slot and reason.
+fn by_slot_and_reason(counts: &[RestartCount]) -> Family<RestartLabels, Counter> {
+    let family = Family::<RestartLabels, Counter>::default();
+    for count in counts {
+        family
+            .get_or_create(&RestartLabels {
+                group: count.group.clone(),
+                slot: count.slot,
+                reason: count.reason,
+            })
+            .inc_by(count.count);
+    }
+    family
 }
