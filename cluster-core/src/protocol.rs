@@ -34,6 +34,8 @@ pub enum ListenAddr {
     Tcp(SocketAddr),
     /// A Unix stream socket path.
     Unix(PathBuf),
+    /// The inherited socket of this name (socket activation: `LISTEN_FDNAMES`).
+    Named(String),
 }
 
 /// How the connections of one listening address are spread over the workers.
