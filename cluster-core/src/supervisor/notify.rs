@@ -264,9 +264,7 @@ impl Notifier {
 
     /// When [`Notifier::on_timer`] wants to run next.
     pub(crate) fn next_timer(&self) -> Option<Instant> {
-        if self.sink.is_none() {
-            return None;
-        }
+        self.sink.as_ref()?;
         let ping = self.watchdog.map(|(_, at)| at);
         match (ping, self.next_extend) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -342,10 +340,13 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// Each message sent, with the milliseconds since the recorder was made.
+    type Sent = Arc<Mutex<Vec<(u64, Vec<Note>)>>>;
+
     /// Records every message with the paused clock's milliseconds since it was made.
     #[derive(Clone)]
     pub(crate) struct Recorder {
-        pub(crate) sent: Arc<Mutex<Vec<(u64, Vec<Note>)>>>,
+        sent: Sent,
         start: Instant,
         pub(crate) fail: bool,
     }

@@ -120,10 +120,9 @@ pub(crate) fn reap_all(live: &LivePids) {
 
 fn reap(pid: u32) {
     let Ok(raw) = i32::try_from(pid) else { return };
-    match waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
-        Ok(status) => tracing::debug!("reaped orphan {pid}: {status:?}"),
-        // Reaped meanwhile by whoever waited for it.
-        Err(_) => {}
+    // An error is a child reaped meanwhile by whoever waited for it: nothing to do.
+    if let Ok(status) = waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+        tracing::debug!("reaped orphan {pid}: {status:?}");
     }
 }
 
