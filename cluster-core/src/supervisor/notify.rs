@@ -213,7 +213,7 @@ impl Notifier {
     pub(crate) fn update(&mut self, summary: &Summary) -> bool {
         let line = summary.line();
         let became_ready =
-            !self.ready_sent && !self.stopping && summary.ready >= self.min_ready.max(1);
+            !self.ready_sent && !self.stopping && summary.ready >= self.min_ready;
         if became_ready {
             self.ready_sent = true;
             self.status = line.clone();
