@@ -434,6 +434,17 @@ fn every_balance_policy_serves_an_inherited_socket() {
         let workers = if policy == "sticky" { 1 } else { 2 };
         let master = wait_serving(&cluster, None, workers);
         assert_inherited(&cluster, master);
+        if policy != "reuseport" {
+            // The master accepts: no worker holds the listening socket, so the inherited
+            // descriptor was not leaked into them (CLOEXEC).
+            let listening = listening_inodes(cluster.addr.port());
+            for worker in children(master) {
+                assert!(
+                    socket_inodes(worker).is_disjoint(&listening.iter().copied().collect()),
+                    "{policy}: worker {worker} holds the listening socket"
+                );
+            }
+        }
         assert!(
             !cluster.stderr.text().contains("no worker listens on"),
             "{policy}: {}",

@@ -212,8 +212,7 @@ impl Notifier {
     /// ready.
     pub(crate) fn update(&mut self, summary: &Summary) -> bool {
         let line = summary.line();
-        let became_ready =
-            !self.ready_sent && !self.stopping && summary.ready >= self.min_ready;
+        let became_ready = !self.ready_sent && !self.stopping && summary.ready >= self.min_ready;
         if became_ready {
             self.ready_sent = true;
             self.status = line.clone();
