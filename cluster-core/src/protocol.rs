@@ -34,6 +34,8 @@ pub enum ListenAddr {
     Tcp(SocketAddr),
     /// A Unix stream socket path.
     Unix(PathBuf),
+    /// The inherited socket of this name (socket activation: `LISTEN_FDNAMES`).
+    Named(String),
 }
 
 /// How the connections of one listening address are spread over the workers.
@@ -163,7 +165,7 @@ pub struct SlowRequest {
 /// to workers (`CLUSTER_PROTOCOL_LEVEL`), and a worker sends a message added at level N only to
 /// a master of level N or above. During a deploy the master is the older binary, so a new worker
 /// must not send it what it cannot decode. Level 1: everything up to `ToMaster::Dropped`;
-/// level 2: `ToMaster::Served` and `ToMaster::InFlight`.
+/// level 2: `ToMaster::Served`, `ToMaster::InFlight` and `ListenAddr::Named`.
 pub(crate) const LEVEL: u32 = 2;
 
 #[cfg(test)]

@@ -87,6 +87,30 @@ pub(crate) fn remove_env(var: &std::ffi::OsStr) {
     unsafe { std::env::remove_var(var) }
 }
 
+/// Takes the listening sockets the master was started with (socket activation), each with its
+/// name, and removes `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` from this process's
+/// environment, so that neither the workers nor a program this process executes later take
+/// descriptors meant for the master. Descriptors are only taken when `LISTEN_PID` is this
+/// process; `sd-notify` sets CLOEXEC on each, so workers never inherit them by accident.
+///
+/// Only while the process has one thread: `Cluster::run` calls it in the master before it
+/// starts the runtime, and is documented to be the first thing `main` does.
+pub(crate) fn take_listen_fds() -> io::Result<Vec<(std::os::fd::OwnedFd, String)>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: called only from the master's start in `Cluster::run`, before any runtime or
+    // thread of the cluster exists (the environment is edited); `run` must come before the
+    // app starts threads of its own.
+    let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }?;
+    Ok(fds
+        .map(|(raw, name)| {
+            // SAFETY: the protocol hands descriptors 3..3+LISTEN_FDS to this process (the
+            // crate checked LISTEN_PID), and nothing in this process has wrapped them before:
+            // this runs once, before anything else opens a file.
+            (unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }, name)
+        })
+        .collect())
+}
+
 /// The seals of the shared counters' memfd: its size is fixed for good.
 const SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 

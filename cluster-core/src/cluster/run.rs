@@ -14,9 +14,10 @@ use crate::identity::role;
 use crate::master::MasterContext;
 use crate::messaging::Pending;
 use crate::model::{Role, WorkerId};
+use crate::net::inherited::Inherited;
 use crate::options::Resolved;
-use crate::supervisor::signals;
 use crate::supervisor::{LiveConfig, Supervisor};
+use crate::supervisor::{reaper, signals};
 use crate::worker::{self, Outcome, panic_message};
 use crate::{Error, ErrorKind};
 
@@ -164,6 +165,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
         }
         self.options = resolved.options().clone();
         self.validate()?;
+        // Before the runtime, while this process has one thread: the environment is edited.
+        let inherited = take_inherited_sockets()?;
         // The master only routes and supervises: one thread is plenty, and keeps it small.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -174,11 +177,15 @@ impl<D: Message, U: Message> Cluster<D, U> {
                 g.options = g.options.clone().with_count(self.options.count());
             }
         }
-        runtime.block_on(self.supervise(resolved))
+        runtime.block_on(self.supervise(resolved, inherited))
     }
 
-    async fn supervise(self, resolved: Resolved) -> Result<ExitCode, Error> {
+    async fn supervise(self, resolved: Resolved, inherited: Inherited) -> Result<ExitCode, Error> {
+        // First: as PID 1 (a container) a signal without a handler is ignored, so SIGTERM
+        // and SIGINT do anything only once these are installed.
         let signals = signals::listen(&signals::handled(&self.options))?;
+        let live = reaper::LivePids::default();
+        reaper::start(live.clone());
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let status_stop = tokio_util::sync::CancellationToken::new();
         // Before anything else starts, so that a second master of the same name stops here;
@@ -247,9 +254,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
             self.options,
             groups,
             self.spawn_hook,
-            commands_rx,
-            events_tx,
-            pending.clone(),
+            (commands_rx, events_tx, pending.clone()),
+            (inherited, live.clone()),
         )?;
         supervisor.set_config(LiveConfig {
             resolved,
@@ -291,6 +297,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
             }
         };
         let (code, error) = supervisor.run(signals, done_rx).await;
+        // Every worker's exit has been collected: whatever child is left a zombie is an orphan.
+        reaper::reap_all(&live);
         status_stop.cancel();
         if let Some(task) = master_task {
             // The event queue is closed: a master loop on `next_event` ends by itself.
@@ -306,4 +314,38 @@ impl<D: Message, U: Message> Cluster<D, U> {
             None => Ok(ExitCode::from(u8::try_from(code).unwrap_or(1))),
         }
     }
+}
+
+/// The sockets this master was started with (socket activation), with `LISTEN_*` removed from
+/// the environment. Variables meant for another process (`LISTEN_PID` names another pid: the
+/// master was started through a wrapper that did not pass them on correctly) are removed too,
+/// and the operator told why the sockets are ignored.
+fn take_inherited_sockets() -> Result<Inherited, Error> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    if std::env::var_os("LISTEN_FDS").is_some()
+        && pid.as_deref() != Some(&std::process::id().to_string())
+    {
+        crate::supervisor::notice!(
+            warn,
+            "LISTEN_FDS is set for process {} (LISTEN_PID), not this master ({}): its sockets are ignored and addresses are bound as usual",
+            pid.as_deref().unwrap_or("?"),
+            std::process::id()
+        );
+    }
+    let fds = crate::sys::take_listen_fds().map_err(|e| {
+        Error::io(
+            "cannot take the sockets of socket activation (LISTEN_FDS, LISTEN_FDNAMES); check the socket unit or the command that started the master",
+            e,
+        )
+    })?;
+    let inherited = Inherited::new(fds);
+    if !inherited.is_empty() {
+        crate::supervisor::notice!(
+            info,
+            "started with {} inherited socket{}: workers listening on their addresses or names use them",
+            inherited.len(),
+            if inherited.len() == 1 { "" } else { "s" }
+        );
+    }
+    Ok(inherited)
 }

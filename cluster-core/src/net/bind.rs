@@ -29,18 +29,31 @@ pub(crate) fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::ne
 #[derive(Debug)]
 pub(crate) struct UnixSocketFile {
     pub(crate) listener: std::os::unix::net::UnixListener,
-    path: std::path::PathBuf,
-    /// Device and inode of the file the bind made: the file is removed only if the path
-    /// still names it, never a socket some other process has bound there since.
-    file: (u64, u64),
+    /// The path and the device and inode of the file the bind made: the file is removed only
+    /// if the path still names it, never a socket some other process has bound there since.
+    /// `None` for an inherited socket, whose file belongs to whoever bound it (systemd).
+    file: Option<(std::path::PathBuf, (u64, u64))>,
+}
+
+impl UnixSocketFile {
+    /// An inherited listening socket: its file is left alone.
+    pub(crate) fn inherited(listener: std::os::unix::net::UnixListener) -> Self {
+        UnixSocketFile {
+            listener,
+            file: None,
+        }
+    }
 }
 
 impl Drop for UnixSocketFile {
     fn drop(&mut self) {
         use std::os::unix::fs::MetadataExt;
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.file {
-                let _ = std::fs::remove_file(&self.path);
+        let Some((path, file)) = &self.file else {
+            return;
+        };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if (meta.dev(), meta.ino()) == *file {
+                let _ = std::fs::remove_file(path);
             }
         }
     }
@@ -70,8 +83,7 @@ pub(crate) fn bind_unix(path: &std::path::Path) -> io::Result<UnixSocketFile> {
     let meta = std::fs::symlink_metadata(path)?;
     Ok(UnixSocketFile {
         listener,
-        path: path.to_owned(),
-        file: (meta.dev(), meta.ino()),
+        file: Some((path.to_owned(), (meta.dev(), meta.ino()))),
     })
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use crate::model::WorkerId;
 use crate::net::bind::{UnixSocketFile, bind_tcp, bind_unix};
 use crate::net::dispatch::{Dispatch, DispatchState, InFlightTable, Member, lock};
+use crate::net::inherited::{Adopted, Found, Inherited};
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToWorker};
 use crate::violations::{Violation, Violations};
 
@@ -51,6 +52,8 @@ pub(crate) struct MasterListeners {
     ack_timeout: Duration,
     /// Addresses each live worker had the master bind.
     binds: HashMap<WorkerId, usize>,
+    /// The sockets the master was started with (socket activation), taken instead of binding.
+    inherited: Inherited,
 }
 
 impl MasterListeners {
@@ -66,6 +69,26 @@ impl MasterListeners {
             coalescing,
             ack_timeout,
             binds: HashMap::new(),
+            inherited: Inherited::default(),
+        }
+    }
+
+    /// Listens on `inherited` wherever a worker asks for an address one of them is bound to.
+    pub(crate) fn set_inherited(&mut self, inherited: Inherited) {
+        self.inherited = inherited;
+    }
+
+    /// Logs the inherited sockets no worker has asked for: a socket unit that names a port
+    /// the app never listens on holds that port open for nothing.
+    pub(crate) fn report_unclaimed(&self) {
+        let unclaimed = self.inherited.unclaimed();
+        if !unclaimed.is_empty() {
+            crate::violations::notice!(
+                warn,
+                "the cluster is ready but no worker listens on {} of the sockets it was started with: {}; connections to them wait unanswered",
+                unclaimed.len(),
+                unclaimed.join(", ")
+            );
         }
     }
 
@@ -79,43 +102,14 @@ impl MasterListeners {
     ) -> Result<(ListenerInfo, Option<OwnedFd>), String> {
         let index = match self.by_addr.get(&addr) {
             Some(&index) => index,
-            None => {
-                let binds = self.binds.get(id).copied().unwrap_or(0);
-                let refusal = if binds >= MAX_BINDS_PER_WORKER {
-                    Some(format!(
-                        "this worker has had the master bind {MAX_BINDS_PER_WORKER} addresses, the most one worker may"
-                    ))
-                } else if self.bound.len() >= MAX_LISTENERS {
-                    Some(format!(
-                        "the master already listens on {MAX_LISTENERS} addresses, the most it keeps"
-                    ))
-                } else {
-                    None
-                };
-                if let Some(refusal) = refusal {
-                    self.in_flight.violations.record(
-                        Violation::Listeners,
-                        id,
-                        format_args!("asked to listen on {addr:?}, refused: {refusal}"),
-                    );
-                    return Err(format!("cannot listen on {addr:?}: {refusal}"));
-                }
-                let index = u32::try_from(self.bound.len())
-                    .map_err(|_| "too many listeners".to_string())?;
-                let bound = bind(
-                    index,
-                    &addr,
-                    balance,
-                    self.in_flight.clone(),
-                    (self.coalescing, self.ack_timeout),
-                )?;
-                self.bound.push(bound);
-                self.by_addr.insert(addr.clone(), index);
-                *self.binds.entry(id.clone()).or_default() += 1;
-                index
-            }
+            None => self.new_listener(id, &addr, balance)?,
         };
         let bound = &self.bound[index as usize];
+        if matches!(addr, ListenAddr::Named(_)) && bound.unix.is_some() {
+            return Err(format!(
+                "{addr:?} is a Unix socket: listen on it with `listen_unix` and its path"
+            ));
+        }
         if bound.info.balance != balance {
             return Err(format!(
                 "{addr:?} is already listened on with {:?}; every worker must ask for the same policy",
@@ -123,7 +117,10 @@ impl MasterListeners {
             ));
         }
         let fd = match (&bound.socket, &bound.unix, balance) {
-            (Some(socket), _, Balance::Shared) => {
+            // An inherited socket under `ReusePort`: workers accept from it as under `Shared`
+            // (their own SO_REUSEPORT sockets could not join a socket the master did not
+            // create with that option).
+            (Some(socket), _, Balance::Shared | Balance::ReusePort) => {
                 Some(socket.try_clone().map_err(|e| e.to_string())?.into())
             }
             (_, Some(socket), _) => Some(
@@ -136,6 +133,61 @@ impl MasterListeners {
             _ => None,
         };
         Ok((bound.info.clone(), fd))
+    }
+
+    /// The listener for `addr`, which no worker has asked for yet: an inherited socket's
+    /// (adopted now, or already under another address or name), or a socket bound now.
+    fn new_listener(
+        &mut self,
+        id: &WorkerId,
+        addr: &ListenAddr,
+        balance: Balance,
+    ) -> Result<u32, String> {
+        let binds = self.binds.get(id).copied().unwrap_or(0);
+        let refusal = if binds >= MAX_BINDS_PER_WORKER {
+            Some(format!(
+                "this worker has had the master bind {MAX_BINDS_PER_WORKER} addresses, the most one worker may"
+            ))
+        } else if self.bound.len() >= MAX_LISTENERS {
+            Some(format!(
+                "the master already listens on {MAX_LISTENERS} addresses, the most it keeps"
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            self.in_flight.violations.record(
+                Violation::Listeners,
+                id,
+                format_args!("asked to listen on {addr:?}, refused: {refusal}"),
+            );
+            return Err(format!("cannot listen on {addr:?}: {refusal}"));
+        }
+        let index =
+            u32::try_from(self.bound.len()).map_err(|_| "too many listeners".to_string())?;
+        let (at, adopted) = match self.inherited.find(addr)? {
+            Found::Listener(index) => {
+                self.by_addr.insert(addr.clone(), index);
+                return Ok(index);
+            }
+            Found::Adopt(at, socket) => (Some(at), Some(socket)),
+            Found::None => (None, None),
+        };
+        let bound = bind(
+            index,
+            addr,
+            balance,
+            adopted,
+            self.in_flight.clone(),
+            (self.coalescing, self.ack_timeout),
+        )?;
+        if let Some(at) = at {
+            self.inherited.adopted_as(at, index);
+        }
+        self.bound.push(bound);
+        self.by_addr.insert(addr.clone(), index);
+        *self.binds.entry(id.clone()).or_default() += 1;
+        Ok(index)
     }
 
     /// Puts worker `id` in the rotation of master-accepted `listener`. Called only once the
@@ -267,12 +319,15 @@ impl MasterListeners {
     }
 }
 
+/// Makes listener `index` for `addr`: of the inherited socket `adopted` if there is one, else
+/// of a socket bound here.
 fn bind(
     index: u32,
     addr: &ListenAddr,
     balance: Balance,
+    adopted: Option<Adopted>,
     in_flight: Arc<InFlightTable>,
-    (coalescing, ack_timeout): (Duration, Duration),
+    timing: (Duration, Duration),
 ) -> Result<Bound, String> {
     let describe = |e: io::Error| match e.kind() {
         io::ErrorKind::AddrInUse => format!("cannot listen on {addr:?}: address in use ({e})"),
@@ -281,82 +336,118 @@ fn bind(
         }
         _ => format!("cannot listen on {addr:?}: {e}"),
     };
-    match addr {
-        ListenAddr::Tcp(sock) => {
-            if balance == Balance::ReusePort {
-                // Each worker binds its own socket; the master only hands out the address.
-                return Ok(Bound {
-                    info: ListenerInfo {
-                        listener: index,
-                        local: Some(*sock),
-                        balance,
-                    },
-                    socket: None,
-                    unix: None,
-                    dispatch: None,
-                    load: None,
-                });
-            }
-            let socket = bind_tcp(*sock, false).map_err(describe)?;
-            let local = socket.local_addr().map_err(describe)?;
-            let info = ListenerInfo {
-                listener: index,
-                local: Some(local),
-                balance,
-            };
-            if balance == Balance::Shared {
-                // Without the table workers still share the queue, only less evenly.
-                let load = crate::net::load::LoadTable::new()
-                    .map_err(|e| tracing::warn!("no load table for {addr:?}: {e}"))
-                    .ok();
-                return Ok(Bound {
-                    info,
-                    socket: Some(socket),
-                    unix: None,
-                    dispatch: None,
-                    load,
-                });
-            }
-            let accepting = socket.try_clone().map_err(describe)?;
-            let dispatch = Arc::new(Dispatch {
-                listener: index,
-                balance,
-                state: Mutex::new(DispatchState::default()),
-                in_flight,
-                joined: Notify::new(),
-                coalescing,
-                ack_timeout,
-            });
-            tokio::spawn(dispatch.clone().accept_loop(accepting));
-            Ok(Bound {
-                info,
-                socket: Some(socket),
-                unix: None,
-                dispatch: Some(dispatch),
-                load: None,
-            })
+    let is_unix = matches!(
+        (&adopted, addr),
+        (Some(Adopted::Unix(_)), _) | (None, ListenAddr::Unix(_))
+    );
+    if is_unix && balance != Balance::Shared {
+        return Err(format!(
+            "Unix socket {addr:?} supports only the Shared policy, not {balance:?}"
+        ));
+    }
+    let unix = match (adopted, addr) {
+        (Some(Adopted::Tcp(socket)), _) => {
+            return tcp_listener(index, addr, balance, socket, in_flight, timing);
         }
-        ListenAddr::Unix(path) => {
-            if balance != Balance::Shared {
-                return Err(format!(
-                    "Unix socket {} supports only the Shared policy, not {balance:?}",
-                    path.display()
-                ));
-            }
-            let socket = bind_unix(path).map_err(describe)?;
-            Ok(Bound {
+        (Some(Adopted::Unix(listener)), _) => UnixSocketFile::inherited(listener),
+        (None, ListenAddr::Unix(path)) => bind_unix(path).map_err(describe)?,
+        (None, ListenAddr::Tcp(sock)) if balance == Balance::ReusePort => {
+            // Each worker binds its own socket; the master only hands out the address.
+            return Ok(Bound {
                 info: ListenerInfo {
                     listener: index,
-                    local: None,
+                    local: Some(*sock),
                     balance,
                 },
                 socket: None,
-                unix: Some(socket),
+                unix: None,
                 dispatch: None,
                 load: None,
-            })
+            });
         }
+        (None, ListenAddr::Tcp(sock)) => {
+            let socket = bind_tcp(*sock, false).map_err(describe)?;
+            return tcp_listener(index, addr, balance, socket, in_flight, timing);
+        }
+        // `Inherited::find` refuses a name it does not know before anything is bound.
+        (None, ListenAddr::Named(name)) => {
+            return Err(format!("no inherited socket is named {name:?}"));
+        }
+    };
+    Ok(Bound {
+        info: ListenerInfo {
+            listener: index,
+            local: None,
+            balance,
+        },
+        socket: None,
+        unix: Some(unix),
+        dispatch: None,
+        load: None,
+    })
+}
+
+/// A listener of the TCP listening `socket` (bound here or inherited) under `balance`.
+fn tcp_listener(
+    index: u32,
+    addr: &ListenAddr,
+    balance: Balance,
+    socket: std::net::TcpListener,
+    in_flight: Arc<InFlightTable>,
+    (coalescing, ack_timeout): (Duration, Duration),
+) -> Result<Bound, String> {
+    let describe = |e: io::Error| format!("cannot listen on {addr:?}: {e}");
+    let local = socket.local_addr().map_err(describe)?;
+    if balance == Balance::ReusePort {
+        // Only an inherited socket gets here: see `MasterListeners::listen`.
+        return Ok(Bound {
+            info: ListenerInfo {
+                listener: index,
+                local: Some(local),
+                balance,
+            },
+            socket: Some(socket),
+            unix: None,
+            dispatch: None,
+            load: None,
+        });
     }
+    let info = ListenerInfo {
+        listener: index,
+        local: Some(local),
+        balance,
+    };
+    if balance == Balance::Shared {
+        // Without the table workers still share the queue, only less evenly.
+        let load = crate::net::load::LoadTable::new()
+            .map_err(|e| tracing::warn!("no load table for {addr:?}: {e}"))
+            .ok();
+        return Ok(Bound {
+            info,
+            socket: Some(socket),
+            unix: None,
+            dispatch: None,
+            load,
+        });
+    }
+    let accepting = socket.try_clone().map_err(describe)?;
+    let dispatch = Arc::new(Dispatch {
+        listener: index,
+        balance,
+        state: Mutex::new(DispatchState::default()),
+        in_flight,
+        joined: Notify::new(),
+        coalescing,
+        ack_timeout,
+    });
+    tokio::spawn(dispatch.clone().accept_loop(accepting));
+    Ok(Bound {
+        info,
+        socket: Some(socket),
+        unix: None,
+        dispatch: Some(dispatch),
+        load: None,
+    })
 }
 
 #[cfg(test)]

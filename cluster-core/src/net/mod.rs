@@ -11,13 +11,17 @@
 //! hanging unanswered. With `ReusePort` each worker binds its own socket and the master is
 //! not involved.
 //!
-//! Bottom to top: `bind` (the socket options) and `load` (the load table) use nothing else
-//! here; `dispatch` (one listener's accept loop and hand-out) neither; `master_listeners`
+//! A master started by socket activation (`LISTEN_FDS`) takes the inherited socket that matches
+//! an address instead of binding it (`inherited`), under every policy.
+//!
+//! Bottom to top: `bind` (the socket options), `inherited` (socket activation) and `load` (the
+//! load table) use nothing else here; `dispatch` (one listener's accept loop and hand-out) neither; `master_listeners`
 //! (every address the master has bound) uses all three; `listener` (the worker's side) uses
 //! only `load`. The master's and the worker's sides never import each other.
 
 pub(crate) mod bind;
 pub(crate) mod dispatch;
+pub(crate) mod inherited;
 pub(crate) mod listener;
 pub(crate) mod load;
 pub(crate) mod master_listeners;

@@ -19,8 +19,10 @@ mod config;
 pub(crate) mod control;
 pub(crate) mod control_server;
 mod lifecycle;
+pub(crate) mod notify;
 mod outbox;
 mod process;
+pub(crate) mod reaper;
 mod recycle;
 mod reload;
 mod report;
@@ -122,6 +124,8 @@ struct Group {
 
 /// A rolling reload in progress.
 struct Reload {
+    /// Slots this pass replaces, for the progress systemd is told.
+    total: usize,
     /// Slots still to replace, in order.
     queue: VecDeque<SlotKey>,
     /// Slots whose replacement is starting.
@@ -188,27 +192,41 @@ pub(crate) struct Supervisor<L = Processes> {
     taps: tokio::sync::broadcast::Sender<control::Tap>,
     /// The options file and environment the master started with, re-read at each reload.
     config: Option<LiveConfig>,
+    /// What systemd is told (nothing without `NOTIFY_SOCKET`).
+    notify: notify::Notifier,
+    /// During the shutdown: when the workers left are killed (`grace` after it began).
+    stop_deadline: Option<Instant>,
 }
 
 impl Supervisor<Processes> {
+    /// The real supervisor: `system` says what the master was started with (sockets, the
+    /// live workers' pids the reaper leaves alone).
     pub(crate) fn new(
         options: Options,
         groups: Vec<GroupOptions>,
         spawn_hook: Option<SpawnHook>,
-        commands_rx: mpsc::UnboundedReceiver<Command>,
-        events: Option<EventSender<RawEvent>>,
-        pending: Arc<Pending>,
+        queues: (
+            mpsc::UnboundedReceiver<Command>,
+            Option<EventSender<RawEvent>>,
+            Arc<Pending>,
+        ),
+        system: (crate::net::inherited::Inherited, reaper::LivePids),
     ) -> Result<Self> {
+        let (commands_rx, events, pending) = queues;
+        let (inherited, live) = system;
         let settings = ProcessSettings {
             hook: spawn_hook,
             heartbeat_interval: options.heartbeat_interval(),
             ready_timeout: options.ready_timeout(),
             prefix_logs: options.worker_prefix_logs(),
+            live,
         };
         let mut supervisor =
             Supervisor::with_launcher(options, groups, commands_rx, events, pending, || {
                 Processes::new(settings)
             })?;
+        supervisor.listeners.set_inherited(inherited);
+        supervisor.notify = notify::Notifier::from_env(supervisor.options.min_ready());
         if supervisor.options.watch() {
             let exe = supervisor.launcher.exe();
             supervisor.watch = Some(watch::ExeWatch::start(
@@ -265,6 +283,7 @@ impl<L: Launcher> Supervisor<L> {
             })
             .collect();
         let now = Instant::now();
+        let min_ready = options.min_ready();
         Ok(Supervisor {
             options,
             groups,
@@ -297,6 +316,8 @@ impl<L: Launcher> Supervisor<L> {
             build_waiting: None,
             taps: tokio::sync::broadcast::channel(control::TAP_CAPACITY).0,
             config: None,
+            notify: notify::Notifier::silent(min_ready),
+            stop_deadline: None,
         })
     }
 
@@ -354,7 +375,9 @@ impl<L: Launcher> Supervisor<L> {
                 break;
             }
             self.reload_onto_waiting_build().await;
+            self.after_turn();
             let deadline = self.next_deadline();
+            let notify_at = self.notify.next_timer();
             tokio::select! {
                 Some(sig) = signals.recv() => self.on_signal(sig).await,
                 build = next_build(&mut self.watch) => self.on_new_build(build),
@@ -368,6 +391,10 @@ impl<L: Launcher> Supervisor<L> {
                 }
                 () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.on_timers().await
+                }
+                // Here and not on a task of its own: the watchdog's ping says this loop turns.
+                () = sleep_until(notify_at.unwrap_or_else(Instant::now)), if notify_at.is_some() => {
+                    self.notify.on_timer(Instant::now(), self.stop_deadline)
                 }
             }
         }
@@ -594,6 +621,8 @@ impl<L: Launcher> Supervisor<L> {
         self.build_waiting = None;
         self.recycling.clear();
         let deadline = Instant::now() + self.options.grace();
+        self.stop_deadline = Some(deadline);
+        self.notify.stopping();
         for slot in self.groups.iter_mut().flat_map(|g| g.slots.values_mut()) {
             slot.restart_at = None;
         }

@@ -15,6 +15,8 @@ use cluster_ipc::{Channel, Config, bootstrap};
 use tokio::process::Child;
 use tokio::sync::oneshot;
 
+use super::notify::MASTER_ONLY_VARS;
+use super::reaper::LivePids;
 use super::report::{Credited, Reporter};
 use super::spawner::Spawner;
 use crate::identity::{
@@ -99,6 +101,8 @@ pub(crate) struct Processes {
     heartbeat_interval: Duration,
     ready_timeout: Duration,
     prefix_logs: bool,
+    /// The live workers' pids, which the orphan reaper leaves to tokio.
+    live: LivePids,
     /// Tasks copying workers' output: the master waits for them before it exits, so the
     /// last lines of its workers are not lost.
     forwarders: tokio::task::JoinSet<()>,
@@ -110,6 +114,7 @@ pub(crate) struct ProcessSettings {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) ready_timeout: Duration,
     pub(crate) prefix_logs: bool,
+    pub(crate) live: LivePids,
 }
 
 impl Processes {
@@ -128,6 +133,7 @@ impl Processes {
             heartbeat_interval: settings.heartbeat_interval,
             ready_timeout: settings.ready_timeout,
             prefix_logs: settings.prefix_logs,
+            live: settings.live,
             forwarders: tokio::task::JoinSet::new(),
         })
     }
@@ -163,6 +169,9 @@ impl Processes {
             // The terminal's input stays with the master.
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
+        for var in MASTER_ONLY_VARS {
+            cmd.env_remove(var);
+        }
         child_end.pass_to(cmd.as_std_mut(), ENV_IPC_FD);
         sys::kill_with_parent(&mut cmd, self.master_pid);
         sys::ignore_terminal_signals(&mut cmd);
@@ -210,7 +219,13 @@ impl Launcher for Processes {
         let (child, stream) = self.start(id, env).await?;
         let pid = child.id();
         let (kill, kill_rx) = oneshot::channel();
-        tokio::spawn(watch(child, stream, self.ready_timeout, reporter, kill_rx));
+        // Registered until its exit has been collected: the reaper never takes it.
+        let registered = pid.map(|pid| self.live.register(pid));
+        let ready_timeout = self.ready_timeout;
+        tokio::spawn(async move {
+            watch(child, stream, ready_timeout, reporter, kill_rx).await;
+            drop(registered);
+        });
         Ok(Launched { pid, kill })
     }
 

@@ -3,6 +3,8 @@
 //! starts beside the worker it replaces and takes over only once ready; if it fails, the old
 //! workers keep serving.
 
+use std::collections::VecDeque;
+
 use tokio::time::Instant;
 
 use super::process::Launcher;
@@ -29,7 +31,7 @@ impl<L: Launcher> Supervisor<L> {
             reload.again = true;
             return;
         }
-        let queue = self
+        let queue: VecDeque<SlotKey> = self
             .groups
             .iter()
             .filter(|g| group.is_none_or(|name| *g.name == *name))
@@ -41,11 +43,13 @@ impl<L: Launcher> Supervisor<L> {
             })
             .collect();
         self.reload = Some(Reload {
+            total: queue.len(),
             queue,
             active: Vec::new(),
             again: false,
         });
         self.emit(RawEvent::ReloadStarted);
+        self.notify.reload_started();
         if group.is_none() {
             // After the queue is made: slots a new `count` adds start new, not to be replaced.
             self.reread_config().await;
@@ -75,6 +79,10 @@ impl<L: Launcher> Supervisor<L> {
                 self.emit(RawEvent::ReloadFinished);
                 if again {
                     Box::pin(self.start_reload()).await;
+                }
+                // One more pass is the same reload for systemd: READY=1 once it is over.
+                if self.reload.is_none() {
+                    self.notify.reload_ended();
                 }
                 return;
             };
@@ -160,6 +168,7 @@ impl<L: Launcher> Supervisor<L> {
             }
         }
         self.emit(RawEvent::ReloadFailed { error });
+        self.notify.reload_ended();
     }
 
     /// Grows group `g` to `count` slots (the lowest free slot numbers), or removes its highest

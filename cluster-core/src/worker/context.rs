@@ -302,6 +302,41 @@ where
             .await
     }
 
+    /// Listens on the socket named `name` that the master was started with (socket
+    /// activation: `FileDescriptorName=` in a systemd socket unit, `--fdname` of
+    /// `systemd-socket-activate`, passed in `LISTEN_FDNAMES`), with the cluster's balance
+    /// policy. [`WorkerContext::listen`] takes an inherited socket too, found by its address;
+    /// a name finds it whatever address the unit gives it.
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkerContext::listen`]; [`Listen`](crate::ErrorKind::Listen) also when no
+    /// inherited socket has this name (the error lists those there are), or the one that has
+    /// is not a TCP listening socket (a Unix one is listened on with
+    /// [`WorkerContext::listen_unix`] and its path).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`WorkerContext::listen`].
+    pub async fn listen_named(&self, name: &str) -> Result<Listener> {
+        self.listen_inner(ListenAddr::Named(name.to_owned()), None)
+            .await
+    }
+
+    /// [`WorkerContext::listen_named`] with a balance policy for this socket.
+    ///
+    /// # Errors
+    ///
+    /// As [`WorkerContext::listen_named`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`WorkerContext::listen`].
+    pub async fn listen_named_with(&self, name: &str, balance: Balance) -> Result<Listener> {
+        self.listen_inner(ListenAddr::Named(name.to_owned()), Some(balance))
+            .await
+    }
+
     /// Listens on a Unix stream socket path shared by the whole cluster (`Shared` policy).
     ///
     /// # Errors
@@ -374,6 +409,14 @@ where
     }
 
     async fn listen_inner(&self, addr: ListenAddr, balance: Option<Balance>) -> Result<Listener> {
+        if matches!(addr, ListenAddr::Named(_)) && self.shared.level < 2 {
+            // An older master (a deploy of this build under it) would take the request for a
+            // broken frame and kill this worker.
+            return Err(Error::new(
+                ErrorKind::Listen,
+                "the master runs an older build that cannot listen on named sockets: restart the master with this build first",
+            ));
+        }
         self.shared.listens_in_flight.fetch_add(1, Ordering::SeqCst);
         let result = self.listen_tcp(addr, balance).await;
         self.listen_done().await;
@@ -388,27 +431,12 @@ where
         let io = |what: &'static str| move |e| Error::io(what, e);
         match info.balance {
             Balance::Shared => {
-                let fd = fds.pop().ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Ipc,
-                        "the master answered a listen without its socket",
-                    )
-                })?;
-                let socket = std::net::TcpListener::from(fd);
-                socket
-                    .set_nonblocking(true)
-                    .map_err(io("cannot set the socket non-blocking"))?;
-                let socket = tokio::net::TcpListener::from_std(socket)
-                    .map_err(io("cannot register the socket"))?;
-                Ok(Listener::socket(
-                    info.listener,
-                    info.local,
-                    info.balance,
-                    socket,
-                    self.shared.live.clone(),
-                    Some(self.shared.listeners.load_slot(info.listener)),
-                ))
+                let load = Some(self.shared.listeners.load_slot(info.listener));
+                self.passed_socket(&info, fds.pop(), load)
             }
+            // The master passes a socket under `ReusePort` only when it inherited it: there
+            // is no SO_REUSEPORT group to join, and every worker accepts from that socket.
+            Balance::ReusePort if !fds.is_empty() => self.passed_socket(&info, fds.pop(), None),
             Balance::ReusePort => {
                 let ListenAddr::Tcp(sock) = addr else {
                     return Err(Error::new(
@@ -447,6 +475,36 @@ where
                 ))
             }
         }
+    }
+
+    /// A listener accepting from the listening socket the master passed.
+    fn passed_socket(
+        &self,
+        info: &ListenerInfo,
+        fd: Option<OwnedFd>,
+        load: Option<Arc<std::sync::OnceLock<crate::net::load::LoadShare>>>,
+    ) -> Result<Listener> {
+        let io = |what: &'static str| move |e| Error::io(what, e);
+        let fd = fd.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Ipc,
+                "the master answered a listen without its socket",
+            )
+        })?;
+        let socket = std::net::TcpListener::from(fd);
+        socket
+            .set_nonblocking(true)
+            .map_err(io("cannot set the socket non-blocking"))?;
+        let socket =
+            tokio::net::TcpListener::from_std(socket).map_err(io("cannot register the socket"))?;
+        Ok(Listener::socket(
+            info.listener,
+            info.local,
+            info.balance,
+            socket,
+            self.shared.live.clone(),
+            load,
+        ))
     }
 
     /// A token cancelled when the master asks this worker to stop (shutdown, reload,

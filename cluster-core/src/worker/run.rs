@@ -157,6 +157,7 @@ where
         closes,
         live: Arc::default(),
         metrics: std::sync::Mutex::new(None),
+        level: boot.level,
     });
     handle_signals(shutdown.clone());
     let stall_mark = Arc::new(AtomicU64::new(0));

@@ -36,6 +36,8 @@ pub(super) struct WorkerShared {
     pub(super) live: Arc<AtomicUsize>,
     /// The worker's metrics registry, created on first use, encoded for the master's scrape.
     pub(super) metrics: std::sync::Mutex<Option<crate::observe::metrics::WorkerMetrics>>,
+    /// The master's protocol level (`protocol::LEVEL`): what it can decode.
+    pub(super) level: u32,
 }
 
 impl WorkerShared {

@@ -34,6 +34,7 @@ async fn shared_with_master(
         closes,
         live: Arc::default(),
         metrics: std::sync::Mutex::new(None),
+        level: crate::protocol::LEVEL,
     });
     (shared, from_worker)
 }

@@ -26,6 +26,7 @@ use crate::protocol::{ToMaster, ToWorker};
 use crate::{Error, Result};
 
 mod faults;
+mod notify;
 mod recycle;
 mod reload;
 mod scale_signals;
@@ -288,6 +289,16 @@ fn describe(event: &RawEvent) -> String {
 impl Harness {
     /// Starts a supervisor with `options` and `groups`; the first launches behave as `plan`.
     pub(super) fn start(options: Options, groups: Vec<GroupOptions>, plan: &[Behaviour]) -> Self {
+        Self::start_notifying(options, groups, plan, None)
+    }
+
+    /// As [`Harness::start`], telling `notifier` what systemd would hear.
+    pub(super) fn start_notifying(
+        options: Options,
+        groups: Vec<GroupOptions>,
+        plan: &[Behaviour],
+        notifier: Option<super::notify::Notifier>,
+    ) -> Self {
         let world = Arc::new(Mutex::new(World {
             plan: plan.iter().copied().collect(),
             ..World::default()
@@ -309,6 +320,9 @@ impl Harness {
         .unwrap();
         let (builds, watch) = super::watch::ExeWatch::fake();
         supervisor.watch = Some(watch);
+        if let Some(notifier) = notifier {
+            supervisor.notify = notifier;
+        }
         let run = tokio::spawn(supervisor.run(signals_rx, done_rx));
         Harness {
             world,
