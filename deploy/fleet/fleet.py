@@ -683,9 +683,13 @@ class Fleet:
         return done.stdout
 
     def reload_all(self):
+        reload_ms, drained_ms = [], []
         for host in self.hosts:
             before = self.workers(host)
+            began = time.monotonic()
             self.clusterctl(host, "reload", "--wait", "--timeout", "60s")
+            replaced = time.monotonic()
+            reload_ms.append(round((replaced - began) * 1000))
             after = self.workers(host)
             if not after or set(before) & set(after) or min(after.values()) <= max(before.values()):
                 raise FleetError(f"{host.name}'s workers were not all replaced: {before} -> {after}")
@@ -693,7 +697,8 @@ class Fleet:
             # keep-alive connections (haproxy's): the next host waits until they are done.
             wait_for(f"{host.name}'s old workers to drain and exit", WAIT,
                      lambda: not any(os.path.exists(f"/proc/{pid}") for pid in before))
-        return {}
+            drained_ms.append(round((time.monotonic() - replaced) * 1000))
+        return {"reload_ms": reload_ms, "drained_ms": drained_ms}
 
     def deploy_all(self):
         taken_out = []
@@ -765,6 +770,10 @@ def table(rows):
     for r in rows:
         removal = f"{r['removal_ms']} ms" if "removal_ms" in r else ""
         notes = []
+        if "reload_ms" in r:
+            notes.append("reload --wait: " + ", ".join(f"{t} ms" for t in r["reload_ms"])
+                         + "; old workers gone after: "
+                         + ", ".join(f"{t} ms" for t in r["drained_ms"]))
         if "taken_out_ms" in r:
             notes.append("out after SIGTERM: " + ", ".join(f"{t} ms" for t in r["taken_out_ms"]))
         if "back_in_ms" in r:
@@ -810,6 +819,9 @@ def main():
     parser.add_argument("--clusterctl", help="clusterctl to use (default: build it, release)")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--json", help="also write the rows to this file as JSON")
+    parser.add_argument("--shutdown-delay-ms", type=int,
+                        help="each host's SHUTDOWN_DELAY_MS (default: 1500 short, 3000 long); "
+                             "0 shows what a deploy costs without it")
     args = parser.parse_args()
     if args.command == "client":
         client_main(args)
@@ -834,7 +846,8 @@ def main():
         args.http_bin, args.clusterctl = build_release()
     args.rounds = args.rounds or (1 if args.short else 3)
     args.keepalive_conns, args.close_conns = (4, 2) if args.short else (8, 4)
-    args.shutdown_delay_ms = 1500 if args.short else 3000
+    if args.shutdown_delay_ms is None:
+        args.shutdown_delay_ms = 1500 if args.short else 3000
     args.partition_hold = 1.0 if args.short else 5.0
     args.tail = 0.5 if args.short else 2.0
     # A client runs at most this long, even if the driver vanished without closing its stdin.
