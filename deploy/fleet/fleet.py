@@ -89,12 +89,14 @@ def wait_for(what, timeout, cond, every=0.02):
 
 
 def owner_alive(pid):
-    """Whether `pid` is a fleet driver still running (then its namespaces are its own)."""
+    """Whether `pid` is a fleet driver still running (then its namespaces are its own), not
+    one of the load clients, which run the same file."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"fleet.py" in f.read()
+            argv = f.read().split(b"\0")
     except OSError:
         return False
+    return any(a.endswith(b"fleet.py") for a in argv) and b"client" not in argv
 
 
 def kill_netns_processes(ns):
@@ -302,6 +304,11 @@ class Host:
     def stop(self):
         if self.proc is not None:
             stop_process(self.proc, signal.SIGTERM, self.delay_ms / 1000 + 10)
+
+    def ask_to_stop(self):
+        """SIGTERM to the master without waiting: the hosts then stop side by side."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def netns_pids(self):
         return run(["ip", "netns", "pids", self.ns], check=False).split()
@@ -546,10 +553,10 @@ class Load:
                     [sys.executable, os.path.abspath(__file__), "client", "--port", str(port),
                      "--mode", mode, "--conns", str(conns), "--max-seconds", str(max_seconds)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-        self.concurrency = keepalive_conns + close_conns
         for p in self.procs:
             line = p.stdout.readline().strip()
             if line != "STARTED":
+                self.kill()
                 raise FleetError(f"a load client did not start (said {line!r})")
 
     def stop(self):
@@ -627,6 +634,8 @@ class Fleet:
             signal.signal(sig, signal.SIG_IGN)
         if self.load is not None:
             self.load.kill()
+        for host in self.hosts:
+            host.ask_to_stop()
         for host in self.hosts:
             host.stop()
         if self.haproxy is not None:
