@@ -26,15 +26,7 @@ fn driver() -> PathBuf {
 
 /// Why the fleet cannot run here, if it cannot.
 fn missing_prerequisite() -> Option<String> {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false);
-    if !root {
+    if !nix::unistd::geteuid().is_root() {
         return Some("it needs root (network namespaces)".into());
     }
     for (tool, package) in [

@@ -90,7 +90,11 @@ def wait_for(what, timeout, cond, every=0.02):
 
 def owner_alive(pid):
     """Whether `pid` is a fleet driver still running (then its namespaces are its own), not
-    one of the load clients, which run the same file."""
+    one of the load clients, which run the same file. This run's own pid counts as dead:
+    what carries it before the run has made anything was left by an earlier process that had
+    the same pid."""
+    if pid == os.getpid():
+        return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
