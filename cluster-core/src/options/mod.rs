@@ -60,8 +60,13 @@ pub use check::heartbeat as heartbeat_conflict;
 pub enum Count {
     /// Exactly this many workers. Zero is rejected by validation.
     Fixed(usize),
-    /// One worker per CPU available to this process (see
-    /// [`std::thread::available_parallelism`]), at least one.
+    /// One worker per CPU available to this process, at least one: the CPUs of its affinity
+    /// mask (`taskset`, a cpuset), capped by its cgroup's CPU quota in whole cores, rounded
+    /// down (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us` over `cpu.cfs_period_us`, the
+    /// smallest up the cgroup's path). A container limited to 1.5 CPUs runs 1 worker, not
+    /// one per CPU of the node. This is [`std::thread::available_parallelism`], read when
+    /// the master starts the group and when a reload applies a changed `count`
+    /// (`tests/cpu_quota.rs` runs a cluster under a quota of one core).
     Cpus,
 }
 
