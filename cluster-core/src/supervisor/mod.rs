@@ -20,6 +20,7 @@ pub(crate) mod control;
 pub(crate) mod control_server;
 mod lifecycle;
 mod outbox;
+mod privileges;
 mod process;
 mod reload;
 mod report;
@@ -130,6 +131,9 @@ enum Stopping {
     Requested,
     RestartLimit(Error),
     MasterFailed(Error),
+    /// The options cannot work: a worker could not take on its least-privilege settings
+    /// before the cluster ever served.
+    Misconfigured(Error),
 }
 
 pub(crate) struct Supervisor<L = Processes> {
@@ -168,6 +172,9 @@ pub(crate) struct Supervisor<L = Processes> {
     spawn_failures_total: u64,
     /// The last start failure, while a slot still waits for its retry.
     spawn_error: Option<String>,
+    /// A worker has been ready since the start: a configuration error found by a spawn no
+    /// longer stops the cluster, which has served (see `spawn_failed`).
+    served: bool,
     /// Workers' messages dropped because the master's function did not read its events.
     events_dropped: u64,
     /// Bounds workers went past, by kind; shared with the listeners and reporters.
@@ -191,7 +198,16 @@ impl Supervisor<Processes> {
         events: Option<EventSender<RawEvent>>,
         pending: Arc<Pending>,
     ) -> Result<Self> {
+        let mut policies = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let policy = privileges::Policy::resolve(&options, group)?;
+            if let Some(who) = policy.who() {
+                notice!(info, "workers of group `{}` run as {who}", group.name());
+            }
+            policies.push((group.name().to_owned(), policy));
+        }
         let settings = ProcessSettings {
+            policies,
             hook: spawn_hook,
             heartbeat_interval: options.heartbeat_interval(),
             ready_timeout: options.ready_timeout(),
@@ -282,6 +298,7 @@ impl<L: Launcher> Supervisor<L> {
             recycling: None,
             spawn_failures_total: 0,
             spawn_error: None,
+            served: false,
             events_dropped: 0,
             violations,
             watch: None,
@@ -367,6 +384,7 @@ impl<L: Launcher> Supervisor<L> {
         match self.stopping.take() {
             Some(Stopping::RestartLimit(e)) => (EXIT_RESTART_LIMIT, Some(e)),
             Some(Stopping::MasterFailed(e)) => (1, Some(e)),
+            Some(Stopping::Misconfigured(e)) => (2, Some(e)),
             _ if self.killed_after_grace => (EXIT_KILLED_AFTER_GRACE, None),
             _ => (0, None),
         }
