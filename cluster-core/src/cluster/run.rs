@@ -15,6 +15,7 @@ use crate::master::MasterContext;
 use crate::messaging::Pending;
 use crate::model::{Role, WorkerId};
 use crate::options::Resolved;
+use crate::supervisor::privileges::Policy;
 use crate::supervisor::signals;
 use crate::supervisor::{LiveConfig, Supervisor};
 use crate::worker::{self, Outcome, panic_message};
@@ -174,10 +175,18 @@ impl<D: Message, U: Message> Cluster<D, U> {
                 g.options = g.options.clone().with_count(self.options.count());
             }
         }
-        runtime.block_on(self.supervise(resolved))
+        // Users, groups and CPUs looked up now, so that a name that does not exist stops the
+        // master before anything (the control socket, `before_fork`) starts.
+        let groups: Vec<_> = self.groups.iter().map(|g| g.options.clone()).collect();
+        let policies = Policy::resolve_all(&self.options, &groups)?;
+        runtime.block_on(self.supervise(resolved, policies))
     }
 
-    async fn supervise(self, resolved: Resolved) -> Result<ExitCode, Error> {
+    async fn supervise(
+        self,
+        resolved: Resolved,
+        policies: Vec<(String, Policy)>,
+    ) -> Result<ExitCode, Error> {
         let signals = signals::listen(&signals::handled(&self.options))?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let status_stop = tokio_util::sync::CancellationToken::new();
@@ -246,6 +255,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
         let mut supervisor = Supervisor::new(
             self.options,
             groups,
+            policies,
             self.spawn_hook,
             commands_rx,
             events_tx,

@@ -20,7 +20,7 @@ pub(crate) mod control;
 pub(crate) mod control_server;
 mod lifecycle;
 mod outbox;
-mod privileges;
+pub(crate) mod privileges;
 mod process;
 mod reload;
 mod report;
@@ -193,19 +193,12 @@ impl Supervisor<Processes> {
     pub(crate) fn new(
         options: Options,
         groups: Vec<GroupOptions>,
+        policies: Vec<(String, privileges::Policy)>,
         spawn_hook: Option<SpawnHook>,
         commands_rx: mpsc::UnboundedReceiver<Command>,
         events: Option<EventSender<RawEvent>>,
         pending: Arc<Pending>,
     ) -> Result<Self> {
-        let mut policies = Vec::with_capacity(groups.len());
-        for group in &groups {
-            let policy = privileges::Policy::resolve(&options, group)?;
-            if let Some(who) = policy.who() {
-                notice!(info, "workers of group `{}` run as {who}", group.name());
-            }
-            policies.push((group.name().to_owned(), policy));
-        }
         let settings = ProcessSettings {
             policies,
             hook: spawn_hook,

@@ -38,6 +38,26 @@ pub(crate) struct Policy {
 }
 
 impl Policy {
+    /// The policy of each group, by group name, said in the log for those that change user.
+    ///
+    /// # Errors
+    ///
+    /// As [`Policy::resolve`], for the first group at fault.
+    pub(crate) fn resolve_all(
+        options: &Options,
+        groups: &[GroupOptions],
+    ) -> Result<Vec<(String, Policy)>> {
+        let mut policies = Vec::with_capacity(groups.len());
+        for group in groups {
+            let policy = Policy::resolve(options, group)?;
+            if let Some(who) = policy.who() {
+                super::notice!(info, "workers of group `{}` run as {who}", group.name());
+            }
+            policies.push((group.name().to_owned(), policy));
+        }
+        Ok(policies)
+    }
+
     /// Resolves the policy of `group`'s workers.
     ///
     /// # Errors
