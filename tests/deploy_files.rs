@@ -269,6 +269,17 @@ fn the_kubernetes_manifests_hold_the_clusters_numbers() {
         noticed < delay,
         "readiness notices in {noticed:?}, within the shutdown delay {delay:?}"
     );
+    // The pod runs as the image's own user (deploy/Dockerfile's `USER uid:gid`).
+    let security = &pod["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    let image_user = read("Dockerfile")
+        .lines()
+        .find_map(|l| l.strip_prefix("USER ").map(str::trim).map(str::to_owned))
+        .expect("a USER line");
+    assert_eq!(
+        format!("{}:{}", security["runAsUser"], security["runAsGroup"]),
+        image_user
+    );
     let service = kind("Service");
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
     let pdb = kind("PodDisruptionBudget");

@@ -12,7 +12,9 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 
-use support::{FIXTURE, Fixture, TempPath, WAIT};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::{FIXTURE, Fixture, TempPath, WAIT, pid_alive, wait_until};
 
 const NOBODY: &str = "65534";
 
@@ -208,8 +210,35 @@ fn workers_run_as_nobody_on_a_port_below_1024_the_master_bound_with_their_limits
         worker_pids.iter().any(|p| p == line.get("pid")),
         "{served:?} from {worker_pids:?}"
     );
-    fx.signal(nix::sys::signal::Signal::SIGTERM);
+    fx.signal(Signal::SIGTERM);
     assert_eq!(fx.wait_exit_code(WAIT), 0, "{}", fx.dump());
+}
+
+#[test]
+fn a_worker_running_as_nobody_still_dies_with_its_master() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch users");
+        return;
+    }
+    let mut fx = Fixture::start(&[("FIXTURE_COUNT", "1"), ("CLUSTER_USER", "nobody")]);
+    let worker = fx
+        .wait_hellos("worker/", 1)
+        .into_values()
+        .next()
+        .expect("a worker");
+    assert_eq!(
+        proc_field(worker as u32, "status", "Uid:")
+            .and_then(|u| u.split('\t').next().map(str::to_owned)),
+        Some(NOBODY.to_owned())
+    );
+    // Stopped, the worker cannot notice its channel closing and exit by itself: only the
+    // parent-death signal (SIGKILL) ends it, and the kernel clears that signal when the
+    // credentials change, so it must have been set after the drop.
+    kill(Pid::from_raw(worker), Signal::SIGSTOP).expect("stop the worker");
+    fx.signal(Signal::SIGKILL);
+    wait_until("the stopped worker killed with its master", WAIT, || {
+        !pid_alive(worker)
+    });
 }
 
 #[test]
