@@ -34,7 +34,9 @@ impl<D: Message, U: Message> Cluster<D, U> {
     ///   ([`EXIT_KILLED_AFTER_GRACE`](crate::EXIT_KILLED_AFTER_GRACE)); the worker's function
     ///   failed; or a system call failed;
     /// - 2: an option was invalid ([`ErrorKind::InvalidOption`]), in the code, the options
-    ///   file or the environment (see [`Resolved`]); no worker was started;
+    ///   file or the environment (see [`Resolved`]); no worker was started (or, for a worker
+    ///   that could not take on its `user`, `rlimits` and the like before any was ready, none
+    ///   ran its code);
     /// - [`EXIT_RESTART_LIMIT`](crate::EXIT_RESTART_LIMIT): too many workers crashed;
     /// - [`EXIT_BOOTSTRAP`](crate::EXIT_BOOTSTRAP): started with the worker variables but not
     ///   by a master;
