@@ -133,8 +133,9 @@ pub mod observe {
 /// Options of the cluster and of its groups, and the types of their values.
 pub mod options {
     pub use cluster_core::options::{
-        CONFIG_VAR, ClusterName, ControlPath, OptionSource, RELOADABLE, Reloaded, Resolved, Source,
-        StatusToken, WEB_CONCURRENCY,
+        Account, CONFIG_VAR, ClusterName, ControlPath, CpuAffinity, EnvAllow, Limit, Nice,
+        OptionSource, RELOADABLE, Reloaded, Resolved, Rlimit, Rlimits, Source, StatusToken, Umask,
+        WEB_CONCURRENCY,
     };
     pub use cluster_core::{
         Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Runtime,

@@ -36,6 +36,153 @@ pub(crate) fn kill_with_parent(cmd: &mut tokio::process::Command, parent: libc::
     }
 }
 
+/// What a worker takes on between fork and exec: everything resolved and allocated by the
+/// master beforehand, so that the hook only makes system calls.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Restrictions {
+    pub(crate) nice: Option<libc::c_int>,
+    pub(crate) rlimits: Vec<(nix::sys::resource::Resource, libc::rlimit)>,
+    pub(crate) cpus: Option<nix::sched::CpuSet>,
+    pub(crate) umask: Option<libc::mode_t>,
+    /// The supplementary groups, set whenever the group or user changes (as `initgroups`
+    /// does), so that root's groups never reach a worker.
+    pub(crate) groups: Option<Vec<libc::gid_t>>,
+    pub(crate) gid: Option<libc::gid_t>,
+    pub(crate) uid: Option<libc::uid_t>,
+    pub(crate) no_new_privs: bool,
+}
+
+/// The step of [`restrict`]'s hook that failed, as the child reports it on the pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Step {
+    Nice = 1,
+    Rlimit,
+    Affinity,
+    Setgroups,
+    Setgid,
+    Setuid,
+    /// setuid(0) succeeded after the drop: the drop did not hold.
+    RootRegained,
+    NoNewPrivs,
+}
+
+impl Step {
+    const ALL: [Step; 8] = [
+        Step::Nice,
+        Step::Rlimit,
+        Step::Affinity,
+        Step::Setgroups,
+        Step::Setgid,
+        Step::Setuid,
+        Step::RootRegained,
+        Step::NoNewPrivs,
+    ];
+}
+
+/// A pipe on which a child that failed a step of [`restrict`] names that step: the error
+/// `spawn` returns carries only the errno.
+pub(crate) struct StepReport {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl StepReport {
+    pub(crate) fn new() -> io::Result<Self> {
+        // Close-on-exec: a child that gets as far as exec takes no end of it along.
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        Ok(StepReport { read, write })
+    }
+
+    /// The step the child reported, once its spawn has failed (the child wrote before it
+    /// exited, so the byte is there already).
+    pub(crate) fn failed_step(&self) -> Option<Step> {
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(&self.read, &mut byte) {
+            Ok(1) => Step::ALL.into_iter().find(|s| *s as u8 == byte[0]),
+            _ => None,
+        }
+    }
+}
+
+/// Makes the child take on `r` before it runs the worker: nice value, resource limits and
+/// CPUs while it still may (a higher limit or a lower nice value needs root), then the umask,
+/// then groups, gid and uid in the order that keeps the right to change the next, then
+/// `no_new_privs`. Register it before [`kill_with_parent`]: the kernel clears the parent-death
+/// signal when the credentials change.
+pub(crate) fn restrict(cmd: &mut tokio::process::Command, r: Restrictions, report: &StepReport) {
+    use std::os::fd::AsRawFd;
+    let report = report.write.as_raw_fd();
+    let hook = move || {
+        let fail = |step: Step| {
+            // errno first: the write below may change it.
+            let error = io::Error::last_os_error();
+            let byte = [step as u8];
+            // SAFETY: write is async-signal-safe; the buffer is a live local of one byte. A
+            // failed report only leaves the error without its step.
+            unsafe { libc::write(report, byte.as_ptr().cast(), 1) };
+            Err(error)
+        };
+        if let Some(nice) = r.nice {
+            // SAFETY: setpriority is async-signal-safe and allocates nothing.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } < 0 {
+                return fail(Step::Nice);
+            }
+        }
+        for (resource, limit) in &r.rlimits {
+            // SAFETY: setrlimit is async-signal-safe; `limit` lives in the hook's data.
+            if unsafe { libc::setrlimit(*resource as _, limit) } < 0 {
+                return fail(Step::Rlimit);
+            }
+        }
+        if let Some(cpus) = &r.cpus {
+            // A thin wrapper of sched_setaffinity(2), which is async-signal-safe.
+            if nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus).is_err() {
+                return fail(Step::Affinity);
+            }
+        }
+        if let Some(mask) = r.umask {
+            // SAFETY: umask cannot fail and is async-signal-safe.
+            unsafe { libc::umask(mask) };
+        }
+        if let Some(groups) = &r.groups {
+            // SAFETY: setgroups reads `groups.len()` gids from the hook's own vector.
+            if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } < 0 {
+                return fail(Step::Setgroups);
+            }
+        }
+        if let Some(gid) = r.gid {
+            // SAFETY: setgid is async-signal-safe and allocates nothing.
+            if unsafe { libc::setgid(gid) } < 0 {
+                return fail(Step::Setgid);
+            }
+        }
+        if let Some(uid) = r.uid {
+            // SAFETY: as above.
+            if unsafe { libc::setuid(uid) } < 0 {
+                return fail(Step::Setuid);
+            }
+            // SAFETY: as above; succeeding here means the drop can be undone.
+            if uid != 0 && unsafe { libc::setuid(0) } == 0 {
+                return fail(Step::RootRegained);
+            }
+        }
+        if r.no_new_privs {
+            // SAFETY: prctl is async-signal-safe and allocates nothing.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+                return fail(Step::NoNewPrivs);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and calls only async-signal-safe functions
+    // on data allocated before the fork.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
 /// Makes the child start with the terminal's SIGINT and SIGHUP ignored. A worker ignores them
 /// anyway once its runtime is up (the master alone handles a Ctrl-C to the whole process
 /// group), but until then their default action would kill it, and the master would take the

@@ -16,6 +16,7 @@ use crate::messaging::Pending;
 use crate::model::{Role, WorkerId};
 use crate::net::inherited::Inherited;
 use crate::options::Resolved;
+use crate::supervisor::privileges::Policy;
 use crate::supervisor::{LiveConfig, Supervisor};
 use crate::supervisor::{reaper, signals};
 use crate::worker::{self, Outcome, panic_message};
@@ -34,7 +35,9 @@ impl<D: Message, U: Message> Cluster<D, U> {
     ///   ([`EXIT_KILLED_AFTER_GRACE`](crate::EXIT_KILLED_AFTER_GRACE)); the worker's function
     ///   failed; or a system call failed;
     /// - 2: an option was invalid ([`ErrorKind::InvalidOption`]), in the code, the options
-    ///   file or the environment (see [`Resolved`]); no worker was started;
+    ///   file or the environment (see [`Resolved`]); no worker was started (or, for a worker
+    ///   that could not take on its `user`, `rlimits` and the like before any was ready, none
+    ///   ran its code);
     /// - [`EXIT_RESTART_LIMIT`](crate::EXIT_RESTART_LIMIT): too many workers crashed;
     /// - [`EXIT_BOOTSTRAP`](crate::EXIT_BOOTSTRAP): started with the worker variables but not
     ///   by a master;
@@ -177,10 +180,19 @@ impl<D: Message, U: Message> Cluster<D, U> {
                 g.options = g.options.clone().with_count(self.options.count());
             }
         }
-        runtime.block_on(self.supervise(resolved, inherited))
+        // Users, groups and CPUs looked up now, so that a name that does not exist stops the
+        // master before anything (the control socket, `before_fork`) starts.
+        let groups: Vec<_> = self.groups.iter().map(|g| g.options.clone()).collect();
+        let policies = Policy::resolve_all(&self.options, &groups)?;
+        runtime.block_on(self.supervise(resolved, inherited, policies))
     }
 
-    async fn supervise(self, resolved: Resolved, inherited: Inherited) -> Result<ExitCode, Error> {
+    async fn supervise(
+        self,
+        resolved: Resolved,
+        inherited: Inherited,
+        policies: Vec<(String, Policy)>,
+    ) -> Result<ExitCode, Error> {
         // First: as PID 1 (a container) a signal without a handler is ignored, so SIGTERM
         // and SIGINT do anything only once these are installed.
         let signals = signals::listen(&signals::handled(&self.options))?;
@@ -253,6 +265,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
         let mut supervisor = Supervisor::new(
             self.options,
             groups,
+            policies,
             self.spawn_hook,
             (commands_rx, events_tx, pending.clone()),
             (inherited, live.clone()),

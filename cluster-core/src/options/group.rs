@@ -1,6 +1,6 @@
 //! The options of one group of workers.
 
-use super::{Count, Options, RestartPolicy, check};
+use super::{Account, Count, EnvAllow, Options, RestartPolicy, Rlimits, check};
 use crate::Error;
 
 /// Options of one group of workers: workers of a group run the same worker function under
@@ -26,6 +26,10 @@ pub struct GroupOptions {
     count: Count,
     env: Vec<(String, String)>,
     restart: Option<RestartPolicy>,
+    user: Option<Account>,
+    group: Option<Account>,
+    rlimits: Rlimits,
+    env_allow: EnvAllow,
 }
 
 impl GroupOptions {
@@ -38,6 +42,10 @@ impl GroupOptions {
             count: Count::default(),
             env: Vec::new(),
             restart: None,
+            user: None,
+            group: None,
+            rlimits: Rlimits::new(),
+            env_allow: EnvAllow::default(),
         }
     }
 
@@ -72,6 +80,62 @@ impl GroupOptions {
     pub fn with_restart(mut self, policy: RestartPolicy) -> Self {
         self.restart = Some(policy);
         self
+    }
+
+    /// The user this group's workers run as, instead of the cluster's `user` (see
+    /// [`Options::with_user`]); its group is then this group's [`GroupOptions::with_group`],
+    /// else the cluster's `group`, else the user's primary group.
+    #[must_use]
+    pub fn with_user(mut self, user: impl Into<Account>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The group this group's workers run as, instead of the cluster's `group`.
+    #[must_use]
+    pub fn with_group(mut self, group: impl Into<Account>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Resource limits of this group's workers, each replacing the cluster's limit of the
+    /// same resource (see [`Options::with_rlimits`]).
+    #[must_use]
+    pub fn with_rlimits(mut self, rlimits: Rlimits) -> Self {
+        self.rlimits = rlimits;
+        self
+    }
+
+    /// With the cluster's `env_clear`: more of the master's variables that this group's
+    /// workers get, besides the cluster's `env_allow`.
+    #[must_use]
+    pub fn with_env_allow(mut self, names: EnvAllow) -> Self {
+        self.env_allow = names;
+        self
+    }
+
+    /// See [`GroupOptions::with_user`]; `None` means the cluster's.
+    #[must_use]
+    pub fn user(&self) -> Option<&Account> {
+        self.user.as_ref()
+    }
+
+    /// See [`GroupOptions::with_group`]; `None` means the cluster's.
+    #[must_use]
+    pub fn group(&self) -> Option<&Account> {
+        self.group.as_ref()
+    }
+
+    /// See [`GroupOptions::with_rlimits`].
+    #[must_use]
+    pub fn rlimits(&self) -> &Rlimits {
+        &self.rlimits
+    }
+
+    /// See [`GroupOptions::with_env_allow`].
+    #[must_use]
+    pub fn env_allow(&self) -> &EnvAllow {
+        &self.env_allow
     }
 
     /// See [`GroupOptions::new`].

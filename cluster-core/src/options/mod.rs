@@ -14,6 +14,7 @@ mod config;
 pub mod control_path;
 mod group;
 mod parse;
+mod privileges;
 mod restart;
 mod signal;
 mod table;
@@ -34,6 +35,7 @@ pub use group::GroupOptions;
 /// The signal type used throughout the public API (re-exported from `nix`).
 pub use nix::sys::signal::Signal;
 pub use parse::{ParseError, bytes_text, duration_text, parse_bytes, parse_duration};
+pub use privileges::{Account, CpuAffinity, EnvAllow, Limit, Nice, Rlimit, Rlimits, Umask};
 pub use restart::{Backoff, RestartMode, RestartPolicy};
 pub use signal::{in_both_lists, parse_signal};
 pub use table::{OPTIONS, OptionSpec, Options};

@@ -26,6 +26,7 @@ use nix::sys::signal::Signal;
 
 use super::control_path::{ClusterName, ControlPath};
 use super::parse::{ParseError, duration_text};
+use super::privileges::{Account, CpuAffinity, EnvAllow, Nice, Rlimits, Umask};
 use super::token::{self, StatusToken};
 use super::value::{Bytes, OptionValue, StatusAddr};
 use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
@@ -235,6 +236,25 @@ impl<'a> Get<'a, Option<&'a Path>> for Option<PathBuf> {
         self.as_deref()
     }
 }
+
+impl<'a> Get<'a, Option<&'a Account>> for Option<Account> {
+    fn get(&'a self) -> Option<&'a Account> {
+        self.as_ref()
+    }
+}
+
+/// The value types held by the options, read by reference.
+macro_rules! get_by_ref {
+    ($($ty:ty),*) => {$(
+        impl<'a> Get<'a, &'a $ty> for $ty {
+            fn get(&'a self) -> &'a $ty {
+                self
+            }
+        }
+    )*};
+}
+
+get_by_ref!(Rlimits, CpuAffinity, EnvAllow);
 
 impl<'a> Get<'a, Option<&'a StatusToken>> for Option<StatusToken> {
     fn get(&'a self) -> Option<&'a StatusToken> {
@@ -657,6 +677,69 @@ options_table! {
     worker_prefix_logs: bool = true;
     set with_worker_prefix_logs(bool);
     text "true", accepts "`true` or `false`";
+
+    /// The user workers run as (a name or a uid); its supplementary groups come along, as
+    /// with `initgroups`. The master stays as it was started.
+    ///
+    /// The master, started as root, binds the ports workers ask for (a port below 1024
+    /// too) and hands the sockets over, so workers need no privilege to serve; it resolves
+    /// the name at start, and a user that does not exist, or a master that is not root,
+    /// stops it with exit code 2 before any worker starts. A group's own `user` replaces it
+    /// (see [`GroupOptions::with_user`](crate::GroupOptions::with_user)).
+    user: Option<Account> as Option<&Account> = None;
+    set with_user(Option<Account>);
+    text "off", accepts "a user name such as `nobody`, a numeric uid, or `off`";
+
+    /// The group workers run as (a name or a gid); `off` is the primary group of `user`.
+    group: Option<Account> as Option<&Account> = None;
+    set with_group(Option<Account>);
+    text "off", accepts "a group name such as `nogroup`, a numeric gid, or `off`";
+
+    /// The workers' file mode creation mask, in octal; `off` inherits the master's.
+    umask: Option<Umask> = None;
+    set with_umask(Option<Umask>);
+    text "off", accepts "up to four octal digits such as `0027`, or `off`";
+
+    /// Resource limits of the workers, `name=soft:hard` or `name=value` for both: `nofile`,
+    /// `nproc`, `core`, `as`; limits not named are inherited from the master.
+    ///
+    /// `core` and `as` are byte sizes (`as=2GiB`), every value may be `unlimited`. A hard
+    /// limit above the master's needs a master running as root. A group's own limits
+    /// replace these one by one (see
+    /// [`GroupOptions::with_rlimits`](crate::GroupOptions::with_rlimits)).
+    rlimits: Rlimits as &Rlimits = Rlimits::new();
+    set with_rlimits(Rlimits);
+    text "off", accepts "`name=value` pairs of nofile, nproc, core, as (`soft:hard`, one value, or `unlimited`), or `off`";
+
+    /// The workers' nice value, from -20 to 19; `off` inherits the master's. Below the
+    /// master's own needs a master running as root.
+    nice: Option<Nice> = None;
+    set with_nice(Option<Nice>);
+    text "off", accepts "a whole number from -20 to 19, or `off`";
+
+    /// The CPUs workers run on: `spread` pins slot i to the (i mod n)-th of the n CPUs the
+    /// master may use; a list (`0-3, 6`) holds every worker to those CPUs; `off` inherits.
+    cpu_affinity: CpuAffinity as &CpuAffinity = CpuAffinity::Off;
+    set with_cpu_affinity(CpuAffinity);
+    text "off", accepts "`off`, `spread`, or CPU numbers and ranges such as `0-3, 6`";
+
+    /// Sets `no_new_privs` on workers: neither they nor anything they run can gain a
+    /// privilege through a set-user-id file or file capabilities.
+    no_new_privs: bool = false;
+    set with_no_new_privs(bool);
+    text "false", accepts "`true` or `false`";
+
+    /// Start workers with an empty environment but for the variables of `env_allow`, the
+    /// cluster's own (`CLUSTER_WORKER_*`, `CLUSTER_IPC_FD`, `CLUSTER_HEARTBEAT_MS`) and
+    /// their group's `with_env`.
+    env_clear: bool = false;
+    set with_env_clear(bool);
+    text "false", accepts "`true` or `false`";
+
+    /// With `env_clear`: the master's variables workers still get; `NAME*` allows a prefix.
+    env_allow: EnvAllow as &EnvAllow = EnvAllow::default();
+    set with_env_allow(EnvAllow);
+    text "", accepts "variable names, `NAME*` for a prefix (`PATH, LANG, LC_*`); may be empty";
 
     /// The cluster's name, which names its control socket and which `clusterctl -n` finds it
     /// by; `auto` is the executable's file name.

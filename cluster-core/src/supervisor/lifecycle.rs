@@ -90,6 +90,7 @@ impl<L: Launcher> Supervisor<L> {
                     _ => return,
                 };
                 p.phase = Phase::Ready { tx };
+                self.served = true;
                 tracing::debug!("worker {id} ready");
                 self.emit(RawEvent::Ready { id: id.clone() });
                 self.promote_if_replacement(&id).await;
@@ -458,14 +459,29 @@ impl<L: Launcher> Supervisor<L> {
                 let error = format!("cannot spawn replacement worker {id}: {e:#}");
                 Box::pin(self.reload_failed(&id.key(), error)).await;
             }
-            Err(e) => self.spawn_failed(id, &e),
+            Err(e) => self.spawn_failed(id, e),
         }
     }
 
     /// A worker could not be started. That says nothing about the worker's code (the
     /// descriptor or process limit, or a binary being replaced by a deploy), so it is not a
     /// restart: the slot retries on a backoff of its own, for as long as it takes.
-    fn spawn_failed(&mut self, id: WorkerId, error: &Error) {
+    ///
+    /// Except an option that cannot work (a worker that cannot take on its `user`, say) found
+    /// before any worker was ever ready: retrying would only loop, and the master stops with
+    /// exit code 2 before serving, as for any bad option. Once the cluster has served, the
+    /// same failure is retried like any other, so that a cause that passes (the `nproc`
+    /// limit reached for a moment) does not stop a serving cluster.
+    fn spawn_failed(&mut self, id: WorkerId, error: Error) {
+        if error.kind() == crate::ErrorKind::InvalidOption && !self.served {
+            notice!(
+                error,
+                "worker {id} cannot take on the options it was given; stopping the cluster"
+            );
+            self.spawn_failures_total += 1;
+            self.begin_stop(super::Stopping::Misconfigured(error));
+            return;
+        }
         let Some(slot) = self.slot_mut(&id.key()) else {
             return;
         };

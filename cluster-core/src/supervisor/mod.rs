@@ -21,6 +21,7 @@ pub(crate) mod control_server;
 mod lifecycle;
 pub(crate) mod notify;
 mod outbox;
+pub(crate) mod privileges;
 mod process;
 pub(crate) mod reaper;
 mod recycle;
@@ -139,6 +140,9 @@ enum Stopping {
     Requested,
     RestartLimit(Error),
     MasterFailed(Error),
+    /// The options cannot work: a worker could not take on its least-privilege settings
+    /// before the cluster ever served.
+    Misconfigured(Error),
 }
 
 pub(crate) struct Supervisor<L = Processes> {
@@ -180,6 +184,9 @@ pub(crate) struct Supervisor<L = Processes> {
     spawn_failures_total: u64,
     /// The last start failure, while a slot still waits for its retry.
     spawn_error: Option<String>,
+    /// A worker has been ready since the start: a configuration error found by a spawn no
+    /// longer stops the cluster, which has served (see `spawn_failed`).
+    served: bool,
     /// Workers' messages dropped because the master's function did not read its events.
     events_dropped: u64,
     /// Bounds workers went past, by kind; shared with the listeners and reporters.
@@ -204,6 +211,7 @@ impl Supervisor<Processes> {
     pub(crate) fn new(
         options: Options,
         groups: Vec<GroupOptions>,
+        policies: Vec<(String, privileges::Policy)>,
         spawn_hook: Option<SpawnHook>,
         queues: (
             mpsc::UnboundedReceiver<Command>,
@@ -215,6 +223,7 @@ impl Supervisor<Processes> {
         let (commands_rx, events, pending) = queues;
         let (inherited, live) = system;
         let settings = ProcessSettings {
+            policies,
             hook: spawn_hook,
             heartbeat_interval: options.heartbeat_interval(),
             ready_timeout: options.ready_timeout(),
@@ -310,6 +319,7 @@ impl<L: Launcher> Supervisor<L> {
             recycles: BTreeMap::new(),
             spawn_failures_total: 0,
             spawn_error: None,
+            served: false,
             events_dropped: 0,
             violations,
             watch: None,
@@ -403,6 +413,7 @@ impl<L: Launcher> Supervisor<L> {
         match self.stopping.take() {
             Some(Stopping::RestartLimit(e)) => (EXIT_RESTART_LIMIT, Some(e)),
             Some(Stopping::MasterFailed(e)) => (1, Some(e)),
+            Some(Stopping::Misconfigured(e)) => (2, Some(e)),
             _ if self.killed_after_grace => (EXIT_KILLED_AFTER_GRACE, None),
             _ => (0, None),
         }

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::notify::MASTER_ONLY_VARS;
 use super::reaper::LivePids;
+use super::privileges::Policy;
 use super::report::{Credited, Reporter};
 use super::spawner::Spawner;
 use crate::identity::{
@@ -106,6 +107,8 @@ pub(crate) struct Processes {
     /// Tasks copying workers' output: the master waits for them before it exits, so the
     /// last lines of its workers are not lost.
     forwarders: tokio::task::JoinSet<()>,
+    /// Each group's least-privilege policy, by group name.
+    policies: Vec<(String, Policy)>,
 }
 
 /// What [`Processes`] needs from the options.
@@ -115,6 +118,8 @@ pub(crate) struct ProcessSettings {
     pub(crate) ready_timeout: Duration,
     pub(crate) prefix_logs: bool,
     pub(crate) live: LivePids,
+    /// Each group's least-privilege policy, resolved at start.
+    pub(crate) policies: Vec<(String, Policy)>,
 }
 
 impl Processes {
@@ -135,6 +140,7 @@ impl Processes {
             prefix_logs: settings.prefix_logs,
             live: settings.live,
             forwarders: tokio::task::JoinSet::new(),
+            policies: settings.policies,
         })
     }
 
@@ -153,7 +159,16 @@ impl Processes {
             hook(id, &mut settings);
         }
         let (ours, child_end) = bootstrap::socketpair()?;
+        let policy = self
+            .policies
+            .iter()
+            .find(|(group, _)| *group == *id.group)
+            .map(|(_, policy)| policy);
         let mut cmd = tokio::process::Command::new(&self.exe);
+        // First: `env_clear` must not remove the variables set below.
+        if let Some(policy) = policy {
+            policy.start_env(&mut cmd);
+        }
         cmd.args(&self.args)
             .args(&settings.args)
             .env(ENV_GROUP, &*id.group)
@@ -173,17 +188,37 @@ impl Processes {
             cmd.env_remove(var);
         }
         child_end.pass_to(cmd.as_std_mut(), ENV_IPC_FD);
+        // Before the parent-death signal, which a change of credentials clears.
+        let restricted = match policy {
+            Some(policy) => match policy.restrictions(id.slot)? {
+                Some(restrictions) => {
+                    let report = sys::StepReport::new()
+                        .map_err(|e| Error::io("cannot create a pipe for a worker's start", e))?;
+                    sys::restrict(&mut cmd, restrictions, &report);
+                    Some((policy, report))
+                }
+                None => None,
+            },
+            None => None,
+        };
         sys::kill_with_parent(&mut cmd, self.master_pid);
         sys::ignore_terminal_signals(&mut cmd);
         if self.prefix_logs {
             cmd.stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
         }
-        let mut child = self
-            .spawner
-            .spawn(cmd)
-            .await
-            .map_err(|e| Error::io(format!("cannot start {}", self.exe.display()), e))?;
+        let mut child = match self.spawner.spawn(cmd).await {
+            Ok(child) => child,
+            Err(e) => {
+                let step = restricted
+                    .as_ref()
+                    .and_then(|(policy, report)| report.failed_step().map(|step| (policy, step)));
+                return Err(match step {
+                    Some((policy, step)) => policy.step_error(id, step, e),
+                    None => Error::io(format!("cannot start {}", self.exe.display()), e),
+                });
+            }
+        };
         drop(child_end);
         // Reap finished forwarders so they do not pile up across restarts.
         while self.forwarders.try_join_next().is_some() {}

@@ -66,6 +66,20 @@ fn every_option_round_trips_through_its_text() {
         .with_status_token(Some(StatusToken::new("abc-DEF_123.~+/==")))
         .with_min_ready(0)
         .with_worker_prefix_logs(false)
+        .with_user(Some(Account::from("www-data")))
+        .with_group(Some(Account::Id(33)))
+        .with_umask(Umask::new(0o027))
+        .with_rlimits(
+            Rlimits::new()
+                .with(Limit::Nofile, Some(1024), Some(65536))
+                .with(Limit::Core, Some(0), Some(0))
+                .with(Limit::As, None, None),
+        )
+        .with_nice(Nice::new(5))
+        .with_cpu_affinity(CpuAffinity::Cpus(vec![0, 1, 2, 5]))
+        .with_no_new_privs(true)
+        .with_env_clear(true)
+        .with_env_allow(["PATH", "LC_*"].into_iter().collect::<EnvAllow>())
         .with_name("shop")
         .with_control_path(std::path::PathBuf::from("/run/shop/ctl.sock"))
         .with_config_file(Some("/etc/app/cluster.toml".into()));
