@@ -14,6 +14,7 @@ use crate::identity::role;
 use crate::master::MasterContext;
 use crate::messaging::Pending;
 use crate::model::{Role, WorkerId};
+use crate::observe::logs::RecentLogs;
 use crate::options::Resolved;
 use crate::supervisor::signals;
 use crate::supervisor::{LiveConfig, Supervisor};
@@ -181,12 +182,20 @@ impl<D: Message, U: Message> Cluster<D, U> {
         let signals = signals::listen(&signals::handled(&self.options))?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let status_stop = tokio_util::sync::CancellationToken::new();
+        // Each slot's last lines, for `clusterctl logs`: workers' output reaches the master,
+        // to be kept, only when it prefixes it.
+        let logs = if self.options.worker_prefix_logs() {
+            RecentLogs::new(self.options.log_lines())
+        } else {
+            None
+        };
         // Before anything else starts, so that a second master of the same name stops here;
         // the guard removes the socket file when this function returns.
         let _control = crate::supervisor::control_server::start(
             &self.options,
             commands_tx.clone(),
             status_stop.clone(),
+            logs.clone(),
         )
         .await?;
         if let Some(hook) = self.before_fork {
@@ -250,6 +259,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
             commands_rx,
             events_tx,
             pending.clone(),
+            logs,
         )?;
         supervisor.set_config(LiveConfig {
             resolved,

@@ -17,6 +17,7 @@ use tokio::time::{Instant, sleep_until};
 mod command;
 mod config;
 pub(crate) mod control;
+mod control_logs;
 pub(crate) mod control_server;
 mod lifecycle;
 mod outbox;
@@ -39,6 +40,7 @@ pub use process::{SpawnHook, SpawnSettings};
 use crate::messaging::Pending;
 use crate::model::{ExitKind, SlotKey, WorkerId};
 use crate::net::master_listeners::MasterListeners;
+use crate::observe::logs::RecentLogs;
 use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
 use crate::{Error, Result};
 use process::{Internal, Launcher, ProcessSettings, Processes};
@@ -190,12 +192,14 @@ impl Supervisor<Processes> {
         commands_rx: mpsc::UnboundedReceiver<Command>,
         events: Option<EventSender<RawEvent>>,
         pending: Arc<Pending>,
+        logs: Option<Arc<RecentLogs>>,
     ) -> Result<Self> {
         let settings = ProcessSettings {
             hook: spawn_hook,
             heartbeat_interval: options.heartbeat_interval(),
             ready_timeout: options.ready_timeout(),
             prefix_logs: options.worker_prefix_logs(),
+            logs,
         };
         let mut supervisor =
             Supervisor::with_launcher(options, groups, commands_rx, events, pending, || {

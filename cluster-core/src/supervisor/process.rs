@@ -97,6 +97,8 @@ pub(crate) struct Processes {
     heartbeat_interval: Duration,
     ready_timeout: Duration,
     prefix_logs: bool,
+    /// Each slot's last lines, fed by the forwarders (option `log_lines`).
+    logs: Option<Arc<logs::RecentLogs>>,
     /// Tasks copying workers' output: the master waits for them before it exits, so the
     /// last lines of its workers are not lost.
     forwarders: tokio::task::JoinSet<()>,
@@ -108,6 +110,7 @@ pub(crate) struct ProcessSettings {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) ready_timeout: Duration,
     pub(crate) prefix_logs: bool,
+    pub(crate) logs: Option<Arc<logs::RecentLogs>>,
 }
 
 impl Processes {
@@ -126,6 +129,7 @@ impl Processes {
             heartbeat_interval: settings.heartbeat_interval,
             ready_timeout: settings.ready_timeout,
             prefix_logs: settings.prefix_logs,
+            logs: settings.logs,
             forwarders: tokio::task::JoinSet::new(),
         })
     }
@@ -177,20 +181,24 @@ impl Processes {
         while self.forwarders.try_join_next().is_some() {}
         if self.prefix_logs {
             // Each line of the worker reaches the master's matching stream whole, prefixed
-            // with who wrote it.
+            // with who wrote it, and the slot's ring.
             let prefix = format!(
                 "[{}/{} pid {}] ",
                 id.group,
                 id.slot,
                 child.id().unwrap_or(0)
             );
+            let logs = self.logs.clone();
+            let recorder = |stream| logs.as_ref().map(|l| l.recorder(id, stream));
             if let Some(out) = child.stdout.take() {
-                self.forwarders
-                    .spawn(logs::forward(out, logs::Stream::Stdout, prefix.clone()));
+                let stream = logs::Stream::Stdout;
+                let forward = logs::forward(out, stream, prefix.clone(), recorder(stream));
+                self.forwarders.spawn(forward);
             }
             if let Some(err) = child.stderr.take() {
-                self.forwarders
-                    .spawn(logs::forward(err, logs::Stream::Stderr, prefix));
+                let stream = logs::Stream::Stderr;
+                let forward = logs::forward(err, stream, prefix, recorder(stream));
+                self.forwarders.spawn(forward);
             }
         }
         Ok((child, ours))
