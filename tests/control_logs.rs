@@ -34,7 +34,7 @@ fn lines(out: &[u8]) -> Vec<String> {
 
 /// The line `clusterctl logs` prints for the fixture's `ECHO` line `i` of `n` (no padding).
 fn echo(slot: usize, generation: u64, pid: u64, i: u64, n: u64) -> String {
-    format!("[worker/{slot} pid {pid}] ECHO id=worker/{slot}#{generation} i={i} n={n} pad=")
+    format!("[worker/{slot} pid {pid}] ECHO id=worker/{slot}#{generation} i={i} n={n}")
 }
 
 /// A `clusterctl` left running (`logs -f`), its stdout read line by line; killed when
@@ -108,7 +108,7 @@ fn logs_lines_n_prints_exactly_the_last_n_lines_and_the_filters_keep_to_their_sl
     fx.wait_line("ECHO", &[("id", "worker/0#1"), ("i", "30")]);
     fx.command("echoerr worker 1 2");
     wait_until("worker/1's stderr lines", WAIT, || {
-        fx.stderr().contains("ECHO_ERR id=worker/1#1 i=2 ")
+        fx.stderr().contains("ECHO_ERR id=worker/1#1 i=2 n=2")
     });
 
     let out = ctl(&socket, &["logs", "--lines", "10", "worker/0"]);
@@ -122,7 +122,7 @@ fn logs_lines_n_prints_exactly_the_last_n_lines_and_the_filters_keep_to_their_sl
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(text(&out.stdout), "", "{}", describe(&out));
     let want: Vec<String> = (1..=2)
-        .map(|i| format!("[worker/1 pid {pid1}] ECHO_ERR id=worker/1#1 i={i} n=2 pad="))
+        .map(|i| format!("[worker/1 pid {pid1}] ECHO_ERR id=worker/1#1 i={i} n=2"))
         .collect();
     assert_eq!(lines(&out.stderr), want, "{}", describe(&out));
 
