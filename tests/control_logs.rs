@@ -355,3 +355,22 @@ fn a_failed_reload_wait_prints_the_replacements_last_lines() {
         "{stderr}"
     );
 }
+
+#[test]
+fn logs_has_help() {
+    let out = std::process::Command::new(CTL)
+        .args(["logs", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let help = text(&out.stdout);
+    for word in [
+        "Usage: clusterctl logs",
+        "--follow",
+        "--lines <N>",
+        "GROUP",
+        "dropped",
+    ] {
+        assert!(help.contains(word), "{word} in\n{help}");
+    }
+}

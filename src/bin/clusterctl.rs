@@ -113,6 +113,7 @@ enum Cmd {
     /// workers write, the lines it missed are shown as `[N lines dropped]`.
     Logs {
         /// Only this group (`web`) or slot (`web/0`).
+        #[arg(value_name = "GROUP[/SLOT]")]
         target: Option<String>,
         /// Go on printing new lines as they are written.
         #[arg(short, long)]

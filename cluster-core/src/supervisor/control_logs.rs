@@ -28,20 +28,16 @@ const OUTPUT_END_WAIT: Duration = Duration::from_secs(1);
 /// 64 KiB line more and the encoding's overhead.
 const FRAME_TEXT: usize = 1 << 20;
 
-/// Why a `logs` request for `filter` cannot be answered, if it cannot: the master keeps no
-/// lines, or no such group or slot exists (among the live workers in `status`, or among the
-/// slots that have printed).
+/// The refusal of a `logs` request by a master that keeps no lines.
+pub(super) const NOT_KEPT: &str = "this master keeps no worker output: its `log_lines` is 0, or `worker_prefix_logs` is off (workers write to its stdout and stderr directly)";
+
+/// Why a `logs` request for `filter` cannot be answered, if it cannot: no such group or slot
+/// exists (among the live workers in `status`, or among the slots that have printed).
 pub(super) fn refusal(
-    logs: Option<&RecentLogs>,
+    logs: &RecentLogs,
     filter: &Filter,
     status: Option<&ClusterStatus>,
 ) -> Option<String> {
-    let Some(logs) = logs else {
-        return Some(
-            "this master keeps no worker output: its `log_lines` is 0, or `worker_prefix_logs` is off (workers write to its stdout and stderr directly)"
-                .to_owned(),
-        );
-    };
     let live = status.is_some_and(|status| {
         status.workers.iter().any(|w| {
             filter.group.as_deref().is_none_or(|g| w.group == g)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_ipc::{Channel, Sender};
+use cluster_ipc::{Channel, Receiver, Sender};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
@@ -289,26 +289,12 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(),
                 follow,
             } => {
                 let filter = Filter { group, slot };
-                let status = status(&shared).await;
-                let logs = shared.logs.as_ref();
-                match (
-                    control_logs::refusal(logs.map(|l| &**l), &filter, status.as_ref()),
-                    logs,
-                ) {
-                    (None, Some(logs)) => {
-                        let served =
-                            control_logs::serve(logs, filter, lines, follow, &tx, &mut rx).await;
-                        // A follow ends only when the client has closed or spoken.
-                        if follow {
-                            return;
-                        }
-                        served
-                    }
-                    (why, _) => {
-                        let why = why.unwrap_or_else(|| GONE.to_owned());
-                        tx.send(&Response::Refused(why)).await
-                    }
+                let served = logs(filter, lines, follow, &tx, &mut rx, &shared).await;
+                // A follow ends only when the client has closed or spoken.
+                if follow {
+                    return;
                 }
+                served
             }
             request => answer(request, &tx, &shared, version).await,
         };
@@ -319,6 +305,32 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(),
 }
 
 type Tx = Sender<Response>;
+
+/// Answers a `logs` request, or refuses it when the master keeps no lines or the group or
+/// slot does not exist.
+async fn logs(
+    filter: Filter,
+    lines: usize,
+    follow: bool,
+    tx: &Tx,
+    rx: &mut Receiver<Request>,
+    shared: &Shared,
+) -> cluster_ipc::Result<()> {
+    let Some(logs) = &shared.logs else {
+        return tx
+            .send(&Response::Refused(control_logs::NOT_KEPT.to_owned()))
+            .await;
+    };
+    // Only a named group or slot needs checking against the live workers.
+    let status = match filter.group {
+        Some(_) => status(shared).await,
+        None => None,
+    };
+    match control_logs::refusal(logs, &filter, status.as_ref()) {
+        Some(why) => tx.send(&Response::Refused(why)).await,
+        None => control_logs::serve(logs, filter, lines, follow, tx, rx).await,
+    }
+}
 
 async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
     let (reply, rx) = oneshot::channel();
