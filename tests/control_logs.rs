@@ -168,7 +168,7 @@ fn logs_follow_prints_lines_as_workers_print_them_until_the_master_exits() {
     // once it is printed, every later line reaches the follower.
     let wstart = format!("[worker/0 pid {pid0}] WSTART id=worker/0#1 pid={pid0}");
     follower.wait_for("the backlog", |seen| seen.len() == 1);
-    assert_eq!(follower.seen, [wstart.clone()]);
+    assert_eq!(follower.seen, std::slice::from_ref(&wstart));
     // A line of another slot, recorded before worker/0's below: it would reach the follower
     // first if the filter let it through.
     fx.command("echo worker 1 1 0");
