@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use cluster::control::client::{Client, ClientError, find};
 use cluster::control::protocol::{
-    LogLine, LogStream, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
+    LOGS_VERSION, LogLine, LogStream, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
 };
 use cluster_core::options::parse_duration;
 
@@ -21,8 +21,6 @@ use cluster_core::options::parse_duration;
 const EXIT_ROLLED_BACK: u8 = 3;
 /// `--timeout` ran out first.
 const EXIT_TIMEOUT: u8 = 4;
-/// The first control protocol version with `logs`.
-const LOGS_VERSION: u32 = 2;
 
 /// Operate a running cluster: list its workers, reload, restart, scale or stop it, read its
 /// workers' output.

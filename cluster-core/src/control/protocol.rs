@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 /// [`Response::ReloadFailed`].
 pub const CONTROL_VERSION: u32 = 2;
 
+/// The first [`CONTROL_VERSION`] with [`Request::Logs`] and the lines of a failed replacement.
+pub const LOGS_VERSION: u32 = 2;
+
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {

@@ -1,6 +1,7 @@
 //! The master's side of the control socket: binding it safely (a directory of its own, mode
 //! 0600, a stale socket replaced, a live one refused), checking each peer's uid, and answering
-//! requests by asking the supervisor over its command queue, like the status server does.
+//! requests by asking the supervisor over its command queue, like the status server does
+//! (`logs` reads the workers' last lines instead: control_logs.rs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -15,7 +16,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::protocol::{
-    CONTROL_VERSION, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
+    CONTROL_VERSION, LOGS_VERSION, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
 };
 use crate::control::{client, config};
 use crate::model::{SlotKey, WorkerId};
@@ -424,7 +425,7 @@ fn slot_of(id: &WorkerId) -> String {
 }
 
 /// Reports a failed reload or restart: the failing replacement's last lines first, to a client
-/// that understands them (protocol version 2), then the failure.
+/// that understands them ([`LOGS_VERSION`]), then the failure.
 async fn failed(
     failing: Option<&WorkerId>,
     error: String,
@@ -432,7 +433,7 @@ async fn failed(
     shared: &Shared,
     version: u32,
 ) -> cluster_ipc::Result<()> {
-    if let Some(id) = failing.filter(|_| version >= 2) {
+    if let Some(id) = failing.filter(|_| version >= LOGS_VERSION) {
         control_logs::send_failed_lines(shared.logs.as_deref(), id, tx).await?;
     }
     let slot = failing.map(slot_of);
