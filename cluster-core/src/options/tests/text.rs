@@ -66,6 +66,7 @@ fn every_option_round_trips_through_its_text() {
         .with_status_token(Some(StatusToken::new("abc-DEF_123.~+/==")))
         .with_min_ready(0)
         .with_worker_prefix_logs(false)
+        .with_log_lines(50)
         .with_name("shop")
         .with_control_path(std::path::PathBuf::from("/run/shop/ctl.sock"))
         .with_config_file(Some("/etc/app/cluster.toml".into()));
