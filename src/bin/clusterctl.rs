@@ -1,5 +1,5 @@
 //! `clusterctl`: operate a running cluster through its master's control socket (list, status,
-//! reload, restart, scale, stop), as `pm2` does for its processes.
+//! reload, restart, scale, stop, logs), as `pm2` does for its processes.
 //!
 //! Exit codes: 0 done; 1 the cluster could not be reached or refused the request; 2 bad
 //! usage; 3 a reload or restart failed and was rolled back (the old workers keep serving);
@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use cluster::control::client::{Client, ClientError, find};
-use cluster::control::protocol::{MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow};
+use cluster::control::protocol::{
+    LOGS_VERSION, LogLine, LogStream, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
+};
 use cluster_core::options::parse_duration;
 
 /// A reload or restart failed and was rolled back.
@@ -20,7 +22,8 @@ const EXIT_ROLLED_BACK: u8 = 3;
 /// `--timeout` ran out first.
 const EXIT_TIMEOUT: u8 = 4;
 
-/// Operate a running cluster: list its workers, reload, restart, scale or stop it.
+/// Operate a running cluster: list its workers, reload, restart, scale or stop it, read its
+/// workers' output.
 ///
 /// The cluster is found by its name (`-n`, the socket `<name>.sock` in the default directory:
 /// `$XDG_RUNTIME_DIR/cluster`, else `/run/cluster` for root, else `<tmp>/cluster-<uid>`), by its
@@ -97,6 +100,25 @@ enum Cmd {
         /// Give up waiting after this long and exit 4.
         #[arg(long, value_parser = duration)]
         timeout: Option<Duration>,
+    },
+    /// Print the workers' last output lines, prefixed as the master prints them
+    /// (`[web/0 pid 123] ...`): the last --lines of each slot, in the order they were printed.
+    /// Lines workers wrote to stdout go to stdout, those to stderr to stderr.
+    ///
+    /// The master keeps each slot's last lines (option `log_lines`, 1,000 by default), those
+    /// of its earlier workers included. With -f, new lines follow as the workers print them,
+    /// until Ctrl-C or the master exits (exit 0 then); if this command reads slower than the
+    /// workers write, the lines it missed are shown as `[N lines dropped]`.
+    Logs {
+        /// Only this group (`web`) or slot (`web/0`).
+        #[arg(value_name = "GROUP[/SLOT]")]
+        target: Option<String>,
+        /// Go on printing new lines as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of each slot's last lines to print first.
+        #[arg(long, value_name = "N", default_value_t = 15)]
+        lines: usize,
     },
     /// Print shell completions for clusterctl.
     Completions {
@@ -235,8 +257,110 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("stopped");
             Ok(())
         }
+        Cmd::Logs {
+            target,
+            follow,
+            lines,
+        } => logs(&mut client, target.as_deref(), follow, lines).await,
         Cmd::Completions { .. } => Ok(()),
     }
+}
+
+/// `clusterctl logs`: the backlog, then with `follow` new lines until the master goes away.
+async fn logs(
+    client: &mut Client,
+    target: Option<&str>,
+    follow: bool,
+    lines: usize,
+) -> Result<(), Failure> {
+    if client.version() < LOGS_VERSION {
+        return Err(Failure(
+            1,
+            format!(
+                "the master (pid {}) speaks control protocol version {}, which has no logs; it needs a restart on a newer build",
+                client.pid(),
+                client.version()
+            ),
+        ));
+    }
+    let (group, slot) = match target {
+        None => (None, None),
+        Some(target) => match target.split_once('/') {
+            None => (Some(target.to_owned()), None),
+            Some((group, slot)) => {
+                let slot = slot.parse().map_err(|_| {
+                    Failure(
+                        2,
+                        format!("{target:?} is not GROUP or GROUP/SLOT (`worker/0`)"),
+                    )
+                })?;
+                (Some(group.to_owned()), Some(slot))
+            }
+        },
+    };
+    let request = Request::Logs {
+        group,
+        slot,
+        lines,
+        follow,
+    };
+    let mut answer = Some(client.request(&request).await?);
+    loop {
+        let response = match answer.take() {
+            Some(response) => response,
+            None => match client.next().await {
+                Ok(Some(response)) => response,
+                // The connection ended: with -f, the way a follow ends when the master exits.
+                Ok(None) | Err(ClientError::Channel(_)) if follow => {
+                    eprintln!(
+                        "clusterctl: the master (pid {}) went away; no more lines",
+                        client.pid()
+                    );
+                    return Ok(());
+                }
+                Ok(None) => return Err(ClientError::Closed.into()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let printed = match response {
+            Response::Logs(lines) => print_lines(&lines),
+            Response::LogsDropped(n) => write_out(
+                &mut std::io::stdout().lock(),
+                format!("[{n} line{} dropped]\n", if n == 1 { "" } else { "s" }).as_bytes(),
+            ),
+            Response::LogsUpToDate if !follow => return Ok(()),
+            Response::LogsUpToDate => Ok(()),
+            other => return Err(Failure(1, format!("unexpected answer to logs: {other:?}"))),
+        };
+        if printed.is_err() {
+            // Whoever read our output is gone (`clusterctl logs -f | head`): nothing to do.
+            return Ok(());
+        }
+    }
+}
+
+/// Writes `lines` to stdout or stderr, as the worker wrote each.
+fn print_lines(lines: &[LogLine]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    for line in lines {
+        match line.stream {
+            LogStream::Stdout => write_line(&mut out, &line.text)?,
+            LogStream::Stderr => write_line(&mut err, &line.text)?,
+        }
+    }
+    out.flush()?;
+    err.flush()
+}
+
+fn write_line(to: &mut impl Write, text: &[u8]) -> std::io::Result<()> {
+    to.write_all(text)?;
+    to.write_all(b"\n")
+}
+
+fn write_out(to: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    to.write_all(bytes)?;
+    to.flush()
 }
 
 async fn within<T>(
@@ -258,9 +382,14 @@ async fn within<T>(
     }
 }
 
+/// How many of a failed replacement's last lines to show.
+const FAILED_LINES: usize = 20;
+
 /// Prints a reload's or restart's progress until it ends.
 async fn follow(client: &mut Client, limit: Option<Duration>, what: &str) -> Result<(), Failure> {
     let work = async {
+        // The failing replacement's last lines, which the master sends before the failure.
+        let mut last_lines: Vec<LogLine> = Vec::new();
         loop {
             match client.next().await {
                 Ok(Some(Response::ReloadFinished)) => {
@@ -268,14 +397,24 @@ async fn follow(client: &mut Client, limit: Option<Duration>, what: &str) -> Res
                     return Ok(());
                 }
                 Ok(Some(Response::ReloadFailed { slot, error })) => {
-                    let at = slot.map(|s| format!(" at {s}")).unwrap_or_default();
-                    return Err(Failure(
-                        EXIT_ROLLED_BACK,
-                        format!(
-                            "{what} failed{at}: {error}; rolled back, the old workers keep serving"
-                        ),
-                    ));
+                    let at = slot
+                        .as_ref()
+                        .map(|s| format!(" at {s}"))
+                        .unwrap_or_default();
+                    let mut message = format!(
+                        "{what} failed{at}: {error}; rolled back, the old workers keep serving"
+                    );
+                    let skip = last_lines.len().saturating_sub(FAILED_LINES);
+                    if skip < last_lines.len() {
+                        message += "\nthe replacement's last lines:";
+                        for line in &last_lines[skip..] {
+                            message += "\n  ";
+                            message += &String::from_utf8_lossy(&line.text);
+                        }
+                    }
+                    return Err(Failure(EXIT_ROLLED_BACK, message));
                 }
+                Ok(Some(Response::Logs(lines))) => last_lines.extend(lines),
                 Ok(Some(other)) => say(&other),
                 Ok(None) => {
                     return Err(Failure(

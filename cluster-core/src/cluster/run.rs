@@ -15,6 +15,7 @@ use crate::master::MasterContext;
 use crate::messaging::Pending;
 use crate::model::{Role, WorkerId};
 use crate::net::inherited::Inherited;
+use crate::observe::logs::RecentLogs;
 use crate::options::Resolved;
 use crate::supervisor::privileges::Policy;
 use crate::supervisor::{LiveConfig, Supervisor};
@@ -200,12 +201,20 @@ impl<D: Message, U: Message> Cluster<D, U> {
         reaper::start(live.clone());
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let status_stop = tokio_util::sync::CancellationToken::new();
+        // Each slot's last lines, for `clusterctl logs`: workers' output reaches the master,
+        // to be kept, only when it prefixes it.
+        let logs = if self.options.worker_prefix_logs() {
+            RecentLogs::new(self.options.log_lines())
+        } else {
+            None
+        };
         // Before anything else starts, so that a second master of the same name stops here;
         // the guard removes the socket file when this function returns.
         let _control = crate::supervisor::control_server::start(
             &self.options,
             commands_tx.clone(),
             status_stop.clone(),
+            logs.clone(),
         )
         .await?;
         if let Some(hook) = self.before_fork {
@@ -269,6 +278,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
             self.spawn_hook,
             (commands_rx, events_tx, pending.clone()),
             (inherited, live.clone()),
+            logs,
         )?;
         supervisor.set_config(LiveConfig {
             resolved,

@@ -124,7 +124,17 @@ impl Client {
         }
     }
 
-    /// The next answer (a reload's progress), or `None` once the master has closed the
+    /// Sends `request` without reading any answer (read them with [`Client::next`]).
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        self.tx.send(request).await?;
+        Ok(())
+    }
+
+    /// The next answer (a reload's progress, log lines), or `None` once the master has closed the
     /// connection (after `stop`, when it has exited).
     ///
     /// # Errors

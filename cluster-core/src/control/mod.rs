@@ -1,5 +1,5 @@
 //! The control socket: how `clusterctl` lists, reloads, restarts, scales and stops a running
-//! cluster.
+//! cluster, and reads its workers' last output lines.
 //!
 //! The master serves a Unix stream socket (option `control_path`, named after option `name`;
 //! see [`path`]) with the typed requests of [`protocol`] over cluster-ipc's channel. Only the

@@ -11,7 +11,14 @@
 use serde::{Deserialize, Serialize};
 
 /// The control protocol's version, raised when a request or answer is appended.
-pub const CONTROL_VERSION: u32 = 1;
+///
+/// 2: [`Request::Logs`] and its answers; a failed reload or restart followed by a client of
+/// version 2 or later gets the failing replacement's last lines ([`Response::Logs`]) before
+/// [`Response::ReloadFailed`].
+pub const CONTROL_VERSION: u32 = 2;
+
+/// The first [`CONTROL_VERSION`] with [`Request::Logs`] and the lines of a failed replacement.
+pub const LOGS_VERSION: u32 = 2;
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +61,21 @@ pub enum Request {
     Stop {
         /// The grace period, in milliseconds.
         grace_ms: Option<u64>,
+    },
+    /// Workers' last output lines (since version 2): the last `lines` of each slot wanted,
+    /// in [`Response::Logs`] answers, then [`Response::LogsUpToDate`]. With `follow`, new
+    /// lines follow as the workers print them, until the client closes the connection (or
+    /// sends anything); a client that falls behind loses lines, told by
+    /// [`Response::LogsDropped`].
+    Logs {
+        /// Only this group's slots.
+        group: Option<String>,
+        /// Only this slot (of `group`).
+        slot: Option<usize>,
+        /// How many of each slot's last lines.
+        lines: usize,
+        /// Go on with new lines.
+        follow: bool,
     },
 }
 
@@ -106,6 +128,32 @@ pub enum Response {
         /// Its pid, for the client to wait on.
         pid: u32,
     },
+    /// Workers' output lines, in the order the master printed them.
+    Logs(Vec<LogLine>),
+    /// This many lines were dropped here because the client did not read fast enough.
+    LogsDropped(u64),
+    /// Every line kept so far was sent: without `follow` the answer ends here; with it, new
+    /// lines come next.
+    LogsUpToDate,
+}
+
+/// Which of a worker's streams a line was written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogStream {
+    /// Its standard output.
+    Stdout,
+    /// Its standard error.
+    Stderr,
+}
+
+/// One line a worker wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Where the worker wrote it (and the master printed it).
+    pub stream: LogStream,
+    /// The line as the master printed it, prefix included (`[web/0 pid 123] listening`),
+    /// without its newline. Bytes: a worker's output need not be UTF-8.
+    pub text: Vec<u8>,
 }
 
 /// One step of a reload or restart.
@@ -277,6 +325,25 @@ mod tests {
             bytes(&Response::Workers(vec![row])),
             [2, 1, 1, b'g', 1, 1, 5, 2, 1, b'r', 3, 0, 0, 1, 4, 6, 0]
         );
+        // Version 2.
+        assert_eq!(
+            bytes(&Request::Logs {
+                group: Some("w".into()),
+                slot: Some(1),
+                lines: 20,
+                follow: true
+            }),
+            [7, 1, 1, b'w', 1, 1, 20, 1]
+        );
+        assert_eq!(
+            bytes(&Response::Logs(vec![LogLine {
+                stream: LogStream::Stderr,
+                text: b"x".to_vec()
+            }])),
+            [9, 1, 1, 1, b'x']
+        );
+        assert_eq!(bytes(&Response::LogsDropped(3)), [10, 3]);
+        assert_eq!(bytes(&Response::LogsUpToDate), [11]);
     }
 
     #[test]

@@ -75,6 +75,19 @@ pub(super) fn reload_parallelism(slots: &usize) -> Checked {
     Ok(())
 }
 
+/// The most lines `log_lines` may keep per slot: with their 1 KiB each, 100 MiB a slot.
+const MAX_LOG_LINES: usize = 100_000;
+
+pub(super) fn log_lines(lines: &usize) -> Checked {
+    if *lines > MAX_LOG_LINES {
+        return Err(format!(
+            "{lines} lines per slot could hold {} MiB of each worker's output in the master; use at most {MAX_LOG_LINES} (`clusterctl logs` is for the last lines, a log file for the rest), or 0 to keep none",
+            lines / 1024
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn backoff(backoff: &Backoff) -> Checked {
     if !backoff.factor.is_finite() || backoff.factor < 1.0 {
         return Err(format!(

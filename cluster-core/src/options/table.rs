@@ -740,6 +740,19 @@ options_table! {
     env_allow: EnvAllow as &EnvAllow = EnvAllow::default();
     set with_env_allow(EnvAllow);
     text "", accepts "variable names, `NAME*` for a prefix (`PATH, LANG, LC_*`); may be empty";
+    /// How many of each slot's last output lines the master keeps for `clusterctl logs`,
+    /// within 1 KiB of text per line (1,000 lines and 1 MiB by default); 0 keeps none.
+    ///
+    /// A line can be up to 64 KiB long, so a slot of long lines keeps fewer of them: the
+    /// oldest go first when either bound is reached, and the newest line is always kept. The
+    /// lines belong to the slot, not to one process: a replacement's follow its
+    /// predecessor's, each with the prefix of the worker that wrote it. Only output that the
+    /// master forwards is kept, so with `worker_prefix_logs` off (workers writing to the
+    /// master's stdout and stderr directly) there is nothing to keep.
+    log_lines: usize = 1000;
+    set with_log_lines(usize);
+    text "1000", accepts "a whole number of lines per slot, at most 100000; 0 keeps none";
+    check check::log_lines;
 
     /// The cluster's name, which names its control socket and which `clusterctl -n` finds it
     /// by; `auto` is the executable's file name.

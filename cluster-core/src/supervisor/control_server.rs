@@ -1,6 +1,7 @@
 //! The master's side of the control socket: binding it safely (a directory of its own, mode
 //! 0600, a stale socket replaced, a live one refused), checking each peer's uid, and answering
-//! requests by asking the supervisor over its command queue, like the status server does.
+//! requests by asking the supervisor over its command queue, like the status server does
+//! (`logs` reads the workers' last lines instead: control_logs.rs).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -8,21 +9,23 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster_ipc::{Channel, Sender};
+use cluster_ipc::{Channel, Receiver, Sender};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::protocol::{
-    CONTROL_VERSION, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
+    CONTROL_VERSION, LOGS_VERSION, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
 };
 use crate::control::{client, config};
-use crate::model::SlotKey;
+use crate::model::{SlotKey, WorkerId};
+use crate::observe::logs::{Filter, RecentLogs};
 use crate::observe::status::ClusterStatus;
 use crate::options::{OPTIONS, Options};
 use crate::supervisor::Command;
 use crate::supervisor::control::{Ask, ReloadStart, Tap};
+use crate::supervisor::control_logs;
 use crate::supervisor::notice;
 use crate::{Error, ErrorKind, Result};
 
@@ -61,6 +64,8 @@ struct Shared {
     exe_hash: tokio::sync::OnceCell<String>,
     /// CPU use by pid over the last sampling interval, in percent.
     cpu: Mutex<HashMap<u32, f64>>,
+    /// Workers' last lines, when the master keeps them.
+    logs: Option<Arc<RecentLogs>>,
 }
 
 /// Binds the control socket and serves it until `stop`; `None` when `control_path` is off.
@@ -73,6 +78,7 @@ pub(crate) async fn start(
     options: &Options,
     commands: mpsc::UnboundedSender<Command>,
     stop: CancellationToken,
+    logs: Option<Arc<RecentLogs>>,
 ) -> Result<Option<SocketFile>> {
     let name = options.name().resolve();
     let Some(path) = options.control_path().resolve(&name) else {
@@ -98,6 +104,7 @@ pub(crate) async fn start(
         options: texts,
         exe_hash: tokio::sync::OnceCell::new(),
         cpu: Mutex::new(HashMap::new()),
+        logs,
     });
     tokio::spawn(sample_cpu(
         shared.clone(),
@@ -246,7 +253,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(),
         return;
     };
     let (tx, mut rx) = channel.split();
-    let Ok(Ok(Some(Request::Hello { .. }))) = timeout(HELLO_TIMEOUT, rx.recv()).await else {
+    let Ok(Ok(Some(Request::Hello { version }))) = timeout(HELLO_TIMEOUT, rx.recv()).await else {
         return;
     };
     if let Err(peer) = allowed {
@@ -275,13 +282,56 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(),
             // Closed, idle too long, or a frame that does not decode.
             _ => return,
         };
-        if answer(request, &tx, &shared).await.is_err() {
+        let answered = match request {
+            Request::Logs {
+                group,
+                slot,
+                lines,
+                follow,
+            } => {
+                let filter = Filter { group, slot };
+                let served = logs(filter, lines, follow, &tx, &mut rx, &shared).await;
+                // A follow ends only when the client has closed or spoken.
+                if follow {
+                    return;
+                }
+                served
+            }
+            request => answer(request, &tx, &shared, version).await,
+        };
+        if answered.is_err() {
             return;
         }
     }
 }
 
 type Tx = Sender<Response>;
+
+/// Answers a `logs` request, or refuses it when the master keeps no lines or the group or
+/// slot does not exist.
+async fn logs(
+    filter: Filter,
+    lines: usize,
+    follow: bool,
+    tx: &Tx,
+    rx: &mut Receiver<Request>,
+    shared: &Shared,
+) -> cluster_ipc::Result<()> {
+    let Some(logs) = &shared.logs else {
+        return tx
+            .send(&Response::Refused(control_logs::NOT_KEPT.to_owned()))
+            .await;
+    };
+    // Only a named group or slot needs checking against the live workers.
+    let status = match filter.group {
+        Some(_) => status(shared).await,
+        None => None,
+    };
+    match control_logs::refusal(logs, &filter, status.as_ref()) {
+        Some(why) => tx.send(&Response::Refused(why)).await,
+        None => control_logs::serve(logs, filter, lines, follow, tx, rx).await,
+    }
+}
 
 async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
     let (reply, rx) = oneshot::channel();
@@ -308,8 +358,13 @@ async fn ask_to<T>(
     }
 }
 
-/// Answers one request; an error means the client has gone.
-async fn answer(request: Request, tx: &Tx, shared: &Shared) -> cluster_ipc::Result<()> {
+/// Answers one request of a client of protocol `version`; an error means the client has gone.
+async fn answer(
+    request: Request,
+    tx: &Tx,
+    shared: &Shared,
+    version: u32,
+) -> cluster_ipc::Result<()> {
     let response = match request {
         Request::Hello { .. } => Response::Refused("hello was already said".to_owned()),
         Request::List => match status(shared).await {
@@ -320,8 +375,12 @@ async fn answer(request: Request, tx: &Tx, shared: &Shared) -> cluster_ipc::Resu
             Some(status) => Response::Status(Box::new(master_info(&status, shared).await)),
             None => Response::Refused(GONE.to_owned()),
         },
-        Request::Reload { group, wait } => return reload(group, wait, tx, shared).await,
-        Request::Restart { group, slot } => return restart(group, slot, tx, shared).await,
+        Request::Reload { group, wait } => {
+            return reload(group, wait, tx, shared, version).await;
+        }
+        Request::Restart { group, slot } => {
+            return restart(group, slot, tx, shared, version).await;
+        }
         Request::Scale { group, to } => scale(group, to, shared).await,
         Request::Stop { grace_ms } => {
             let grace = grace_ms.map(Duration::from_millis);
@@ -336,6 +395,8 @@ async fn answer(request: Request, tx: &Tx, shared: &Shared) -> cluster_ipc::Resu
             std::future::pending::<()>().await;
             return Ok(());
         }
+        // Served by `connection`, which hands it the receiving half.
+        Request::Logs { .. } => Response::Refused("logs is answered elsewhere".to_owned()),
     };
     tx.send(&response).await
 }
@@ -359,8 +420,24 @@ async fn follow(shared: &Shared) -> Option<broadcast::Receiver<Tap>> {
     ask(shared, |reply| Command::Control(Ask::Follow { reply })).await
 }
 
-fn slot_of(id: &crate::model::WorkerId) -> String {
+fn slot_of(id: &WorkerId) -> String {
     format!("{}/{}", id.group, id.slot)
+}
+
+/// Reports a failed reload or restart: the failing replacement's last lines first, to a client
+/// that understands them ([`LOGS_VERSION`]), then the failure.
+async fn failed(
+    failing: Option<&WorkerId>,
+    error: String,
+    tx: &Tx,
+    shared: &Shared,
+    version: u32,
+) -> cluster_ipc::Result<()> {
+    if let Some(id) = failing.filter(|_| version >= LOGS_VERSION) {
+        control_logs::send_failed_lines(shared.logs.as_deref(), id, tx).await?;
+    }
+    let slot = failing.map(slot_of);
+    tx.send(&Response::ReloadFailed { slot, error }).await
 }
 
 async fn reload(
@@ -368,6 +445,7 @@ async fn reload(
     wait: bool,
     tx: &Tx,
     shared: &Shared,
+    version: u32,
 ) -> cluster_ipc::Result<()> {
     // Following starts before the reload, so no event of it is missed.
     let events = if wait { follow(shared).await } else { None };
@@ -395,9 +473,9 @@ async fn reload(
     };
     // A queued pass ends at the second finish from now.
     let mut finishes_to_skip = usize::from(start == ReloadStart::Queued);
-    // Replacements seen starting, by slot: (generation, ready yet).
-    let mut replacing: BTreeMap<String, (u64, bool)> = BTreeMap::new();
-    let mut last_exit: Option<String> = None;
+    // Replacements seen starting, by slot: (the replacement, ready yet).
+    let mut replacing: BTreeMap<String, (WorkerId, bool)> = BTreeMap::new();
+    let mut last_exit: Option<WorkerId> = None;
     loop {
         let tap = match events.recv().await {
             Ok(tap) => tap,
@@ -412,7 +490,7 @@ async fn reload(
         };
         let response = match tap {
             Tap::Spawned { id, pid } if id.generation > 1 => {
-                replacing.insert(slot_of(&id), (id.generation, false));
+                replacing.insert(slot_of(&id), (id.clone(), false));
                 Response::Progress(Progress::Replacing {
                     slot: slot_of(&id),
                     generation: id.generation,
@@ -420,7 +498,7 @@ async fn reload(
                 })
             }
             Tap::Ready { id } => match replacing.get_mut(&slot_of(&id)) {
-                Some((generation, ready)) if *generation == id.generation => {
+                Some((replacement, ready)) if *replacement == id => {
                     *ready = true;
                     Response::Progress(Progress::Replaced {
                         slot: slot_of(&id),
@@ -430,8 +508,8 @@ async fn reload(
                 _ => continue,
             },
             Tap::Exit { id, how } => match replacing.get(&slot_of(&id)) {
-                Some((generation, false)) if *generation == id.generation => {
-                    last_exit = Some(slot_of(&id));
+                Some((replacement, false)) if *replacement == id => {
+                    last_exit = Some(id.clone());
                     Response::Progress(Progress::Exited {
                         slot: slot_of(&id),
                         generation: id.generation,
@@ -446,13 +524,13 @@ async fn reload(
             }
             Tap::ReloadFinished => return tx.send(&Response::ReloadFinished).await,
             Tap::ReloadFailed { error } => {
-                let slot = last_exit.or_else(|| {
+                let failing = last_exit.or_else(|| {
                     replacing
-                        .iter()
-                        .find(|(_, (_, ready))| !ready)
-                        .map(|(slot, _)| slot.clone())
+                        .values()
+                        .find(|(_, ready)| !ready)
+                        .map(|(id, _)| id.clone())
                 });
-                return tx.send(&Response::ReloadFailed { slot, error }).await;
+                return failed(failing.as_ref(), error, tx, shared, version).await;
             }
             Tap::Spawned { .. } | Tap::ReloadStarted => continue,
         };
@@ -460,7 +538,13 @@ async fn reload(
     }
 }
 
-async fn restart(group: String, slot: usize, tx: &Tx, shared: &Shared) -> cluster_ipc::Result<()> {
+async fn restart(
+    group: String,
+    slot: usize,
+    tx: &Tx,
+    shared: &Shared,
+    version: u32,
+) -> cluster_ipc::Result<()> {
     let Some(mut events) = follow(shared).await else {
         return tx.send(&Response::Refused(GONE.to_owned())).await;
     };
@@ -481,7 +565,7 @@ async fn restart(group: String, slot: usize, tx: &Tx, shared: &Shared) -> cluste
         "replacing {name} with generation {generation}"
     )))
     .await?;
-    let ours = |id: &crate::model::WorkerId| id.key() == key && id.generation == generation;
+    let ours = |id: &WorkerId| id.key() == key && id.generation == generation;
     loop {
         let tap = match events.recv().await {
             Ok(tap) => tap,
@@ -512,11 +596,8 @@ async fn restart(group: String, slot: usize, tx: &Tx, shared: &Shared) -> cluste
                 return tx.send(&Response::ReloadFinished).await;
             }
             Tap::Exit { id, how } if ours(&id) => {
-                let failed = Response::ReloadFailed {
-                    slot: Some(name.clone()),
-                    error: format!("replacement worker {id} {how} before it became ready"),
-                };
-                return tx.send(&failed).await;
+                let error = format!("replacement worker {id} {how} before it became ready");
+                return failed(Some(&id), error, tx, shared, version).await;
             }
             _ => {}
         }

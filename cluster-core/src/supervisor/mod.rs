@@ -17,6 +17,7 @@ use tokio::time::{Instant, sleep_until};
 mod command;
 mod config;
 pub(crate) mod control;
+mod control_logs;
 pub(crate) mod control_server;
 mod lifecycle;
 pub(crate) mod notify;
@@ -43,6 +44,7 @@ pub use process::{SpawnHook, SpawnSettings};
 use crate::messaging::Pending;
 use crate::model::{ExitKind, SlotKey, WorkerId};
 use crate::net::master_listeners::MasterListeners;
+use crate::observe::logs::RecentLogs;
 use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
 use crate::{Error, Result};
 use process::{Internal, Launcher, ProcessSettings, Processes};
@@ -219,6 +221,7 @@ impl Supervisor<Processes> {
             Arc<Pending>,
         ),
         system: (crate::net::inherited::Inherited, reaper::LivePids),
+        logs: Option<Arc<RecentLogs>>,
     ) -> Result<Self> {
         let (commands_rx, events, pending) = queues;
         let (inherited, live) = system;
@@ -229,6 +232,7 @@ impl Supervisor<Processes> {
             ready_timeout: options.ready_timeout(),
             prefix_logs: options.worker_prefix_logs(),
             live,
+            logs,
         };
         let mut supervisor =
             Supervisor::with_launcher(options, groups, commands_rx, events, pending, || {

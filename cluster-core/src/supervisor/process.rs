@@ -16,8 +16,8 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 
 use super::notify::MASTER_ONLY_VARS;
-use super::reaper::LivePids;
 use super::privileges::Policy;
+use super::reaper::LivePids;
 use super::report::{Credited, Reporter};
 use super::spawner::Spawner;
 use crate::identity::{
@@ -104,6 +104,8 @@ pub(crate) struct Processes {
     prefix_logs: bool,
     /// The live workers' pids, which the orphan reaper leaves to tokio.
     live: LivePids,
+    /// Each slot's last lines, fed by the forwarders (option `log_lines`).
+    logs: Option<Arc<logs::RecentLogs>>,
     /// Tasks copying workers' output: the master waits for them before it exits, so the
     /// last lines of its workers are not lost.
     forwarders: tokio::task::JoinSet<()>,
@@ -120,6 +122,7 @@ pub(crate) struct ProcessSettings {
     pub(crate) live: LivePids,
     /// Each group's least-privilege policy, resolved at start.
     pub(crate) policies: Vec<(String, Policy)>,
+    pub(crate) logs: Option<Arc<logs::RecentLogs>>,
 }
 
 impl Processes {
@@ -139,6 +142,7 @@ impl Processes {
             ready_timeout: settings.ready_timeout,
             prefix_logs: settings.prefix_logs,
             live: settings.live,
+            logs: settings.logs,
             forwarders: tokio::task::JoinSet::new(),
             policies: settings.policies,
         })
@@ -224,20 +228,24 @@ impl Processes {
         while self.forwarders.try_join_next().is_some() {}
         if self.prefix_logs {
             // Each line of the worker reaches the master's matching stream whole, prefixed
-            // with who wrote it.
+            // with who wrote it, and the slot's ring.
             let prefix = format!(
                 "[{}/{} pid {}] ",
                 id.group,
                 id.slot,
                 child.id().unwrap_or(0)
             );
+            let logs = self.logs.clone();
+            let recorder = |stream| logs.as_ref().map(|l| l.recorder(id, stream));
             if let Some(out) = child.stdout.take() {
-                self.forwarders
-                    .spawn(logs::forward(out, logs::Stream::Stdout, prefix.clone()));
+                let stream = logs::Stream::Stdout;
+                let forward = logs::forward(out, stream, prefix.clone(), recorder(stream));
+                self.forwarders.spawn(forward);
             }
             if let Some(err) = child.stderr.take() {
-                self.forwarders
-                    .spawn(logs::forward(err, logs::Stream::Stderr, prefix));
+                let stream = logs::Stream::Stderr;
+                let forward = logs::forward(err, stream, prefix, recorder(stream));
+                self.forwarders.spawn(forward);
             }
         }
         Ok((child, ours))

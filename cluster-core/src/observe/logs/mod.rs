@@ -27,12 +27,26 @@
 //! moved back so it does not cut a valid multi-byte character in two). A last line without a
 //! newline is emitted at EOF with one added. A partial line is held until its newline (or
 //! EOF, or [`MAX_CHUNK`]): line mode delays a prompt written without a newline.
+//!
+//! # The master's memory of them
+//!
+//! Each batch is also handed to the worker's [`Recorder`], when the master keeps its workers'
+//! last lines (option `log_lines`, for `clusterctl logs`): `recent.rs` holds a ring per slot
+//! (`ring.rs`) and the followers of new lines, each with a bounded queue of its own
+//! (`follow.rs`), so that recording never waits.
 
 use std::io::{self, Write as _};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::{mpsc, oneshot};
+
+mod follow;
+mod recent;
+mod ring;
+
+pub(crate) use recent::{Filter, RecentLogs, Recorder};
+pub(crate) use ring::Line;
 
 /// The most content bytes of one output line; a longer line is split into chunks this long.
 const MAX_CHUNK: usize = 64 * 1024;
@@ -62,15 +76,21 @@ pub(crate) enum Stream {
 }
 
 /// Copies `from` (a worker's stdout or stderr pipe) to the master's stdout (`Stream::Stdout`)
-/// or stderr, each line prefixed with `prefix` (e.g. `"[web/0 pid 123] "`), until EOF.
+/// or stderr, each line prefixed with `prefix` (e.g. `"[web/0 pid 123] "`), until EOF; and
+/// hands every batch of lines to `recorder`, if any, before it is written.
 ///
 /// Returns once everything read has been written to the destination (not merely queued), so
 /// a master that awaits its forwarders before exiting loses no output. A read error ends the
 /// forwarding like EOF does (the worker is gone or its pipe broken; there is nothing more to
 /// copy).
-pub(crate) async fn forward<R: AsyncRead + Unpin>(from: R, to: Stream, prefix: String) {
+pub(crate) async fn forward<R: AsyncRead + Unpin>(
+    from: R,
+    to: Stream,
+    prefix: String,
+    recorder: Option<Recorder>,
+) {
     match Writer::global(to) {
-        Some(writer) => forward_to(from, writer, prefix).await,
+        Some(writer) => forward_to(from, writer, prefix, recorder).await,
         None => {
             // No writer thread could be started (thread limit reached). The pipe must still be
             // drained, or the worker would block forever on a full pipe.
@@ -81,7 +101,17 @@ pub(crate) async fn forward<R: AsyncRead + Unpin>(from: R, to: Stream, prefix: S
 }
 
 /// Like [`forward`], to any destination's [`Writer`] (tests use a buffer).
-pub(crate) async fn forward_to<R: AsyncRead + Unpin>(mut from: R, to: &Writer, prefix: String) {
+pub(crate) async fn forward_to<R: AsyncRead + Unpin>(
+    mut from: R,
+    to: &Writer,
+    prefix: String,
+    recorder: Option<Recorder>,
+) {
+    let record = |batch: &[u8]| {
+        if let Some(recorder) = &recorder {
+            recorder.record(batch);
+        }
+    };
     let mut framer = Framer::new(prefix.into_bytes());
     let mut buf = vec![0u8; READ_SIZE];
     loop {
@@ -99,6 +129,7 @@ pub(crate) async fn forward_to<R: AsyncRead + Unpin>(mut from: R, to: &Writer, p
             let used = framer.push(input);
             input = &input[used..];
             if let Some(batch) = framer.take_whole_lines() {
+                record(&batch);
                 if !to.send(batch).await {
                     // The writer thread is gone (it only ends when its sink panicked): keep
                     // draining so the worker does not block on a full pipe.
@@ -109,6 +140,7 @@ pub(crate) async fn forward_to<R: AsyncRead + Unpin>(mut from: R, to: &Writer, p
         }
     }
     if let Some(last) = framer.finish() {
+        record(&last);
         to.send(last).await;
     }
     to.flush().await;

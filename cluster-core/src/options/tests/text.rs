@@ -80,6 +80,7 @@ fn every_option_round_trips_through_its_text() {
         .with_no_new_privs(true)
         .with_env_clear(true)
         .with_env_allow(["PATH", "LC_*"].into_iter().collect::<EnvAllow>())
+        .with_log_lines(50)
         .with_name("shop")
         .with_control_path(std::path::PathBuf::from("/run/shop/ctl.sock"))
         .with_config_file(Some("/etc/app/cluster.toml".into()));

@@ -22,7 +22,7 @@ async fn forward_bytes(input: Vec<u8>, prefix: &str) -> Vec<u8> {
     let producer = tokio::spawn(async move {
         tx.write_all(&input).await.unwrap();
     });
-    forward_to(rx, &writer, prefix.to_owned()).await;
+    forward_to(rx, &writer, prefix.to_owned(), None).await;
     producer.await.unwrap();
     buf.lock().unwrap().clone()
 }
@@ -65,7 +65,7 @@ async fn concurrent_forwarders_keep_lines_whole_and_ordered() {
         }));
         let writer = writer.clone();
         tasks.push(tokio::spawn(async move {
-            forward_to(rx, &writer, format!("[src {s} pid 1{s}] ")).await;
+            forward_to(rx, &writer, format!("[src {s} pid 1{s}] "), None).await;
         }));
     }
     for task in tasks {
@@ -208,7 +208,7 @@ async fn stalled_destination_applies_backpressure() {
             counter.fetch_add(line.len(), Ordering::SeqCst);
         }
     });
-    let forwarder = tokio::spawn(async move { forward_to(rx, &writer, "[w] ".into()).await });
+    let forwarder = tokio::spawn(async move { forward_to(rx, &writer, "[w] ".into(), None).await });
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stalled_at = produced.load(Ordering::SeqCst);
@@ -245,7 +245,7 @@ async fn forwards_a_child_process_output() {
     let stdout = child.stdout.take().unwrap();
     let (writer, buf) = buffer_writer();
     let prefix = format!("[web/0 pid {pid}] ");
-    forward_to(stdout, &writer, prefix.clone()).await;
+    forward_to(stdout, &writer, prefix.clone(), None).await;
     assert!(child.wait().await.unwrap().success());
 
     let out = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
@@ -269,8 +269,8 @@ async fn forwards_a_child_process_stdout_and_stderr_together() {
     let stderr = child.stderr.take().unwrap();
     let (writer, buf) = buffer_writer();
     tokio::join!(
-        forward_to(stdout, &writer, "[o] ".into()),
-        forward_to(stderr, &writer, "[e] ".into()),
+        forward_to(stdout, &writer, "[o] ".into(), None),
+        forward_to(stderr, &writer, "[e] ".into(), None),
     );
     assert!(child.wait().await.unwrap().success());
 
@@ -293,6 +293,20 @@ async fn forwards_a_child_process_stdout_and_stderr_together() {
 /// or on the terminal with --nocapture).
 #[tokio::test]
 async fn forwards_to_the_real_stdout_and_stderr() {
-    forward(&b"to stdout\n"[..], Stream::Stdout, "[logs test] ".into()).await;
-    forward(&b"to stderr"[..], Stream::Stderr, "[logs test] ".into()).await;
+    forward(
+        &b"to stdout\n"[..],
+        Stream::Stdout,
+        "[logs test] ".into(),
+        None,
+    )
+    .await;
+    forward(
+        &b"to stderr"[..],
+        Stream::Stderr,
+        "[logs test] ".into(),
+        None,
+    )
+    .await;
 }
+
+mod recent;
