@@ -336,6 +336,7 @@ where
                 exit,
                 expected,
                 restarting,
+                ..
             } => Event::Exit {
                 id,
                 exit,
