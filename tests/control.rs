@@ -6,68 +6,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::ctl::{CTL, ctl, describe, rows, start, text, wait_ready};
 use support::{Fixture, TempDir, WAIT, poll};
-
-const CTL: &str = env!("CARGO_BIN_EXE_clusterctl");
-
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(CTL)
-        .arg("-s")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run clusterctl")
-}
-
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
-}
-
-/// A cluster whose socket is `<dir>/ctl.sock`.
-fn start(dir: &TempDir, env: &[(&str, &str)]) -> (Fixture, PathBuf) {
-    let socket = dir.0.join("ctl.sock");
-    let path = socket.to_str().expect("a UTF-8 path").to_owned();
-    let mut all = vec![("FIXTURE_CONTROL_PATH", path.as_str())];
-    all.extend_from_slice(env);
-    (Fixture::start(&all), socket)
-}
-
-/// `list --json`, once the socket answers.
-fn rows(socket: &Path) -> Vec<Value> {
-    let out = ctl(socket, &["list", "--json"]);
-    if !out.status.success() {
-        return Vec::new();
-    }
-    let value: Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
-    value.as_array().cloned().unwrap_or_default()
-}
-
-/// Waits until `n` workers are ready and no other process is listed.
-fn wait_ready(socket: &Path, n: usize) -> Vec<Value> {
-    poll(&format!("{n} ready workers"), WAIT, || {
-        let rows = rows(socket);
-        let ready = rows.iter().filter(|r| r["state"] == "ready").count();
-        if ready == n && rows.len() == n {
-            Ok(rows)
-        } else {
-            Err(format!("{rows:?}"))
-        }
-    })
-}
 
 #[test]
 fn every_command_list_status_scale_restart_stop() {
@@ -95,18 +40,20 @@ fn every_command_list_status_scale_restart_stop() {
     assert_eq!(status["exe_hash"].as_str().unwrap().len(), 16);
     let options = status["options"].as_array().unwrap();
     assert!(
-        options.iter().any(|o| o[0] == "count" && o[1] == "2"),
+        options
+            .iter()
+            .any(|o| o["name"] == "count" && o["value"] == "2"),
         "{options:?}"
     );
     assert!(
         options
             .iter()
-            .any(|o| o[0] == "control_path" && o[1] == socket.to_str().unwrap()),
+            .any(|o| o["name"] == "control_path" && o["value"] == socket.to_str().unwrap()),
         "{options:?}"
     );
     let human = ctl(&socket, &["status"]);
     assert!(
-        text(&human.stdout).contains("options:"),
+        text(&human.stdout).contains("options in force:"),
         "{}",
         describe(&human)
     );
@@ -193,8 +140,17 @@ fn reload_wait_exits_3_naming_the_slot_when_a_replacement_never_becomes_ready() 
     let stderr = text(&out.stderr);
     assert!(stderr.contains("reload failed at worker/0"), "{stderr}");
     assert!(stderr.contains("rolled back"), "{stderr}");
+    // The ready timer's kill says so, not just "killed by SIGKILL".
+    let not_ready = "worker/0#2 was not ready within ready_timeout (1s) and was killed";
+    assert!(stderr.contains(not_ready), "{stderr}");
+    let stdout = text(&out.stdout);
     assert!(
-        text(&out.stdout).contains("worker/0: starting worker/0#2"),
+        stdout.contains("worker/0: starting worker/0#2"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stdout.contains(&format!("worker/0: {not_ready}\n")),
         "{}",
         describe(&out)
     );
@@ -315,6 +271,7 @@ fn help_for_every_command_and_completions() {
         vec!["--help"],
         vec!["list", "--help"],
         vec!["status", "--help"],
+        vec!["monit", "--help"],
         vec!["reload", "--help"],
         vec!["restart", "--help"],
         vec!["scale", "--help"],

@@ -4,7 +4,7 @@
 //! when it fails. `process` holds the machinery every fixture shares, `http` runs
 //! examples/http and drives it with a raw HTTP client, `ops` drives the ops fixture
 //! (tests/fixture/ops_fixture.rs), `faults` stops processes and moves program files away for
-//! the fault tests.
+//! the fault tests, `ctl` runs `clusterctl` (feature `ctl`).
 // Each test binary uses a subset of these helpers; the rest would warn as dead code.
 #![allow(dead_code)]
 
@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+#[cfg(feature = "ctl")]
+pub(crate) mod ctl;
 pub(crate) mod faults;
 pub(crate) mod http;
 pub(crate) mod ops;
