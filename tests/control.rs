@@ -40,18 +40,20 @@ fn every_command_list_status_scale_restart_stop() {
     assert_eq!(status["exe_hash"].as_str().unwrap().len(), 16);
     let options = status["options"].as_array().unwrap();
     assert!(
-        options.iter().any(|o| o[0] == "count" && o[1] == "2"),
+        options
+            .iter()
+            .any(|o| o["name"] == "count" && o["value"] == "2"),
         "{options:?}"
     );
     assert!(
         options
             .iter()
-            .any(|o| o[0] == "control_path" && o[1] == socket.to_str().unwrap()),
+            .any(|o| o["name"] == "control_path" && o["value"] == socket.to_str().unwrap()),
         "{options:?}"
     );
     let human = ctl(&socket, &["status"]);
     assert!(
-        text(&human.stdout).contains("options:"),
+        text(&human.stdout).contains("options in force:"),
         "{}",
         describe(&human)
     );
@@ -138,8 +140,17 @@ fn reload_wait_exits_3_naming_the_slot_when_a_replacement_never_becomes_ready() 
     let stderr = text(&out.stderr);
     assert!(stderr.contains("reload failed at worker/0"), "{stderr}");
     assert!(stderr.contains("rolled back"), "{stderr}");
+    // The ready timer's kill says so, not just "killed by SIGKILL".
+    let not_ready = "worker/0#2 was not ready within ready_timeout (1s) and was killed";
+    assert!(stderr.contains(not_ready), "{stderr}");
+    let stdout = text(&out.stdout);
     assert!(
-        text(&out.stdout).contains("worker/0: starting worker/0#2"),
+        stdout.contains("worker/0: starting worker/0#2"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stdout.contains(&format!("worker/0: {not_ready}\n")),
         "{}",
         describe(&out)
     );
@@ -260,6 +271,7 @@ fn help_for_every_command_and_completions() {
         vec!["--help"],
         vec!["list", "--help"],
         vec!["status", "--help"],
+        vec!["monit", "--help"],
         vec!["reload", "--help"],
         vec!["restart", "--help"],
         vec!["scale", "--help"],

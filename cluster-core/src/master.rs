@@ -345,6 +345,7 @@ where
                 exit,
                 expected,
                 restarting,
+                ..
             } => Event::Exit {
                 id,
                 exit,

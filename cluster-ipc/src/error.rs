@@ -4,7 +4,8 @@ use std::io;
 ///
 /// Errors that leave the byte stream out of sync (a bad frame, a payload that does not decode,
 /// missing file descriptors) close the channel: the call that hit them returns the error and
-/// every later call returns [`Error::Closed`].
+/// every later call returns [`Error::Closed`]. A payload that does not decode can be made an
+/// error of its frame alone ([`crate::Config::with_close_on_decode_error`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

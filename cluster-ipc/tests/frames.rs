@@ -1,5 +1,6 @@
 //! Framing errors, injected as raw bytes after a valid hello: each is a typed error that closes
-//! the channel. And the sending side's frame limit, which does not close it.
+//! the channel (a payload that does not decode only when the config says so, as by default).
+//! And the sending side's frame limit, which does not close it.
 
 mod common;
 
@@ -130,6 +131,39 @@ async fn garbage_payload<C: Codec>() {
         other => panic!("expected Error::Decode, got {other:?}"),
     }
     assert_closed_after::<C>((ch, raw)).await;
+}
+
+/// With `close_on_decode_error(false)`, a payload that does not decode is an error for that
+/// frame only: the frames after it are read, and the channel still sends.
+async fn garbage_payload_kept_open<C: Codec>() {
+    let config = Config::default().with_close_on_decode_error(false);
+    let (mut ch, mut raw) = peer::<C>(config).await;
+    // In one write (read from the buffer at once), then one at a time (read as they come).
+    let mut bytes = frame(0, &[200, 1, 2, 3]);
+    bytes.extend(message::<C, _>(&Tagged::Small(9)));
+    raw.write_all(&bytes).await.unwrap();
+    assert!(matches!(
+        within("recv", ch.recv()).await,
+        Err(Error::Decode { .. })
+    ));
+    assert_eq!(
+        within("recv", ch.recv()).await.unwrap(),
+        Some(Tagged::Small(9))
+    );
+    raw.write_all(&frame(0, &[200])).await.unwrap();
+    assert!(matches!(
+        within("recv", ch.recv_with_fds()).await,
+        Err(Error::Decode { .. })
+    ));
+    raw.write_all(&message::<C, _>(&Tagged::Small(8)))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("recv", ch.recv()).await.unwrap(),
+        Some(Tagged::Small(8))
+    );
+    assert!(!ch.sender().is_closed());
+    ch.send(&Tagged::Small(1)).await.unwrap();
 }
 
 /// A valid value followed by trailing bytes is a decode error too.
@@ -328,6 +362,7 @@ codec_tests!(
     header_claiming_4gib,
     frame_at_limit_is_accepted,
     garbage_payload,
+    garbage_payload_kept_open,
     trailing_bytes_are_a_decode_error,
     empty_frame,
     unknown_frame_kind,

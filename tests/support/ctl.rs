@@ -1,6 +1,7 @@
-//! Helpers of the control socket's tests (tests/control.rs, tests/control_logs.rs): run
-//! `clusterctl` against a cluster-fixture cluster whose socket is in a directory of the test's
-//! own, and read its answers.
+//! Helpers of the control socket's tests (tests/control.rs, tests/control_logs.rs,
+//! tests/control_socket.rs, tests/monit.rs): run `clusterctl` against a fixture cluster whose
+//! control socket is in a directory of the test's own (`FIXTURE_CONTROL_PATH`), so that tests
+//! run in parallel, and read its answers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,6 +12,7 @@ use super::{Fixture, TempDir, WAIT, poll};
 
 pub(crate) const CTL: &str = env!("CARGO_BIN_EXE_clusterctl");
 
+/// Runs `clusterctl -s socket args...` to its end.
 pub(crate) fn ctl(socket: &Path, args: &[&str]) -> Output {
     Command::new(CTL)
         .arg("-s")
@@ -24,6 +26,7 @@ pub(crate) fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
 
+/// An output, for an assertion's message.
 pub(crate) fn describe(out: &Output) -> String {
     format!(
         "status {:?}\n--- stdout ---\n{}--- stderr ---\n{}",

@@ -4,7 +4,7 @@
 //! when it fails. `process` holds the machinery every fixture shares, `http` runs
 //! examples/http and drives it with a raw HTTP client, `ops` drives the ops fixture
 //! (tests/fixture/ops_fixture.rs), `faults` stops processes and moves program files away for
-//! the fault tests, `ctl` runs `clusterctl` against a fixture (with the `ctl` feature).
+//! the fault tests, `ctl` runs `clusterctl` (feature `ctl`).
 // Each test binary uses a subset of these helpers; the rest would warn as dead code.
 #![allow(dead_code)]
 
@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-// Only test binaries built with `ctl` have `clusterctl` to run.
 #[cfg(feature = "ctl")]
 pub(crate) mod ctl;
 pub(crate) mod faults;

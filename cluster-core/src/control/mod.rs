@@ -18,7 +18,11 @@ pub use crate::options::control_path as path;
 pub use crate::options::{ClusterName, ControlPath};
 
 /// The channel limits both sides use: a 4 MiB frame holds the list of thousands of workers,
-/// and a bound this low keeps one bad client from making the master buffer more.
+/// and a bound this low keeps one bad client from making the master buffer more. A request
+/// that does not decode leaves the channel open, for the master to say why before it closes
+/// the connection itself.
 pub(crate) fn config() -> cluster_ipc::Config {
-    cluster_ipc::Config::default().with_max_frame_len(4 << 20)
+    cluster_ipc::Config::default()
+        .with_max_frame_len(4 << 20)
+        .with_close_on_decode_error(false)
 }

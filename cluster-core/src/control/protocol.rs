@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 /// The control protocol's version, raised when a request or answer is appended.
 ///
-/// 2: [`Request::Logs`] and its answers; a failed reload or restart followed by a client of
-/// version 2 or later gets the failing replacement's last lines ([`Response::Logs`]) before
-/// [`Response::ReloadFailed`].
+/// 2: [`Request::Logs`] and its answers (a failed reload or restart followed by a client of
+/// version 2 or later gets the failing replacement's last lines, [`Response::Logs`], before
+/// [`Response::ReloadFailed`]); [`Request::Options`] and [`Response::Options`] (each
+/// option's source).
 pub const CONTROL_VERSION: u32 = 2;
 
 /// The first [`CONTROL_VERSION`] with [`Request::Logs`] and the lines of a failed replacement.
@@ -77,6 +78,10 @@ pub enum Request {
         /// Go on with new lines.
         follow: bool,
     },
+    /// Every option in force with where its value came from: answered by
+    /// [`Response::Options`]. Since version 2: a client asks it only of a master whose hello
+    /// said 2 or more (an older one would close the connection on it).
+    Options,
 }
 
 /// The size a group is scaled to.
@@ -135,6 +140,8 @@ pub enum Response {
     /// Every line kept so far was sent: without `follow` the answer ends here; with it, new
     /// lines come next.
     LogsUpToDate,
+    /// The answer to [`Request::Options`], in the order of the options table.
+    Options(Vec<OptionRow>),
 }
 
 /// Which of a worker's streams a line was written to.
@@ -175,13 +182,15 @@ pub enum Progress {
         /// The replacement's generation.
         generation: u64,
     },
-    /// The replacement exited before it became ready.
+    /// The replacement ended before it became ready.
     Exited {
         /// `group/slot`.
         slot: String,
         /// The replacement's generation.
         generation: u64,
-        /// How it exited.
+        /// How it ended, as a clause: `exited with code 3 before it became ready`, `was not
+        /// ready within ready_timeout (30s) and was killed`. (Before version 2, without
+        /// `before it became ready`.)
         how: String,
     },
 }
@@ -238,8 +247,68 @@ pub struct MasterInfo {
     pub restarts_total: u64,
     /// Completed rolling reloads.
     pub reloads_total: u64,
-    /// Every option in force, as `(name, value as text)`; secrets are shown as `<set>`.
+    /// Every option in force, as `(name, value as text)`; secrets are shown as `(set)`.
     pub options: Vec<(String, String)>,
+}
+
+/// One option in force, as `clusterctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptionRow {
+    /// The option's name (its TOML key).
+    pub name: String,
+    /// Its value as text, as the option's parser reads it; a secret only as `(set)`.
+    pub value: String,
+    /// Where the value came from.
+    pub source: OptionSource,
+}
+
+/// Where an option's value came from (`options::Source` on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OptionSource {
+    /// Nothing set it (or the code set it to its default, which cannot be told apart).
+    Default,
+    /// The code: the builder, `#[cluster::main]` or `Master::options`.
+    Code,
+    /// The options file.
+    File {
+        /// The file as it was named.
+        path: String,
+        /// The line of the key, from 1.
+        line: u64,
+    },
+    /// An environment variable.
+    Env {
+        /// Its name (`CLUSTER_GRACE`, `WEB_CONCURRENCY`).
+        var: String,
+    },
+}
+
+impl From<&crate::options::Source> for OptionSource {
+    fn from(source: &crate::options::Source) -> Self {
+        use crate::options::Source;
+        match source {
+            Source::Default => OptionSource::Default,
+            Source::Code => OptionSource::Code,
+            Source::File { path, line } => OptionSource::File {
+                path: path.display().to_string(),
+                line: *line as u64,
+            },
+            Source::Env { var } => OptionSource::Env { var: var.clone() },
+        }
+    }
+}
+
+impl std::fmt::Display for OptionSource {
+    /// As `options::Source` writes itself: `default`, `code`, `file app.toml:3`,
+    /// `env CLUSTER_GRACE`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionSource::Default => f.write_str("default"),
+            OptionSource::Code => f.write_str("code"),
+            OptionSource::File { path, line } => write!(f, "file {path}:{line}"),
+            OptionSource::Env { var } => write!(f, "env {var}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +351,7 @@ mod tests {
             [5, 1, b'w', 2, 3]
         );
         assert_eq!(bytes(&Request::Stop { grace_ms: None }), [6, 0]);
+        assert_eq!(bytes(&Request::Options), [8]);
         assert_eq!(
             bytes(&Response::Hello {
                 version: 1,
@@ -308,6 +378,41 @@ mod tests {
             [7, 0, 1, b'e']
         );
         assert_eq!(bytes(&Response::Stopping { pid: 9 }), [8, 9]);
+        let options = vec![
+            OptionRow {
+                name: "a".into(),
+                value: "1".into(),
+                source: OptionSource::Default,
+            },
+            OptionRow {
+                name: "b".into(),
+                value: "2".into(),
+                source: OptionSource::Code,
+            },
+            OptionRow {
+                name: "c".into(),
+                value: "3".into(),
+                source: OptionSource::File {
+                    path: "f".into(),
+                    line: 4,
+                },
+            },
+            OptionRow {
+                name: "d".into(),
+                value: "5".into(),
+                source: OptionSource::Env { var: "V".into() },
+            },
+        ];
+        assert_eq!(
+            bytes(&Response::Options(options)),
+            [
+                12, 4, //
+                1, b'a', 1, b'1', 0, //
+                1, b'b', 1, b'2', 1, //
+                1, b'c', 1, b'3', 2, 1, b'f', 4, //
+                1, b'd', 1, b'5', 3, 1, b'V',
+            ]
+        );
         let row = WorkerRow {
             group: "g".into(),
             slot: 1,

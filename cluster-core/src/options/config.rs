@@ -174,17 +174,7 @@ impl Resolved {
         env: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Result<Resolved, Error> {
         let env = Environment::read(env)?;
-        let defaults = Options::default();
-        let mut sources: Vec<Source> = OPTIONS
-            .iter()
-            .map(|spec| {
-                if spec.value_text(&code) == spec.value_text(&defaults) {
-                    Source::Default
-                } else {
-                    Source::Code
-                }
-            })
-            .collect();
+        let mut sources = code_sources(&code);
         let mut options = code.clone();
         // The file's name first, from the environment over the code, since the file comes
         // under the environment for every other option.
@@ -230,6 +220,17 @@ impl Resolved {
         };
         resolved.validate()?;
         Ok(resolved)
+    }
+
+    /// The code's options alone, without the file or the environment: for a master that was
+    /// not started by `Cluster::run` (the supervisor's own tests), which has read neither.
+    pub(crate) fn code_only(code: Options) -> Resolved {
+        Resolved {
+            sources: code_sources(&code),
+            options: code.clone(),
+            code,
+            warnings: Vec::new(),
+        }
     }
 
     /// The options in force.
@@ -336,6 +337,22 @@ impl Resolved {
             }
         })
     }
+}
+
+/// Each option's source when only the code has set options: `Code` where its value is not
+/// the default's.
+fn code_sources(code: &Options) -> Vec<Source> {
+    let defaults = Options::default();
+    OPTIONS
+        .iter()
+        .map(|spec| {
+            if spec.value_text(code) == spec.value_text(&defaults) {
+                Source::Default
+            } else {
+                Source::Code
+            }
+        })
+        .collect()
 }
 
 /// The option named `name` and its index in [`OPTIONS`].

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::process::Launcher;
 use super::{Supervisor, notice};
+use crate::control::protocol::OptionRow;
 use crate::options::Resolved;
 
 /// The configuration the master started with, kept for reloads.
@@ -24,9 +25,30 @@ impl<L: Launcher> Supervisor<L> {
     }
 
     /// The options in force and where each came from, when the master has a configuration.
-    #[allow(dead_code)] // for the control socket's `status` (issue 13, items 1-2)
     pub(crate) fn resolved(&self) -> Option<&Resolved> {
         self.config.as_ref().map(|c| &c.resolved)
+    }
+
+    /// Every option in force with its source, for the control socket's `status`: the
+    /// configuration's (as the last reload left it), or without one the options this loop
+    /// runs with, as the code set them.
+    pub(super) fn option_rows(&self) -> Vec<OptionRow> {
+        let code_only;
+        let resolved = match self.resolved() {
+            Some(resolved) => resolved,
+            None => {
+                code_only = Resolved::code_only(self.options.clone());
+                &code_only
+            }
+        };
+        resolved
+            .sources()
+            .map(|o| OptionRow {
+                name: o.name.to_owned(),
+                value: o.value,
+                source: o.source.into(),
+            })
+            .collect()
     }
 
     /// Reads the options file and the environment again and applies what a running cluster

@@ -1,6 +1,6 @@
 //! What the control socket asks of the loop beyond the app's commands: to follow lifecycle
 //! events (for `clusterctl reload --wait`), a reload of one group, the graceful replacement of
-//! one slot, a relative scale, a stop with another grace.
+//! one slot, a relative scale, a stop with another grace, the options in force.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::process::Launcher;
 use super::{RawEvent, Stopping, Supervisor, notice};
-use crate::control::protocol::ScaleTo;
+use crate::control::protocol::{OptionRow, ScaleTo};
 use crate::model::{SlotKey, WorkerId};
 use crate::{Error, ErrorKind, Result};
 
@@ -18,12 +18,24 @@ pub(super) const TAP_CAPACITY: usize = 1024;
 /// A lifecycle event, as the control socket follows it.
 #[derive(Debug, Clone)]
 pub(crate) enum Tap {
-    Spawned { id: WorkerId, pid: u32 },
-    Ready { id: WorkerId },
-    Exit { id: WorkerId, how: String },
+    Spawned {
+        id: WorkerId,
+        pid: u32,
+    },
+    Ready {
+        id: WorkerId,
+    },
+    /// `how`: as [`super::lifecycle::ended_unready`] says it (the followers care only about
+    /// replacements that end before they are ready).
+    Exit {
+        id: WorkerId,
+        how: String,
+    },
     ReloadStarted,
     ReloadFinished,
-    ReloadFailed { error: String },
+    ReloadFailed {
+        error: String,
+    },
 }
 
 impl Tap {
@@ -34,9 +46,11 @@ impl Tap {
                 pid: *pid,
             },
             RawEvent::Ready { id } => Tap::Ready { id: id.clone() },
-            RawEvent::Exit { id, exit, .. } => Tap::Exit {
+            RawEvent::Exit {
+                id, exit, unready, ..
+            } => Tap::Exit {
                 id: id.clone(),
-                how: exit.to_string(),
+                how: super::lifecycle::ended_unready(*exit, *unready),
             },
             RawEvent::ReloadStarted => Tap::ReloadStarted,
             RawEvent::ReloadFinished => Tap::ReloadFinished,
@@ -81,6 +95,10 @@ pub(crate) enum Ask {
     },
     Stop {
         grace: Option<Duration>,
+    },
+    /// Every option in force, with its source.
+    Options {
+        reply: oneshot::Sender<Vec<OptionRow>>,
     },
 }
 
@@ -140,6 +158,9 @@ impl<L: Launcher> Supervisor<L> {
                 }
                 notice!(info, "control socket: shutting down gracefully");
                 self.begin_stop(Stopping::Requested);
+            }
+            Ask::Options { reply } => {
+                let _ = reply.send(self.option_rows());
             }
         }
     }

@@ -16,22 +16,26 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::control::protocol::{
-    CONTROL_VERSION, LOGS_VERSION, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
+    CONTROL_VERSION, LOGS_VERSION, MasterInfo, OptionRow, Progress, Request, Response, ScaleTo,
+    WorkerRow,
 };
 use crate::control::{client, config};
 use crate::model::{SlotKey, WorkerId};
 use crate::observe::logs::{Filter, RecentLogs};
 use crate::observe::status::ClusterStatus;
-use crate::options::{OPTIONS, Options};
+use crate::options::Options;
 use crate::supervisor::Command;
 use crate::supervisor::control::{Ask, ReloadStart, Tap};
 use crate::supervisor::control_logs;
 use crate::supervisor::notice;
 use crate::{Error, ErrorKind, Result};
 
-/// At most this many control connections at once: one more is closed at once, so a client
-/// looping on connect cannot make the master hold unbounded tasks and buffers.
+/// At most this many control connections at once: one more is refused (see [`refuse_busy`]),
+/// so a client looping on connect cannot make the master hold unbounded tasks and buffers.
 const MAX_CONNECTIONS: usize = 16;
+/// Connections being told that the master is busy, at most: past that, one more is closed
+/// without a word. Each lasts at most [`HELLO_TIMEOUT`].
+const MAX_REFUSALS: usize = 4;
 /// A peer gets this long for the handshake and its hello, and between two requests.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,7 +64,6 @@ struct Shared {
     name: String,
     path: PathBuf,
     started: Instant,
-    options: Vec<(String, String)>,
     exe_hash: tokio::sync::OnceCell<String>,
     /// CPU use by pid over the last sampling interval, in percent.
     cpu: Mutex<HashMap<u32, f64>>,
@@ -85,23 +88,11 @@ pub(crate) async fn start(
         return Ok(None);
     };
     let (listener, file) = bind(&path, &name).await?;
-    let texts = OPTIONS
-        .iter()
-        .map(|spec| {
-            let mut text = spec.value_text(options);
-            // The status token is a secret: say only whether there is one.
-            if spec.name() == "status_token" && text != "off" {
-                text = "<set>".to_owned();
-            }
-            (spec.name().to_owned(), text)
-        })
-        .collect();
     let shared = Arc::new(Shared {
         commands,
         name,
         path,
         started: Instant::now(),
-        options: texts,
         exe_hash: tokio::sync::OnceCell::new(),
         cpu: Mutex::new(HashMap::new()),
         logs,
@@ -212,6 +203,7 @@ async fn replace_stale(path: &Path, name: &str) -> Result<()> {
 
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let uid = nix::unistd::geteuid().as_raw();
     loop {
         let stream = tokio::select! {
@@ -227,7 +219,12 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Cancella
             },
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream);
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _refusal = refusal;
+                    let _ = timeout(HELLO_TIMEOUT, refuse_busy(stream)).await;
+                });
+            }
             continue;
         };
         // SO_PEERCRED: who connected, as the kernel recorded it at connect time.
@@ -241,31 +238,83 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Cancella
     }
 }
 
-/// One connection: its hello, then requests one at a time until it closes, idles out or sends
-/// something that does not decode (which ends this connection only).
-async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(), Option<u32>>) {
-    let Ok(Ok(channel)) = timeout(
+/// The client's side of a connection past the channel's handshake.
+type Rx = cluster_ipc::Receiver<Request>;
+
+/// The channel's handshake and the client's hello (with the client's protocol version);
+/// `None` when the peer does not speak the
+/// protocol (it has been told why when it got as far as sending a frame) or is too slow.
+async fn hello(stream: UnixStream) -> Option<(Tx, Rx, u32)> {
+    let channel = timeout(
         HELLO_TIMEOUT,
         Channel::<Response, Request>::handshake(stream, config()),
     )
     .await
-    else {
-        return;
-    };
+    .ok()?
+    .ok()?;
     let (tx, mut rx) = channel.split();
-    let Ok(Ok(Some(Request::Hello { version }))) = timeout(HELLO_TIMEOUT, rx.recv()).await else {
+    match timeout(HELLO_TIMEOUT, rx.recv()).await {
+        Ok(Ok(Some(Request::Hello { version }))) => Some((tx, rx, version)),
+        Ok(Ok(Some(_))) => {
+            refuse(&tx, "the first request must be hello".to_owned()).await;
+            None
+        }
+        Ok(Err(e)) => {
+            refuse_garbled(&tx, &e).await;
+            None
+        }
+        Ok(Ok(None)) | Err(_) => None,
+    }
+}
+
+/// Sends `why` as a refusal and waits until it is written, before the connection is dropped.
+async fn refuse(tx: &Tx, why: String) {
+    let _ = tx.send(&Response::Refused(why)).await;
+    let _ = tx.flush().await;
+}
+
+/// A frame that does not decode as a request: a client of another build, or not a client at
+/// all. Said before closing, so that the client reads why instead of a bare hang-up.
+async fn refuse_garbled(tx: &Tx, error: &cluster_ipc::Error) {
+    if matches!(
+        error,
+        cluster_ipc::Error::Io(_) | cluster_ipc::Error::Closed
+    ) {
+        // The client went away: nobody to tell.
+        return;
+    }
+    tracing::warn!("control socket: closing a connection whose request does not decode: {error}");
+    let why = format!(
+        "the master could not read the request ({error}); is this clusterctl built from the same version of cluster as the master? closing the connection"
+    );
+    refuse(tx, why).await;
+}
+
+/// Tells a client past [`MAX_CONNECTIONS`] that the master is busy.
+async fn refuse_busy(stream: UnixStream) {
+    if let Some((tx, _rx, _)) = hello(stream).await {
+        let why = format!(
+            "the master is busy: {MAX_CONNECTIONS} control connections are open, the most it serves at once; try again when one has closed"
+        );
+        refuse(&tx, why).await;
+    }
+}
+
+/// One connection: its hello, then requests one at a time until it closes, idles out or sends
+/// something that does not decode (which ends this connection only, with a refusal saying
+/// why).
+async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(), Option<u32>>) {
+    let Some((tx, mut rx, version)) = hello(stream).await else {
         return;
     };
     if let Err(peer) = allowed {
         let who = peer.map_or_else(|| "an unknown uid".to_owned(), |uid| format!("uid {uid}"));
         let me = nix::unistd::geteuid();
         notice!(warn, "control socket: refused a client of {who}");
-        let _ = tx
-            .send(&Response::Refused(format!(
-                "permission denied: the master runs as uid {me}; a client of {who} may not control it"
-            )))
-            .await;
-        let _ = tx.flush().await;
+        let why = format!(
+            "permission denied: the master runs as uid {me}; a client of {who} may not control it"
+        );
+        refuse(&tx, why).await;
         return;
     }
     let hello = Response::Hello {
@@ -279,8 +328,12 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(),
     loop {
         let request = match timeout(IDLE_TIMEOUT, rx.recv()).await {
             Ok(Ok(Some(request))) => request,
-            // Closed, idle too long, or a frame that does not decode.
-            _ => return,
+            Ok(Err(e)) => {
+                refuse_garbled(&tx, &e).await;
+                return;
+            }
+            // Closed, or idle too long.
+            Ok(Ok(None)) | Err(_) => return,
         };
         let answered = match request {
             Request::Logs {
@@ -343,6 +396,11 @@ async fn status(shared: &Shared) -> Option<ClusterStatus> {
     ask(shared, |reply| Command::Status { reply }).await
 }
 
+/// The options in force, as the supervisor holds them (a reload may have changed some).
+async fn options(shared: &Shared) -> Option<Vec<OptionRow>> {
+    ask(shared, |reply| Command::Control(Ask::Options { reply })).await
+}
+
 const GONE: &str = "the master is shutting down";
 
 /// Asks the supervisor to do something it may refuse; `Err` is the answer to send back when
@@ -371,8 +429,14 @@ async fn answer(
             Some(status) => Response::Workers(rows(&status, shared)),
             None => Response::Refused(GONE.to_owned()),
         },
-        Request::Status => match status(shared).await {
-            Some(status) => Response::Status(Box::new(master_info(&status, shared).await)),
+        Request::Status => match (status(shared).await, options(shared).await) {
+            (Some(status), Some(options)) => {
+                Response::Status(Box::new(master_info(&status, options, shared).await))
+            }
+            _ => Response::Refused(GONE.to_owned()),
+        },
+        Request::Options => match options(shared).await {
+            Some(options) => Response::Options(options),
             None => Response::Refused(GONE.to_owned()),
         },
         Request::Reload { group, wait } => {
@@ -596,7 +660,7 @@ async fn restart(
                 return tx.send(&Response::ReloadFinished).await;
             }
             Tap::Exit { id, how } if ours(&id) => {
-                let error = format!("replacement worker {id} {how} before it became ready");
+                let error = format!("replacement worker {id} {how}");
                 return failed(Some(&id), error, tx, shared, version).await;
             }
             _ => {}
@@ -644,7 +708,11 @@ fn state_text(state: crate::model::WorkerState) -> String {
     .to_owned()
 }
 
-async fn master_info(status: &ClusterStatus, shared: &Shared) -> MasterInfo {
+async fn master_info(
+    status: &ClusterStatus,
+    options: Vec<OptionRow>,
+    shared: &Shared,
+) -> MasterInfo {
     let exe = std::fs::read_link("/proc/self/exe")
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "unknown".to_owned());
@@ -677,7 +745,7 @@ async fn master_info(status: &ClusterStatus, shared: &Shared) -> MasterInfo {
             .count() as u64,
         restarts_total: status.master.restarts_total,
         reloads_total: status.master.reloads_total,
-        options: shared.options.clone(),
+        options: options.into_iter().map(|o| (o.name, o.value)).collect(),
     }
 }
 

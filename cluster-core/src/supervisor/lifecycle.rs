@@ -14,6 +14,7 @@ use super::restart::{Decision, Exit as RestartExit, decide};
 use super::slot::{Phase, Place, Proc, StopReason};
 use super::{RawEvent, Stopping, Supervisor, notice};
 use crate::Error;
+use crate::options::duration_text;
 
 /// The first retry of a failed start; each further failure in a row doubles it.
 const SPAWN_RETRY_BASE: Duration = Duration::from_millis(100);
@@ -286,11 +287,21 @@ impl<L: Launcher> Supervisor<L> {
                 self.emit_exit(id, exit, true, false);
             }
             Place::Next => {
-                let deliberate = p.phase.stop_reason().is_some_and(StopReason::deliberate);
+                let stop = p.phase.stop_reason();
+                let deliberate = stop.is_some_and(StopReason::deliberate);
                 let orphaned = slot.current.is_none();
-                self.emit_exit(id.clone(), exit, deliberate, false);
+                // The ready timer's kill is a SIGKILL like the OOM killer's: say which it was.
+                let unready =
+                    (stop == Some(StopReason::FailedStart)).then(|| self.options.ready_timeout());
+                self.emit(RawEvent::Exit {
+                    id: id.clone(),
+                    exit,
+                    expected: deliberate,
+                    restarting: false,
+                    unready,
+                });
                 if !deliberate {
-                    let error = format!("replacement worker {id} {exit} before it became ready");
+                    let error = format!("replacement worker {id} {}", ended_unready(exit, unready));
                     self.reload_failed(&id.key(), error).await;
                 }
                 // Its old worker is gone too (it crashed while this one started): the slot
@@ -322,6 +333,7 @@ impl<L: Launcher> Supervisor<L> {
             exit,
             expected,
             restarting,
+            unready: None,
         });
     }
 
@@ -600,5 +612,17 @@ impl<L: Launcher> Supervisor<L> {
                 self.spawn_into(g, s, false).await;
             }
         }
+    }
+}
+
+/// How a replacement ended before it was ready, as a clause after its id: killed by the ready
+/// timer after `unready`, or exited (crashed, killed from outside) on its own.
+pub(super) fn ended_unready(exit: ExitKind, unready: Option<Duration>) -> String {
+    match unready {
+        Some(timeout) => format!(
+            "was not ready within ready_timeout ({}) and was killed",
+            duration_text(&timeout)
+        ),
+        None => format!("{exit} before it became ready"),
     }
 }

@@ -77,6 +77,8 @@ pub(crate) enum RawEvent {
         exit: ExitKind,
         expected: bool,
         restarting: bool,
+        /// A replacement killed for not being ready within this `ready_timeout`.
+        unready: Option<Duration>,
     },
     RestartLimit {
         id: WorkerId,

@@ -18,6 +18,7 @@ pub struct Config {
     max_frame_len: usize,
     write_buffer: usize,
     max_fds: usize,
+    close_on_decode_error: bool,
 }
 
 impl Default for Config {
@@ -26,6 +27,7 @@ impl Default for Config {
             max_frame_len: 16 << 20,
             write_buffer: 256 << 10,
             max_fds: 64,
+            close_on_decode_error: true,
         }
     }
 }
@@ -48,6 +50,22 @@ impl Config {
     pub fn with_max_fds(mut self, count: usize) -> Self {
         self.max_fds = count;
         self
+    }
+
+    /// Whether a message that does not decode closes the channel (default `true`: a peer that
+    /// sends what this side cannot read is not trusted further). The frame itself was whole,
+    /// so the stream stays in step: with `false`, `recv` returns the error and the next `recv`
+    /// reads the next frame, and the channel can still send, so that a server can tell a
+    /// client of another version why it was not understood. Frames that break the framing
+    /// (too large, truncated, unknown kind) close the channel either way.
+    pub fn with_close_on_decode_error(mut self, close: bool) -> Self {
+        self.close_on_decode_error = close;
+        self
+    }
+
+    /// Whether a message that does not decode closes the channel.
+    pub fn close_on_decode_error(&self) -> bool {
+        self.close_on_decode_error
     }
 
     /// The largest payload, in bytes.

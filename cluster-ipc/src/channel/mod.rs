@@ -102,6 +102,7 @@ impl<Tx: Serialize, Rx: DeserializeOwned, C: Codec> Channel<Tx, Rx, C> {
             pending_fds: VecDeque::new(),
             attached: None,
             state: ReadState::Open,
+            close_on_decode_error: config.close_on_decode_error(),
             _marker: PhantomData,
         };
         receiver.expect_hello().await?;

@@ -44,6 +44,8 @@ pub struct Receiver<T, C = DefaultCodec> {
     /// Descriptors of the last descriptors frame, waiting for their message frame.
     pub(super) attached: Option<Vec<OwnedFd>>,
     pub(super) state: ReadState,
+    /// See [`crate::Config::with_close_on_decode_error`].
+    pub(super) close_on_decode_error: bool,
     pub(super) _marker: PhantomData<fn() -> T>,
 }
 
@@ -63,7 +65,7 @@ impl<T: DeserializeOwned, C: Codec> Receiver<T, C> {
         if let Some(body) = self.buffered_message() {
             return match self.codec.decode::<T>(&self.buf[body.0..body.1]) {
                 Ok(msg) => Ok(Some(msg)),
-                Err(e) => Err(self.fail(e)),
+                Err(e) => Err(self.undecodable(e)),
             };
         }
         Ok(self.recv_with_fds().await?.map(|(msg, _)| msg))
@@ -91,13 +93,14 @@ impl<T: DeserializeOwned, C: Codec> Receiver<T, C> {
     /// Receives the next message with the descriptors sent with it (CLOEXEC set), in order.
     /// Cancel-safe: dropping the future loses nothing.
     ///
-    /// A frame over the limit, a truncated frame, a payload that does not decode or missing
-    /// descriptors return an error and close the channel.
+    /// A frame over the limit, a truncated frame, a payload that does not decode (unless
+    /// [`crate::Config::with_close_on_decode_error`] says otherwise) or missing descriptors
+    /// return an error and close the channel.
     pub async fn recv_with_fds(&mut self) -> Result<Option<(T, Vec<OwnedFd>)>> {
         if let Some(body) = self.buffered_message() {
             return match self.codec.decode::<T>(&self.buf[body.0..body.1]) {
                 Ok(msg) => Ok(Some((msg, Vec::new()))),
-                Err(e) => Err(self.fail(e)),
+                Err(e) => Err(self.undecodable(e)),
             };
         }
         loop {
@@ -110,7 +113,7 @@ impl<T: DeserializeOwned, C: Codec> Receiver<T, C> {
                     let fds = self.attached.take().unwrap_or_default();
                     return match decoded {
                         Ok(msg) => Ok(Some((msg, fds))),
-                        Err(e) => Err(self.fail(e)),
+                        Err(e) => Err(self.undecodable(e)),
                     };
                 }
                 KIND_FDS => {
@@ -160,6 +163,16 @@ impl<T: DeserializeOwned, C: Codec> Receiver<T, C> {
 }
 
 impl<T, C> Receiver<T, C> {
+    /// A whole frame whose message did not decode (it has been consumed, with its
+    /// descriptors): the channel closes unless the config keeps it open.
+    fn undecodable(&mut self, err: Error) -> Error {
+        if self.close_on_decode_error {
+            self.fail(err)
+        } else {
+            err
+        }
+    }
+
     fn fail(&mut self, err: Error) -> Error {
         self.state = ReadState::Failed;
         self.pending_fds.clear();

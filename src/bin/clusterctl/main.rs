@@ -1,5 +1,5 @@
 //! `clusterctl`: operate a running cluster through its master's control socket (list, status,
-//! reload, restart, scale, stop, logs), as `pm2` does for its processes.
+//! monit, reload, restart, scale, stop, logs), as `pm2` does for its processes.
 //!
 //! Exit codes: 0 done; 1 the cluster could not be reached or refused the request; 2 bad
 //! usage; 3 a reload or restart failed and was rolled back (the old workers keep serving);
@@ -13,9 +13,12 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use cluster::control::client::{Client, ClientError, find};
 use cluster::control::protocol::{
-    LOGS_VERSION, LogLine, LogStream, MasterInfo, Progress, Request, Response, ScaleTo, WorkerRow,
+    LOGS_VERSION, LogLine, LogStream, OptionRow, Progress, Request, Response, ScaleTo,
 };
 use cluster_core::options::parse_duration;
+
+mod monit;
+mod show;
 
 /// A reload or restart failed and was rolled back.
 const EXIT_ROLLED_BACK: u8 = 3;
@@ -54,12 +57,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show the master: pid, uptime, version and hash of its executable, options in force.
+    /// Show the master: pid, uptime, version and hash of its executable, and every option in
+    /// force with where its value came from (default, code, options file and line, environment
+    /// variable).
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+    /// A live view of the workers, refreshed every second: pid, state, uptime, CPU, memory,
+    /// connections, restarts, event-loop lag. Quit with q or Ctrl-C. Needs a terminal; for
+    /// scripts, use `list --json`.
+    Monit,
     /// Replace every worker slot by slot (rolling reload); the old ones keep serving until
     /// their replacements are ready.
     Reload {
@@ -171,6 +180,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if matches!(cli.command, Cmd::Monit) {
+        monit::check_terminal()?;
+    }
     let path = find(cli.name.as_deref(), cli.socket.as_deref()).map_err(|e| Failure(1, e))?;
     let mut client = Client::connect(&path).await.map_err(|e| match e {
         ClientError::Connect { source, .. }
@@ -195,7 +207,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if json {
                 print_json(&rows)
             } else {
-                print!("{}", table(&rows));
+                print!("{}", show::table(&rows));
                 Ok(())
             }
         }
@@ -203,20 +215,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let Response::Status(info) = client.request(&Request::Status).await? else {
                 return Err(Failure(1, "unexpected answer to status".to_owned()));
             };
+            let options = options(&mut client).await?;
             if json {
-                print_json(&info)
+                print_json(&show::status_json(&info, options.as_deref()))
             } else {
-                print!("{}", status_text(&info));
+                print!("{}", show::status_text(&info, options.as_deref()));
                 Ok(())
             }
         }
+        Cmd::Monit => monit::run(client).await,
         Cmd::Reload {
             group,
             wait,
             timeout,
         } => {
             let first = client.request(&Request::Reload { group, wait }).await?;
-            say(&first);
+            say(&first, client.version());
             if !wait {
                 return Ok(());
             }
@@ -228,7 +242,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .and_then(|(g, s)| Some((g.to_owned(), s.parse().ok()?)))
                 .ok_or_else(|| Failure(2, format!("{target:?} is not GROUP/SLOT (`worker/0`)")))?;
             let first = client.request(&Request::Restart { group, slot }).await?;
-            say(&first);
+            say(&first, client.version());
             follow(&mut client, timeout, "restart").await
         }
         Cmd::Scale { group, count } => {
@@ -236,7 +250,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Failure(2, format!("{count:?} is not a count: expected N, +N or -N"))
             })?;
             let answer = client.request(&Request::Scale { group, to }).await?;
-            say(&answer);
+            say(&answer, client.version());
             Ok(())
         }
         Cmd::Stop { grace, timeout } => {
@@ -415,7 +429,7 @@ async fn follow(client: &mut Client, limit: Option<Duration>, what: &str) -> Res
                     return Err(Failure(EXIT_ROLLED_BACK, message));
                 }
                 Ok(Some(Response::Logs(lines))) => last_lines.extend(lines),
-                Ok(Some(other)) => say(&other),
+                Ok(Some(other)) => say(&other, client.version()),
                 Ok(None) => {
                     return Err(Failure(
                         1,
@@ -429,8 +443,22 @@ async fn follow(client: &mut Client, limit: Option<Duration>, what: &str) -> Res
     within(limit, work, what).await?
 }
 
-/// One line for an answer that is only words.
-fn say(response: &Response) {
+/// Every option with its source, from a master that can say (protocol version 2 on).
+async fn options(client: &mut Client) -> Result<Option<Vec<OptionRow>>, Failure> {
+    if client.version() < 2 {
+        return Ok(None);
+    }
+    match client.request(&Request::Options).await? {
+        Response::Options(rows) => Ok(Some(rows)),
+        other => Err(Failure(
+            1,
+            format!("unexpected answer to the options request: {other:?}"),
+        )),
+    }
+}
+
+/// One line for an answer that is only words, from a master of protocol version `version`.
+fn say(response: &Response, version: u32) {
     let line = match response {
         Response::Done(what) => what.clone(),
         Response::Progress(Progress::Replacing {
@@ -445,7 +473,12 @@ fn say(response: &Response) {
             slot,
             generation,
             how,
-        }) => format!("{slot}: {slot}#{generation} {how} before it became ready"),
+        }) if version < 2 => format!("{slot}: {slot}#{generation} {how} before it became ready"),
+        Response::Progress(Progress::Exited {
+            slot,
+            generation,
+            how,
+        }) => format!("{slot}: {slot}#{generation} {how}"),
         other => format!("{other:?}"),
     };
     let mut out = std::io::stdout().lock();
@@ -479,95 +512,4 @@ fn process_alive(pid: u32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
-}
-
-fn uptime(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86400 => format!("{}h", s / 3600),
-        _ => format!("{}D", s / 86400),
-    }
-}
-
-fn memory(bytes: Option<u64>) -> String {
-    match bytes {
-        None => "-".to_owned(),
-        Some(b) if b >= 1 << 30 => format!("{:.1}gb", b as f64 / f64::from(1u32 << 30)),
-        Some(b) => format!("{:.1}mb", b as f64 / f64::from(1u32 << 20)),
-    }
-}
-
-/// The workers as a boxed table, as `pm2 list` draws it.
-fn table(rows: &[WorkerRow]) -> String {
-    let header = [
-        "group", "slot", "pid", "gen", "state", "uptime", "↺", "cpu", "mem", "conns",
-    ];
-    let cells: Vec<[String; 10]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.group.clone(),
-                r.slot.to_string(),
-                r.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                r.generation.to_string(),
-                r.state.clone(),
-                uptime(r.uptime_ms),
-                r.restarts.to_string(),
-                r.cpu_percent
-                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.0}%")),
-                memory(r.memory_bytes),
-                r.connections.to_string(),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |left: &str, mid: &str, right: &str| {
-        let parts: Vec<String> = widths.iter().map(|w| "─".repeat(w + 2)).collect();
-        format!("{left}{}{right}\n", parts.join(mid))
-    };
-    let row = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!(" {c}{} ", " ".repeat(w - c.chars().count())))
-            .collect();
-        format!("│{}│\n", parts.join("│"))
-    };
-    let mut out = line("┌", "┬", "┐");
-    out += &row(header.to_vec());
-    out += &line("├", "┼", "┤");
-    for cells in &cells {
-        out += &row(cells.iter().map(String::as_str).collect());
-    }
-    out += &line("└", "┴", "┘");
-    out
-}
-
-fn status_text(info: &MasterInfo) -> String {
-    let mut out = format!(
-        "cluster   {}\nmaster    pid {}, up {}\nbinary    {} (hash {}), cluster {}\nsocket    {}\nworkers   {} live, {} ready; {} restarts, {} reloads\noptions:\n",
-        info.name,
-        info.pid,
-        uptime(info.uptime_ms),
-        info.exe,
-        info.exe_hash,
-        info.version,
-        info.control_path,
-        info.workers,
-        info.ready,
-        info.restarts_total,
-        info.reloads_total
-    );
-    let width = info.options.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    for (name, value) in &info.options {
-        out += &format!("  {name:width$}  {value}\n");
-    }
-    out
 }
