@@ -24,6 +24,7 @@ mod observe;
 pub mod options;
 mod protocol;
 mod request;
+mod store;
 mod supervisor;
 mod sys;
 mod violations;
@@ -47,6 +48,7 @@ pub use options::{
     parse_signal,
 };
 pub use request::Request;
+pub use store::{Cas, Store, StoreEvent, Subscription};
 pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
 pub use worker::{EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext};
 

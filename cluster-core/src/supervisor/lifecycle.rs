@@ -78,7 +78,7 @@ impl<L: Launcher> Supervisor<L> {
         self.ipc_received += 1;
         match msg {
             // Settled by the process's reporter; never queued.
-            ToMaster::Heartbeat { .. } | ToMaster::Accepted { .. } => {}
+            ToMaster::Heartbeat { .. } | ToMaster::Accepted { .. } | ToMaster::Store { .. } => {}
             ToMaster::Ready => {
                 let Some(p) = self.proc_mut(&id) else { return };
                 let tx = match &p.phase {
@@ -421,7 +421,8 @@ impl<L: Launcher> Supervisor<L> {
             self.internal_tx.clone(),
             beat.clone(),
             self.listeners.in_flight(),
-        );
+        )
+        .with_store(self.store.clone());
         match self.launcher.launch(&id, &env, reporter).await {
             Ok(Launched { pid, kill }) => {
                 let now = Instant::now();

@@ -180,6 +180,8 @@ pub(crate) struct Supervisor<L = Processes> {
     taps: tokio::sync::broadcast::Sender<control::Tap>,
     /// The options file and environment the master started with, re-read at each reload.
     config: Option<LiveConfig>,
+    /// The master's store, which workers' reporters hand their operations to.
+    store: Option<crate::store::StoreHandle>,
 }
 
 impl Supervisor<Processes> {
@@ -288,7 +290,18 @@ impl<L: Launcher> Supervisor<L> {
             build_waiting: None,
             taps: tokio::sync::broadcast::channel(control::TAP_CAPACITY).0,
             config: None,
+            store: None,
         })
+    }
+
+    /// Serves workers' operations on the master's store from now on.
+    pub(crate) fn set_store(&mut self, store: crate::store::StoreHandle) {
+        self.store = Some(store);
+    }
+
+    /// The count of workers' violations, which the store's task adds to.
+    pub(crate) fn violations(&self) -> Arc<Violations> {
+        self.violations.clone()
     }
 
     fn emit(&mut self, event: RawEvent) {
