@@ -66,6 +66,12 @@ fn every_option_round_trips_through_its_text() {
         .with_status_token(Some(StatusToken::new("abc-DEF_123.~+/==")))
         .with_min_ready(0)
         .with_worker_prefix_logs(false)
+        .with_store_max_keys(10)
+        .with_store_max_bytes(3 << 30)
+        .with_store_subscriptions(2)
+        .with_store_queue(16)
+        .with_store_snapshot(Some("/var/lib/app/store.snap".into()))
+        .with_store_snapshot_interval(None)
         .with_name("shop")
         .with_control_path(std::path::PathBuf::from("/run/shop/ctl.sock"))
         .with_config_file(Some("/etc/app/cluster.toml".into()));
