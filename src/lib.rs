@@ -121,6 +121,12 @@ pub mod net {
     pub use cluster_core::{Balance, Connection, Listener};
 }
 
+/// The master's store: keys, values, counters, compare-and-swap, expiry and publish/subscribe
+/// shared by the workers of one host (`ctx.store()`; README, "Shared state").
+pub mod store {
+    pub use cluster_core::{Cas, Store, StoreEvent, Subscription};
+}
+
 /// What the cluster shows about itself: the status snapshot behind `GET /status`, the status
 /// server's options, and the metrics a worker exports.
 pub mod observe {

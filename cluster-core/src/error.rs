@@ -103,6 +103,11 @@ pub enum ErrorKind {
     WorkerFailed,
     /// An error of the app's own, made with [`Error::other`].
     Other,
+    /// The master's store refused an operation: it is full (`store_max_keys`,
+    /// `store_max_bytes`), a subscription would pass `store_subscriptions`, `incr` found a
+    /// value that is not a decimal integer or would overflow; or the master could not load
+    /// its `store_snapshot` at start. The message says which, and the limit.
+    Store,
 }
 
 impl Error {

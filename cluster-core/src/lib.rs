@@ -24,6 +24,7 @@ mod observe;
 pub mod options;
 mod protocol;
 mod request;
+mod store;
 mod supervisor;
 mod sys;
 mod violations;
@@ -48,6 +49,7 @@ pub use options::{
 };
 pub use protocol::SlowRequest;
 pub use request::Request;
+pub use store::{Cas, Store, StoreEvent, Subscription};
 pub use supervisor::{EXIT_KILLED_AFTER_GRACE, EXIT_RESTART_LIMIT, SpawnHook, SpawnSettings};
 pub use worker::{
     EXIT_BOOTSTRAP, EXIT_MASTER_GONE, Incoming, Outcome, WorkerContext, count_request, in_flight,

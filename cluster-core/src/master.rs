@@ -14,6 +14,7 @@ use crate::messaging::{self, Pending};
 use crate::model::{ExitKind, SlotKey, WorkerId, WorkerInfo};
 use crate::protocol::ToWorker;
 use crate::request::{ReplyTo, Request};
+use crate::store::Store;
 use crate::supervisor::{Command, RawEvent};
 use crate::{Error, Result};
 
@@ -172,6 +173,7 @@ pub struct MasterContext<D = (), U = ()> {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) events: Arc<Mutex<EventReceiver<RawEvent>>>,
     pub(crate) pending: Arc<Pending>,
+    pub(crate) store: Store,
     pub(crate) _types: PhantomData<fn(D) -> U>,
 }
 
@@ -181,6 +183,7 @@ impl<D, U> Clone for MasterContext<D, U> {
             commands: self.commands.clone(),
             events: self.events.clone(),
             pending: self.pending.clone(),
+            store: self.store.clone(),
             _types: PhantomData,
         }
     }
@@ -197,6 +200,12 @@ where
     D: Serialize + Send + 'static,
     U: DeserializeOwned + Send + 'static,
 {
+    /// The master's store, which every worker shares (see [`Store`]): the master's own
+    /// operations go straight to its task.
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         self.commands

@@ -29,21 +29,32 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 /// the master every peer is a worker, and an answer counts only from the worker the request
 /// was written to ([`Pending::expect_from`], [`Pending::complete_from`]): a late answer of a
 /// replaced worker, or one worker answering for another, completes nothing.
-#[derive(Default)]
-pub(crate) struct Pending {
+///
+/// The answer is app bytes by default; the store's answers wait in one of their own
+/// (`Pending<StoreReply>`).
+pub(crate) struct Pending<T = Vec<u8>> {
     next_id: AtomicU64,
-    waiting: Mutex<HashMap<u64, Waiter>>,
+    waiting: Mutex<HashMap<u64, Waiter<T>>>,
 }
 
-struct Waiter {
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending {
+            next_id: AtomicU64::new(0),
+            waiting: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+struct Waiter<T> {
     /// The worker whose answer counts; `None` until the request is written to one.
     from: Option<WorkerId>,
-    tx: oneshot::Sender<Vec<u8>>,
+    tx: oneshot::Sender<T>,
 }
 
-impl Pending {
+impl<T> Pending<T> {
     /// Registers a new request; the guard forgets it again if the caller gives up.
-    pub(crate) fn register(self: &Arc<Self>) -> (PendingGuard, oneshot::Receiver<Vec<u8>>) {
+    pub(crate) fn register(self: &Arc<Self>) -> (PendingGuard<T>, oneshot::Receiver<T>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting
@@ -60,7 +71,7 @@ impl Pending {
     }
 
     /// Delivers a response; responses nobody waits for any more (timed out) are dropped.
-    pub(crate) fn complete(&self, id: u64, payload: Vec<u8>) {
+    pub(crate) fn complete(&self, id: u64, payload: T) {
         let waiter = self
             .waiting
             .lock()
@@ -95,7 +106,7 @@ impl Pending {
             .is_some_and(|w| w.from.as_ref().is_some_and(|f| f != from))
     }
 
-    pub(crate) fn complete_from(&self, id: u64, from: &WorkerId, payload: Vec<u8>) -> bool {
+    pub(crate) fn complete_from(&self, id: u64, from: &WorkerId, payload: T) -> bool {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if waiting
             .get(&id)
@@ -112,12 +123,12 @@ impl Pending {
     }
 }
 
-pub(crate) struct PendingGuard {
-    pending: Arc<Pending>,
+pub(crate) struct PendingGuard<T = Vec<u8>> {
+    pending: Arc<Pending<T>>,
     pub(crate) id: u64,
 }
 
-impl Drop for PendingGuard {
+impl<T> Drop for PendingGuard<T> {
     fn drop(&mut self) {
         self.pending
             .waiting

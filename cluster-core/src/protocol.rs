@@ -96,6 +96,13 @@ pub enum ToWorker {
     /// riding along as a descriptor), and this worker's entry in it. Sent right after
     /// `Listening`; a worker that never gets it accepts without holding back.
     LoadShare { listener: u32, index: u32, tag: u8 },
+    /// The answer to the worker's `ToMaster::Store` carrying the same id.
+    StoreAnswer { id: u64, reply: StoreReply },
+    /// A value published on `topic`, which this worker subscribed to.
+    StoreMessage { topic: String, value: Vec<u8> },
+    /// `lost` values published on `topic` did not reach this worker: it did not read its
+    /// channel fast enough, and the master drops rather than waits.
+    StoreLagged { topic: String, lost: u64 },
 }
 
 /// What a worker learns about a listener it asked for.
@@ -148,6 +155,72 @@ pub enum ToMaster {
     /// The worker's requests under way for over a second, oldest first (at most 5), sent
     /// with a heartbeat while there are any, and once empty when they are done. Level 2.
     InFlight { requests: Vec<SlowRequest> },
+    /// An operation on the master's store; answered by `ToWorker::StoreAnswer`.
+    Store { id: u64, op: StoreOp },
+}
+
+/// An operation on the master's store (`crate::store`). Keys and topics are text, values
+/// bytes; counters are stored as decimal text, as Redis does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreOp {
+    /// The value of `key`.
+    Get { key: String },
+    /// Sets `key`; `ttl_ms` makes it expire that many milliseconds from now (none: never).
+    Set {
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    },
+    /// Adds `by` to the counter at `key` (absent counts as 0); answers the new value.
+    Incr { key: String, by: i64 },
+    /// Removes `key`; answers whether it was there.
+    Del { key: String },
+    /// Sets `key` to `new` only if its value is `expected` (`None`: only if it is absent).
+    Cas {
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    },
+    /// Makes `key` expire in `ttl_ms` milliseconds, or never (`None`); answers whether the
+    /// key exists.
+    Expire { key: String, ttl_ms: Option<u64> },
+    /// Sends this worker what is published on `topic` from now on.
+    Subscribe { topic: String },
+    /// Stops sending this worker what is published on `topic`.
+    Unsubscribe { topic: String },
+    /// Sends `value` to every subscriber of `topic`; answers how many there were.
+    Publish { topic: String, value: Vec<u8> },
+}
+
+/// The store's answer to one [`StoreOp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreReply {
+    /// A value, or none (`Get`).
+    Value(Option<Vec<u8>>),
+    /// A counter's new value (`Incr`), or a number of subscribers (`Publish`).
+    Int(i64),
+    /// Done (`Set`, `Subscribe`, `Unsubscribe`), or whether the key was there (`Del`,
+    /// `Expire`).
+    Done(bool),
+    /// `Cas`: swapped (`None`), or not, with the value found (`Some(current)`).
+    Cas(Option<Option<Vec<u8>>>),
+    /// Refused, and why.
+    Failed(StoreFailure),
+}
+
+/// Why the store refused an operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreFailure {
+    /// The store holds `store_max_keys` keys already (the limit).
+    TooManyKeys(u64),
+    /// The write would take the store past `store_max_bytes` (the limit).
+    TooManyBytes(u64),
+    /// `Incr` on a value that is not a decimal i64.
+    NotAnInteger,
+    /// `Incr` would overflow an i64.
+    Overflow,
+    /// The worker has `store_subscriptions` topics already (the limit).
+    TooManySubscriptions(u64),
 }
 
 /// A request under way in a worker, as its server described it.
@@ -165,7 +238,8 @@ pub struct SlowRequest {
 /// to workers (`CLUSTER_PROTOCOL_LEVEL`), and a worker sends a message added at level N only to
 /// a master of level N or above. During a deploy the master is the older binary, so a new worker
 /// must not send it what it cannot decode. Level 1: everything up to `ToMaster::Dropped`;
-/// level 2: `ToMaster::Served`, `ToMaster::InFlight` and `ListenAddr::Named`.
+/// level 2: `ToMaster::Served`, `ToMaster::InFlight`, `ToMaster::Store` and
+/// `ListenAddr::Named`.
 pub(crate) const LEVEL: u32 = 2;
 
 #[cfg(test)]
@@ -295,6 +369,37 @@ mod tests {
                 }]
             }),
             [12, 1, 3, b'G', b'E', b'T', 1, b'/', 7]
+        );
+        assert_eq!(
+            bytes(&ToMaster::Store {
+                id: 1,
+                op: StoreOp::Incr {
+                    key: "k".into(),
+                    by: 2
+                }
+            }),
+            [13, 1, 2, 1, b'k', 4]
+        );
+        assert_eq!(
+            bytes(&ToWorker::StoreAnswer {
+                id: 1,
+                reply: StoreReply::Cas(Some(None))
+            }),
+            [9, 1, 3, 1, 0]
+        );
+        assert_eq!(
+            bytes(&ToWorker::StoreMessage {
+                topic: "t".into(),
+                value: vec![5]
+            }),
+            [10, 1, b't', 1, 5]
+        );
+        assert_eq!(
+            bytes(&ToWorker::StoreLagged {
+                topic: "t".into(),
+                lost: 3
+            }),
+            [11, 1, b't', 3]
         );
     }
 

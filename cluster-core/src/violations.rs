@@ -45,11 +45,15 @@ pub(crate) enum Violation {
     /// claims): the channel cannot be read past it, so the worker is killed and restarted
     /// like a crash.
     BadFrame,
+    /// It subscribed to a topic of the master's store and did not read what was published
+    /// fast enough: values were dropped for it (counted per value lost) and it was told how
+    /// many, rather than the master waiting for it.
+    StoreLagged,
 }
 
 impl Violation {
     /// Every kind, in the order of [`Violations::snapshot`].
-    pub(crate) const ALL: [Violation; 8] = [
+    pub(crate) const ALL: [Violation; 9] = [
         Violation::UnreadChannel,
         Violation::AckTimeout,
         Violation::AppQueue,
@@ -58,6 +62,7 @@ impl Violation {
         Violation::StrayAnswer,
         Violation::Flood,
         Violation::BadFrame,
+        Violation::StoreLagged,
     ];
 
     /// The name in `/status`, the `kind` label of `cluster_worker_violations_total` and logs.
@@ -71,6 +76,7 @@ impl Violation {
             Violation::StrayAnswer => "stray_answer",
             Violation::Flood => "flood",
             Violation::BadFrame => "bad_frame",
+            Violation::StoreLagged => "store_lagged",
         }
     }
 

@@ -271,6 +271,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
             .map(|g| g.options.name().into())
             .collect();
         let groups = self.groups.into_iter().map(|g| g.options).collect();
+        let store_config = crate::store::StoreConfig::from_options(&self.options);
         let mut supervisor = Supervisor::new(
             self.options,
             groups,
@@ -284,6 +285,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
             resolved,
             count_groups,
         });
+        let (store, _store_task) = crate::store::start(store_config, supervisor.violations())?;
+        supervisor.set_store(store.clone());
         let (done_tx, done_rx) = oneshot::channel();
         let master_task = match (self.master, events_rx) {
             (Some(master), Some(events)) => {
@@ -291,6 +294,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
                     commands: commands_tx,
                     events: Arc::new(Mutex::new(events)),
                     pending,
+                    store: crate::store::Store::for_master(store.clone()),
                     _types: std::marker::PhantomData,
                 };
                 // A task of its own, so that a panic in it ends only it, and is seen here as a
@@ -331,6 +335,10 @@ impl<D: Message, U: Message> Cluster<D, U> {
             {
                 tracing::warn!("the master function did not return after the cluster stopped");
             }
+        }
+        // Every worker has exited: nothing writes to the store any more.
+        if let Err(e) = store.stop().await {
+            crate::supervisor::notice!(warn, "{e:#}");
         }
         match error {
             Some(e) => Err(e),

@@ -196,3 +196,23 @@ pub fn heartbeat(interval: Duration, timeout: Option<Duration>) -> Checked {
         _ => Ok(()),
     }
 }
+
+/// The store's limits (keys, bytes, subscriptions, queue): 0 would refuse everything.
+pub(super) fn store_limit(value: &u64) -> Checked {
+    if *value == 0 {
+        return Err(
+            "0 would make the master's store refuse every write; use at least 1".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn store_snapshot_interval(value: &Option<Duration>) -> Checked {
+    match value {
+        Some(interval) => positive(
+            interval,
+            "0 would save the store without pause; give a duration such as \"1m\", or \"off\" to save only when the cluster stops",
+        ),
+        None => Ok(()),
+    }
+}

@@ -753,6 +753,49 @@ options_table! {
     set with_log_lines(usize);
     text "1000", accepts "a whole number of lines per slot, at most 100000; 0 keeps none";
     check check::log_lines;
+    /// The most keys the master's store holds; a write of a new key past it is refused
+    /// with `ErrorKind::Store` (delete keys or give them a TTL).
+    store_max_keys: u64 = 100_000;
+    set with_store_max_keys(u64);
+    text "100000", accepts "a whole number, at least 1";
+    check check::store_limit;
+
+    /// The most bytes of keys and values the master's store holds; a write past it is
+    /// refused with `ErrorKind::Store`.
+    store_max_bytes: u64 = 64 << 20;
+    set with_store_max_bytes(u64);
+    text "64MiB", accepts "a byte size such as `64MiB`, at least 1 byte";
+    check check::store_limit;
+    parse Bytes::parse, print Bytes::text;
+
+    /// The most topics of the master's store one worker (or the master) subscribes to at
+    /// once; a subscription past it is refused with `ErrorKind::Store`.
+    store_subscriptions: u64 = 64;
+    set with_store_subscriptions(u64);
+    text "64", accepts "a whole number, at least 1";
+    check check::store_limit;
+
+    /// Published values that wait for one subscriber at most; a subscriber that has this
+    /// many unread loses the next ones and is told how many (`StoreEvent::Lagged`), so that
+    /// it never holds up the master or the publishers.
+    store_queue: u64 = 1024;
+    set with_store_queue(u64);
+    text "1024", accepts "a whole number, at least 1";
+    check check::store_limit;
+
+    /// A file the master's store is saved to (written whole to a temporary file, then
+    /// renamed over it) when the cluster stops and every `store_snapshot_interval`, and
+    /// loaded from when the master starts; `off`: the store lives only as long as the master.
+    store_snapshot: Option<PathBuf> as Option<&Path> = None;
+    set with_store_snapshot(Option<PathBuf>);
+    text "off", accepts "a file path, or `off`";
+
+    /// How often the master's store is saved to `store_snapshot` while the cluster runs;
+    /// `off`: only when it stops.
+    store_snapshot_interval: Option<Duration> = Some(Duration::from_secs(60));
+    set with_store_snapshot_interval(Option<Duration>);
+    text "1m", accepts "a duration such as `30s`, or `off`";
+    check check::store_snapshot_interval;
 
     /// The cluster's name, which names its control socket and which `clusterctl -n` finds it
     /// by; `auto` is the executable's file name.

@@ -139,6 +139,14 @@ impl<T: OptionValue> OptionValue for Option<T> {
 pub(super) struct Bytes;
 
 impl Bytes {
+    pub(super) fn parse(text: &str) -> Result<u64, ParseError> {
+        parse_bytes(text)
+    }
+
+    pub(super) fn text(value: &u64) -> String {
+        bytes_text(*value)
+    }
+
     pub(super) fn parse_optional(text: &str) -> Result<Option<u64>, ParseError> {
         if text.trim() == "off" {
             return Ok(None);

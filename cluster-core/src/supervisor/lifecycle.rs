@@ -83,7 +83,8 @@ impl<L: Launcher> Supervisor<L> {
             ToMaster::Heartbeat { .. }
             | ToMaster::Accepted { .. }
             | ToMaster::Served { .. }
-            | ToMaster::InFlight { .. } => {}
+            | ToMaster::InFlight { .. }
+            | ToMaster::Store { .. } => {}
             ToMaster::Ready => {
                 let Some(p) = self.proc_mut(&id) else { return };
                 let tx = match &p.phase {
@@ -438,7 +439,8 @@ impl<L: Launcher> Supervisor<L> {
             self.internal_tx.clone(),
             beat.clone(),
             self.listeners.in_flight(),
-        );
+        )
+        .with_store(self.store.clone());
         match self.launcher.launch(&id, &env, reporter).await {
             Ok(Launched { pid, kill }) => {
                 let now = Instant::now();

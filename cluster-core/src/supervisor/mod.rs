@@ -207,6 +207,8 @@ pub(crate) struct Supervisor<L = Processes> {
     notify: notify::Notifier,
     /// During the shutdown: when the workers left are killed (`grace` after it began).
     stop_deadline: Option<Instant>,
+    /// The master's store, which workers' reporters hand their operations to.
+    store: Option<crate::store::StoreHandle>,
 }
 
 impl Supervisor<Processes> {
@@ -334,7 +336,18 @@ impl<L: Launcher> Supervisor<L> {
             config: None,
             notify: notify::Notifier::silent(min_ready),
             stop_deadline: None,
+            store: None,
         })
+    }
+
+    /// Serves workers' operations on the master's store from now on.
+    pub(crate) fn set_store(&mut self, store: crate::store::StoreHandle) {
+        self.store = Some(store);
+    }
+
+    /// The count of workers' violations, which the store's task adds to.
+    pub(crate) fn violations(&self) -> Arc<Violations> {
+        self.violations.clone()
     }
 
     fn emit(&mut self, event: RawEvent) {

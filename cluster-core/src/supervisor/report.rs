@@ -11,10 +11,13 @@
 //!   bytes, in the supervisor's queue, and one that sends faster than the supervisor reads is
 //!   slowed down alone (its channel stops being read) instead of growing the master's memory
 //!   or delaying the others;
-//! - a metrics answer over [`MAX_METRICS_TEXT`] is dropped here, before it is queued.
+//! - a metrics answer over [`MAX_METRICS_TEXT`] is dropped here, before it is queued;
+//! - operations on the master's store go straight to the store's task, never through the
+//!   supervisor's queue, each holding one of the worker's [`STORE_CREDITS`] until its answer
+//!   is written back, and the answer goes only to this worker (its link is the reporter's).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -23,7 +26,8 @@ use tokio::time::Instant;
 use super::process::Internal;
 use crate::model::{ExitKind, WorkerId};
 use crate::net::dispatch::InFlightTable;
-use crate::protocol::{SlowRequest, ToMaster, ToWorker};
+use crate::protocol::{SlowRequest, StoreOp, ToMaster, ToWorker};
+use crate::store::{Asked, Client, Reply, StoreHandle, WorkerLink};
 use crate::violations::Violation;
 
 /// Messages of one worker that may wait in the supervisor's queue at once.
@@ -43,6 +47,10 @@ pub(crate) const MAX_HEARTBEATS_PER_SECOND: u64 = 100;
 /// bug (a label with unbounded values); merged into every scrape it would cost the master
 /// that much memory per scrape.
 pub(crate) const MAX_METRICS_TEXT: usize = 4 << 20;
+
+/// Operations of one worker on the master's store whose answers are not written back yet.
+/// A worker that asks without reading its answers is slowed down alone, as by [`CREDITS`].
+pub(crate) const STORE_CREDITS: usize = 1024;
 
 /// The KiB of [`BYTE_CREDITS`] a message takes: its payload, rounded up, at least 1.
 fn weight(msg: &ToMaster) -> u32 {
@@ -178,6 +186,10 @@ pub(crate) struct Reporter {
     credits: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     in_flight: Arc<InFlightTable>,
+    store: Option<StoreHandle>,
+    /// The worker's queues to the store, from when its channel is up.
+    store_link: OnceLock<WorkerLink>,
+    store_credits: Arc<Semaphore>,
 }
 
 impl Reporter {
@@ -194,7 +206,16 @@ impl Reporter {
             credits: Arc::new(Semaphore::new(CREDITS)),
             bytes: Arc::new(Semaphore::new(BYTE_CREDITS)),
             in_flight,
+            store: None,
+            store_link: OnceLock::new(),
+            store_credits: Arc::new(Semaphore::new(STORE_CREDITS)),
         }
+    }
+
+    /// The same reporter, serving the worker's operations on the master's store.
+    pub(crate) fn with_store(mut self, store: Option<StoreHandle>) -> Self {
+        self.store = store;
+        self
     }
 
     pub(crate) fn id(&self) -> &WorkerId {
@@ -204,6 +225,11 @@ impl Reporter {
     /// The worker's channel is up.
     pub(crate) fn online(&self, sender: cluster_ipc::Sender<ToWorker>) {
         self.beat.touch();
+        if let Some(store) = &self.store {
+            let _ = self
+                .store_link
+                .set(WorkerLink::start(store, sender.clone()));
+        }
         let _ = self.internal.send(Internal::Online {
             id: self.id.clone(),
             sender,
@@ -265,8 +291,30 @@ impl Reporter {
                 })
                 .await;
             }
+            ToMaster::Store { id, op } => self.store_op(id, op).await,
             msg => self.queue(msg).await,
         }
+    }
+
+    /// Hands an operation on the store to the store's task, once the worker has a credit.
+    async fn store_op(&self, id: u64, op: StoreOp) {
+        let (Some(store), Some(link)) = (&self.store, self.store_link.get()) else {
+            return;
+        };
+        let Ok(credit) = self.store_credits.clone().acquire_owned().await else {
+            return;
+        };
+        let asked = Asked {
+            from: Client::Worker(self.id.clone()),
+            op,
+            reply: Reply::Remote {
+                id,
+                answers: link.answers.clone(),
+                credit,
+            },
+            pushes: link.pushes.clone(),
+        };
+        store.ask(asked).await;
     }
 
     /// Puts `msg` in the supervisor's queue once the worker has a credit and room for its
@@ -313,6 +361,9 @@ impl Reporter {
 
     /// The process has exited: the last report.
     pub(crate) fn exited(self, exit: ExitKind) {
+        if let Some(store) = &self.store {
+            store.gone(Client::Worker(self.id.clone()));
+        }
         let _ = self.internal.send(Internal::Exited { id: self.id, exit });
     }
 }

@@ -23,6 +23,7 @@ use crate::net::bind;
 use crate::net::listener::{Handed, Listener};
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToMaster};
 use crate::request::Request;
+use crate::store::Store;
 use crate::{Error, ErrorKind, Result};
 
 /// What a worker receives from the master.
@@ -228,6 +229,12 @@ where
             .unwrap_or_else(PoisonError::into_inner)
             .get_or_insert_with(crate::observe::metrics::WorkerMetrics::new)
             .clone()
+    }
+
+    /// The master's store, shared by every worker of the cluster and the master: keys,
+    /// values, counters, compare-and-swap, expiry, publish/subscribe (see [`Store`]).
+    pub fn store(&self) -> Store {
+        self.shared.store.clone()
     }
 
     /// Tells the master this worker is ready now.

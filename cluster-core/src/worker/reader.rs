@@ -16,6 +16,7 @@ use crate::messaging::{self, Pending};
 use crate::net::listener::Handed;
 use crate::protocol::{Balance, ToMaster, ToWorker};
 use crate::request::{ReplyTo, Request};
+use crate::store::StoreEvent;
 
 /// Messages and requests from the master that wait for the app's `recv` at most.
 pub(super) const APP_QUEUE: usize = 1024;
@@ -126,6 +127,15 @@ pub(super) async fn read_master<D: DeserializeOwned + Send + 'static, U: Send + 
                     take_connection(&shared, listener, fd, peer);
                 }
             }
+            ToWorker::StoreAnswer { id, reply } => shared.store_pending.complete(id, reply),
+            ToWorker::StoreMessage { topic, value } => shared
+                .store
+                .topics()
+                .deliver(&topic, StoreEvent::Message(value)),
+            ToWorker::StoreLagged { topic, lost } => shared
+                .store
+                .topics()
+                .deliver(&topic, StoreEvent::Lagged(lost)),
         }
     }
 }

@@ -2,13 +2,12 @@
 //! function, the function itself, and the report of how it ended. Apart from the context,
 //! which the app sees, because this runs once per process and the app never calls it.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ use super::shared::WorkerShared;
 use crate::identity::ENV_IPC_FD;
 use crate::messaging::Pending;
 use crate::model::WorkerId;
-use crate::net::listener::{self, WorkerListeners};
+use crate::net::listener;
 use crate::protocol::{ToMaster, ToWorker};
 use crate::{Error, ErrorKind, Result};
 
@@ -146,19 +145,12 @@ where
     let pending = Arc::new(Pending::default());
     let (queue, incoming) = mpsc::channel(super::reader::APP_QUEUE);
     let (closes, closes_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(WorkerShared {
-        sender: sender.clone(),
-        listeners: WorkerListeners::default(),
-        listen_waiters: std::sync::Mutex::new(HashMap::new()),
-        next_listen: AtomicU64::new(0),
-        listens_in_flight: AtomicUsize::new(0),
-        first_poll_done: AtomicBool::new(false),
-        ready_sent: AtomicBool::new(!auto_ready),
+    let shared = Arc::new(WorkerShared::new(
+        sender.clone(),
         closes,
-        live: Arc::default(),
-        metrics: std::sync::Mutex::new(None),
-        level: boot.level,
-    });
+        !auto_ready,
+        boot.level,
+    ));
     handle_signals(shutdown.clone());
     let stall_mark = Arc::new(AtomicU64::new(0));
     super::in_flight::watch_stalls(stall_mark.clone(), boot.heartbeat);

@@ -9,8 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Result;
+use crate::messaging::Pending;
 use crate::net::listener::{Handed, WorkerListeners};
+use crate::protocol::StoreReply;
 use crate::protocol::{ListenerInfo, ToMaster};
+use crate::store::{Store, Transport};
 
 /// The master's answer to a listen, with the queue of a master-accept listener, registered
 /// by the reader of the master's messages before it reads the next one.
@@ -38,9 +41,45 @@ pub(super) struct WorkerShared {
     pub(super) metrics: std::sync::Mutex<Option<crate::observe::metrics::WorkerMetrics>>,
     /// The master's protocol level (`protocol::LEVEL`): what it can decode.
     pub(super) level: u32,
+    /// The master's store as this worker reaches it, and its operations waiting for their
+    /// answer (completed by the reader).
+    pub(super) store: Store,
+    pub(super) store_pending: Arc<Pending<StoreReply>>,
 }
 
 impl WorkerShared {
+    /// The state of a worker whose channel's sending half is `sender`; `ready_sent` true
+    /// when readiness is not reported automatically. Starts the store's subscription task,
+    /// so it runs inside the runtime.
+    pub(super) fn new(
+        sender: cluster_ipc::Sender<ToMaster>,
+        closes: mpsc::UnboundedSender<u32>,
+        ready_sent: bool,
+        level: u32,
+    ) -> Self {
+        let store_pending = Arc::new(Pending::default());
+        let store = Store::new(Transport::Worker {
+            sender: sender.clone(),
+            pending: store_pending.clone(),
+            level,
+        });
+        WorkerShared {
+            sender,
+            listeners: WorkerListeners::default(),
+            listen_waiters: std::sync::Mutex::new(HashMap::new()),
+            next_listen: AtomicU64::new(0),
+            listens_in_flight: AtomicUsize::new(0),
+            first_poll_done: AtomicBool::new(false),
+            ready_sent: AtomicBool::new(ready_sent),
+            closes,
+            live: Arc::default(),
+            metrics: std::sync::Mutex::new(None),
+            store,
+            store_pending,
+            level,
+        }
+    }
+
     pub(super) async fn send_ready(&self) -> Result<()> {
         if self.ready_sent.swap(true, Ordering::SeqCst) {
             return Ok(());

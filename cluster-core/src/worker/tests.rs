@@ -1,15 +1,13 @@
 //! Unit tests of the worker's shared state, against a channel whose master end the test holds.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cluster_ipc::{Channel, Config};
 use tokio::sync::mpsc;
 
 use super::shared::WorkerShared;
-use crate::net::listener::WorkerListeners;
 use crate::protocol::{ToMaster, ToWorker};
 
 /// Bound on waits that should be quick.
@@ -23,19 +21,9 @@ async fn shared_with_master(
     let (sender, _) = worker.split();
     let (_, from_worker) = master.split();
     let (closes, _) = mpsc::unbounded_channel();
-    let shared = Arc::new(WorkerShared {
-        sender,
-        listeners: WorkerListeners::default(),
-        listen_waiters: std::sync::Mutex::new(HashMap::new()),
-        next_listen: AtomicU64::new(0),
-        listens_in_flight: AtomicUsize::new(0),
-        first_poll_done: AtomicBool::new(true),
-        ready_sent: AtomicBool::new(false),
-        closes,
-        live: Arc::default(),
-        metrics: std::sync::Mutex::new(None),
-        level: crate::protocol::LEVEL,
-    });
+    let shared = WorkerShared::new(sender, closes, false, crate::protocol::LEVEL);
+    shared.first_poll_done.store(true, Ordering::SeqCst);
+    let shared = Arc::new(shared);
     (shared, from_worker)
 }
 
