@@ -56,6 +56,12 @@ pub enum Balance {
     /// Connections queued on a worker's socket are lost when that worker exits, which is
     /// why this is not the default.
     ReusePort,
+    /// The master reads the first bytes of each connection (peeked: they stay for the
+    /// worker) for a key, the `sticky_cookie`, the `sticky_header` or the client's IP in a
+    /// PROXY protocol header (`sticky_proxy`), and the same key goes to the same worker slot
+    /// while that worker lives; a connection without a key goes to the worker with the fewest
+    /// open connections.
+    StickyKey,
 }
 
 /// Master to worker.

@@ -185,7 +185,9 @@ impl Listener {
         handed: Handed,
         closes: &mpsc::UnboundedSender<u32>,
     ) -> (Connection, SocketAddr) {
-        let close = (self.balance == Balance::LeastConnections).then(|| (self.id, closes.clone()));
+        // The policies that count open connections (`StickyKey` for connections without a key).
+        let close = matches!(self.balance, Balance::LeastConnections | Balance::StickyKey)
+            .then(|| (self.id, closes.clone()));
         (self.connection(handed.stream, close), handed.peer)
     }
 

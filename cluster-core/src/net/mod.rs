@@ -11,9 +11,14 @@
 //! hanging unanswered. With `ReusePort` each worker binds its own socket and the master is
 //! not involved.
 //!
-//! Bottom to top: `bind` (the socket options) and `load` (the load table) use nothing else
-//! here; `dispatch` (one listener's accept loop and hand-out) neither; `master_listeners`
-//! (every address the master has bound) uses all three; `listener` (the worker's side) uses
+//! With `StickyKey` the master also reads each connection's first bytes for a key before
+//! handing it out: `proxy_header` and `sticky_key` parse them (pure functions), `peek` reads
+//! them without taking them from the socket.
+//!
+//! Bottom to top: `bind` (the socket options), `load` (the load table), `proxy_header`,
+//! `sticky_key` (which uses `proxy_header`) and `peek` (which uses `sticky_key`) use nothing
+//! else here; `dispatch` (one listener's accept loop and hand-out) uses `peek`; `master_listeners`
+//! (every address the master has bound) uses `bind`, `load`, `sticky_key` and `dispatch`; `listener` (the worker's side) uses
 //! only `load`. The master's and the worker's sides never import each other.
 
 pub(crate) mod bind;
@@ -21,3 +26,6 @@ pub(crate) mod dispatch;
 pub(crate) mod listener;
 pub(crate) mod load;
 pub(crate) mod master_listeners;
+mod peek;
+pub mod proxy_header;
+pub(crate) mod sticky_key;
