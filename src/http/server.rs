@@ -200,6 +200,7 @@ where
         write_timeout,
         max_connections,
         peer_addr,
+        proxy_protocol,
     } = options;
     // No timer for hyper: its header read timeout arms (and boxes, and cancels) a timer for
     // every request, which cost keep-alive serving about a tenth of its CPU per request.
@@ -214,11 +215,13 @@ where
         header_read_timeout,
         write_timeout,
         peer_addr,
+        proxy_protocol,
         epoch: Instant::now(),
         requests: AtomicU64::new(0),
         closed_idle: AtomicU64::new(0),
         closed_after_response: AtomicU64::new(0),
         closed_header_timeout: AtomicU64::new(0),
+        refused_proxy_header: AtomicU64::new(0),
         closed_write_timeout: AtomicU64::new(0),
     });
     let max_connections = max_connections.unwrap_or(usize::MAX);
@@ -313,6 +316,7 @@ where
     stats.closed_idle = shared.closed_idle.load(Ordering::Relaxed);
     stats.closed_after_response = shared.closed_after_response.load(Ordering::Relaxed);
     stats.closed_header_timeout = shared.closed_header_timeout.load(Ordering::Relaxed);
+    stats.refused_proxy_header = shared.refused_proxy_header.load(Ordering::Relaxed);
     stats.closed_write_timeout = shared.closed_write_timeout.load(Ordering::Relaxed);
     match failure {
         Some(e) => Err(e),
