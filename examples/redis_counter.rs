@@ -85,7 +85,10 @@ async fn worker(
     // there yet: the worker serves anyway, with 503s until it is.
     let mut probe = redis.clone();
     if let Err(e) = redis::cmd("PING").query_async::<String>(&mut probe).await {
-        eprintln!("redis_counter: {} cannot reach Redis at {url} yet: {e}", ctx.id());
+        eprintln!(
+            "redis_counter: {} cannot reach Redis at {url} yet: {e}",
+            ctx.id()
+        );
     }
     let slot = ctx.slot();
     let pid = std::process::id();

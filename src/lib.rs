@@ -133,8 +133,8 @@ pub mod observe {
 /// Options of the cluster and of its groups, and the types of their values.
 pub mod options {
     pub use cluster_core::options::{
-        CONFIG_VAR, ClusterName, ControlPath, KeyName, OptionSource, RELOADABLE, Reloaded, Resolved, Source,
-        StatusToken, WEB_CONCURRENCY,
+        CONFIG_VAR, ClusterName, ControlPath, KeyName, OptionSource, RELOADABLE, Reloaded,
+        Resolved, Source, StatusToken, WEB_CONCURRENCY,
     };
     pub use cluster_core::{
         Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Runtime,

@@ -64,7 +64,10 @@ impl Redis {
         poll("redis-server to answer PING", WAIT, || {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("redis-server exited at start ({status}): port {} taken?", self.port);
+                    panic!(
+                        "redis-server exited at start ({status}): port {} taken?",
+                        self.port
+                    );
                 }
             }
             ping(addr)
@@ -172,7 +175,10 @@ fn counters_stay_exact_through_a_reload_and_recover_after_an_outage() {
                     });
                     match resp.and_then(|r| counter(&r)) {
                         Ok(got) => seen.lock().unwrap().push(got),
-                        Err(e) => failures.lock().unwrap().push(format!("ticket {ticket}: {e}")),
+                        Err(e) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("ticket {ticket}: {e}")),
                     }
                     answered.fetch_add(1, Ordering::SeqCst);
                 }
@@ -203,7 +209,11 @@ fn counters_stay_exact_through_a_reload_and_recover_after_an_outage() {
     let expected: Vec<u64> = (1..=REQUESTS as u64).collect();
     if counters != expected {
         let unique: BTreeSet<u64> = counters.iter().copied().collect();
-        let missing: Vec<u64> = expected.iter().filter(|n| !unique.contains(n)).copied().collect();
+        let missing: Vec<u64> = expected
+            .iter()
+            .filter(|n| !unique.contains(n))
+            .copied()
+            .collect();
         panic!(
             "the counters are not exactly 1..={REQUESTS}: {} answers, {} distinct, missing {missing:?}",
             counters.len(),
@@ -226,9 +236,13 @@ fn counters_stay_exact_through_a_reload_and_recover_after_an_outage() {
     redis.kill();
     for i in 0..20 {
         let started = Instant::now();
-        let resp = get_counter(addr).unwrap_or_else(|e| panic!("request {i} while Redis is down: {e}"));
+        let resp =
+            get_counter(addr).unwrap_or_else(|e| panic!("request {i} while Redis is down: {e}"));
         let took = started.elapsed();
-        assert_eq!(resp.status, 503, "request {i} while Redis is down: {resp:?}");
+        assert_eq!(
+            resp.status, 503,
+            "request {i} while Redis is down: {resp:?}"
+        );
         assert!(
             resp.body.starts_with("redis unavailable: "),
             "request {i}: an unclear body {:?}",
@@ -249,7 +263,10 @@ fn counters_stay_exact_through_a_reload_and_recover_after_an_outage() {
                 continue;
             }
             let (pid, n) = counter(&resp)?;
-            assert!(counters.insert(n), "counter {n} given twice after the restart");
+            assert!(
+                counters.insert(n),
+                "counter {n} given twice after the restart"
+            );
             recovered.insert(pid);
         }
         (recovered.len() == 4)
@@ -260,7 +277,10 @@ fn counters_stay_exact_through_a_reload_and_recover_after_an_outage() {
     for i in 0..40 {
         let resp = get_counter(addr).unwrap_or_else(|e| panic!("request {i} after recovery: {e}"));
         let (_, n) = counter(&resp).unwrap_or_else(|e| panic!("request {i} after recovery: {e}"));
-        assert!(counters.insert(n), "counter {n} given twice after the restart");
+        assert!(
+            counters.insert(n),
+            "counter {n} given twice after the restart"
+        );
     }
     eprintln!(
         "Redis down: 20 of 20 requests 503; back: all 4 workers served again {:?} after the restart",

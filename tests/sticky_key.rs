@@ -22,8 +22,7 @@ use support::{TempDir, WAIT, example, free_port, ops, poll};
 /// `GET /` from `from` with `head` (more header lines, each ending in `\r\n`), after `prefix`
 /// (a PROXY header, say); returns the answering slot.
 fn slot_of(addr: SocketAddr, from: IpAddr, prefix: &[u8], head: &str) -> usize {
-    let request =
-        format!("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Connection: close\r\n\r\n");
+    let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Connection: close\r\n\r\n");
     let resp: Result<Response, String> = Conn::connect_from(from, addr).and_then(|mut c| {
         c.send_raw(&[prefix, request.as_bytes()].concat())?;
         c.read_response()
@@ -67,14 +66,27 @@ fn a_session_cookie_keeps_its_worker_and_sessions_spread() {
                 )
             })
             .collect();
-        assert_eq!(seen.len(), 1, "session user-{session} reached slots {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "session user-{session} reached slots {seen:?}"
+        );
         by_session.insert(session, seen.into_iter().next().unwrap_or_default());
     }
     let used: BTreeSet<usize> = by_session.values().copied().collect();
-    assert_eq!(used.len(), 4, "32 sessions used only slots {used:?}: {by_session:?}");
+    assert_eq!(
+        used.len(),
+        4,
+        "32 sessions used only slots {used:?}: {by_session:?}"
+    );
     // Without a cookie, connections go by load (here: over more than one worker).
-    let unkeyed: BTreeSet<usize> = (0..16).map(|i| slot_of(addr, loopback(0), b"", &format!("X-N: {i}\r\n"))).collect();
-    assert!(unkeyed.len() > 1, "connections without a key all went to {unkeyed:?}");
+    let unkeyed: BTreeSet<usize> = (0..16)
+        .map(|i| slot_of(addr, loopback(0), b"", &format!("X-N: {i}\r\n")))
+        .collect();
+    assert!(
+        unkeyed.len() > 1,
+        "connections without a key all went to {unkeyed:?}"
+    );
 }
 
 /// A haproxy in TCP mode in front of `backend`, sending a PROXY v2 header on each connection;
@@ -105,7 +117,9 @@ impl Haproxy {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("start haproxy ({e}): install it (apt-get install haproxy)"));
+            .unwrap_or_else(|e| {
+                panic!("start haproxy ({e}): install it (apt-get install haproxy)")
+            });
         let mut haproxy = Haproxy {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -144,27 +158,43 @@ fn behind_haproxy_the_client_address_in_the_proxy_header_keeps_its_worker() {
     let mut by_client = BTreeMap::new();
     for client in 0..16 {
         let from = loopback(client * 7);
-        let seen: BTreeSet<usize> = (0..10).map(|_| slot_of(haproxy.addr, from, b"", "")).collect();
+        let seen: BTreeSet<usize> = (0..10)
+            .map(|_| slot_of(haproxy.addr, from, b"", ""))
+            .collect();
         assert_eq!(seen.len(), 1, "client {from} reached slots {seen:?}");
         by_client.insert(from, seen.into_iter().next().unwrap_or_default());
     }
     let used: BTreeSet<usize> = by_client.values().copied().collect();
-    assert!(used.len() >= 3, "16 clients used only slots {used:?}: {by_client:?}");
+    assert!(
+        used.len() >= 3,
+        "16 clients used only slots {used:?}: {by_client:?}"
+    );
 
     // Hand-built headers of both versions, straight to the cluster, route the same way: the
     // key is the client's IP, whatever the version or the source port.
     let cluster_addr = cluster.addr();
     for (from, slot) in by_client.iter().take(4) {
         let IpAddr::V4(ip) = from else { unreachable!() };
-        let v1 = format!("PROXY TCP4 {ip} 127.0.0.1 40000 {}\r\n", cluster_addr.port());
+        let v1 = format!(
+            "PROXY TCP4 {ip} 127.0.0.1 40000 {}\r\n",
+            cluster_addr.port()
+        );
         let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
         v2.extend_from_slice(&ip.octets());
         v2.extend_from_slice(&[127, 0, 0, 1]);
         v2.extend_from_slice(&50000u16.to_be_bytes());
         v2.extend_from_slice(&cluster_addr.port().to_be_bytes());
         let local = loopback(199);
-        assert_eq!(slot_of(cluster_addr, local, v1.as_bytes(), ""), *slot, "v1 from {from}");
-        assert_eq!(slot_of(cluster_addr, local, &v2, ""), *slot, "v2 from {from}");
+        assert_eq!(
+            slot_of(cluster_addr, local, v1.as_bytes(), ""),
+            *slot,
+            "v1 from {from}"
+        );
+        assert_eq!(
+            slot_of(cluster_addr, local, &v2, ""),
+            *slot,
+            "v2 from {from}"
+        );
     }
 }
 
@@ -185,7 +215,9 @@ fn a_silent_client_is_held_only_the_peek_timeout_and_delays_no_one() {
     let open = || -> u64 {
         ops::status(cluster.status_addr())["workers"]
             .as_array()
-            .map_or(0, |ws| ws.iter().filter_map(|w| w["connections"].as_u64()).sum())
+            .map_or(0, |ws| {
+                ws.iter().filter_map(|w| w["connections"].as_u64()).sum()
+            })
     };
     // Let the start-up probes' connections close first.
     poll("no connection open", WAIT, || {
@@ -200,7 +232,10 @@ fn a_silent_client_is_held_only_the_peek_timeout_and_delays_no_one() {
     let before = Instant::now();
     slot_of(addr, loopback(1), b"", "Cookie: sid=bob\r\n");
     let took = before.elapsed();
-    assert!(took < PEEK / 2, "a keyed request waited {took:?} behind silent clients");
+    assert!(
+        took < PEEK / 2,
+        "a keyed request waited {took:?} behind silent clients"
+    );
     // The silent ones are still with the master, peeked at...
     let held = open();
     assert!(
@@ -229,5 +264,7 @@ fn a_silent_client_is_held_only_the_peek_timeout_and_delays_no_one() {
             "a silent client was closed"
         );
     }
-    eprintln!("a keyed request took {took:?} beside {SILENT} silent clients, handed out after {handed_after:?}");
+    eprintln!(
+        "a keyed request took {took:?} beside {SILENT} silent clients, handed out after {handed_after:?}"
+    );
 }

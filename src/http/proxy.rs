@@ -38,8 +38,11 @@ pub struct ProxiedAddr(pub Option<SocketAddr>);
 /// Reads the PROXY header at the start of `io` and returns the client's address in it. An
 /// error for a connection that does not start with a valid header: it is closed unserved,
 /// since a server that expects the header cannot tell a client's bytes from a forged one.
-pub(super) async fn read_header<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<SocketAddr>> {
-    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("PROXY header: {why}"));
+pub(super) async fn read_header<I: AsyncRead + Unpin>(
+    io: &mut I,
+) -> io::Result<Option<SocketAddr>> {
+    let invalid =
+        |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("PROXY header: {why}"));
     let mut header = vec![0u8; 8];
     io.read_exact(&mut header).await?;
     loop {

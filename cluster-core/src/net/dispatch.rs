@@ -484,7 +484,10 @@ impl Dispatch {
     /// those beyond [`MAX_PEEKING`] with this one (without a key: by load).
     fn keyed(self: &Arc<Self>, batch: Vec<(OwnedFd, SocketAddr)>) -> Vec<Accepted> {
         if self.balance != Balance::StickyKey {
-            return batch.into_iter().map(|(fd, peer)| (fd, peer, None)).collect();
+            return batch
+                .into_iter()
+                .map(|(fd, peer)| (fd, peer, None))
+                .collect();
         }
         let mut now = Vec::new();
         for (fd, peer) in batch {

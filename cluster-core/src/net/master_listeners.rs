@@ -12,7 +12,6 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use crate::model::WorkerId;
 use crate::net::bind::{UnixSocketFile, bind_tcp, bind_unix};
 use crate::net::dispatch::{Accepted, Dispatch, InFlightTable, Member, lock};
@@ -219,10 +218,11 @@ impl MasterListeners {
         );
         let mut by_listener: HashMap<u32, Vec<Accepted>> = HashMap::new();
         for orphan in orphans {
-            by_listener
-                .entry(orphan.listener)
-                .or_default()
-                .push((orphan.fd, orphan.peer, orphan.key));
+            by_listener.entry(orphan.listener).or_default().push((
+                orphan.fd,
+                orphan.peer,
+                orphan.key,
+            ));
         }
         for (listener, batch) in by_listener {
             let dispatch = self
@@ -328,7 +328,13 @@ fn bind(
                     "{addr:?} listens with sticky-key but no sticky_cookie, sticky_header or sticky_proxy is set: every connection goes by load"
                 );
             }
-            let dispatch = Arc::new(Dispatch::new(index, balance, in_flight, timing, keys.clone()));
+            let dispatch = Arc::new(Dispatch::new(
+                index,
+                balance,
+                in_flight,
+                timing,
+                keys.clone(),
+            ));
             tokio::spawn(dispatch.clone().accept_loop(accepting));
             Ok(Bound {
                 info,
@@ -364,8 +370,8 @@ fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
     use cluster_ipc::{Channel, Config};
+    use std::net::SocketAddr;
     use tokio::net::TcpStream;
     use tokio::time::Instant;
 
@@ -384,7 +390,12 @@ mod tests {
             .unwrap();
         let (sender, _) = master.split();
         let (_, receiver) = worker.split();
-        let mut listeners = MasterListeners::new(coalescing, Duration::ZERO, KeyRules::default(), Arc::default());
+        let mut listeners = MasterListeners::new(
+            coalescing,
+            Duration::ZERO,
+            KeyRules::default(),
+            Arc::default(),
+        );
         let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
         let id = WorkerId {
             group: "default".into(),
@@ -469,7 +480,12 @@ mod tests {
         SocketAddr,
         Vec<cluster_ipc::Receiver<ToWorker>>,
     ) {
-        let mut listeners = MasterListeners::new(Duration::ZERO, ack_timeout, KeyRules::default(), Arc::default());
+        let mut listeners = MasterListeners::new(
+            Duration::ZERO,
+            ack_timeout,
+            KeyRules::default(),
+            Arc::default(),
+        );
         let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
         let (info, _) = listeners.listen(&worker(0), addr, balance).unwrap();
         let mut receivers = Vec::new();
@@ -601,7 +617,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_worker_asking_for_ever_new_addresses_meets_the_bound() {
-        let mut listeners = MasterListeners::new(Duration::ZERO, Duration::ZERO, KeyRules::default(), Arc::default());
+        let mut listeners = MasterListeners::new(
+            Duration::ZERO,
+            Duration::ZERO,
+            KeyRules::default(),
+            Arc::default(),
+        );
         let dir = std::env::temp_dir().join(format!("cluster-listen-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let unix = |name: String| ListenAddr::Unix(dir.join(name));
@@ -649,7 +670,12 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_in_flight_bound_connections_wait_in_the_kernels_queue() {
-        let mut listeners = MasterListeners::new(Duration::ZERO, Duration::ZERO, KeyRules::default(), Arc::default());
+        let mut listeners = MasterListeners::new(
+            Duration::ZERO,
+            Duration::ZERO,
+            KeyRules::default(),
+            Arc::default(),
+        );
         listeners.in_flight = Arc::new(InFlightTable::with_max(Arc::default(), 4));
         let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
         let (info, _) = listeners

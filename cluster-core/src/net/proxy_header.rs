@@ -248,7 +248,10 @@ mod tests {
                 source: None
             }
         );
-        assert!(matches!(parse(&v2(1, 0x11, &[1, 2, 3])), Parsed::Invalid(_)));
+        assert!(matches!(
+            parse(&v2(1, 0x11, &[1, 2, 3])),
+            Parsed::Invalid(_)
+        ));
         assert!(matches!(parse(&v2(7, 0x11, &four)), Parsed::Invalid(_)));
     }
 

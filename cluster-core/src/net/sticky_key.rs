@@ -198,7 +198,10 @@ mod tests {
             &r,
             b"GET / HTTP/1.1\r\nHost: x\r\nCookie: theme=dark; sid=abc\r\n\r\n",
         );
-        let b = find(&r, b"POST /x HTTP/1.1\r\nCookie: sid=\"abc\"\r\nHost: y\r\n");
+        let b = find(
+            &r,
+            b"POST /x HTTP/1.1\r\nCookie: sid=\"abc\"\r\nHost: y\r\n",
+        );
         let c = find(&r, b"GET / HTTP/1.1\r\nCookie: sid=abd\r\n\r\n");
         assert!(a.settled && b.settled && c.settled);
         assert!(a.key.is_some());
@@ -225,7 +228,10 @@ mod tests {
         assert!(at_header.key.is_some());
         let whole = find(&r, head);
         assert!(whole.settled);
-        assert_eq!(whole.key, find(&r, b"GET / HTTP/1.1\r\nCookie: sid=7\r\n").key);
+        assert_eq!(
+            whole.key,
+            find(&r, b"GET / HTTP/1.1\r\nCookie: sid=7\r\n").key
+        );
         assert_ne!(whole.key, at_header.key);
         for cut in 0..20 {
             assert!(!find(&r, &head[..cut]).settled, "{cut}");
@@ -237,7 +243,10 @@ mod tests {
         let r = rules(None, Some("X-Session"), false);
         let found = find(&r, b"GET / HTTP/1.1\r\nx-session:  abc \r\n");
         assert!(found.settled);
-        assert_eq!(found.key, find(&r, b"GET / HTTP/1.1\r\nX-SESSION: abc\r\n").key);
+        assert_eq!(
+            found.key,
+            find(&r, b"GET / HTTP/1.1\r\nX-SESSION: abc\r\n").key
+        );
     }
 
     #[test]
@@ -280,7 +289,10 @@ mod tests {
         let waiting = find(&both, header);
         assert_eq!(waiting.key, from_7.key);
         assert!(!waiting.settled);
-        let with_cookie = find(&both, &[&header[..], b"GET / HTTP/1.1\r\nCookie: sid=1\r\n"].concat());
+        let with_cookie = find(
+            &both,
+            &[&header[..], b"GET / HTTP/1.1\r\nCookie: sid=1\r\n"].concat(),
+        );
         assert!(with_cookie.settled);
         assert_ne!(with_cookie.key, from_7.key);
     }

@@ -41,7 +41,8 @@ impl fmt::Display for KeyName {
 
 /// The option's rule, for names set in code.
 pub(super) fn check(name: &Option<KeyName>) -> Result<(), ParseError> {
-    name.as_ref().map_or(Ok(()), |KeyName(name)| check_name(name))
+    name.as_ref()
+        .map_or(Ok(()), |KeyName(name)| check_name(name))
 }
 
 fn check_name(name: &str) -> Result<(), ParseError> {

@@ -493,7 +493,8 @@ options_table! {
     set with_balance(Balance);
     text "shared", accepts "`shared`, `round-robin`, `least-connections`, `sticky`, `sticky-key` or `reuseport`";
 
-    /// With a policy where the master accepts (`round-robin`, `least-connections`, `sticky`):
+    /// With a policy where the master accepts (`round-robin`, `least-connections`, `sticky`,
+    /// `sticky-key`):
     /// under load, its rounds of accepts are at least this far apart (0 turns it off).
     ///
     /// A connection that arrives after a quiet spell of this length is handed out at once, so
