@@ -135,7 +135,8 @@ pub enum ToMaster {
     },
     /// The worker took the connection `conn`: the master may forget it.
     Accepted { conn: u64 },
-    /// A connection handed out by `listener` was closed (for `LeastConnections`).
+    /// A connection handed out by `listener` was closed (for `LeastConnections` and
+    /// `StickyKey`, whose connections without a key go by load).
     Closed { listener: u32 },
     /// The worker's runtime is alive: `lag_us` is how late this beat ran, `connections` how
     /// many connections the worker has open.

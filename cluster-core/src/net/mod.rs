@@ -5,7 +5,7 @@
 //! worker that dies or is replaced never closes the port. With
 //! [`Balance::Shared`](crate::protocol::Balance::Shared) the master passes the listening
 //! socket itself and every worker accepts from its one kernel queue. With the master-accept
-//! policies (`RoundRobin`, `LeastConnections`, `Sticky`) the master accepts and hands each
+//! policies (`RoundRobin`, `LeastConnections`, `Sticky`, `StickyKey`) the master accepts and hands each
 //! connection's descriptor to a worker; it keeps its own copy until the worker acknowledges
 //! it, so a connection handed to a worker that dies first goes to another worker instead of
 //! hanging unanswered. With `ReusePort` each worker binds its own socket and the master is
