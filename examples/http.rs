@@ -11,7 +11,11 @@
 //! Environment:
 //! - `HOST` (default 127.0.0.1), `PORT` (8000);
 //! - `WORKERS` (default one per CPU);
-//! - `POLICY`: `shared` (default), `round-robin`, `least-connections`, `sticky`, `reuseport`;
+//! - `POLICY`: `shared` (default), `round-robin`, `least-connections`, `sticky`, `sticky-key`
+//!   (with `CLUSTER_STICKY_COOKIE`, `CLUSTER_STICKY_HEADER` or `CLUSTER_STICKY_PROXY`, see the
+//!   README's options), `reuseport`;
+//! - `PROXY_PROTOCOL` (unset): `1` when every connection starts with a PROXY protocol header
+//!   (behind haproxy's `send-proxy-v2`, or with `CLUSTER_STICKY_PROXY=true`);
 //! - `STATUS_PORT` (8001; `off` to disable): the master's `/status`, `/metrics`, `/healthz`,
 //!   `/readyz`, on 127.0.0.1 whatever `HOST` is; an address such as `0.0.0.0:8001` exposes
 //!   it, so set `STATUS_TOKEN` then;
@@ -59,6 +63,7 @@ async fn worker(
     ctx: WorkerContext,
     addr: SocketAddr,
     delay: Duration,
+    proxy: bool,
 ) -> Result<(), cluster::Error> {
     let listener = ctx.listen(addr).await?;
     let slot = ctx.slot();
@@ -88,7 +93,8 @@ async fn worker(
     let options = DrainOptions::new()
         .shutdown_delay(delay)
         .readiness(&readiness)
-        .peer_addr(false);
+        .peer_addr(false)
+        .proxy_protocol(proxy);
     cluster::http::serve(listener, handler, ctx.shutdown_token(), options)
         .await
         .map_err(|e| cluster::Error::other(format!("serving HTTP: {e}")))?;
@@ -145,6 +151,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let delay = Duration::from_millis(delay_ms);
+    let proxy = match env_or("PROXY_PROTOCOL", "0").as_str() {
+        "1" => true,
+        "0" => false,
+        other => {
+            eprintln!("http: PROXY_PROTOCOL must be 1 or 0, not {other}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match env_or("RUNTIME", "current_thread").as_str() {
         "current_thread" => Runtime::CurrentThread,
         "multi_thread" => Runtime::MultiThread,
@@ -176,6 +190,6 @@ fn main() -> ExitCode {
                 std::process::id()
             );
         })
-        .worker(move |ctx| worker(ctx, addr, delay))
+        .worker(move |ctx| worker(ctx, addr, delay, proxy))
         .run()
 }

@@ -139,7 +139,7 @@ pub mod observe {
 /// Options of the cluster and of its groups, and the types of their values.
 pub mod options {
     pub use cluster_core::options::{
-        Account, CONFIG_VAR, ClusterName, ControlPath, CpuAffinity, EnvAllow, Limit, Nice,
+        Account, CONFIG_VAR, ClusterName, ControlPath, CpuAffinity, EnvAllow, KeyName, Limit, Nice,
         OptionSource, RELOADABLE, Reloaded, Resolved, Rlimit, Rlimits, Source, StatusToken, Umask,
         WEB_CONCURRENCY,
     };

@@ -40,6 +40,7 @@ pub use identity::role;
 pub use master::{Event, MasterContext};
 pub use model::{ExitKind, Role, SlotKey, WorkerId, WorkerInfo, WorkerState};
 pub use net::listener::{Connection, Listener};
+pub use net::proxy_header;
 pub use observe::metrics::WorkerMetrics;
 pub use observe::status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
 pub use observe::status_server::StatusOptions;

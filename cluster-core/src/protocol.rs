@@ -58,6 +58,12 @@ pub enum Balance {
     /// Connections queued on a worker's socket are lost when that worker exits, which is
     /// why this is not the default.
     ReusePort,
+    /// The master reads the first bytes of each connection (peeked: they stay for the
+    /// worker) for a key, the `sticky_cookie`, the `sticky_header` or the client's IP in a
+    /// PROXY protocol header (`sticky_proxy`), and the same key goes to the same worker slot
+    /// while that worker lives; a connection without a key goes to the worker with the fewest
+    /// open connections.
+    StickyKey,
 }
 
 /// Master to worker.
@@ -138,7 +144,8 @@ pub enum ToMaster {
     },
     /// The worker took the connection `conn`: the master may forget it.
     Accepted { conn: u64 },
-    /// A connection handed out by `listener` was closed (for `LeastConnections`).
+    /// A connection handed out by `listener` was closed (for `LeastConnections` and
+    /// `StickyKey`, whose connections without a key go by load).
     Closed { listener: u32 },
     /// The worker's runtime is alive: `lag_us` is how late this beat ran, `connections` how
     /// many connections the worker has open.

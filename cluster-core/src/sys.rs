@@ -224,6 +224,20 @@ pub(crate) fn watch_listener(
     .map_err(|e| e.into_parts().1)
 }
 
+/// Watches an accepted connection's readiness for reading, for `StickyKey`'s peek, giving
+/// the stream back when it cannot be registered.
+pub(crate) fn watch_stream(
+    stream: std::net::TcpStream,
+) -> Result<tokio::io::unix::AsyncFd<std::net::TcpStream>, (std::net::TcpStream, io::Error)> {
+    // SAFETY: as for `watch_listener`: the AsyncFd owns the stream, which owns its
+    // descriptor, so the descriptor stays open and is the same socket until `into_inner`
+    // deregisters it and gives the stream back.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(stream, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts())
+}
+
 /// Removes `var` from this process's environment.
 ///
 /// Only while the process has one thread: `Cluster::run` calls it before it starts the

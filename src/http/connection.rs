@@ -24,8 +24,12 @@ use tokio_util::sync::CancellationToken;
 use super::deadline::{Deadlines, Expired};
 use super::drain::{ConnState, Tracked, is_clients_last, linger};
 use super::options::PeerAddr;
+use super::proxy::{ProxiedAddr, read_header};
 
 pub(super) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The bound on a PROXY header's arrival when `header_read_timeout` is off.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The bound on shutting a connection closed by a deadline.
 const CLOSE_NOW: Duration = Duration::from_secs(1);
@@ -48,19 +52,22 @@ pub(super) struct Shared<S> {
     pub(super) request_timeout: Option<Duration>,
     /// See [`DrainOptions::peer_addr`](crate::http::DrainOptions::peer_addr).
     pub(super) peer_addr: bool,
+    /// See [`DrainOptions::proxy_protocol`](crate::http::DrainOptions::proxy_protocol).
+    pub(super) proxy_protocol: bool,
     /// Origin of [`ConnState::last_io`].
     pub(super) epoch: Instant,
     pub(super) requests: AtomicU64,
     pub(super) closed_idle: AtomicU64,
     pub(super) closed_after_response: AtomicU64,
     pub(super) closed_header_timeout: AtomicU64,
+    pub(super) refused_proxy_header: AtomicU64,
     pub(super) closed_write_timeout: AtomicU64,
     pub(super) requests_timed_out: AtomicU64,
 }
 
 /// Serves one connection until it closes: normally, then draining once `shared.drain`
 /// fires.
-pub(super) async fn serve_connection<I, T, S, B>(io: I, peer: T, shared: Arc<Shared<S>>)
+pub(super) async fn serve_connection<I, T, S, B>(mut io: I, peer: T, shared: Arc<Shared<S>>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     T: Clone + Send + Sync + 'static,
@@ -71,6 +78,19 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let proxied = if shared.proxy_protocol {
+        let within = shared.header_read_timeout.unwrap_or(PROXY_HEADER_TIMEOUT);
+        match tokio::time::timeout(within, read_header(&mut io)).await {
+            Ok(Ok(source)) => Some(ProxiedAddr(source)),
+            // No valid header in time: closed unserved (see `DrainOptions::proxy_protocol`).
+            Ok(Err(_)) | Err(_) => {
+                shared.refused_proxy_header.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let conn = Arc::new(ConnState::new(shared.epoch));
     // Once per connection: its requests under way show in the worker's slow-request reports.
     let source: Arc<dyn cluster_core::in_flight::InFlightSource> = conn.clone();
@@ -80,6 +100,7 @@ where
         shared: Arc::clone(&shared),
         conn: Arc::clone(&conn),
         peer: Arc::new(peer),
+        proxied,
     };
     let io = TokioIo::new(Tracked {
         io,
@@ -218,6 +239,8 @@ struct DrainService<S, T> {
     conn: Arc<ConnState>,
     // In an `Arc` because hyper's `poll_without_shutdown` wants an `Unpin` service.
     peer: Arc<T>,
+    /// The client's address from the PROXY header, with `proxy_protocol`.
+    proxied: Option<ProxiedAddr>,
 }
 
 impl<S, T, B> Service<Request<Incoming>> for DrainService<S, T>
@@ -251,6 +274,9 @@ where
             .store(is_clients_last(&req), Ordering::Relaxed);
         if self.shared.peer_addr {
             req.extensions_mut().insert(PeerAddr(T::clone(&self.peer)));
+        }
+        if let Some(proxied) = self.proxied {
+            req.extensions_mut().insert(proxied);
         }
         let response = self.shared.service.call(req);
         let shared = Arc::clone(&self.shared);

@@ -104,13 +104,14 @@
 
 // The parts, bottom to top; each uses only those above it in this list: where connections
 // come from (`accept`), what a server reports (`readiness`), what a caller gives and gets
-// (`options`), how one connection drains (`drain`), its deadlines (`deadline`), one
+// (`options`), the PROXY header a connection may start with (`proxy`), how one connection drains (`drain`), its deadlines (`deadline`), one
 // connection's task (`connection`), and the accept loop that runs them (`server`).
 mod accept;
 mod connection;
 mod deadline;
 mod drain;
 mod options;
+mod proxy;
 mod readiness;
 mod server;
 #[cfg(test)]
@@ -150,5 +151,6 @@ pub use tokio_util::sync::CancellationToken;
 
 pub use accept::Accept;
 pub use options::{DrainOptions, PeerAddr, ServeStats};
+pub use proxy::ProxiedAddr;
 pub use readiness::{Phase, Readiness};
 pub use server::{serve, serve_service, serve_tower};

@@ -62,6 +62,7 @@ pub struct DrainOptions {
     pub(super) request_timeout: Option<Duration>,
     pub(super) max_connections: Option<usize>,
     pub(super) peer_addr: bool,
+    pub(super) proxy_protocol: bool,
 }
 
 impl Default for DrainOptions {
@@ -76,6 +77,7 @@ impl Default for DrainOptions {
             request_timeout: None,
             max_connections: None,
             peer_addr: true,
+            proxy_protocol: false,
         }
     }
 }
@@ -239,6 +241,24 @@ impl DrainOptions {
         self
     }
 
+    /// Whether every connection starts with a PROXY protocol header (version 1 or 2), as a
+    /// load balancer with haproxy's `send-proxy`/`send-proxy-v2` sends, or the master does
+    /// with `balance = "sticky-key"` and `sticky_proxy` (default false).
+    ///
+    /// The header is read within `header_read_timeout`, before the first request; a
+    /// connection without a valid one is closed unserved. The client's address it carries is
+    /// in each request's extensions as [`ProxiedAddr`](crate::http::ProxiedAddr) (while
+    /// [`PeerAddr`] stays the load balancer's).
+    ///
+    /// ```
+    /// let options = cluster::http::DrainOptions::new().proxy_protocol(true);
+    /// # let _ = options;
+    /// ```
+    pub fn proxy_protocol(mut self, expect: bool) -> Self {
+        self.proxy_protocol = expect;
+        self
+    }
+
     /// The handle on which [`serve`] reports its [`Phase`].
     ///
     /// ```
@@ -283,6 +303,9 @@ pub struct ServeStats {
     /// Connections closed by `header_read_timeout`: an unfinished request head, or idle
     /// between requests.
     pub closed_header_timeout: u64,
+    /// With [`DrainOptions::proxy_protocol`]: connections closed unserved because they did
+    /// not start with a valid PROXY header within `header_read_timeout`.
+    pub refused_proxy_header: u64,
     /// Connections closed by `write_timeout`: their client stopped reading a response.
     pub closed_write_timeout: u64,
     /// Requests ended by `request_timeout` (answered 503, or their connection closed).

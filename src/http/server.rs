@@ -201,6 +201,7 @@ where
         request_timeout,
         max_connections,
         peer_addr,
+        proxy_protocol,
     } = options;
     // No timer for hyper: its header read timeout arms (and boxes, and cancels) a timer for
     // every request, which cost keep-alive serving about a tenth of its CPU per request.
@@ -216,11 +217,13 @@ where
         write_timeout,
         request_timeout,
         peer_addr,
+        proxy_protocol,
         epoch: Instant::now(),
         requests: AtomicU64::new(0),
         closed_idle: AtomicU64::new(0),
         closed_after_response: AtomicU64::new(0),
         closed_header_timeout: AtomicU64::new(0),
+        refused_proxy_header: AtomicU64::new(0),
         closed_write_timeout: AtomicU64::new(0),
         requests_timed_out: AtomicU64::new(0),
     });
@@ -316,6 +319,7 @@ where
     stats.closed_idle = shared.closed_idle.load(Ordering::Relaxed);
     stats.closed_after_response = shared.closed_after_response.load(Ordering::Relaxed);
     stats.closed_header_timeout = shared.closed_header_timeout.load(Ordering::Relaxed);
+    stats.refused_proxy_header = shared.refused_proxy_header.load(Ordering::Relaxed);
     stats.closed_write_timeout = shared.closed_write_timeout.load(Ordering::Relaxed);
     stats.requests_timed_out = shared.requests_timed_out.load(Ordering::Relaxed);
     match failure {

@@ -37,6 +37,8 @@ pub(crate) struct HttpCluster {
     /// The master's status server, when started with one.
     status: Option<SocketAddr>,
     workers: usize,
+    /// Started with `PROXY_PROTOCOL=1`: every connection must start with a PROXY header.
+    proxy: bool,
     stdout: Captured,
     stderr: Captured,
 }
@@ -49,14 +51,9 @@ impl HttpCluster {
         Self::start_on(program, workers, policy, false, &[])
     }
 
-    /// As [`HttpCluster::start`], with the master's status server (`/status`, `/metrics`) on
-    /// a free loopback port of its own too (see [`HttpCluster::status_addr`]).
-    pub(crate) fn start_with_status(program: &Path, workers: usize, policy: &str) -> HttpCluster {
-        Self::start_on(program, workers, policy, true, &[])
-    }
-
-    /// As [`HttpCluster::start_with_status`], with `env` set for the master too (options as
-    /// `CLUSTER_*` variables).
+    /// As [`HttpCluster::start_with_status`], with more environment variables (`REDIS_URL`,
+    /// `CLUSTER_STICKY_COOKIE`, ...). With `PROXY_PROTOCOL=1` the probes that wait for the
+    /// slots send a PROXY header first, as the workers then require.
     pub(crate) fn start_with_env(
         program: &Path,
         workers: usize,
@@ -64,6 +61,12 @@ impl HttpCluster {
         env: &[(&str, &str)],
     ) -> HttpCluster {
         Self::start_on(program, workers, policy, true, env)
+    }
+
+    /// As [`HttpCluster::start`], with the master's status server (`/status`, `/metrics`) on
+    /// a free loopback port of its own too (see [`HttpCluster::status_addr`]).
+    pub(crate) fn start_with_status(program: &Path, workers: usize, policy: &str) -> HttpCluster {
+        Self::start_on(program, workers, policy, true, &[])
     }
 
     fn start_on(
@@ -76,7 +79,8 @@ impl HttpCluster {
         let mut last = String::new();
         for _ in 0..5 {
             let status_port = status.then(free_port);
-            let mut cluster = Self::spawn(program, workers, policy, free_port(), status_port, env);
+            let mut cluster =
+                Self::spawn(program, workers, policy, (free_port(), status_port), env);
             match cluster.wait_up() {
                 Ok(()) => return cluster,
                 Err(why) => last = format!("{why}\n{}", cluster.dump()),
@@ -92,8 +96,7 @@ impl HttpCluster {
         program: &Path,
         workers: usize,
         policy: &str,
-        port: u16,
-        status_port: Option<u16>,
+        (port, status_port): (u16, Option<u16>),
         env: &[(&str, &str)],
     ) -> HttpCluster {
         let mut cmd = group_command(program, &["CLUSTER_"]);
@@ -112,6 +115,7 @@ impl HttpCluster {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             status: status_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             workers,
+            proxy: env.contains(&("PROXY_PROTOCOL", "1")),
             stdout: Captured::start(pipes.stdout),
             stderr: Captured::start(pipes.stderr),
         }
@@ -128,7 +132,10 @@ impl HttpCluster {
             if let Some(exit) = self.group.try_exit() {
                 return Err(format!("the master exited: {exit:?}"));
             }
-            for resp in burst(self.addr, 2 * self.workers).into_iter().flatten() {
+            for resp in burst_as(self.addr, 2 * self.workers, self.proxy)
+                .into_iter()
+                .flatten()
+            {
                 let Some((slot, pid)) = resp.worker() else {
                     continue;
                 };
@@ -224,7 +231,10 @@ impl HttpCluster {
         let deadline = Instant::now() + WAIT;
         let mut seen = BTreeMap::new();
         loop {
-            for resp in burst(self.addr, 2 * self.workers).into_iter().flatten() {
+            for resp in burst_as(self.addr, 2 * self.workers, self.proxy)
+                .into_iter()
+                .flatten()
+            {
                 if let Some((slot, pid)) = resp.worker() {
                     if !old.contains(&pid) {
                         seen.insert(slot, pid);
@@ -253,12 +263,21 @@ impl HttpCluster {
 /// them), then reads the answers. The connections come from varied loopback addresses
 /// (127.0.0.1 to 127.0.0.64), so that `Sticky` spreads them too.
 pub(crate) fn burst(addr: SocketAddr, n: usize) -> Vec<Result<Response, String>> {
+    burst_as(addr, n, false)
+}
+
+/// As [`burst`], each connection starting with a PROXY version 1 header when `proxy`.
+fn burst_as(addr: SocketAddr, n: usize, proxy: bool) -> Vec<Result<Response, String>> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut conns: Vec<Result<Conn, String>> = (0..n)
         .map(|_| {
             let last = 1 + (NEXT.fetch_add(1, Ordering::Relaxed) % 64) as u8;
             let from = IpAddr::from([127, 0, 0, last]);
             let mut conn = Conn::connect_from(from, addr)?;
+            if proxy {
+                let header = format!("PROXY TCP4 {from} {} 1000 {}\r\n", addr.ip(), addr.port());
+                conn.send_raw(header.as_bytes())?;
+            }
             conn.send_get(true)?;
             Ok(conn)
         })
@@ -348,6 +367,23 @@ impl Conn {
     /// The underlying stream.
     pub(crate) fn stream(&self) -> &TcpStream {
         self.reader.get_ref()
+    }
+
+    /// Sends `bytes` as they are.
+    pub(crate) fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .map_err(|e| describe("send", &e))
+    }
+
+    /// Sends `GET path` and reads the answer, asking to close the connection after it when
+    /// `close`.
+    pub(crate) fn get_path(&mut self, path: &str, close: bool) -> Result<Response, String> {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{connection}\r\n");
+        self.send_raw(request.as_bytes())?;
+        self.read_response()
     }
 
     /// Sends `GET /`, asking to close the connection after the answer when `close`.

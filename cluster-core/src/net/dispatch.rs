@@ -1,5 +1,5 @@
 //! The master's side of one master-accept listener (`RoundRobin`, `LeastConnections`,
-//! `Sticky`): the accept loop, the choice of a worker, the hand-out of descriptors in
+//! `Sticky`, `StickyKey`): the accept loop, the choice of a worker, the hand-out of descriptors in
 //! parcels, and [`InFlightTable`], the connections handed out and not yet acknowledged.
 //!
 //! Apart from `MasterListeners`, which binds addresses and decides which listeners get a
@@ -15,13 +15,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use super::sticky_key::KeyRules;
 use crate::model::WorkerId;
 use crate::protocol::{Balance, ToWorker};
 use crate::violations::{Violation, Violations};
 
+/// Connections whose first bytes `StickyKey` reads at once; past this many, new connections
+/// go out at once without a key (by load), so that silent clients cannot hold the master's
+/// descriptors without bound.
+const MAX_PEEKING: usize = 1024;
 /// Connections waiting for a ready worker beyond this many stay in the kernel's queue.
 const MAX_WAITING: usize = 1024;
 /// Connections handed out and not acknowledged, across all listeners, beyond which the
@@ -87,6 +92,8 @@ impl Member {
 pub(super) struct InFlight {
     pub(super) fd: OwnedFd,
     pub(super) peer: SocketAddr,
+    /// `StickyKey`'s key, so that a connection taken back goes where its key says.
+    pub(super) key: Option<u64>,
     to: WorkerId,
     pub(super) listener: u32,
     at: Instant,
@@ -220,12 +227,16 @@ impl Parcel {
     }
 }
 
+/// An accepted connection on its way to a worker: its descriptor, its client, and
+/// `StickyKey`'s key for it, if any.
+pub(super) type Accepted = (OwnedFd, SocketAddr, Option<u64>);
+
 #[derive(Default)]
 pub(super) struct DispatchState {
     pub(super) members: Vec<Member>,
     next: usize,
     /// Accepted while no worker was ready.
-    pub(super) waiting: VecDeque<(OwnedFd, SocketAddr)>,
+    pub(super) waiting: VecDeque<Accepted>,
 }
 
 /// The master's accept loop and worker set for one master-accept listener.
@@ -240,23 +251,78 @@ pub(super) struct Dispatch {
     pub(super) coalescing: Duration,
     /// See `Options::ack_timeout`.
     pub(super) ack_timeout: Duration,
+    /// Where `StickyKey` finds a connection's key.
+    pub(super) keys: Arc<KeyRules>,
+    /// Bounds the connections being peeked at, [`MAX_PEEKING`].
+    pub(super) peeking: Arc<Semaphore>,
+}
+
+/// How the policy ranks the workers for one connection.
+#[derive(Clone, Copy)]
+enum Rank {
+    /// The next in turn.
+    Turn,
+    /// The fewest open connections, ties in turn.
+    Fewest,
+    /// Rendezvous hashing on this key's hash and each worker's slot.
+    Hash(u64),
 }
 
 impl Dispatch {
-    /// Picks the worker for a connection from `peer`: the policy's choice, unless that
-    /// worker has left a connection unacknowledged past `ack_timeout`; then the next the
-    /// policy would take (for `Sticky`, the next on the client's rendezvous list). When every
-    /// worker is stalled the policy's own choice stands: holding the connection back would
-    /// not serve it sooner.
-    fn pick(&self, st: &mut DispatchState, peer: &SocketAddr, now: Instant) -> Option<usize> {
+    pub(super) fn new(
+        listener: u32,
+        balance: Balance,
+        in_flight: Arc<InFlightTable>,
+        (coalescing, ack_timeout): (Duration, Duration),
+        keys: Arc<KeyRules>,
+    ) -> Self {
+        Dispatch {
+            listener,
+            balance,
+            state: Mutex::new(DispatchState::default()),
+            in_flight,
+            joined: Notify::new(),
+            coalescing,
+            ack_timeout,
+            keys,
+            peeking: Arc::new(Semaphore::new(MAX_PEEKING)),
+        }
+    }
+
+    fn rank(&self, peer: &SocketAddr, key: Option<u64>) -> Rank {
+        match self.balance {
+            Balance::LeastConnections => Rank::Fewest,
+            Balance::Sticky => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                peer.ip().hash(&mut h);
+                Rank::Hash(h.finish())
+            }
+            Balance::StickyKey => key.map_or(Rank::Fewest, Rank::Hash),
+            _ => Rank::Turn,
+        }
+    }
+
+    /// Picks the worker for a connection from `peer` (with `StickyKey`'s `key`): the
+    /// policy's choice, unless that worker has left a connection unacknowledged past
+    /// `ack_timeout`; then the next the policy would take (for `Sticky` and `StickyKey`, the
+    /// next on the key's rendezvous list). When every worker is stalled the policy's own
+    /// choice stands: holding the connection back would not serve it sooner.
+    fn pick(
+        &self,
+        st: &mut DispatchState,
+        peer: &SocketAddr,
+        key: Option<u64>,
+        now: Instant,
+    ) -> Option<usize> {
         let n = st.members.len();
         if n == 0 {
             return None;
         }
         let start = st.next % n;
-        let sticky = |m: &Member| {
+        let rank = self.rank(peer, key);
+        let score = |m: &Member, key: u64| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            peer.ip().hash(&mut h);
+            key.hash(&mut h);
             m.id.key().hash(&mut h);
             h.finish()
         };
@@ -264,25 +330,27 @@ impl Dispatch {
         // stalled, so the common case costs what it did before the check.
         let order = |st: &DispatchState| -> Vec<usize> {
             let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
-            match self.balance {
+            match rank {
                 // Ties go round-robin, so idle workers share new connections evenly.
-                Balance::LeastConnections => order.sort_by_key(|&i| st.members[i].open),
-                // Rendezvous hashing on (client IP, slot): an IP keeps its worker slot while
-                // that slot is in the set; removing a slot moves only that slot's IPs.
-                Balance::Sticky => {
-                    order.sort_by_key(|&i| std::cmp::Reverse(sticky(&st.members[i])))
+                Rank::Fewest => order.sort_by_key(|&i| st.members[i].open),
+                // Rendezvous hashing on (key, slot): a key keeps its worker slot while that
+                // slot is in the set; removing a slot moves only that slot's keys.
+                Rank::Hash(key) => {
+                    order.sort_by_key(|&i| std::cmp::Reverse(score(&st.members[i], key)))
                 }
-                _ => {}
+                Rank::Turn => {}
             }
             order
         };
-        let first = match self.balance {
-            Balance::LeastConnections => (0..n)
+        let first = match rank {
+            Rank::Fewest => (0..n)
                 .map(|k| (start + k) % n)
                 .min_by_key(|&i| st.members[i].open)
                 .unwrap_or(start),
-            Balance::Sticky => (0..n).max_by_key(|&i| sticky(&st.members[i])).unwrap_or(0),
-            _ => start,
+            Rank::Hash(key) => (0..n)
+                .max_by_key(|&i| score(&st.members[i], key))
+                .unwrap_or(0),
+            Rank::Turn => start,
         };
         let cutoff = now
             .checked_sub(self.ack_timeout)
@@ -312,7 +380,7 @@ impl Dispatch {
             }
             _ => first,
         };
-        if self.balance != Balance::Sticky {
+        if !matches!(rank, Rank::Hash(_)) {
             st.next = chosen + 1;
         }
         Some(chosen)
@@ -322,7 +390,7 @@ impl Dispatch {
     /// connection with no worker to go to waits for one. The connections picked for the same
     /// worker leave in one message with their descriptors, so a burst of accepts costs each
     /// worker one `sendmsg` and one wake-up, not one per connection.
-    pub(super) async fn hand_out(self: &Arc<Self>, batch: Vec<(OwnedFd, SocketAddr)>) {
+    pub(super) async fn hand_out(self: &Arc<Self>, batch: Vec<Accepted>) {
         let mut pending = batch;
         while !pending.is_empty() {
             let mut parcels = self.pack(std::mem::take(&mut pending));
@@ -347,7 +415,7 @@ impl Dispatch {
                 lock(&self.state).members.retain(|m| m.id != parcel.to);
                 for conn in parcel.conns.drain(..) {
                     if let Some(back) = self.in_flight.take(conn.0) {
-                        pending.push((back.fd, back.peer));
+                        pending.push((back.fd, back.peer, back.key));
                     }
                 }
             }
@@ -356,13 +424,13 @@ impl Dispatch {
 
     /// Picks a worker for each connection and records it as in flight: one parcel per worker,
     /// of at most [`MAX_PARCEL`] connections. Connections with no worker to go to wait.
-    fn pack(&self, batch: Vec<(OwnedFd, SocketAddr)>) -> Vec<Parcel> {
+    fn pack(&self, batch: Vec<Accepted>) -> Vec<Parcel> {
         let mut parcels: Vec<Parcel> = Vec::new();
         let mut st = lock(&self.state);
         let now = Instant::now();
-        for (fd, peer) in batch {
-            let Some(i) = self.pick(&mut st, &peer, now) else {
-                st.waiting.push_back((fd, peer));
+        for (fd, peer, key) in batch {
+            let Some(i) = self.pick(&mut st, &peer, key, now) else {
+                st.waiting.push_back((fd, peer, key));
                 continue;
             };
             // The master keeps the accepted descriptor until the worker acknowledges it; the
@@ -379,6 +447,7 @@ impl Dispatch {
             let conn = self.in_flight.insert(InFlight {
                 fd,
                 peer,
+                key,
                 to: member.id.clone(),
                 listener: self.listener,
                 at: now,
@@ -407,6 +476,34 @@ impl Dispatch {
             parcel.fds.push(copy);
         }
         parcels
+    }
+
+    /// With `StickyKey`, starts reading each connection's first bytes for its key in a task
+    /// of its own, which hands it out when done, so that the accept loop never waits for a
+    /// client; returns the connections to hand out now: all of them with another policy, and
+    /// those beyond [`MAX_PEEKING`] with this one (without a key: by load).
+    fn keyed(self: &Arc<Self>, batch: Vec<(OwnedFd, SocketAddr)>) -> Vec<Accepted> {
+        if self.balance != Balance::StickyKey {
+            return batch
+                .into_iter()
+                .map(|(fd, peer)| (fd, peer, None))
+                .collect();
+        }
+        let mut now = Vec::new();
+        for (fd, peer) in batch {
+            match self.peeking.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let dispatch = self.clone();
+                    tokio::spawn(async move {
+                        let (fd, key) = super::peek::peek_key(fd, &dispatch.keys).await;
+                        drop(permit);
+                        dispatch.hand_out(vec![(fd, peer, key)]).await;
+                    });
+                }
+                Err(_) => now.push((fd, peer, None)),
+            }
+        }
+        now
     }
 
     /// Accepts with a raw non-blocking `accept(2)` on the listening socket: the master only
@@ -490,7 +587,10 @@ impl Dispatch {
                 _ => Some(Instant::now()),
             };
             if !batch.is_empty() {
-                self.hand_out(std::mem::take(&mut batch)).await;
+                let now = self.keyed(std::mem::take(&mut batch));
+                if !now.is_empty() {
+                    self.hand_out(now).await;
+                }
             }
             if failed {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -525,6 +625,7 @@ mod tests {
             let conn = table.insert(InFlight {
                 fd,
                 peer,
+                key: None,
                 to: id.clone(),
                 listener: 0,
                 at,

@@ -1,6 +1,6 @@
 //! The worker's side of a shared listener: [`Listener`] (served like a tokio `TcpListener`),
 //! the [`Connection`]s it yields, the queues that take connections the master hands over
-//! ([`WorkerListeners`]), and the report of closes for `LeastConnections`.
+//! ([`WorkerListeners`]), and the report of closes for `LeastConnections` and `StickyKey`.
 //!
 //! Apart from the master's side (`dispatch`, `master_listeners`) because it runs in another
 //! process: the two share only the messages of the protocol and the load table's layout.
@@ -185,7 +185,9 @@ impl Listener {
         handed: Handed,
         closes: &mpsc::UnboundedSender<u32>,
     ) -> (Connection, SocketAddr) {
-        let close = (self.balance == Balance::LeastConnections).then(|| (self.id, closes.clone()));
+        // The policies that count open connections (`StickyKey` for connections without a key).
+        let close = matches!(self.balance, Balance::LeastConnections | Balance::StickyKey)
+            .then(|| (self.id, closes.clone()));
         (self.connection(handed.stream, close), handed.peer)
     }
 
@@ -209,8 +211,8 @@ impl Listener {
     }
 }
 
-/// An accepted connection: a `TcpStream` that, for `LeastConnections`, tells the master when
-/// it closes.
+/// An accepted connection: a `TcpStream` that, for `LeastConnections` and `StickyKey`, tells
+/// the master when it closes.
 pub struct Connection {
     stream: TcpStream,
     close: Option<(u32, mpsc::UnboundedSender<u32>)>,
@@ -314,7 +316,7 @@ impl WorkerListeners {
     }
 }
 
-/// Reports closes for `LeastConnections` to the master.
+/// Reports closes for `LeastConnections` and `StickyKey` to the master.
 pub(crate) async fn report_closes(
     mut closes: mpsc::UnboundedReceiver<u32>,
     sender: cluster_ipc::Sender<ToMaster>,

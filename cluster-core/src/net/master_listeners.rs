@@ -8,17 +8,15 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::Notify;
 
 use crate::model::WorkerId;
 use crate::net::bind::{UnixSocketFile, bind_tcp, bind_unix};
-use crate::net::dispatch::{Dispatch, DispatchState, InFlightTable, Member, lock};
+use crate::net::dispatch::{Accepted, Dispatch, InFlightTable, Member, lock};
 use crate::net::inherited::{Adopted, Found, Inherited};
+use crate::net::sticky_key::KeyRules;
 use crate::protocol::{Balance, ListenAddr, ListenerInfo, ToWorker};
 use crate::violations::{Violation, Violations};
 
@@ -50,6 +48,8 @@ pub(crate) struct MasterListeners {
     coalescing: Duration,
     /// See `Options::ack_timeout`.
     ack_timeout: Duration,
+    /// Where `StickyKey` listeners find a connection's key (the `sticky_*` options).
+    keys: Arc<KeyRules>,
     /// Addresses each live worker had the master bind.
     binds: HashMap<WorkerId, usize>,
     /// The sockets the master was started with (socket activation), taken instead of binding.
@@ -60,6 +60,7 @@ impl MasterListeners {
     pub(crate) fn new(
         coalescing: Duration,
         ack_timeout: Duration,
+        keys: KeyRules,
         violations: Arc<Violations>,
     ) -> Self {
         MasterListeners {
@@ -68,6 +69,7 @@ impl MasterListeners {
             in_flight: Arc::new(InFlightTable::new(violations)),
             coalescing,
             ack_timeout,
+            keys: Arc::new(keys),
             binds: HashMap::new(),
             inherited: Inherited::default(),
         }
@@ -180,6 +182,7 @@ impl MasterListeners {
             adopted,
             self.in_flight.clone(),
             (self.coalescing, self.ack_timeout),
+            &self.keys,
         )?;
         if let Some(at) = at {
             self.inherited.adopted_as(at, index);
@@ -265,12 +268,13 @@ impl MasterListeners {
             "{} unacknowledged connections of worker {id} go to other workers",
             orphans.len()
         );
-        let mut by_listener: HashMap<u32, Vec<(OwnedFd, SocketAddr)>> = HashMap::new();
+        let mut by_listener: HashMap<u32, Vec<Accepted>> = HashMap::new();
         for orphan in orphans {
-            by_listener
-                .entry(orphan.listener)
-                .or_default()
-                .push((orphan.fd, orphan.peer));
+            by_listener.entry(orphan.listener).or_default().push((
+                orphan.fd,
+                orphan.peer,
+                orphan.key,
+            ));
         }
         for (listener, batch) in by_listener {
             let dispatch = self
@@ -328,6 +332,7 @@ fn bind(
     adopted: Option<Adopted>,
     in_flight: Arc<InFlightTable>,
     timing: (Duration, Duration),
+    keys: &Arc<KeyRules>,
 ) -> Result<Bound, String> {
     let describe = |e: io::Error| match e.kind() {
         io::ErrorKind::AddrInUse => format!("cannot listen on {addr:?}: address in use ({e})"),
@@ -347,7 +352,7 @@ fn bind(
     }
     let unix = match (adopted, addr) {
         (Some(Adopted::Tcp(socket)), _) => {
-            return tcp_listener(index, addr, balance, socket, in_flight, timing);
+            return tcp_listener(index, addr, balance, socket, in_flight, timing, keys);
         }
         (Some(Adopted::Unix(listener)), _) => UnixSocketFile::inherited(listener),
         (None, ListenAddr::Unix(path)) => bind_unix(path).map_err(describe)?,
@@ -367,7 +372,7 @@ fn bind(
         }
         (None, ListenAddr::Tcp(sock)) => {
             let socket = bind_tcp(*sock, false).map_err(describe)?;
-            return tcp_listener(index, addr, balance, socket, in_flight, timing);
+            return tcp_listener(index, addr, balance, socket, in_flight, timing, keys);
         }
         // `Inherited::find` refuses a name it does not know before anything is bound.
         (None, ListenAddr::Named(name)) => {
@@ -394,7 +399,8 @@ fn tcp_listener(
     balance: Balance,
     socket: std::net::TcpListener,
     in_flight: Arc<InFlightTable>,
-    (coalescing, ack_timeout): (Duration, Duration),
+    timing: (Duration, Duration),
+    keys: &Arc<KeyRules>,
 ) -> Result<Bound, String> {
     let describe = |e: io::Error| format!("cannot listen on {addr:?}: {e}");
     let local = socket.local_addr().map_err(describe)?;
@@ -431,15 +437,18 @@ fn tcp_listener(
         });
     }
     let accepting = socket.try_clone().map_err(describe)?;
-    let dispatch = Arc::new(Dispatch {
-        listener: index,
+    if balance == Balance::StickyKey && !keys.has_source() {
+        tracing::warn!(
+            "{addr:?} listens with sticky-key but no sticky_cookie, sticky_header or sticky_proxy is set: every connection goes by load"
+        );
+    }
+    let dispatch = Arc::new(Dispatch::new(
+        index,
         balance,
-        state: Mutex::new(DispatchState::default()),
         in_flight,
-        joined: Notify::new(),
-        coalescing,
-        ack_timeout,
-    });
+        timing,
+        keys.clone(),
+    ));
     tokio::spawn(dispatch.clone().accept_loop(accepting));
     Ok(Bound {
         info,
@@ -454,6 +463,7 @@ fn tcp_listener(
 mod tests {
     use super::*;
     use cluster_ipc::{Channel, Config};
+    use std::net::SocketAddr;
     use tokio::net::TcpStream;
     use tokio::time::Instant;
 
@@ -472,7 +482,12 @@ mod tests {
             .unwrap();
         let (sender, _) = master.split();
         let (_, receiver) = worker.split();
-        let mut listeners = MasterListeners::new(coalescing, Duration::ZERO, Arc::default());
+        let mut listeners = MasterListeners::new(
+            coalescing,
+            Duration::ZERO,
+            KeyRules::default(),
+            Arc::default(),
+        );
         let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
         let id = WorkerId {
             group: "default".into(),
@@ -557,7 +572,12 @@ mod tests {
         SocketAddr,
         Vec<cluster_ipc::Receiver<ToWorker>>,
     ) {
-        let mut listeners = MasterListeners::new(Duration::ZERO, ack_timeout, Arc::default());
+        let mut listeners = MasterListeners::new(
+            Duration::ZERO,
+            ack_timeout,
+            KeyRules::default(),
+            Arc::default(),
+        );
         let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
         let (info, _) = listeners.listen(&worker(0), addr, balance).unwrap();
         let mut receivers = Vec::new();
@@ -689,7 +709,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_worker_asking_for_ever_new_addresses_meets_the_bound() {
-        let mut listeners = MasterListeners::new(Duration::ZERO, Duration::ZERO, Arc::default());
+        let mut listeners = MasterListeners::new(
+            Duration::ZERO,
+            Duration::ZERO,
+            KeyRules::default(),
+            Arc::default(),
+        );
         let dir = std::env::temp_dir().join(format!("cluster-listen-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let unix = |name: String| ListenAddr::Unix(dir.join(name));
@@ -737,7 +762,12 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_in_flight_bound_connections_wait_in_the_kernels_queue() {
-        let mut listeners = MasterListeners::new(Duration::ZERO, Duration::ZERO, Arc::default());
+        let mut listeners = MasterListeners::new(
+            Duration::ZERO,
+            Duration::ZERO,
+            KeyRules::default(),
+            Arc::default(),
+        );
         listeners.in_flight = Arc::new(InFlightTable::with_max(Arc::default(), 4));
         let addr = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
         let (info, _) = listeners

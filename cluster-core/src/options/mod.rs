@@ -17,6 +17,7 @@ mod parse;
 mod privileges;
 mod restart;
 mod signal;
+mod sticky;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -38,6 +39,7 @@ pub use parse::{ParseError, bytes_text, duration_text, parse_bytes, parse_durati
 pub use privileges::{Account, CpuAffinity, EnvAllow, Limit, Nice, Rlimit, Rlimits, Umask};
 pub use restart::{Backoff, RestartMode, RestartPolicy};
 pub use signal::{in_both_lists, parse_signal};
+pub use sticky::KeyName;
 pub use table::{OPTIONS, OptionSpec, Options};
 pub use token::StatusToken;
 pub use value::OptionValue;
@@ -207,6 +209,16 @@ impl Options {
         }
         check::heartbeat(self.heartbeat_interval, self.heartbeat_timeout)
             .map_err(|reason| Error::invalid_option("heartbeat_timeout", reason))?;
+        if self.balance == Balance::StickyKey
+            && self.sticky_cookie.is_none()
+            && self.sticky_header.is_none()
+            && !self.sticky_proxy
+        {
+            return Err(Error::invalid_option(
+                "balance",
+                "sticky-key needs where the key is: set sticky_cookie, sticky_header or sticky_proxy (or use sticky, which routes by the client's IP)".to_owned(),
+            ));
+        }
         if let Some(&signal) = self
             .reload_signals
             .iter()

@@ -27,6 +27,7 @@ use nix::sys::signal::Signal;
 use super::control_path::{ClusterName, ControlPath};
 use super::parse::{ParseError, duration_text};
 use super::privileges::{Account, CpuAffinity, EnvAllow, Nice, Rlimits, Umask};
+use super::sticky::{self, KeyName};
 use super::token::{self, StatusToken};
 use super::value::{Bytes, OptionValue, StatusAddr};
 use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
@@ -239,6 +240,12 @@ impl<'a> Get<'a, Option<&'a Path>> for Option<PathBuf> {
 
 impl<'a> Get<'a, Option<&'a Account>> for Option<Account> {
     fn get(&'a self) -> Option<&'a Account> {
+        self.as_ref()
+    }
+}
+
+impl<'a> Get<'a, Option<&'a KeyName>> for Option<KeyName> {
+    fn get(&'a self) -> Option<&'a KeyName> {
         self.as_ref()
     }
 }
@@ -504,9 +511,10 @@ options_table! {
     /// can override it per address with `listen_with`.
     balance: Balance = Balance::Shared;
     set with_balance(Balance);
-    text "shared", accepts "`shared`, `round-robin`, `least-connections`, `sticky` or `reuseport`";
+    text "shared", accepts "`shared`, `round-robin`, `least-connections`, `sticky`, `sticky-key` or `reuseport`";
 
-    /// With a policy where the master accepts (`round-robin`, `least-connections`, `sticky`):
+    /// With a policy where the master accepts (`round-robin`, `least-connections`, `sticky`,
+    /// `sticky-key`):
     /// under load, its rounds of accepts are at least this far apart (0 turns it off).
     ///
     /// A connection that arrives after a quiet spell of this length is handed out at once, so
@@ -546,6 +554,56 @@ options_table! {
             "{} would let a stalled worker take new connections for that long; use at most 60s, or 0 to turn the check off",
             duration_text(timeout)
         ))
+    };
+
+    /// With `sticky-key`: the cookie whose value routes a connection (an HTTP/1.x request's
+    /// `Cookie` header, read by the master before the worker gets the connection).
+    ///
+    /// The same value goes to the same worker slot while it is in the rotation, by rendezvous
+    /// hashing as `sticky` does with the client's IP. A cookie wins over `sticky_header`,
+    /// which wins over `sticky_proxy`'s address; a connection with none of them goes to the
+    /// worker with the fewest open connections.
+    sticky_cookie: Option<KeyName> as Option<&KeyName> = None;
+    set with_sticky_cookie(Option<KeyName>);
+    text "off", accepts "a cookie name (an HTTP token such as `sid`), or `off`";
+    check sticky::check;
+
+    /// With `sticky-key`: the HTTP/1.x request header whose value routes a connection
+    /// (matched without case), when no `sticky_cookie` is found.
+    sticky_header: Option<KeyName> as Option<&KeyName> = None;
+    set with_sticky_header(Option<KeyName>);
+    text "off", accepts "a header name (an HTTP token such as `x-session-id`), or `off`";
+    check sticky::check;
+
+    /// With `sticky-key`: every connection starts with a PROXY protocol header (version 1 or
+    /// 2, from a load balancer such as haproxy's `send-proxy-v2`), and the client's IP in it
+    /// routes the connection when no cookie or header does.
+    ///
+    /// The header stays in the connection for the worker: serve with
+    /// `DrainOptions::proxy_protocol(true)` (`cluster::http`), which reads it, refuses a
+    /// connection without one, and gives the client's address as the peer's.
+    sticky_proxy: bool = false;
+    set with_sticky_proxy(bool);
+    text "false", accepts "`true` or `false`";
+
+    /// With `sticky-key`: how long the master waits for a connection's first bytes to hold
+    /// its key; a connection still without one then goes to the worker with the fewest open
+    /// connections.
+    ///
+    /// Each connection is read (peeked, at most 8 KiB) in a task of its own, at most 1,024 at
+    /// once (past that, new connections are handed out at once, without a key), so a client
+    /// that sends nothing delays no other connection and is held at most this long.
+    sticky_peek_timeout: Duration = Duration::from_secs(1);
+    set with_sticky_peek_timeout(Duration);
+    text "1s", accepts "a duration from 1ms to 60s";
+    check |timeout: &Duration| if timeout.is_zero() || *timeout > Duration::from_secs(60) {
+        Err(format!(
+            "{} would {}; use a duration from 1ms to 60s, such as 1s",
+            duration_text(timeout),
+            if timeout.is_zero() { "never wait for a key" } else { "hold a silent client's connection that long" }
+        ))
+    } else {
+        Ok(())
     };
 
     /// Which exits of a worker are restarted: always, only after a failure, or never.

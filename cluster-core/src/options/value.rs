@@ -313,7 +313,7 @@ impl Count {
 }
 
 /// The names of the strategies, as the docs write them, and the variants' names.
-const BALANCE_NAMES: [(Balance, &str, &str); 5] = [
+const BALANCE_NAMES: [(Balance, &str, &str); 6] = [
     (Balance::Shared, "shared", "Shared"),
     (Balance::RoundRobin, "round-robin", "RoundRobin"),
     (
@@ -323,9 +323,10 @@ const BALANCE_NAMES: [(Balance, &str, &str); 5] = [
     ),
     (Balance::Sticky, "sticky", "Sticky"),
     (Balance::ReusePort, "reuseport", "ReusePort"),
+    (Balance::StickyKey, "sticky-key", "StickyKey"),
 ];
 
-/// `shared`, `round-robin`, `least-connections`, `sticky` or `reuseport`, or the variant's
+/// `shared`, `round-robin`, `least-connections`, `sticky`, `sticky-key` or `reuseport`, or the variant's
 /// name (`RoundRobin`).
 ///
 /// ```
@@ -347,7 +348,7 @@ impl FromStr for Balance {
             .map(|(balance, _, _)| *balance)
             .ok_or_else(|| {
                 ParseError::new(format!(
-                    "unknown balance {text:?}; expected \"shared\" (the default), \"round-robin\", \"least-connections\", \"sticky\" or \"reuseport\", or the variant: Shared, RoundRobin, LeastConnections, Sticky, ReusePort"
+                    "unknown balance {text:?}; expected \"shared\" (the default), \"round-robin\", \"least-connections\", \"sticky\", \"sticky-key\" or \"reuseport\", or the variant: Shared, RoundRobin, LeastConnections, Sticky, StickyKey, ReusePort"
                 ))
             })
     }

@@ -44,6 +44,7 @@ pub use process::{SpawnHook, SpawnSettings};
 use crate::messaging::Pending;
 use crate::model::{ExitKind, SlotKey, WorkerId};
 use crate::net::master_listeners::MasterListeners;
+use crate::net::sticky_key::KeyRules;
 use crate::observe::logs::RecentLogs;
 use crate::options::{GroupOptions, Options, RestartPolicy, Signal};
 use crate::{Error, Result};
@@ -278,6 +279,12 @@ impl<L: Launcher> Supervisor<L> {
         let listeners = MasterListeners::new(
             options.accept_coalescing(),
             options.ack_timeout(),
+            KeyRules {
+                cookie: options.sticky_cookie().map(|c| c.as_str().to_owned()),
+                header: options.sticky_header().map(|h| h.as_str().to_owned()),
+                proxy: options.sticky_proxy(),
+                peek_timeout: options.sticky_peek_timeout(),
+            },
             violations.clone(),
         );
         let launcher = make_launcher()?;

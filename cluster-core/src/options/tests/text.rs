@@ -50,6 +50,10 @@ fn every_option_round_trips_through_its_text() {
         .with_balance(Balance::LeastConnections)
         .with_accept_coalescing(Duration::from_micros(2500))
         .with_ack_timeout(Duration::from_millis(250))
+        .with_sticky_cookie(Some(KeyName::new("sid")))
+        .with_sticky_header(Some(KeyName::new("x-session-id")))
+        .with_sticky_proxy(true)
+        .with_sticky_peek_timeout(Duration::from_millis(300))
         .with_restart_mode(RestartMode::Transient)
         .with_backoff(
             Backoff::new()
@@ -396,6 +400,7 @@ fn types_parse_what_they_display() {
         Balance::LeastConnections,
         Balance::Sticky,
         Balance::ReusePort,
+        Balance::StickyKey,
     ] {
         assert_eq!(b.to_string().parse(), Ok(b));
         assert_eq!(format!("{b:?}").parse(), Ok(b), "the variant's name");
@@ -443,4 +448,38 @@ fn rust_expressions_of_values() {
     );
     assert_eq!(expr("min_ready", "0"), "0usize");
     assert!(OptionSpec::find("count").unwrap().rust_expr("0").is_err());
+}
+
+#[test]
+fn sticky_key_needs_a_source_and_names_that_are_tokens() {
+    let o = Options::new().with_balance(Balance::StickyKey);
+    let error = o.validate().unwrap_err().to_string();
+    assert!(error.contains("sticky_cookie"), "{error}");
+    assert!(o.clone().with_sticky_proxy(true).validate().is_ok());
+    assert!(
+        o.with_sticky_cookie(Some(KeyName::new("sid")))
+            .validate()
+            .is_ok()
+    );
+    let mut o = Options::new();
+    for bad in ["", "my sid", "sid;", "s=d"] {
+        assert!(o.set_from_str("sticky_cookie", bad).is_err(), "{bad:?}");
+    }
+    o.set_from_str("sticky_header", "X-Session-Id").unwrap();
+    assert_eq!(o.sticky_header().map(KeyName::as_str), Some("X-Session-Id"));
+    assert!(
+        Options::new()
+            .with_sticky_header(Some(KeyName::new("bad name")))
+            .validate()
+            .is_err()
+    );
+    assert!(o.set_from_str("sticky_peek_timeout", "0s").is_err());
+    assert!(o.set_from_str("sticky_peek_timeout", "61s").is_err());
+    assert_eq!(
+        OptionSpec::find("sticky_cookie")
+            .unwrap()
+            .rust_expr("sid")
+            .unwrap(),
+        "::std::option::Option::Some($crate::options::KeyName::new(\"sid\"))"
+    );
 }
