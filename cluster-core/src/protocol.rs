@@ -166,7 +166,7 @@ pub enum ToMaster {
     Store { id: u64, op: StoreOp },
 }
 
-/// An operation on the master's store (`crate::store`). Keys and topics are text, values
+/// An operation on the master's store (the `store` module). Keys and topics are text, values
 /// bytes; counters are stored as decimal text, as Redis does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreOp {
