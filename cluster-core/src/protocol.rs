@@ -8,7 +8,7 @@
 //! message types differ from the master's fails to decode only those messages and the control
 //! traffic keeps working.
 //!
-//! Public only through [`crate::wire`] (the `testing` feature), for tests that play a
+//! Public only through the `wire` module (the `testing` feature), for tests that play a
 //! misbehaving worker; elsewhere the crate's own.
 #![cfg_attr(
     not(feature = "testing"),
