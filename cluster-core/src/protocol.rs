@@ -241,6 +241,17 @@ pub struct SlowRequest {
     pub age_ms: u64,
 }
 
+impl SlowRequest {
+    /// The requests as one line for a log: `GET /a (1200 ms), POST /b (1000 ms)`.
+    pub(crate) fn describe_all(requests: &[SlowRequest]) -> String {
+        requests
+            .iter()
+            .map(|r| format!("{} {} ({} ms)", r.method, r.path, r.age_ms))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// What this build's master understands beyond the first protocol: the master passes its level
 /// to workers (`CLUSTER_PROTOCOL_LEVEL`), and a worker sends a message added at level N only to
 /// a master of level N or above. During a deploy the master is the older binary, so a new worker

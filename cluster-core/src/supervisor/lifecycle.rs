@@ -551,7 +551,7 @@ impl<L: Launcher> Supervisor<L> {
                 } else {
                     format!(
                         "; requests under way at its last heartbeat: {}",
-                        crate::worker::in_flight::describe(&slow)
+                        crate::protocol::SlowRequest::describe_all(&slow)
                     )
                 };
                 notice!(

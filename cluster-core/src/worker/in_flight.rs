@@ -107,15 +107,6 @@ pub(crate) fn slowest(now: Instant, min_age: Duration, n: usize) -> Vec<SlowRequ
     found
 }
 
-/// The requests as one line: `GET /a (1200 ms), POST /b (1000 ms)`.
-pub(crate) fn describe(requests: &[SlowRequest]) -> String {
-    requests
-        .iter()
-        .map(|r| format!("{} {} ({} ms)", r.method, r.path, r.age_ms))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Watches the runtime from a thread of its own: when the heartbeat task has not run for
 /// three intervals, the runtime is stuck (a handler blocking its thread, a deadlock), and the
 /// master's watchdog is about to kill this worker. Nothing on the runtime can report then, so
@@ -140,7 +131,7 @@ pub(crate) fn watch_stalls(beat: Arc<AtomicU64>, interval: Duration) {
                     let what = if slow.is_empty() {
                         "no request under way".to_owned()
                     } else {
-                        format!("requests under way: {}", describe(&slow))
+                        format!("requests under way: {}", SlowRequest::describe_all(&slow))
                     };
                     eprintln!(
                         "cluster: this worker's runtime has not run for {} ms (a handler blocking its thread?); {what}",
