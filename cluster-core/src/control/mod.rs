@@ -6,7 +6,7 @@
 //! master's own user and root may use it: the socket is mode 0600 in a directory of the
 //! user's, and each peer's uid (`SO_PEERCRED`) is checked. Every request becomes one of the
 //! supervisor's commands, as the status server's do; nothing here touches the workers. The
-//! server itself is the supervisor's (`supervisor/control_server.rs`): this module holds what
+//! server itself is the supervisor's (`supervisor/control_server/`): this module holds what
 //! both ends share and imports nothing above the options.
 //! [`client`] is the other side, for `clusterctl`.
 
