@@ -17,6 +17,7 @@ mod parse;
 mod privileges;
 mod restart;
 mod signal;
+mod spec;
 mod sticky;
 mod table;
 #[cfg(test)]
@@ -39,8 +40,9 @@ pub use parse::{ParseError, bytes_text, duration_text, parse_bytes, parse_durati
 pub use privileges::{Account, CpuAffinity, EnvAllow, Limit, Nice, Rlimit, Rlimits, Umask};
 pub use restart::{Backoff, RestartMode, RestartPolicy};
 pub use signal::{in_both_lists, parse_signal};
+pub use spec::OptionSpec;
 pub use sticky::KeyName;
-pub use table::{OPTIONS, OptionSpec, Options};
+pub use table::{OPTIONS, Options};
 pub use token::StatusToken;
 pub use value::OptionValue;
 
