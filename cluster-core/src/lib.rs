@@ -15,6 +15,7 @@ mod cluster;
 pub mod control;
 mod error;
 mod event_queue;
+mod handover;
 mod identity;
 mod master;
 mod messaging;

@@ -6,8 +6,10 @@
 //! list of options and functions, with no process or task in sight.
 
 mod run;
+mod servers;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 pub use crate::error::BoxError;
 use std::fmt;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Cluster, Message, Runtime};
+use super::{Cluster, Message, Runtime, servers, upgrade};
 use crate::identity::role;
 use crate::master::MasterContext;
 use crate::messaging::Pending;
@@ -18,10 +18,15 @@ use crate::net::inherited::Inherited;
 use crate::observe::logs::RecentLogs;
 use crate::options::Resolved;
 use crate::supervisor::privileges::Policy;
+use crate::supervisor::upgrade::{Incoming, StartServers};
 use crate::supervisor::{LiveConfig, Supervisor};
 use crate::supervisor::{reaper, signals};
 use crate::worker::{self, Outcome, panic_message};
 use crate::{Error, ErrorKind};
+
+/// What the master's start prepares before its runtime: the options in force, the sockets of
+/// socket activation, each group's least-privilege policy.
+type Prepared = (Resolved, Inherited, Vec<(String, Policy)>);
 
 impl<D: Message, U: Message> Cluster<D, U> {
     /// Runs this process's role to the end and returns the exit code for `main` to return:
@@ -161,21 +166,53 @@ impl<D: Message, U: Message> Cluster<D, U> {
     }
 
     fn run_master(mut self) -> Result<ExitCode, Error> {
-        // Before anything starts: the options file and the environment over the code's, so
-        // that a bad value stops the master with nothing to clean up.
+        // First: the new master of an upgrade reports even a bad option to the old one,
+        // which then serves on.
+        let upgrade = upgrade::take_channel()?;
+        let prepared = self.prepare_master();
+        let (resolved, inherited, policies) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                if let Some(incoming) = upgrade {
+                    upgrade::refuse(incoming, &e);
+                }
+                return Err(e);
+            }
+        };
+        let passed_through = upgrade::inheritable_descriptors();
+        // The master only routes and supervises: one thread is plenty, and keeps it small.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("cannot start the tokio runtime", e))?;
+        runtime.block_on(async move {
+            let received = match upgrade {
+                Some(incoming) => Some(upgrade::receive(incoming).await?),
+                None => None,
+            };
+            let to_old = received.as_ref().map(|r| r.channel.sender());
+            let system = (inherited, passed_through);
+            let result = self.supervise(resolved, system, policies, received).await;
+            if let (Err(e), Some(tx)) = (&result, to_old) {
+                upgrade::report(&tx, e).await;
+            }
+            result
+        })
+    }
+
+    /// Options from the file and environment over the code's, checked; the sockets of socket
+    /// activation; each group's least-privilege policy. Before the runtime, while this
+    /// process has one thread: the environment is edited.
+    fn prepare_master(&mut self) -> Result<Prepared, Error> {
+        // Before anything starts, so that a bad value stops the master with nothing to clean
+        // up.
         let resolved = Resolved::resolve(self.options.clone())?;
         for warning in resolved.warnings() {
             crate::supervisor::notice!(warn, "{warning}");
         }
         self.options = resolved.options().clone();
         self.validate()?;
-        // Before the runtime, while this process has one thread: the environment is edited.
         let inherited = take_inherited_sockets()?;
-        // The master only routes and supervises: one thread is plenty, and keeps it small.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("cannot start the tokio runtime", e))?;
         for g in &mut self.groups {
             if g.inherits_count {
                 g.options = g.options.clone().with_count(self.options.count());
@@ -185,14 +222,15 @@ impl<D: Message, U: Message> Cluster<D, U> {
         // master before anything (the control socket, `before_fork`) starts.
         let groups: Vec<_> = self.groups.iter().map(|g| g.options.clone()).collect();
         let policies = Policy::resolve_all(&self.options, &groups)?;
-        runtime.block_on(self.supervise(resolved, inherited, policies))
+        Ok((resolved, inherited, policies))
     }
 
     async fn supervise(
         self,
         resolved: Resolved,
-        inherited: Inherited,
+        (inherited, passed_through): (Inherited, Vec<i32>),
         policies: Vec<(String, Policy)>,
+        received: Option<upgrade::Received>,
     ) -> Result<ExitCode, Error> {
         // First: as PID 1 (a container) a signal without a handler is ignored, so SIGTERM
         // and SIGINT do anything only once these are installed.
@@ -208,15 +246,26 @@ impl<D: Message, U: Message> Cluster<D, U> {
         } else {
             None
         };
+        let parts = servers::Parts {
+            commands: commands_tx.clone(),
+            stop: status_stop.clone(),
+            logs: logs.clone(),
+        };
+        // The new master of an upgrade listens on what the old one handed over, and serves
+        // the control socket and status port only once it has taken over.
+        let (inherited, incoming) = match received {
+            Some(r) => (
+                r.listeners,
+                Some((r.old_pid, r.channel, r.servers, r.state)),
+            ),
+            None => (inherited, None),
+        };
         // Before anything else starts, so that a second master of the same name stops here;
-        // the guard removes the socket file when this function returns.
-        let _control = crate::supervisor::control_server::start(
-            &self.options,
-            commands_tx.clone(),
-            status_stop.clone(),
-            logs.clone(),
-        )
-        .await?;
+        // the supervisor removes the socket file when it ends.
+        let mut servers = match incoming {
+            None => Some(servers::bind_control(&self.options, &parts).await?),
+            Some(_) => None,
+        };
         if let Some(hook) = self.before_fork {
             if let Outcome::Failed(e) = hook().await {
                 return Err(Error::new(
@@ -225,36 +274,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
                 ));
             }
         }
-        if let Some(addr) = self.options.status_addr() {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                Error::new(ErrorKind::Listen, format!("cannot serve status on {addr}"))
-                    .with_source(e)
-            })?;
-            let source = Arc::new(crate::supervisor::CommandSource {
-                commands: commands_tx.clone(),
-            });
-            let token = self.options.status_token().cloned();
-            if token.is_none() && !addr.ip().is_loopback() {
-                // Not refused: a cluster probed from another host (a pod IP) needs such an
-                // address, and the probes need no token. But /status and /metrics are then
-                // open to that network, which an operator should hear about.
-                crate::supervisor::notice!(
-                    warn,
-                    "the status server on {addr} is reachable from other hosts and /status and /metrics need no token; set `status_token`, or a loopback address such as 127.0.0.1:{}",
-                    addr.port()
-                );
-            }
-            let options = crate::observe::status_server::StatusOptions {
-                min_ready: self.options.min_ready(),
-                token,
-                ..Default::default()
-            };
-            tokio::spawn(crate::observe::status_server::serve_status(
-                listener,
-                source,
-                options,
-                status_stop.clone(),
-            ));
+        if let Some(servers) = &mut servers {
+            servers.status = servers::bind_status(&self.options, &parts).await?;
         }
         let pending = Arc::new(Pending::default());
         let (events_tx, events_rx) = match self.master {
@@ -272,6 +293,8 @@ impl<D: Message, U: Message> Cluster<D, U> {
             .collect();
         let groups = self.groups.into_iter().map(|g| g.options).collect();
         let store_config = crate::store::StoreConfig::from_options(&self.options);
+        let options = self.options.clone();
+        let upgrade_timeout = self.options.upgrade_timeout();
         let mut supervisor = Supervisor::new(
             self.options,
             groups,
@@ -279,12 +302,30 @@ impl<D: Message, U: Message> Cluster<D, U> {
             self.spawn_hook,
             (commands_rx, events_tx, pending.clone()),
             (inherited, live.clone()),
-            logs,
+            logs.clone(),
         )?;
         supervisor.set_config(LiveConfig {
             resolved,
             count_groups,
         });
+        if let Some(servers) = servers {
+            supervisor.set_servers(servers);
+        }
+        supervisor.set_passed_through(passed_through);
+        if let Some((old_pid, channel, handed, state)) = incoming {
+            supervisor.apply_state(&state);
+            let start: StartServers = Box::new(move |handed| {
+                Box::pin(async move { servers::start_handed(&options, &parts, handed).await })
+            });
+            let (incoming, rx) = Incoming::new(
+                old_pid,
+                channel,
+                handed,
+                start,
+                (upgrade_timeout, logs.clone()),
+            );
+            supervisor.set_incoming(incoming, rx);
+        }
         let (store, _store_task) = crate::store::start(store_config, supervisor.violations())?;
         supervisor.set_store(store.clone());
         let (done_tx, done_rx) = oneshot::channel();

@@ -16,7 +16,11 @@ use serde::{Deserialize, Serialize};
 /// version 2 or later gets the failing replacement's last lines, [`Response::Logs`], before
 /// [`Response::ReloadFailed`]); [`Request::Options`] and [`Response::Options`] (each
 /// option's source).
-pub const CONTROL_VERSION: u32 = 2;
+/// 3: [`Request::Upgrade`], [`Response::Upgraded`], [`Response::UpgradeFailed`].
+pub const CONTROL_VERSION: u32 = 3;
+
+/// The first [`CONTROL_VERSION`] with [`Request::Upgrade`].
+pub const UPGRADE_VERSION: u32 = 3;
 
 /// The first [`CONTROL_VERSION`] with [`Request::Logs`] and the lines of a failed replacement.
 pub const LOGS_VERSION: u32 = 2;
@@ -82,6 +86,13 @@ pub enum Request {
     /// [`Response::Options`]. Since version 2: a client asks it only of a master whose hello
     /// said 2 or more (an older one would close the connection on it).
     Options,
+    /// Upgrade the master (since version 3): start the executable on disk as a new master,
+    /// hand it the sockets, and leave once it serves. Answered by [`Response::Done`] once
+    /// started; with `wait`, then by [`Response::Upgraded`] or [`Response::UpgradeFailed`].
+    Upgrade {
+        /// Follow the upgrade to its end.
+        wait: bool,
+    },
 }
 
 /// The size a group is scaled to.
@@ -142,6 +153,20 @@ pub enum Response {
     LogsUpToDate,
     /// The answer to [`Request::Options`], in the order of the options table.
     Options(Vec<OptionRow>),
+    /// The upgrade being followed is done: the new master serves, this one drains and exits.
+    Upgraded {
+        /// The new master's pid.
+        pid: u32,
+        /// From the request to the new master serving, in milliseconds.
+        millis: u64,
+    },
+    /// The upgrade being followed was given up: this master serves on.
+    UpgradeFailed {
+        /// Why.
+        error: String,
+        /// The last output lines of the new master's worker that failed, if one did.
+        lines: Vec<String>,
+    },
 }
 
 /// Which of a worker's streams a line was written to.
@@ -352,6 +377,21 @@ mod tests {
         );
         assert_eq!(bytes(&Request::Stop { grace_ms: None }), [6, 0]);
         assert_eq!(bytes(&Request::Options), [8]);
+        assert_eq!(bytes(&Request::Upgrade { wait: true }), [9, 1]);
+        assert_eq!(
+            bytes(&Response::Upgraded {
+                pid: 7,
+                millis: 200
+            }),
+            [13, 7, 200]
+        );
+        assert_eq!(
+            bytes(&Response::UpgradeFailed {
+                error: "e".into(),
+                lines: vec!["l".into()]
+            }),
+            [14, 1, b'e', 1, 1, b'l']
+        );
         assert_eq!(
             bytes(&Response::Hello {
                 version: 1,

@@ -45,6 +45,14 @@ impl UnixSocketFile {
     }
 }
 
+impl UnixSocketFile {
+    /// The socket now belongs to another process too (a new master took it over in an
+    /// upgrade): its file is no longer this process's to remove.
+    pub(crate) fn keep_file(&mut self) {
+        self.file = None;
+    }
+}
+
 impl Drop for UnixSocketFile {
     fn drop(&mut self) {
         use std::os::unix::fs::MetadataExt;

@@ -255,6 +255,10 @@ pub(super) struct Dispatch {
     pub(super) keys: Arc<KeyRules>,
     /// Bounds the connections being peeked at, [`MAX_PEEKING`].
     pub(super) peeking: Arc<Semaphore>,
+    /// Ends the accept loop (an upgrade handed the socket to a new master, which accepts
+    /// from now on). Only the loop ends: connections it accepted still go out, and the
+    /// socket's queue is left to the new master.
+    pub(super) stop: tokio_util::sync::CancellationToken,
 }
 
 /// How the policy ranks the workers for one connection.
@@ -286,6 +290,7 @@ impl Dispatch {
             ack_timeout,
             keys,
             peeking: Arc::new(Semaphore::new(MAX_PEEKING)),
+            stop: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -527,6 +532,9 @@ impl Dispatch {
         let mut batch = Vec::new();
         let mut last_round: Option<Instant> = None;
         loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
             // Leave connections in the kernel's queue while too many wait for a worker.
             loop {
                 let joined = self.joined.notified();
@@ -545,7 +553,12 @@ impl Dispatch {
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(100), room).await;
             }
-            let mut ready = match listener.readable().await {
+            let readable = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                readable = listener.readable() => readable,
+            };
+            let mut ready = match readable {
                 Ok(ready) => ready,
                 Err(e) => {
                     tracing::warn!("listener {} failed: {e}", self.listener);

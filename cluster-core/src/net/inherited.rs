@@ -28,6 +28,9 @@ struct Socket {
     fd: Option<OwnedFd>,
     name: String,
     kind: Kind,
+    /// Addresses it also answers to: those the master that handed it over in an upgrade had
+    /// bound it as (`127.0.0.1:0` for the port that master picked).
+    aliases: Vec<ListenAddr>,
     /// The master's listener made of it.
     listener: Option<u32>,
 }
@@ -64,10 +67,45 @@ impl Inherited {
                 kind: kind_of(&fd),
                 fd: Some(fd),
                 name,
+                aliases: Vec::new(),
                 listener: None,
             })
             .collect();
         Inherited { sockets }
+    }
+
+    /// The listening sockets an old master handed over in an upgrade, each with its name
+    /// and the addresses it was bound as there.
+    pub(crate) fn handed(fds: Vec<(OwnedFd, String, Vec<ListenAddr>)>) -> Self {
+        let sockets = fds
+            .into_iter()
+            .map(|(fd, name, aliases)| Socket {
+                kind: kind_of(&fd),
+                fd: Some(fd),
+                name,
+                aliases,
+                listener: None,
+            })
+            .collect();
+        Inherited { sockets }
+    }
+
+    /// The name of the socket that became `listener`, if one did.
+    pub(crate) fn name_of(&self, listener: u32) -> Option<&str> {
+        self.sockets
+            .iter()
+            .find(|s| s.listener == Some(listener))
+            .map(|s| s.name.as_str())
+    }
+
+    /// Copies of the sockets no worker has claimed, with their names, for a new master.
+    pub(crate) fn unclaimed_fds(&self) -> std::io::Result<Vec<(OwnedFd, String)>> {
+        self.sockets
+            .iter()
+            .filter(|s| s.listener.is_none())
+            .filter_map(|s| s.fd.as_ref().map(|fd| (fd, &s.name)))
+            .map(|(fd, name)| Ok((fd.try_clone()?, name.clone())))
+            .collect()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -81,10 +119,13 @@ impl Inherited {
     /// The inherited socket `addr` asks for. A name that matches nothing is an error: it can
     /// only mean an inherited socket, and binding cannot stand in for it.
     pub(crate) fn find(&mut self, addr: &ListenAddr) -> Result<Found, String> {
-        let index = self.sockets.iter().position(|s| match addr {
-            ListenAddr::Tcp(want) => s.kind == Kind::Tcp(*want),
-            ListenAddr::Unix(path) => s.kind == Kind::Unix(path.clone()),
-            ListenAddr::Named(name) => s.name == *name,
+        let index = self.sockets.iter().position(|s| {
+            s.aliases.contains(addr)
+                || match addr {
+                    ListenAddr::Tcp(want) => s.kind == Kind::Tcp(*want),
+                    ListenAddr::Unix(path) => s.kind == Kind::Unix(path.clone()),
+                    ListenAddr::Named(name) => s.name == *name,
+                }
         });
         let Some(index) = index else {
             if let ListenAddr::Named(name) = addr {

@@ -120,6 +120,13 @@ pub(super) fn ready_timeout(value: &Duration) -> Checked {
     )
 }
 
+pub(super) fn upgrade_timeout(value: &Duration) -> Checked {
+    positive(
+        value,
+        "zero leaves a new master no time to start its workers; use a positive duration such as \"60s\"",
+    )
+}
+
 pub(super) fn heartbeat_interval(value: &Duration) -> Checked {
     positive(
         value,

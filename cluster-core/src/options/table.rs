@@ -112,6 +112,22 @@ options_table! {
     text "SIGUSR2", accepts "signal names, with or without `SIG`; may be empty";
     check check::reload_signals;
 
+    /// The signals that make the master upgrade itself: start the executable on disk as a
+    /// new master, hand it the listening sockets, and leave once it serves (as `clusterctl
+    /// upgrade` does). Empty turns upgrade by signal off. A signal also listed in `signals`
+    /// or `reload_signals` does what that list says.
+    upgrade_signals: Vec<Signal> as &[Signal] = vec![Signal::SIGUSR1];
+    set with_upgrade_signals(impl Into<Vec<Signal>>);
+    text "SIGUSR1", accepts "signal names, with or without `SIG`; may be empty";
+    check check::reload_signals;
+
+    /// How long the new master of an upgrade has to get `min_ready` workers ready; past it
+    /// the upgrade is given up and the old master serves on.
+    upgrade_timeout: Duration = Duration::from_secs(60);
+    set with_upgrade_timeout(Duration);
+    text "1m", accepts "a positive duration";
+    check check::upgrade_timeout;
+
     /// How many slots a rolling reload replaces at once.
     reload_parallelism: usize = 1;
     set with_reload_parallelism(usize);

@@ -100,6 +100,10 @@ pub(crate) enum Ask {
     Options {
         reply: oneshot::Sender<Vec<OptionRow>>,
     },
+    /// Answered with the new master's pid and how the upgrade will end.
+    Upgrade {
+        reply: oneshot::Sender<Result<(u32, oneshot::Receiver<super::upgrade::Outcome>)>>,
+    },
 }
 
 fn refused(message: String) -> Error {
@@ -111,6 +115,11 @@ impl<L: Launcher> Supervisor<L> {
         match ask {
             Ask::Follow { reply } => {
                 let _ = reply.send(self.taps.subscribe());
+            }
+            Ask::Upgrade { reply } => {
+                let (done, outcome) = oneshot::channel();
+                let started = self.start_upgrade(Some(done)).map(|pid| (pid, outcome));
+                let _ = reply.send(started);
             }
             Ask::Reload { group, reply } => {
                 let result = self.control_reload(group).await;
@@ -124,6 +133,9 @@ impl<L: Launcher> Supervisor<L> {
                 let result = match self.group_index(&group) {
                     _ if self.stopping.is_some() => {
                         Err(refused("the cluster is shutting down".to_owned()))
+                    }
+                    _ if self.upgrade.under_way() => {
+                        Err(refused(super::upgrade::ONE_AT_A_TIME.to_owned()))
                     }
                     None => Err(refused(format!("no group named {group:?}"))),
                     Some(g) => {
@@ -170,6 +182,9 @@ impl<L: Launcher> Supervisor<L> {
         if self.stopping.is_some() {
             return Err(refused("the cluster is shutting down".to_owned()));
         }
+        if self.upgrade.under_way() {
+            return Err(refused(super::upgrade::ONE_AT_A_TIME.to_owned()));
+        }
         if let Some(name) = &group {
             if self.group_index(name).is_none() {
                 return Err(refused(format!("no group named {name:?}")));
@@ -189,6 +204,9 @@ impl<L: Launcher> Supervisor<L> {
     async fn control_restart(&mut self, key: &SlotKey) -> Result<u64> {
         if self.stopping.is_some() {
             return Err(refused("the cluster is shutting down".to_owned()));
+        }
+        if self.upgrade.under_way() {
+            return Err(refused(super::upgrade::ONE_AT_A_TIME.to_owned()));
         }
         let Some(g) = self.group_index(&key.group) else {
             return Err(refused(format!("no group named {:?}", key.group)));

@@ -519,6 +519,7 @@ impl<L: Launcher> Supervisor<L> {
 
     pub(super) async fn on_timers(&mut self) {
         let now = Instant::now();
+        self.on_upgrade_timer(now).await;
         let heartbeat = self.options.heartbeat_timeout();
         let mut hung = Vec::new();
         let mut unready = Vec::new();
@@ -619,7 +620,7 @@ impl<L: Launcher> Supervisor<L> {
 
 /// How a replacement ended before it was ready, as a clause after its id: killed by the ready
 /// timer after `unready`, or exited (crashed, killed from outside) on its own.
-pub(super) fn ended_unready(exit: ExitKind, unready: Option<Duration>) -> String {
+pub(in crate::supervisor) fn ended_unready(exit: ExitKind, unready: Option<Duration>) -> String {
     match unready {
         Some(timeout) => format!(
             "was not ready within ready_timeout ({}) and was killed",

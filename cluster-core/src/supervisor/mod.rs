@@ -34,6 +34,7 @@ mod slot;
 mod spawner;
 #[cfg(test)]
 mod tests;
+pub(crate) mod upgrade;
 mod watch;
 
 pub use crate::error::EXIT_RESTART_LIMIT;
@@ -148,6 +149,8 @@ enum Stopping {
     /// The options cannot work: a worker could not take on its least-privilege settings
     /// before the cluster ever served.
     Misconfigured(Error),
+    /// A new master took over (an upgrade): this one drains and exits.
+    Upgraded,
 }
 
 pub(crate) struct Supervisor<L = Processes> {
@@ -210,6 +213,8 @@ pub(crate) struct Supervisor<L = Processes> {
     stop_deadline: Option<Instant>,
     /// The master's store, which workers' reporters hand their operations to.
     store: Option<crate::store::StoreHandle>,
+    /// Upgrades of the master: one this master started, or the one it is the new master of.
+    upgrade: upgrade::Upgrades,
 }
 
 impl Supervisor<Processes> {
@@ -230,6 +235,7 @@ impl Supervisor<Processes> {
     ) -> Result<Self> {
         let (commands_rx, events, pending) = queues;
         let (inherited, live) = system;
+        let spawn_live = live.clone();
         let settings = ProcessSettings {
             policies,
             hook: spawn_hook,
@@ -244,6 +250,11 @@ impl Supervisor<Processes> {
                 Processes::new(settings)
             })?;
         supervisor.listeners.set_inherited(inherited);
+        supervisor.set_spawn(upgrade::Spawn {
+            exe: supervisor.launcher.exe().to_owned(),
+            args: std::env::args_os().skip(1).collect(),
+            live: spawn_live,
+        });
         supervisor.notify = notify::Notifier::from_env(supervisor.options.min_ready());
         if supervisor.options.watch() {
             let exe = supervisor.launcher.exe();
@@ -344,6 +355,7 @@ impl<L: Launcher> Supervisor<L> {
             notify: notify::Notifier::silent(min_ready),
             stop_deadline: None,
             store: None,
+            upgrade: upgrade::Upgrades::default(),
         })
     }
 
@@ -358,6 +370,7 @@ impl<L: Launcher> Supervisor<L> {
     }
 
     fn emit(&mut self, event: RawEvent) {
+        self.watch_incoming(&event);
         // Before the master's queue, which a cluster without a master function lacks.
         if self.taps.receiver_count() > 0 {
             if let Some(tap) = control::Tap::of(&event) {
@@ -411,6 +424,7 @@ impl<L: Launcher> Supervisor<L> {
                 break;
             }
             self.reload_onto_waiting_build().await;
+            self.finish_incoming_failure().await;
             self.after_turn();
             let deadline = self.next_deadline();
             let notify_at = self.notify.next_timer();
@@ -419,6 +433,7 @@ impl<L: Launcher> Supervisor<L> {
                 build = next_build(&mut self.watch) => self.on_new_build(build),
                 Some(internal) = self.internal_rx.recv() => self.on_internal(internal).await,
                 Some(cmd) = self.commands_rx.recv() => self.on_command(cmd).await,
+                Some(event) = self.upgrade.events_rx.recv() => self.on_upgrade_event(event).await,
                 failed = &mut master_done, if master_running => {
                     master_running = false;
                     if let Ok(Some(error)) = failed {
@@ -490,11 +505,21 @@ impl<L: Launcher> Supervisor<L> {
                 .filter_map(|s| s.restart_at);
             next = next.into_iter().chain(restarts).min();
             next = Some(next.map_or(self.next_sample, |n| n.min(self.next_sample)));
+            next = next.into_iter().chain(self.upgrade_deadline()).min();
         }
         next
     }
 
     async fn on_signal(&mut self, sig: Signal) {
+        let other =
+            self.options.signals().contains(&sig) || self.options.reload_signals().contains(&sig);
+        if self.options.upgrade_signals().contains(&sig) && !other {
+            notice!(info, "{}: upgrading the master", sig.as_str());
+            if let Err(e) = self.start_upgrade(None) {
+                notice!(warn, "{}: no upgrade: {e}", sig.as_str());
+            }
+            return;
+        }
         let reload = self.options.reload_signals().contains(&sig);
         // A scale signal also listed as a shutdown or reload signal does what that list says.
         if !reload
@@ -652,6 +677,7 @@ impl<L: Launcher> Supervisor<L> {
             return;
         }
         self.stopping = Some(why);
+        self.abandon_upgrade();
         self.reload = None;
         // No build is started any more: the watch and its thread go now.
         self.watch = None;

@@ -36,6 +36,8 @@ pub(crate) enum Note {
     Watchdog,
     /// The current start, reload or stop needs this much longer than systemd would wait.
     ExtendTimeout(Duration),
+    /// The service's main process is now this pid (an upgrade's new master).
+    MainPid(u32),
 }
 
 /// Where notes go: a datagram to systemd, or a test's record.
@@ -68,6 +70,7 @@ impl NoteSink for Systemd {
                 Note::ExtendTimeout(by) => states.push(NotifyState::ExtendTimeoutUsec(
                     u32::try_from(by.as_micros()).unwrap_or(u32::MAX),
                 )),
+                Note::MainPid(pid) => states.push(NotifyState::MainPid(*pid)),
             }
         }
         sd_notify::notify(&states)
@@ -144,6 +147,9 @@ pub(crate) struct Notifier {
     next_extend: Option<Instant>,
     /// A failed send was logged: later failures are not (a socket gone stays gone).
     failed: bool,
+    /// The new master of an upgrade before it took over: systemd hears nothing from it (the
+    /// service's main process is still the old master) until [`Notifier::take_over`].
+    held: bool,
 }
 
 impl Notifier {
@@ -159,6 +165,7 @@ impl Notifier {
             watchdog: None,
             next_extend: None,
             failed: false,
+            held: false,
         }
     }
 
@@ -194,7 +201,43 @@ impl Notifier {
         Notifier::with_sink(min_ready, Box::new(Systemd), watchdog)
     }
 
+    /// Says nothing until [`Notifier::take_over`]: this is the new master of an upgrade.
+    pub(crate) fn hold(&mut self) {
+        self.held = true;
+    }
+
+    /// This new master took over from the old one, which has told systemd this pid: it says
+    /// so itself too (`MAINPID=`, which systemd accepts from it only under
+    /// `NotifyAccess=all`, hence the old one's), then `READY=1` and the status line.
+    pub(crate) fn take_over(&mut self, summary: &Summary) {
+        self.held = false;
+        self.ready_sent = true;
+        let line = summary.line();
+        self.status = line.clone();
+        self.send(&[
+            Note::MainPid(std::process::id()),
+            Note::Ready,
+            Note::Status(line),
+        ]);
+    }
+
+    /// The new master `pid` of an upgrade is ready: systemd is told it is the main process
+    /// now, and hears nothing more from this one (its drain and exit are not the service's:
+    /// a `STOPPING=1` from it would stop the service).
+    pub(crate) fn hand_over(&mut self, pid: u32) {
+        self.send(&[
+            Note::MainPid(pid),
+            Note::Status(format!("upgrading: new master {pid} takes over")),
+        ]);
+        self.sink = None;
+        self.watchdog = None;
+        self.next_extend = None;
+    }
+
     fn send(&mut self, notes: &[Note]) {
+        if self.held {
+            return;
+        }
         let Some(sink) = &mut self.sink else { return };
         if let Err(e) = sink.send(notes) {
             if !self.failed {
@@ -211,6 +254,9 @@ impl Notifier {
     /// `STATUS=` when the summary line changed. Returns true on the turn the cluster became
     /// ready.
     pub(crate) fn update(&mut self, summary: &Summary) -> bool {
+        if self.held {
+            return false;
+        }
         let line = summary.line();
         let became_ready = !self.ready_sent && !self.stopping && summary.ready >= self.min_ready;
         if became_ready {
@@ -304,6 +350,15 @@ impl<L: Launcher> Supervisor<L> {
     /// After each turn of the loop: what systemd should hear now, and, on the turn the
     /// cluster first became ready, the inherited sockets no worker asked for.
     pub(super) fn after_turn(&mut self) {
+        let summary = self.summary();
+        self.upgrade_after_turn(summary.ready);
+        if self.notify.update(&summary) {
+            self.listeners.report_unclaimed();
+        }
+    }
+
+    /// The workers after this turn, as systemd's status line tells them.
+    pub(super) fn summary(&self) -> Summary {
         let slots = self.groups.iter().map(|g| g.slots.len()).sum();
         let ready = self
             .groups
@@ -312,7 +367,7 @@ impl<L: Launcher> Supervisor<L> {
             .filter_map(|s| s.current.as_ref())
             .filter(|p| matches!(p.phase, Phase::Ready { .. }))
             .count();
-        let summary = Summary {
+        Summary {
             ready,
             slots,
             restarts: self.restart_reasons.values().sum(),
@@ -326,9 +381,6 @@ impl<L: Launcher> Supervisor<L> {
                 .stop_deadline
                 .filter(|_| self.stopping.is_some())
                 .map(|deadline| (self.live_count(), deadline)),
-        };
-        if self.notify.update(&summary) {
-            self.listeners.report_unclaimed();
         }
     }
 }
@@ -387,6 +439,7 @@ pub(crate) mod tests {
             Note::Status(s) => format!("STATUS={s}"),
             Note::Watchdog => "WATCHDOG".into(),
             Note::ExtendTimeout(d) => format!("EXTEND={}ms", d.as_millis()),
+            Note::MainPid(pid) => format!("MAINPID={pid}"),
         }
     }
 

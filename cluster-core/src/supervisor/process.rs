@@ -298,7 +298,7 @@ fn raise_descriptor_limit() {
     }
 }
 
-fn exit_kind(status: std::io::Result<std::process::ExitStatus>) -> ExitKind {
+pub(super) fn exit_kind(status: std::io::Result<std::process::ExitStatus>) -> ExitKind {
     match status {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => ExitKind::Code(code),

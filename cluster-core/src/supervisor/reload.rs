@@ -27,6 +27,13 @@ impl<L: Launcher> Supervisor<L> {
         if self.stopping.is_some() {
             return;
         }
+        if self.upgrade.under_way() {
+            notice!(
+                info,
+                "no rolling reload: an upgrade of the master is under way (the new master starts every worker anew)"
+            );
+            return;
+        }
         if let Some(reload) = &mut self.reload {
             reload.again = true;
             return;

@@ -71,6 +71,31 @@ impl Intensity {
         }
     }
 
+    /// How long ago each exit still inside the window happened, oldest first: what an
+    /// upgrade hands to the next master.
+    pub(crate) fn ages(&self, now: Instant) -> Vec<Duration> {
+        self.exits
+            .iter()
+            .map(|at| now.saturating_duration_since(*at))
+            .filter(|age| *age <= self.window)
+            .collect()
+    }
+
+    /// Takes on exits that happened `ages` ago (a previous master's), before any of this
+    /// master's own.
+    pub(crate) fn restore(&mut self, ages: &[Duration], now: Instant) {
+        let mut exits: Vec<Instant> = ages
+            .iter()
+            .filter(|age| **age <= self.window)
+            .filter_map(|age| now.checked_sub(*age))
+            .collect();
+        exits.sort();
+        let bound = usize::try_from(self.max_restarts).map_or(usize::MAX, |m| m.saturating_add(1));
+        let skip = exits.len().saturating_sub(bound);
+        self.exits = exits.into_iter().skip(skip).collect();
+        self.prune(now);
+    }
+
     /// The number of exits within the window ending at `now`.
     #[cfg(test)]
     pub(crate) fn count(&mut self, now: Instant) -> usize {

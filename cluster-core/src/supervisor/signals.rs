@@ -28,6 +28,7 @@ pub(crate) fn handled(options: &Options) -> Vec<Signal> {
         .signals()
         .iter()
         .chain(options.reload_signals())
+        .chain(options.upgrade_signals())
         .chain(scale)
     {
         // Two handlers for one signal would deliver it twice.

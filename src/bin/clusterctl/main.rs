@@ -1,9 +1,10 @@
 //! `clusterctl`: operate a running cluster through its master's control socket (list, status,
-//! monit, reload, restart, scale, stop, logs), as `pm2` does for its processes.
+//! monit, reload, restart, scale, upgrade, stop, logs), as `pm2` does for its processes.
 //!
 //! Exit codes: 0 done; 1 the cluster could not be reached or refused the request; 2 bad
-//! usage; 3 a reload or restart failed and was rolled back (the old workers keep serving);
-//! 4 `--timeout` ran out before the reload, restart or stop ended.
+//! usage; 3 a reload, restart or upgrade failed and was rolled back (the old workers, or the
+//! old master, keep serving); 4 `--timeout` ran out before the reload, restart, upgrade or
+//! stop ended.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use cluster::control::client::{Client, ClientError, find};
 use cluster::control::protocol::{
     LOGS_VERSION, LogLine, LogStream, OptionRow, Progress, Request, Response, ScaleTo,
+    UPGRADE_VERSION,
 };
 use cluster_core::options::parse_duration;
 
@@ -32,8 +34,8 @@ const EXIT_TIMEOUT: u8 = 4;
 /// `$XDG_RUNTIME_DIR/cluster`, else `/run/cluster` for root, else `<tmp>/cluster-<uid>`), by its
 /// socket path (`-s`), or as the only one running in the default directory.
 ///
-/// Exit codes: 0 done; 1 the cluster could not be reached or refused; 2 bad usage; 3 a reload
-/// or restart failed and was rolled back; 4 --timeout ran out first.
+/// Exit codes: 0 done; 1 the cluster could not be reached or refused; 2 bad usage; 3 a reload,
+/// restart or upgrade failed and was rolled back; 4 --timeout ran out first.
 #[derive(Debug, Parser)]
 #[command(name = "clusterctl", version)]
 struct Cli {
@@ -100,6 +102,20 @@ enum Cmd {
         /// N, +N or -N.
         #[arg(allow_hyphen_values = true)]
         count: String,
+    },
+    /// Upgrade the master itself: start the executable on disk as a new master, hand it the
+    /// listening sockets, the control socket and the status port; once `min_ready` of its
+    /// workers are ready the old master stops accepting, drains its workers and exits. No
+    /// socket is ever closed. If the new master fails first (bad options, a worker that is
+    /// never ready, a crash, `upgrade_timeout`), the old one serves on as before.
+    Upgrade {
+        /// Follow the upgrade to its end; exit 0 when the new master serves, 3 when it was
+        /// given up (with the failing worker's last lines).
+        #[arg(long, short)]
+        wait: bool,
+        /// With --wait: give up waiting after this long and exit 4; the upgrade goes on.
+        #[arg(long, value_parser = duration, requires = "wait")]
+        timeout: Option<Duration>,
     },
     /// Shut the cluster down gracefully and wait for the master to exit.
     Stop {
@@ -253,6 +269,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             say(&answer, client.version());
             Ok(())
         }
+        Cmd::Upgrade { wait, timeout } => upgrade(&mut client, wait, timeout).await,
         Cmd::Stop { grace, timeout } => {
             let grace_ms = grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX));
             let Response::Stopping { pid } = client.request(&Request::Stop { grace_ms }).await?
@@ -278,6 +295,55 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => logs(&mut client, target.as_deref(), follow, lines).await,
         Cmd::Completions { .. } => Ok(()),
     }
+}
+
+/// `clusterctl upgrade`: starts the upgrade; with `wait`, prints how it ended.
+async fn upgrade(client: &mut Client, wait: bool, limit: Option<Duration>) -> Result<(), Failure> {
+    if client.version() < UPGRADE_VERSION {
+        return Err(Failure(
+            1,
+            format!(
+                "the master (pid {}) speaks control protocol version {}, which has no upgrade; it needs a restart on a newer build",
+                client.pid(),
+                client.version()
+            ),
+        ));
+    }
+    let first = client.request(&Request::Upgrade { wait }).await?;
+    say(&first, client.version());
+    if !wait {
+        return Ok(());
+    }
+    let old = client.pid();
+    let work = async {
+        match client.next().await {
+            Ok(Some(Response::Upgraded { pid, millis })) => {
+                println!(
+                    "upgrade: done, master pid {pid} serves ({millis} ms after the request); the old master (pid {old}) drains its workers and exits"
+                );
+                Ok(())
+            }
+            Ok(Some(Response::UpgradeFailed { error, lines })) => {
+                let mut message =
+                    format!("upgrade failed: {error}; the old master (pid {old}) serves on");
+                if !lines.is_empty() {
+                    message += "\nthe failing worker's last lines:";
+                    for line in &lines {
+                        message += "\n  ";
+                        message += line;
+                    }
+                }
+                Err(Failure(EXIT_ROLLED_BACK, message))
+            }
+            Ok(Some(other)) => Err(Failure(1, format!("unexpected answer: {other:?}"))),
+            Ok(None) => Err(Failure(
+                1,
+                "the master closed the connection before the upgrade ended".to_owned(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    };
+    within(limit, work, "upgrade").await?
 }
 
 /// `clusterctl logs`: the backlog, then with `follow` new lines until the master goes away.

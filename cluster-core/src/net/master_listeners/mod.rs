@@ -12,6 +12,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::handover::Handed;
 use crate::model::WorkerId;
 use crate::net::bind::{UnixSocketFile, bind_tcp, bind_unix};
 use crate::net::dispatch::{Accepted, Dispatch, InFlightTable, Member, lock};
@@ -28,6 +29,10 @@ struct Bound {
     /// With `Shared` over TCP: each worker's open connections, shared with the workers.
     load: Option<crate::net::load::LoadTable>,
 }
+
+/// The name of a socket a master bound itself, handed over in an upgrade (a socket it was
+/// started with keeps its `LISTEN_FDNAMES` name).
+const UPGRADE_NAME: &str = "upgrade";
 
 /// Distinct addresses the master binds over its life. A listening socket is kept for the
 /// cluster's life (so that restarts and reloads never close it), which is why a worker asking
@@ -302,6 +307,58 @@ impl MasterListeners {
             let mut st = lock(&dispatch.state);
             if let Some(m) = st.members.iter_mut().find(|m| m.id == *id) {
                 m.open = m.open.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Every listening socket this master holds, for a new master to take over: a copy of
+    /// each bound or adopted socket with the addresses workers asked for it as, and the
+    /// inherited sockets no worker claimed yet, with their names.
+    pub(crate) fn handover(&self) -> io::Result<Vec<(OwnedFd, Handed)>> {
+        let mut handed = Vec::new();
+        for (index, bound) in self.bound.iter().enumerate() {
+            let fd: OwnedFd = match (&bound.socket, &bound.unix) {
+                (Some(socket), _) => socket.try_clone()?.into(),
+                (_, Some(unix)) => unix.listener.try_clone()?.into(),
+                // `ReusePort` bound by each worker: nothing of the master's to hand.
+                _ => continue,
+            };
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            let mut bound_as: Vec<ListenAddr> = self
+                .by_addr
+                .iter()
+                .filter(|(_, i)| **i == index)
+                .map(|(addr, _)| addr.clone())
+                .collect();
+            bound_as.sort_by_key(|addr| format!("{addr:?}"));
+            let name = self
+                .inherited
+                .name_of(index)
+                .unwrap_or(UPGRADE_NAME)
+                .to_owned();
+            handed.push((fd, Handed::Listener { bound_as, name }));
+        }
+        for (fd, name) in self.inherited.unclaimed_fds()? {
+            handed.push((
+                fd,
+                Handed::Listener {
+                    bound_as: Vec::new(),
+                    name,
+                },
+            ));
+        }
+        Ok(handed)
+    }
+
+    /// A new master took the sockets over: the master-accept loops end (what they accepted
+    /// still goes to this master's workers), and the Unix socket files are left to it.
+    pub(crate) fn stop_accepting(&mut self) {
+        for bound in &mut self.bound {
+            if let Some(dispatch) = &bound.dispatch {
+                dispatch.stop.cancel();
+            }
+            if let Some(unix) = &mut bound.unix {
+                unix.keep_file();
             }
         }
     }

@@ -43,6 +43,8 @@ fn every_option_round_trips_through_its_text() {
         .with_grace(Duration::from_millis(1500))
         .with_signals([SIGTERM, SIGQUIT])
         .with_reload_signals([])
+        .with_upgrade_signals([Signal::SIGWINCH])
+        .with_upgrade_timeout(Duration::from_secs(90))
         .with_reload_parallelism(4)
         .with_watch(true)
         .with_watch_debounce(Duration::from_millis(1250))

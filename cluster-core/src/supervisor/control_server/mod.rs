@@ -27,6 +27,7 @@ use crate::supervisor::Command;
 use crate::supervisor::control::{Ask, ReloadStart, Tap};
 use crate::supervisor::control_logs;
 use crate::supervisor::notice;
+use crate::supervisor::upgrade::Outcome;
 use crate::{Error, ErrorKind, Result};
 
 mod view;
@@ -73,6 +74,21 @@ struct Shared {
     logs: Option<Arc<RecentLogs>>,
 }
 
+/// The control socket this master serves: a copy of its listening socket and its path, for
+/// a new master to take over, and the file, removed when the master ends.
+pub(crate) struct ControlSocket {
+    pub(crate) listener: std::os::fd::OwnedFd,
+    pub(crate) path: PathBuf,
+    file: SocketFile,
+}
+
+impl ControlSocket {
+    /// A new master serves the socket now: its file is no longer this master's to remove.
+    pub(crate) fn keep_file(&mut self) {
+        self.file.ino = None;
+    }
+}
+
 /// Binds the control socket and serves it until `stop`; `None` when `control_path` is off.
 ///
 /// # Errors
@@ -84,16 +100,71 @@ pub(crate) async fn start(
     commands: mpsc::UnboundedSender<Command>,
     stop: CancellationToken,
     logs: Option<Arc<RecentLogs>>,
-) -> Result<Option<SocketFile>> {
+) -> Result<Option<ControlSocket>> {
     let name = options.name().resolve();
     let Some(path) = options.control_path().resolve(&name) else {
         return Ok(None);
     };
     let (listener, file) = bind(&path, &name).await?;
+    serve(listener, file, name, options, (commands, stop, logs)).map(Some)
+}
+
+/// Serves the control socket an old master handed over at `path`, until `stop`.
+///
+/// # Errors
+///
+/// [`ErrorKind::Listen`] when the socket cannot be used.
+pub(crate) fn start_handed(
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    options: &Options,
+    (commands, stop, logs): (
+        mpsc::UnboundedSender<Command>,
+        CancellationToken,
+        Option<Arc<RecentLogs>>,
+    ),
+) -> Result<ControlSocket> {
+    let listener = listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener))
+        .map_err(|e| listen_error(&path, format!("cannot serve the socket handed over: {e}")))?;
+    let ino = std::fs::symlink_metadata(&path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    let file = SocketFile {
+        path: path.clone(),
+        ino,
+    };
+    serve(
+        listener,
+        file,
+        options.name().resolve(),
+        options,
+        (commands, stop, logs),
+    )
+}
+
+fn serve(
+    listener: UnixListener,
+    file: SocketFile,
+    name: String,
+    options: &Options,
+    (commands, stop, logs): (
+        mpsc::UnboundedSender<Command>,
+        CancellationToken,
+        Option<Arc<RecentLogs>>,
+    ),
+) -> Result<ControlSocket> {
+    use std::os::fd::AsFd;
+    let path = file.path.clone();
+    let copy = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| listen_error(&path, format!("cannot copy its descriptor: {e}")))?;
     let shared = Arc::new(Shared {
         commands,
         name,
-        path,
+        path: path.clone(),
         started: Instant::now(),
         exe_hash: tokio::sync::OnceCell::new(),
         cpu: Mutex::new(HashMap::new()),
@@ -105,7 +176,11 @@ pub(crate) async fn start(
         stop.clone(),
     ));
     tokio::spawn(accept_loop(listener, shared, stop));
-    Ok(Some(file))
+    Ok(ControlSocket {
+        listener: copy,
+        path,
+        file,
+    })
 }
 
 fn listen_error(path: &Path, what: String) -> Error {
@@ -448,6 +523,7 @@ async fn answer(
             return restart(group, slot, tx, shared, version).await;
         }
         Request::Scale { group, to } => scale(group, to, shared).await,
+        Request::Upgrade { wait } => return upgrade(wait, tx, shared).await,
         Request::Stop { grace_ms } => {
             let grace = grace_ms.map(Duration::from_millis);
             let _ = shared.commands.send(Command::Control(Ask::Stop { grace }));
@@ -504,6 +580,38 @@ async fn failed(
     }
     let slot = failing.map(slot_of);
     tx.send(&Response::ReloadFailed { slot, error }).await
+}
+
+/// Starts an upgrade of the master; with `wait`, follows it to its end.
+async fn upgrade(wait: bool, tx: &Tx, shared: &Shared) -> cluster_ipc::Result<()> {
+    let started = ask_to(shared, |reply| Command::Control(Ask::Upgrade { reply })).await;
+    let (pid, outcome) = match started {
+        Ok(started) => started,
+        Err(refused) => return tx.send(&refused).await,
+    };
+    tx.send(&Response::Done(format!(
+        "upgrade started: new master pid {pid}"
+    )))
+    .await?;
+    if !wait {
+        return Ok(());
+    }
+    let response = match outcome.await {
+        Ok(Outcome::Done { pid, took }) => Response::Upgraded {
+            pid,
+            millis: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        },
+        Ok(Outcome::Failed { reason, lines }) => Response::UpgradeFailed {
+            error: reason,
+            lines,
+        },
+        Err(_) => Response::UpgradeFailed {
+            error: "the master stopped before the upgrade ended".to_owned(),
+            lines: Vec::new(),
+        },
+    };
+    tx.send(&response).await?;
+    tx.flush().await
 }
 
 async fn reload(
