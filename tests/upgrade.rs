@@ -240,7 +240,7 @@ fn an_upgrade_whose_workers_never_become_ready_rolls_back_and_loses_nothing() {
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("of the new master") && stderr.contains("before it became ready"),
+        stderr.contains("of the new master was not ready within ready_timeout (1s)"),
         "{}",
         describe(&out)
     );

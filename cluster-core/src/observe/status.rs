@@ -43,6 +43,9 @@ pub struct MasterStatus {
     /// Bounds workers went past, by kind (`unread_channel`, `ack_timeout`, `app_queue`,
     /// `listeners`, `metrics_size`, `stray_answer`, `flood`): see the README's failure model.
     pub violations: std::collections::BTreeMap<String, u64>,
+    /// Upgrades of the master this cluster went through (`clusterctl upgrade`), those of
+    /// earlier masters included.
+    pub upgrades_total: u64,
 }
 
 /// One worker process.

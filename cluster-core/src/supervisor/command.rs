@@ -248,6 +248,7 @@ impl<L: Launcher> Supervisor<L> {
                     .into_iter()
                     .map(|(kind, count)| (kind.to_string(), count))
                     .collect(),
+                upgrades_total: self.upgrade.total,
             },
             workers,
             restarts,

@@ -323,6 +323,12 @@ impl<L: Launcher> Supervisor<L> {
                     _ => RestartExit::Failure,
                 };
                 let reason = stop.map_or("crash", StopReason::restart_reason);
+                if stop == Some(StopReason::FailedStart) {
+                    // Said before `after_exit`'s event, which does not tell the ready timer's
+                    // SIGKILL from any other.
+                    let how = ended_unready(exit, Some(self.options.ready_timeout()));
+                    self.incoming_worker_failed(&id, &how);
+                }
                 self.after_exit(g, id, exit, kind, reason).await;
             }
         }

@@ -486,6 +486,41 @@ pub(crate) mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_new_master_is_silent_until_it_takes_over_and_the_old_one_after_handing_over() {
+        let rec = Recorder::new();
+        let every = Some(Duration::from_secs(1));
+        let mut new = Notifier::with_sink(1, Box::new(rec.clone()), every);
+        new.hold();
+        assert!(!new.update(&summary(2, 2)));
+        new.on_timer(Instant::now(), None);
+        assert!(rec.lines().is_empty(), "{:?}", rec.lines());
+        new.take_over(&summary(2, 2));
+        assert_eq!(
+            rec.lines(),
+            [format!(
+                "0: MAINPID={};READY;STATUS=2/2 workers ready, 0 restarts",
+                std::process::id()
+            )]
+        );
+
+        let rec = Recorder::new();
+        let mut old = Notifier::with_sink(1, Box::new(rec.clone()), every);
+        old.update(&summary(1, 1));
+        old.hand_over(42);
+        // Its drain is not the service's stop.
+        old.stopping();
+        old.on_timer(Instant::now() + Duration::from_secs(5), None);
+        assert_eq!(old.next_timer(), None);
+        assert_eq!(
+            rec.lines(),
+            [
+                "0: READY;STATUS=1/1 workers ready, 0 restarts",
+                "0: MAINPID=42;STATUS=upgrading: new master 42 takes over",
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_failing_socket_is_not_fatal_and_every_note_is_still_tried() {
         let mut rec = Recorder::new();
         rec.fail = true;

@@ -282,6 +282,33 @@ mod tests {
     }
 
     #[test]
+    fn exits_handed_to_the_next_master_count_in_its_window() {
+        let t0 = Instant::now();
+        let mut old = Intensity::new(3, secs(10.0));
+        assert_eq!(old.record(t0), Ok(1));
+        assert_eq!(old.record(t0 + secs(4.0)), Ok(2));
+        let now = t0 + secs(6.0);
+        let ages = old.ages(now);
+        assert_eq!(ages, [secs(6.0), secs(2.0)]);
+        // The new master's clock is its own: only the ages cross.
+        let later = now + secs(100.0);
+        let mut new = Intensity::new(3, secs(10.0));
+        new.restore(&ages, later);
+        assert_eq!(new.count(later), 2);
+        assert_eq!(new.record(later + secs(1.0)), Ok(3));
+        assert_eq!(new.record(later + secs(2.0)), Err(4));
+        // Past the window, an exit is forgotten as it would have been; at most
+        // max_restarts + 1 are kept.
+        let mut other = Intensity::new(2, secs(10.0));
+        other.restore(
+            &[secs(11.0), secs(3.0), secs(2.0), secs(1.0), secs(0.5)],
+            later,
+        );
+        assert_eq!(other.count(later), 3);
+        assert_eq!(other.ages(later), [secs(2.0), secs(1.0), secs(0.5)]);
+    }
+
+    #[test]
     fn three_exits_in_ten_seconds_are_fine_the_fourth_gives_up() {
         let t0 = Instant::now();
         let mut i = Intensity::new(3, secs(10.0));

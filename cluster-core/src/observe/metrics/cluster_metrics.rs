@@ -103,6 +103,14 @@ pub(super) fn cluster_metrics(status: &ClusterStatus) -> String {
     reloads.inc_by(status.master.reloads_total);
     registry.register("cluster_reloads", "Completed rolling reloads", reloads);
 
+    let upgrades = Counter::<u64>::default();
+    upgrades.inc_by(status.master.upgrades_total);
+    registry.register(
+        "cluster_master_upgrades",
+        "Upgrades of the master itself (clusterctl upgrade), those of earlier masters included",
+        upgrades,
+    );
+
     let spawn_failures = Counter::<u64>::default();
     spawn_failures.inc_by(status.master.spawn_failures_total);
     registry.register(

@@ -242,6 +242,7 @@ pub(crate) fn status() -> ClusterStatus {
             violations: [("ack_timeout".to_string(), 7), ("flood".to_string(), 0)]
                 .into_iter()
                 .collect(),
+            upgrades_total: 1,
         },
         workers: vec![
             worker(WorkerState::Ready, 0),

@@ -31,6 +31,7 @@ mod recycle;
 mod reload;
 mod scale_signals;
 mod shutdown;
+mod upgrade;
 mod watch;
 
 /// How a fake process behaves on its own.
@@ -110,7 +111,7 @@ struct World {
     next_pid: u32,
 }
 
-struct Fake {
+pub(super) struct Fake {
     world: Arc<Mutex<World>>,
 }
 
@@ -299,6 +300,20 @@ impl Harness {
         plan: &[Behaviour],
         notifier: Option<super::notify::Notifier>,
     ) -> Self {
+        Self::start_with(options, groups, plan, move |supervisor| {
+            if let Some(notifier) = notifier {
+                supervisor.notify = notifier;
+            }
+        })
+    }
+
+    /// As [`Harness::start`], with `prepare` done to the supervisor before it runs.
+    pub(super) fn start_with(
+        options: Options,
+        groups: Vec<GroupOptions>,
+        plan: &[Behaviour],
+        prepare: impl FnOnce(&mut Supervisor<Fake>),
+    ) -> Self {
         let world = Arc::new(Mutex::new(World {
             plan: plan.iter().copied().collect(),
             ..World::default()
@@ -320,9 +335,7 @@ impl Harness {
         .unwrap();
         let (builds, watch) = super::watch::ExeWatch::fake();
         supervisor.watch = Some(watch);
-        if let Some(notifier) = notifier {
-            supervisor.notify = notifier;
-        }
+        prepare(&mut supervisor);
         let run = tokio::spawn(supervisor.run(signals_rx, done_rx));
         Harness {
             world,

@@ -169,6 +169,21 @@ impl<L: Launcher> Supervisor<L> {
         self.upgrade.incoming_failure = failure;
     }
 
+    /// Before the takeover, worker `id` ended as `how` says (the ready timer killed it).
+    pub(in crate::supervisor) fn incoming_worker_failed(&mut self, id: &WorkerId, how: &str) {
+        let waiting = self
+            .upgrade
+            .incoming
+            .as_ref()
+            .is_some_and(|incoming| !incoming.ready_sent);
+        if waiting && self.upgrade.incoming_failure.is_none() {
+            self.upgrade.incoming_failure = Some((
+                format!("worker {id} of the new master {how}"),
+                Some(id.clone()),
+            ));
+        }
+    }
+
     /// Acts on a failure [`Supervisor::watch_incoming`] saw.
     pub(in crate::supervisor) async fn finish_incoming_failure(&mut self) {
         if let Some((reason, id)) = self.upgrade.incoming_failure.take() {
