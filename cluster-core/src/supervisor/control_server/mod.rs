@@ -3,7 +3,7 @@
 //! requests by asking the supervisor over its command queue, like the status server does
 //! (`logs` reads the workers' last lines instead: control_logs.rs).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,26 +11,24 @@ use std::time::Duration;
 
 use cluster_ipc::{Channel, Receiver, Sender};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::control::protocol::{
-    CONTROL_VERSION, LOGS_VERSION, OptionRow, Progress, Request, Response, ScaleTo,
-};
+use crate::control::protocol::{CONTROL_VERSION, OptionRow, Request, Response};
 use crate::control::{client, config};
-use crate::model::{SlotKey, WorkerId};
 use crate::observe::logs::{Filter, RecentLogs};
 use crate::observe::status::ClusterStatus;
 use crate::options::Options;
 use crate::supervisor::Command;
-use crate::supervisor::control::{Ask, ReloadStart, Tap};
+use crate::supervisor::control::Ask;
 use crate::supervisor::control_logs;
 use crate::supervisor::notice;
-use crate::supervisor::upgrade::Outcome;
 use crate::{Error, ErrorKind, Result};
 
+mod changes;
 mod view;
+use changes::{reload, restart, scale, upgrade};
 use view::{master_info, rows, sample_cpu};
 
 /// At most this many control connections at once: one more is refused (see [`refuse_busy`]),
@@ -541,239 +539,4 @@ async fn answer(
         Request::Logs { .. } => Response::Refused("logs is answered elsewhere".to_owned()),
     };
     tx.send(&response).await
-}
-
-async fn scale(group: String, to: ScaleTo, shared: &Shared) -> Response {
-    let answer = ask_to(shared, |reply| {
-        Command::Control(Ask::Scale {
-            group: group.clone(),
-            to,
-            reply,
-        })
-    })
-    .await;
-    match answer {
-        Ok(n) => Response::Done(format!("group {group} scaled to {n}")),
-        Err(refused) => refused,
-    }
-}
-
-async fn follow(shared: &Shared) -> Option<broadcast::Receiver<Tap>> {
-    ask(shared, |reply| Command::Control(Ask::Follow { reply })).await
-}
-
-fn slot_of(id: &WorkerId) -> String {
-    format!("{}/{}", id.group, id.slot)
-}
-
-/// Reports a failed reload or restart: the failing replacement's last lines first, to a client
-/// that understands them ([`LOGS_VERSION`]), then the failure.
-async fn failed(
-    failing: Option<&WorkerId>,
-    error: String,
-    tx: &Tx,
-    shared: &Shared,
-    version: u32,
-) -> cluster_ipc::Result<()> {
-    if let Some(id) = failing.filter(|_| version >= LOGS_VERSION) {
-        control_logs::send_failed_lines(shared.logs.as_deref(), id, tx).await?;
-    }
-    let slot = failing.map(slot_of);
-    tx.send(&Response::ReloadFailed { slot, error }).await
-}
-
-/// Starts an upgrade of the master; with `wait`, follows it to its end.
-async fn upgrade(wait: bool, tx: &Tx, shared: &Shared) -> cluster_ipc::Result<()> {
-    let started = ask_to(shared, |reply| Command::Control(Ask::Upgrade { reply })).await;
-    let (pid, outcome) = match started {
-        Ok(started) => started,
-        Err(refused) => return tx.send(&refused).await,
-    };
-    tx.send(&Response::Done(format!(
-        "upgrade started: new master pid {pid}"
-    )))
-    .await?;
-    if !wait {
-        return Ok(());
-    }
-    let response = match outcome.await {
-        Ok(Outcome::Done { pid, took }) => Response::Upgraded {
-            pid,
-            millis: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-        },
-        Ok(Outcome::Failed { reason, lines }) => Response::UpgradeFailed {
-            error: reason,
-            lines,
-        },
-        Err(_) => Response::UpgradeFailed {
-            error: "the master stopped before the upgrade ended".to_owned(),
-            lines: Vec::new(),
-        },
-    };
-    tx.send(&response).await?;
-    tx.flush().await
-}
-
-async fn reload(
-    group: Option<String>,
-    wait: bool,
-    tx: &Tx,
-    shared: &Shared,
-    version: u32,
-) -> cluster_ipc::Result<()> {
-    // Following starts before the reload, so no event of it is missed.
-    let events = if wait { follow(shared).await } else { None };
-    let started = ask_to(shared, |reply| {
-        Command::Control(Ask::Reload {
-            group: group.clone(),
-            reply,
-        })
-    })
-    .await;
-    let start = match started {
-        Ok(start) => start,
-        Err(refused) => return tx.send(&refused).await,
-    };
-    let what = match (&group, start) {
-        (_, ReloadStart::Queued) => {
-            "a reload is under way: another pass of every slot follows it".to_owned()
-        }
-        (Some(g), ReloadStart::Started) => format!("rolling reload of group {g} started"),
-        (None, ReloadStart::Started) => "rolling reload started".to_owned(),
-    };
-    tx.send(&Response::Done(what)).await?;
-    let Some(mut events) = events else {
-        return Ok(());
-    };
-    // A queued pass ends at the second finish from now.
-    let mut finishes_to_skip = usize::from(start == ReloadStart::Queued);
-    // Replacements seen starting, by slot: (the replacement, ready yet).
-    let mut replacing: BTreeMap<String, (WorkerId, bool)> = BTreeMap::new();
-    let mut last_exit: Option<WorkerId> = None;
-    loop {
-        let tap = match events.recv().await {
-            Ok(tap) => tap,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => {
-                let failed = Response::ReloadFailed {
-                    slot: None,
-                    error: "the master stopped before the reload ended".to_owned(),
-                };
-                return tx.send(&failed).await;
-            }
-        };
-        let response = match tap {
-            Tap::Spawned { id, pid } if id.generation > 1 => {
-                replacing.insert(slot_of(&id), (id.clone(), false));
-                Response::Progress(Progress::Replacing {
-                    slot: slot_of(&id),
-                    generation: id.generation,
-                    pid,
-                })
-            }
-            Tap::Ready { id } => match replacing.get_mut(&slot_of(&id)) {
-                Some((replacement, ready)) if *replacement == id => {
-                    *ready = true;
-                    Response::Progress(Progress::Replaced {
-                        slot: slot_of(&id),
-                        generation: id.generation,
-                    })
-                }
-                _ => continue,
-            },
-            Tap::Exit { id, how } => match replacing.get(&slot_of(&id)) {
-                Some((replacement, false)) if *replacement == id => {
-                    last_exit = Some(id.clone());
-                    Response::Progress(Progress::Exited {
-                        slot: slot_of(&id),
-                        generation: id.generation,
-                        how,
-                    })
-                }
-                _ => continue,
-            },
-            Tap::ReloadFinished if finishes_to_skip > 0 => {
-                finishes_to_skip -= 1;
-                continue;
-            }
-            Tap::ReloadFinished => return tx.send(&Response::ReloadFinished).await,
-            Tap::ReloadFailed { error } => {
-                let failing = last_exit.or_else(|| {
-                    replacing
-                        .values()
-                        .find(|(_, ready)| !ready)
-                        .map(|(id, _)| id.clone())
-                });
-                return failed(failing.as_ref(), error, tx, shared, version).await;
-            }
-            Tap::Spawned { .. } | Tap::ReloadStarted => continue,
-        };
-        tx.send(&response).await?;
-    }
-}
-
-async fn restart(
-    group: String,
-    slot: usize,
-    tx: &Tx,
-    shared: &Shared,
-    version: u32,
-) -> cluster_ipc::Result<()> {
-    let Some(mut events) = follow(shared).await else {
-        return tx.send(&Response::Refused(GONE.to_owned())).await;
-    };
-    let key = SlotKey::new(&group, slot);
-    let name = format!("{group}/{slot}");
-    let started = ask_to(shared, |reply| {
-        Command::Control(Ask::Restart {
-            key: key.clone(),
-            reply,
-        })
-    })
-    .await;
-    let generation = match started {
-        Ok(generation) => generation,
-        Err(refused) => return tx.send(&refused).await,
-    };
-    tx.send(&Response::Done(format!(
-        "replacing {name} with generation {generation}"
-    )))
-    .await?;
-    let ours = |id: &WorkerId| id.key() == key && id.generation == generation;
-    loop {
-        let tap = match events.recv().await {
-            Ok(tap) => tap,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => {
-                let failed = Response::ReloadFailed {
-                    slot: Some(name),
-                    error: "the master stopped before the replacement was ready".to_owned(),
-                };
-                return tx.send(&failed).await;
-            }
-        };
-        match tap {
-            Tap::Spawned { id, pid } if ours(&id) => {
-                let step = Progress::Replacing {
-                    slot: name.clone(),
-                    generation,
-                    pid,
-                };
-                tx.send(&Response::Progress(step)).await?;
-            }
-            Tap::Ready { id } if ours(&id) => {
-                let step = Progress::Replaced {
-                    slot: name.clone(),
-                    generation,
-                };
-                tx.send(&Response::Progress(step)).await?;
-                return tx.send(&Response::ReloadFinished).await;
-            }
-            Tap::Exit { id, how } if ours(&id) => {
-                let error = format!("replacement worker {id} {how}");
-                return failed(Some(&id), error, tx, shared, version).await;
-            }
-            _ => {}
-        }
-    }
 }
