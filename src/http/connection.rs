@@ -124,12 +124,15 @@ where
     let mut closing = false;
     // `select!` polls every branch at each of the task's wake-ups, one per request: the
     // drain's start and the deadline timer are polled only once they fired (see `woken.rs`).
-    let mut drain_started = Woken::new(shared.drain.cancelled());
+    let drain_cancelled = pin!(shared.drain.cancelled());
+    let mut drain_started = Woken::new(drain_cancelled);
     // Each turn of this loop comes from a timer or from the drain's start, never from a
     // request, so what is computed here costs nothing per request.
     let finished = loop {
         let quiet_until = draining.then(|| conn.quiet_until(shared.quiet));
         let next_check = deadlines.next();
+        let check = pin!(sleep_until_some(next_check));
+        let mut check = Woken::new(check);
         tokio::select! {
             finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break finished,
             () = &mut drain_started, if !draining => {
@@ -149,7 +152,7 @@ where
                     shared.closed_idle.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            () = Woken::new(sleep_until_some(next_check)), if next_check.is_some() => {
+            () = &mut check, if next_check.is_some() => {
                 let now = Instant::now();
                 let Some(expired) = deadlines.check(&conn, now) else {
                     continue;

@@ -39,24 +39,24 @@ impl Wake for Signal {
 
 /// `inner`, polled only at its first poll, after it woke its waker, or when the task's waker
 /// is not the one it was last polled with; `Pending` otherwise, at the cost of a load.
-pub(super) struct Woken<F> {
-    // Boxed so that `Woken` is `Unpin` (`&mut Woken` is then a future for `select!`) without
-    // unsafe pin projection; one allocation per use, not per poll.
-    inner: Pin<Box<F>>,
+pub(super) struct Woken<'a, F> {
+    // Pinned by the caller (`pin!`), so that `Woken` is `Unpin` (`&mut Woken` is then a
+    // future for `select!`) with neither a box nor unsafe pin projection.
+    inner: Pin<&'a mut F>,
     signal: Arc<Signal>,
     waker: Waker,
     /// The task's waker stored in `signal`; `None` before the first poll.
     task: Option<Waker>,
 }
 
-impl<F: Future> Woken<F> {
-    pub(super) fn new(inner: F) -> Self {
+impl<'a, F: Future> Woken<'a, F> {
+    pub(super) fn new(inner: Pin<&'a mut F>) -> Self {
         let signal = Arc::new(Signal {
             woken: AtomicBool::new(false),
             task: Mutex::new(None),
         });
         Woken {
-            inner: Box::pin(inner),
+            inner,
             waker: Waker::from(Arc::clone(&signal)),
             signal,
             task: None,
@@ -64,7 +64,7 @@ impl<F: Future> Woken<F> {
     }
 }
 
-impl<F: Future> Future for Woken<F> {
+impl<F: Future> Future for Woken<'_, F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -126,7 +126,7 @@ mod tests {
         }
     }
 
-    fn poll<F: Future>(f: &mut Woken<F>, task: &Arc<Task>) -> Poll<F::Output> {
+    fn poll<F: Future>(f: &mut Woken<'_, F>, task: &Arc<Task>) -> Poll<F::Output> {
         let waker = Waker::from(Arc::clone(task));
         Pin::new(f).poll(&mut Context::from_waker(&waker))
     }
@@ -134,7 +134,8 @@ mod tests {
     #[test]
     fn the_inner_future_is_polled_only_once_it_woke() {
         let state = Arc::new(Probe::default());
-        let mut woken = Woken::new(probe(state.clone()));
+        let inner = std::pin::pin!(probe(state.clone()));
+        let mut woken = Woken::new(inner);
         let task = Arc::new(Task::default());
         for _ in 0..5 {
             assert!(poll(&mut woken, &task).is_pending());
@@ -156,7 +157,8 @@ mod tests {
     #[test]
     fn a_wake_up_is_consumed_by_the_poll_it_causes() {
         let state = Arc::new(Probe::default());
-        let mut woken = Woken::new(probe(state.clone()));
+        let inner = std::pin::pin!(probe(state.clone()));
+        let mut woken = Woken::new(inner);
         let task = Arc::new(Task::default());
         assert!(poll(&mut woken, &task).is_pending());
         let inner = state.waker.lock().unwrap().clone().unwrap();
@@ -173,7 +175,8 @@ mod tests {
     #[test]
     fn another_task_waker_polls_the_inner_future_again() {
         let state = Arc::new(Probe::default());
-        let mut woken = Woken::new(probe(state.clone()));
+        let inner = std::pin::pin!(probe(state.clone()));
+        let mut woken = Woken::new(inner);
         let first = Arc::new(Task::default());
         let second = Arc::new(Task::default());
         assert!(poll(&mut woken, &first).is_pending());
@@ -189,8 +192,10 @@ mod tests {
     async fn a_timer_and_a_cancellation_fire_through_it() {
         use std::time::Duration;
         let token = tokio_util::sync::CancellationToken::new();
-        let mut cancelled = Woken::new(token.cancelled());
-        let mut sleep = Woken::new(tokio::time::sleep(Duration::from_millis(20)));
+        let cancelled = std::pin::pin!(token.cancelled());
+        let mut cancelled = Woken::new(cancelled);
+        let sleep = std::pin::pin!(tokio::time::sleep(Duration::from_millis(20)));
+        let mut sleep = Woken::new(sleep);
         // Both are polled at every turn; only the timer's wake-up may end the select.
         let within = tokio::time::timeout(Duration::from_secs(10), async {
             tokio::select! {
