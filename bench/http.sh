@@ -330,19 +330,21 @@ cpu_snapshot() {
 
 # cpu_per_request BEFORE AFTER REQUESTS TARGET: prints "master_us workers_us", the CPU
 # microseconds per request each used between the two snapshots ("-" for a baseline's
-# master). A process that started in between counts from its start; one that ended in
-# between is missed (nothing ends during a healthy run).
+# master). A process that started in between counts from its start; if one ended in between
+# (a crash, a server stopped from outside), its time is lost, so that role's figure is n/a.
 cpu_per_request() {
     local baseline=0
     [[ $4 == baseline_* ]] && baseline=1
     { sed 's/^/before /' <<<"$1"; sed 's/^/after /' <<<"$2"; } | awk -v req="$3" \
         -v tck="$CLK_TCK" -v baseline="$baseline" '
-        $1 == "before" { before[$3] = $4; next }
-        { used[$2] += $4 - ($3 in before ? before[$3] : 0) }
+        $1 == "before" { before[$3] = $4; role[$3] = $2; next }
+        { used[$2] += $4 - ($3 in before ? before[$3] : 0); after[$3] = 1 }
         END {
+            for (pid in before) if (!(pid in after)) lost[role[pid]] = 1
             us = 1e6 / tck / req
-            master = baseline ? "-" : sprintf("%.2f", used["master"] * us)
-            printf "%s %.2f\n", master, used["worker"] * us
+            for (r in lost) used[r] = "n/a"
+            for (r in used) if (used[r] != "n/a") used[r] = sprintf("%.2f", used[r] * us)
+            printf "%s %s\n", baseline ? "-" : used["master"], used["worker"]
         }'
 }
 
@@ -430,8 +432,9 @@ awk -F'\t' -v targets="$TARGETS" '
     {
         key = $1 SUBSEP $2
         rps[key] = rps[key] " " $4; p99[key] = p99[key] " " $5; err[key] += $6; runs[key]++
-        if ($7 != "-") master[key] = master[key] " " $7
-        workers[key] = workers[key] " " $8
+        # "-": a baseline has no master; "n/a": a process ended during that run.
+        if ($7 != "-" && $7 != "n/a") master[key] = master[key] " " $7
+        if ($8 != "n/a") workers[key] = workers[key] " " $8
     }
     END {
         nt = split(targets, T, " ")
@@ -459,8 +462,9 @@ awk -F'\t' -v targets="$TARGETS" '
                 r = median(rps[key]); ratio = best[M[m]] > 0 ? r / best[M[m]] : 0
                 verdict = ref
                 if (g != "") verdict = g (best[M[m]] > 0 ? (ratio >= goal[T[t], M[m]] ? "PASS" : "MISS") : "n/a")
-                mu = (key in master) ? sprintf("%.2f", median(master[key])) : "-"
-                printf "%-11s %-24s %12.0f %10.2f %10s %11.2f %7.2fx %6d %7d  %s\n", M[m], T[t], r, median(p99[key]), mu, median(workers[key]), ratio, runs[key], err[key], verdict
+                mu = (key in master) ? sprintf("%.2f", median(master[key])) : (T[t] ~ /^baseline_/ ? "-" : "n/a")
+                wu = (key in workers) ? sprintf("%.2f", median(workers[key])) : "n/a"
+                printf "%-11s %-24s %12.0f %10.2f %10s %11s %7.2fx %6d %7d  %s\n", M[m], T[t], r, median(p99[key]), mu, wu, ratio, runs[key], err[key], verdict
             }
         }
     }' "$RESULTS"
