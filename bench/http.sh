@@ -343,6 +343,9 @@ cpu_per_request() {
             for (pid in before) if (!(pid in after)) lost[role[pid]] = 1
             us = 1e6 / tck / req
             for (r in lost) used[r] = "n/a"
+            # No process of that role at all (a server that died before the run).
+            if (!("master" in used)) used["master"] = "n/a"
+            if (!("worker" in used)) used["worker"] = "n/a"
             for (r in used) if (used[r] != "n/a") used[r] = sprintf("%.2f", used[r] * us)
             printf "%s %s\n", baseline ? "-" : used["master"], used["worker"]
         }'
