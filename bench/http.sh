@@ -19,7 +19,10 @@
 # Each round starts every target in turn (rotating the order), runs both modes with wrk against
 # it and stops it, so that drift of the machine (thermal, noisy neighbours) hits every target
 # alike. The table gives, per target and mode, the median of the rounds' requests/s and p99
-# latency, the ratio to the faster baseline of that mode, and the goals (none for node/*):
+# latency, the server's CPU time per request (user + system, from /proc/<pid>/stat before and
+# after each wrk run, divided by the requests wrk counted) for the master and for the workers
+# apart (a baseline has no master: all its processes count as workers), the ratio to the
+# faster baseline of that mode, and the goals (none for node/*):
 #   shared      >= 0.95x (both modes)
 #   round-robin >= 0.80x keep-alive, >= 0.70x connection-per-request
 # A target that does not build, start or answer is `n/a` and the run goes on: the script exits 0
@@ -97,7 +100,7 @@ if ! command -v wrk >/dev/null 2>&1; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
-for tool in wrk ss timeout setsid awk; do
+for tool in wrk ss timeout setsid awk getconf; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is not installed"
 done
 
@@ -105,7 +108,9 @@ done
 OUT="$TARGET_DIR/bench-http"
 rm -rf "$OUT"
 mkdir -p "$OUT"
-RESULTS="$OUT/results.tsv" # target, mode, round, req/s, p99 ms, errors
+# target, mode, round, req/s, p99 ms, errors, CPU us per request of the master (- for a
+# baseline) and of the workers
+RESULTS="$OUT/results.tsv"
 : >"$RESULTS"
 
 # ---- cleanup: whatever we started goes, on success, error, Ctrl-C or kill ------------------
@@ -133,7 +138,14 @@ cleanup() {
         WRK_PID=
     fi
     stop_server
+    [[ -z $RUNTIME_DIR ]] || rm -rf "$RUNTIME_DIR"
 }
+# Each server's own runtime directory (XDG_RUNTIME_DIR), for a cluster's control socket:
+# another cluster named `http` on this machine (a test, a developer's run) holds the default
+# one, and a master refuses to start beside it. Short, under /tmp: a Unix socket's path is
+# limited to 107 bytes.
+RUNTIME_DIR=$(mktemp -d "${TMPDIR:-/tmp}/bench-http.XXXXXX") || die "mktemp failed"
+STARTS=0
 trap cleanup EXIT
 # A signal ends the run; the EXIT trap then cleans up. wrk runs in the background with `wait`
 # (below) so that these traps fire at once rather than when wrk's run is over.
@@ -211,18 +223,23 @@ start_server() {
     # that two runs, or anything else on 8001, do not collide.
     local status_port
     status_port=$(free_port) || die "no free port found"
+    STARTS=$((STARTS + 1))
+    local runtime="$RUNTIME_DIR/$STARTS"
+    mkdir -p "$runtime"
     # A process group of its own (pgid = its pid), so that stop_server can kill it and all its
     # workers, and a Ctrl-C at the terminal reaches only this script. SESSION=own (default)
     # also gives it a session of its own (setsid), SESSION=shared keeps it in this script's
     # session, with wrk: see SESSION above.
     if [[ $SESSION == own ]]; then
         HOST=$HOST PORT=$PORT WORKERS=$WORKERS POLICY=$policy NODE_POLICY=$node_policy \
-            STATUS_PORT=$status_port setsid "${cmd[@]}" </dev/null >"$log" 2>&1 &
+            STATUS_PORT=$status_port XDG_RUNTIME_DIR=$runtime setsid "${cmd[@]}" </dev/null \
+            >"$log" 2>&1 &
         SERVER_PID=$!
     else
         set -m
         HOST=$HOST PORT=$PORT WORKERS=$WORKERS POLICY=$policy NODE_POLICY=$node_policy \
-            STATUS_PORT=$status_port "${cmd[@]}" </dev/null >"$log" 2>&1 &
+            STATUS_PORT=$status_port XDG_RUNTIME_DIR=$runtime "${cmd[@]}" </dev/null \
+            >"$log" 2>&1 &
         SERVER_PID=$!
         set +m
     fi
@@ -256,7 +273,8 @@ run_wrk() {
     return "$rc"
 }
 
-# parse_wrk OUTFILE: prints "req/s p99_ms errors", or fails when the output has no figures.
+# parse_wrk OUTFILE: prints "req/s p99_ms errors requests", or fails when the output has no
+# figures.
 parse_wrk() {
     awk '
         function ms(v) {
@@ -268,6 +286,8 @@ parse_wrk() {
         }
         $1 == "99%" { p99 = ms($2) }
         $1 == "Requests/sec:" { rps = $2 }
+        # "  285393 requests in 4.02s, 36.20MB read"
+        $2 == "requests" && $3 == "in" { requests = $1 }
         # "Socket errors: connect 0, read 0, write 0, timeout 0"
         $1 == "Socket" && $2 == "errors:" {
             for (i = 3; i <= NF; i += 2) { v = $(i + 1); sub(/,/, "", v); err += v }
@@ -275,9 +295,60 @@ parse_wrk() {
         # "Non-2xx or 3xx responses: N"
         /^ *Non-2xx or 3xx responses:/ { err += $NF }
         END {
-            if (rps == "" || p99 == "" || p99 < 0) exit 1
-            printf "%s %.3f %d\n", rps, p99, err
+            if (rps == "" || p99 == "" || p99 < 0 || requests + 0 <= 0) exit 1
+            printf "%s %.3f %d %d\n", rps, p99, err, requests
         }' "$1"
+}
+
+# ---- server CPU -------------------------------------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_snapshot TARGET: one "role pid ticks" line per process of the running server, ticks
+# being its user + system CPU time so far (all its threads). A cluster (http/*, node/*) is
+# its master and the master's children, the workers; a baseline has no master, so its
+# process and any children are all "worker". Processes are found by their parent in /proc,
+# so that this needs no procps.
+cpu_snapshot() {
+    local target=$1 file stat pid role fields
+    for file in /proc/[0-9]*/stat; do
+        # `read`, not `$(<...)`: no subshell per process. A process may end meanwhile.
+        { read -r stat <"$file"; } 2>/dev/null || continue
+        pid=${stat%% *}
+        # The command (field 2) may hold spaces and parentheses: count from its last ')'.
+        read -r -a fields <<<"${stat##*) }"
+        # fields[1]: the parent; fields[11], fields[12]: utime, stime (stat's 14th, 15th).
+        if [[ $pid == "$SERVER_PID" ]]; then
+            role=master
+            [[ $target == baseline_* ]] && role=worker
+        elif [[ ${fields[1]} == "$SERVER_PID" ]]; then
+            role=worker
+        else
+            continue
+        fi
+        echo "$role $pid $((fields[11] + fields[12]))"
+    done
+}
+
+# cpu_per_request BEFORE AFTER REQUESTS TARGET: prints "master_us workers_us", the CPU
+# microseconds per request each used between the two snapshots ("-" for a baseline's
+# master). A process that started in between counts from its start; if one ended in between
+# (a crash, a server stopped from outside), its time is lost, so that role's figure is n/a.
+cpu_per_request() {
+    local baseline=0
+    [[ $4 == baseline_* ]] && baseline=1
+    { sed 's/^/before /' <<<"$1"; sed 's/^/after /' <<<"$2"; } | awk -v req="$3" \
+        -v tck="$CLK_TCK" -v baseline="$baseline" '
+        $1 == "before" { before[$3] = $4; role[$3] = $2; next }
+        { used[$2] += $4 - ($3 in before ? before[$3] : 0); after[$3] = 1 }
+        END {
+            for (pid in before) if (!(pid in after)) lost[role[pid]] = 1
+            us = 1e6 / tck / req
+            for (r in lost) used[r] = "n/a"
+            # No process of that role at all (a server that died before the run).
+            if (!("master" in used)) used["master"] = "n/a"
+            if (!("worker" in used)) used["worker"] = "n/a"
+            for (r in used) if (used[r] != "n/a") used[r] = sprintf("%.2f", used[r] * us)
+            printf "%s %s\n", baseline ? "-" : used["master"], used["worker"]
+        }'
 }
 
 # ---- the run ------------------------------------------------------------------------------
@@ -327,12 +398,16 @@ for ((round = 1; round <= ROUNDS; round++)); do
         [[ $round == 1 ]] && printf '   %-24s answers "%s"\n' "$target" "$SAMPLE"
         for mode in "${MODES[@]}"; do
             out="$OUT/${target//\//_}.$mode.r$round.wrk"
+            cpu_before=$(cpu_snapshot "$target")
             if run_wrk "$PORT" "$mode" "$out" && figures=$(parse_wrk "$out"); then
-                read -r rps p99 errors <<<"$figures"
-                printf '%s\t%s\t%d\t%s\t%s\t%s\n' "$target" "$mode" "$round" "$rps" "$p99" \
-                    "$errors" >>"$RESULTS"
-                printf '   round %d  %-24s %-10s %12.0f req/s  p99 %8.2f ms  errors %s\n' \
+                read -r rps p99 errors requests <<<"$figures"
+                read -r master_us workers_us < <(cpu_per_request "$cpu_before" \
+                    "$(cpu_snapshot "$target")" "$requests" "$target")
+                printf '%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n' "$target" "$mode" "$round" "$rps" \
+                    "$p99" "$errors" "$master_us" "$workers_us" >>"$RESULTS"
+                printf '   round %d  %-24s %-10s %12.0f req/s  p99 %8.2f ms  errors %s' \
                     "$round" "$target" "$mode" "$rps" "$p99" "$errors"
+                printf '  CPU us/req master %s workers %s\n' "$master_us" "$workers_us"
             else
                 # wrk failed against this server (e.g. it died under load).
                 [[ $target == baseline_* ]] && die "wrk failed against $target (see $out)"
@@ -349,7 +424,8 @@ echo
 echo "HTTP benchmark: median of $ROUNDS rounds; wrk -t$THREADS -c$CONNS -d$DURATION on the same" \
     "$(nproc) CPUs; loopback; WORKERS=$WORKERS; SESSION=$SESSION (autogroup" \
     "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo n/a))"
-echo "ratio = req/s / req/s of the faster baseline in that mode; close = Connection: close"
+echo "ratio = req/s / req/s of the faster baseline in that mode; close = Connection: close;" \
+    "master us, workers us = server CPU microseconds per request (user + system)"
 awk -F'\t' -v targets="$TARGETS" '
     function median(list,    a, n, i, j, t) {
         n = split(list, a, " ")
@@ -359,6 +435,9 @@ awk -F'\t' -v targets="$TARGETS" '
     {
         key = $1 SUBSEP $2
         rps[key] = rps[key] " " $4; p99[key] = p99[key] " " $5; err[key] += $6; runs[key]++
+        # "-": a baseline has no master; "n/a": a process ended during that run.
+        if ($7 != "-" && $7 != "n/a") master[key] = master[key] " " $7
+        if ($8 != "n/a") workers[key] = workers[key] " " $8
     }
     END {
         nt = split(targets, T, " ")
@@ -372,7 +451,7 @@ awk -F'\t' -v targets="$TARGETS" '
         }
         goal["http/shared", "keep-alive"] = 0.95; goal["http/shared", "close"] = 0.95
         goal["http/round-robin", "keep-alive"] = 0.80; goal["http/round-robin", "close"] = 0.70
-        printf "%-11s %-24s %12s %10s %8s %6s %7s  %s\n", "mode", "target", "req/s", "p99 ms", "ratio", "runs", "errors", "goal"
+        printf "%-11s %-24s %12s %10s %10s %11s %8s %6s %7s  %s\n", "mode", "target", "req/s", "p99 ms", "master us", "workers us", "ratio", "runs", "errors", "goal"
         for (m = 1; m <= 2; m++) {
             for (t = 1; t <= nt; t++) {
                 key = T[t] SUBSEP M[m]
@@ -380,13 +459,15 @@ awk -F'\t' -v targets="$TARGETS" '
                 # Node cluster: the reference to compare with, no goal of its own.
                 ref = T[t] ~ /^node\// ? "reference" : ""
                 if (!(key in rps)) {
-                    printf "%-11s %-24s %12s %10s %8s %6s %7s  %s\n", M[m], T[t], "n/a", "n/a", "n/a", 0, "-", (g == "" ? ref : g "n/a")
+                    printf "%-11s %-24s %12s %10s %10s %11s %8s %6s %7s  %s\n", M[m], T[t], "n/a", "n/a", "n/a", "n/a", "n/a", 0, "-", (g == "" ? ref : g "n/a")
                     continue
                 }
                 r = median(rps[key]); ratio = best[M[m]] > 0 ? r / best[M[m]] : 0
                 verdict = ref
                 if (g != "") verdict = g (best[M[m]] > 0 ? (ratio >= goal[T[t], M[m]] ? "PASS" : "MISS") : "n/a")
-                printf "%-11s %-24s %12.0f %10.2f %7.2fx %6d %7d  %s\n", M[m], T[t], r, median(p99[key]), ratio, runs[key], err[key], verdict
+                mu = (key in master) ? sprintf("%.2f", median(master[key])) : (T[t] ~ /^baseline_/ ? "-" : "n/a")
+                wu = (key in workers) ? sprintf("%.2f", median(workers[key])) : "n/a"
+                printf "%-11s %-24s %12.0f %10.2f %10s %11s %7.2fx %6d %7d  %s\n", M[m], T[t], r, median(p99[key]), mu, wu, ratio, runs[key], err[key], verdict
             }
         }
     }' "$RESULTS"

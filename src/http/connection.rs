@@ -25,6 +25,7 @@ use super::deadline::{Deadlines, Expired};
 use super::drain::{ConnState, Tracked, is_clients_last, linger};
 use super::options::PeerAddr;
 use super::proxy::{ProxiedAddr, read_header};
+use super::woken::Woken;
 
 pub(super) type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -121,14 +122,20 @@ where
     );
     let mut draining = false;
     let mut closing = false;
+    // `select!` polls every branch at each of the task's wake-ups, one per request: the
+    // drain's start and the deadline timer are polled only once they fired (see `woken.rs`).
+    let drain_cancelled = pin!(shared.drain.cancelled());
+    let mut drain_started = Woken::new(drain_cancelled);
     // Each turn of this loop comes from a timer or from the drain's start, never from a
     // request, so what is computed here costs nothing per request.
     let finished = loop {
         let quiet_until = draining.then(|| conn.quiet_until(shared.quiet));
         let next_check = deadlines.next();
+        let check = pin!(sleep_until_some(next_check));
+        let mut check = Woken::new(check);
         tokio::select! {
             finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break finished,
-            () = shared.drain.cancelled(), if !draining => {
+            () = &mut drain_started, if !draining => {
                 // The quiet period counts from the drain's start: a connection idle for an
                 // hour still gets the whole period for a request its client may be sending
                 // now.
@@ -145,7 +152,7 @@ where
                     shared.closed_idle.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            () = sleep_until_some(next_check), if next_check.is_some() => {
+            () = &mut check, if next_check.is_some() => {
                 let now = Instant::now();
                 let Some(expired) = deadlines.check(&conn, now) else {
                     continue;

@@ -104,7 +104,8 @@
 
 // The parts, bottom to top; each uses only those above it in this list: where connections
 // come from (`accept`), what a server reports (`readiness`), what a caller gives and gets
-// (`options`), the PROXY header a connection may start with (`proxy`), how one connection drains (`drain`), its deadlines (`deadline`), one
+// (`options`), the PROXY header a connection may start with (`proxy`), how one connection drains (`drain`), its deadlines (`deadline`), a
+// future polled only once it woke (`woken`), one
 // connection's task (`connection`), and the accept loop that runs them (`server`).
 mod accept;
 mod connection;
@@ -116,6 +117,7 @@ mod readiness;
 mod server;
 #[cfg(test)]
 mod tests;
+mod woken;
 
 /// The HTTP body helpers the examples use (`Full`, `Empty`, ...), re-exported so that
 /// `cluster` is the only dependency an app needs.
