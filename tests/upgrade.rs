@@ -96,6 +96,65 @@ fn workers(socket: &Path) -> Vec<(u32, Option<u32>)> {
         .collect()
 }
 
+/// Loops asking the status port (`/healthz`, a new connection each time) and the control
+/// socket (`clusterctl list`) while the masters change: neither may go unanswered.
+struct Probes {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Probes {
+    fn start(status: std::net::SocketAddr, socket: PathBuf) -> Probes {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let status_loop = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match support::ops::get(status, "/healthz", support::http::IO_TIMEOUT) {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        other => failed.push(format!("/healthz: {other:?}")),
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                (ok, failed)
+            })
+        };
+        let control_loop = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let out = ctl(&socket, &["list", "--json"]);
+                    if out.status.success() {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("clusterctl list: {}", describe(&out)));
+                    }
+                }
+                (ok, failed)
+            })
+        };
+        Probes {
+            stop,
+            threads: vec![status_loop, control_loop],
+        }
+    }
+
+    /// Answers from the status port, from the control socket, and every failure.
+    fn stop(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut results = self
+            .threads
+            .into_iter()
+            .map(|t| t.join().expect("a probe loop panicked"));
+        let (status_ok, mut failed) = results.next().unwrap_or_default();
+        let (control_ok, more) = results.next().unwrap_or_default();
+        failed.extend(more);
+        (status_ok, control_ok, failed)
+    }
+}
+
 fn five_upgrades_under_load(policy: &str) {
     let dir = TempDir::new(&format!("upgrade-{policy}"));
     let app = copy_executable(&example("http"), &dir.0, "app");
@@ -119,6 +178,7 @@ fn five_upgrades_under_load(policy: &str) {
     let v2 = deploy_modified_copy(&app, b"\n-- build 2 --\n");
     assert_ne!(v1, v2);
     let load = Load::start(cluster.addr(), 4, 4);
+    let probes = Probes::start(cluster.status_addr(), socket.clone());
     load.wait_more_ok(200);
     let mut masters = vec![first_master];
     let mut figures = Vec::new();
@@ -161,6 +221,13 @@ fn five_upgrades_under_load(policy: &str) {
     }
     let tally = load.stop();
     tally.assert_none_failed("5 upgrades of the master", &cluster);
+    let (status_ok, control_ok, probe_failures) = probes.stop();
+    assert!(
+        probe_failures.is_empty(),
+        "the status port or the control socket did not answer: {probe_failures:#?}\n{}",
+        cluster.dump()
+    );
+    assert!(status_ok > 0 && control_ok > 0, "{status_ok} {control_ok}");
     let last = *masters.last().expect("a master");
     // Every worker is the last master's, none of the first master's is left.
     let now = workers(&socket);
@@ -186,7 +253,7 @@ fn five_upgrades_under_load(policy: &str) {
         "{stderr}"
     );
     println!(
-        "{policy}: 5 upgrades under 4 keep-alive + 4 connection-per-request clients: {} requests, {} failed",
+        "{policy}: 5 upgrades under 4 keep-alive + 4 connection-per-request clients: {} requests, {} failed; /healthz on the status port answered {status_ok} times and `clusterctl list` {control_ok} times, 0 failed",
         tally.ok(),
         tally.failures().len()
     );
