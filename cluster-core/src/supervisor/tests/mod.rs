@@ -281,6 +281,9 @@ fn describe(event: &RawEvent) -> String {
         RawEvent::ReloadFinished => "reload-finished".into(),
         RawEvent::ReloadFailed { .. } => "reload-failed".into(),
         RawEvent::Recycling { id, reason } => format!("recycling {id} {reason}"),
+        RawEvent::Autoscaled {
+            group, from, to, ..
+        } => format!("autoscaled {group} {from} -> {to}"),
         RawEvent::Message { from, .. } => format!("message {from}"),
         RawEvent::Request { from, .. } => format!("request {from}"),
     }
