@@ -78,8 +78,7 @@ fn a_saturated_worker_grows_the_group_to_max_and_quiet_shrinks_it_to_min_without
     fx.wait_line("AUTOSCALED", &[("from", "2"), ("to", "3")]);
     heavy.wait_more_ok(50);
     let heavy = heavy.stop();
-    let failures = heavy.failures();
-    assert!(failures.is_empty(), "{failures:#?}\n{}", fx.dump());
+    heavy.assert_none_failed_in("the scale-up", || fx.dump());
     let log = fx.wait_for(
         "the autoscaler's log line",
         Duration::from_secs(5),
@@ -102,14 +101,7 @@ fn a_saturated_worker_grows_the_group_to_max_and_quiet_shrinks_it_to_min_without
     let shrank = wait_workers(status, 1, Duration::from_secs(25));
     light.wait_more_ok(20);
     let light = light.stop();
-    let failures = light.failures();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed while the group shrank: {failures:#?}\n{}",
-        failures.len(),
-        light.ok() + failures.len() as u64,
-        fx.dump()
-    );
+    light.assert_none_failed_in("the scale-down", || fx.dump());
     // One worker at a time, each stopped gracefully, never restarted.
     fx.wait_line("AUTOSCALED", &[("from", "3"), ("to", "2")]);
     fx.wait_line("AUTOSCALED", &[("from", "2"), ("to", "1")]);

@@ -622,13 +622,18 @@ impl Tally {
     /// Fails the test, with every failure and the cluster's output, if any request failed
     /// `during` something.
     pub(crate) fn assert_none_failed(&self, during: &str, cluster: &HttpCluster) {
+        self.assert_none_failed_in(during, || cluster.dump());
+    }
+
+    /// As [`Tally::assert_none_failed`], for any server: `dump` describes it.
+    pub(crate) fn assert_none_failed_in(&self, during: &str, dump: impl FnOnce() -> String) {
         let failures = self.failures();
         assert!(
             failures.is_empty(),
             "{} of {} requests failed during {during}: {failures:#?}\n{}",
             failures.len(),
             self.ok() + failures.len() as u64,
-            cluster.dump()
+            dump()
         );
     }
 

@@ -68,7 +68,7 @@ impl Autoscale {
 
     pub(super) fn rust_expr(&self) -> String {
         format!(
-            "$crate::Autoscale::new({}usize, {}usize)",
+            "$crate::options::Autoscale::new({}usize, {}usize)",
             self.min, self.max
         )
     }

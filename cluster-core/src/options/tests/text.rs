@@ -454,6 +454,10 @@ fn rust_expressions_of_values() {
         "::std::option::Option::Some(1024u64)"
     );
     assert_eq!(expr("min_ready", "0"), "0usize");
+    assert_eq!(
+        expr("autoscale", "2..8"),
+        "::std::option::Option::Some($crate::options::Autoscale::new(2usize, 8usize))"
+    );
     assert!(OptionSpec::find("count").unwrap().rust_expr("0").is_err());
 }
 

@@ -165,7 +165,7 @@ fn nothing_is_decided_while_held_and_the_window_starts_again_after() {
     let start = now;
     while now < start + Duration::from_secs(3) {
         // A reload under way: every other tick the supervisor holds.
-        if (now - start).as_millis() % 200 == 0 {
+        if (now - start).as_millis().is_multiple_of(200) {
             p.hold();
         } else {
             assert_eq!(p.observe(now, 1, cpu(5.0)), None);
