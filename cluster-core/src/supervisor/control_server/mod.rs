@@ -30,7 +30,7 @@ use crate::supervisor::notice;
 use crate::{Error, ErrorKind, Result};
 
 mod view;
-use view::{master_info, rows, sample_cpu};
+use view::{master_info, rows, sample_cpu, slow_requests};
 
 /// At most this many control connections at once: one more is refused (see [`refuse_busy`]),
 /// so a client looping on connect cannot make the master hold unbounded tasks and buffers.
@@ -439,6 +439,10 @@ async fn answer(
         },
         Request::Options => match options(shared).await {
             Some(options) => Response::Options(options),
+            None => Response::Refused(GONE.to_owned()),
+        },
+        Request::SlowRequests => match status(shared).await {
+            Some(status) => Response::SlowRequests(slow_requests(&status)),
             None => Response::Refused(GONE.to_owned()),
         },
         Request::Reload { group, wait } => {
