@@ -17,7 +17,7 @@ use super::parse::ParseError;
 /// assert_eq!((range.min(), range.max()), (2, 8));
 /// assert_eq!(range.to_string(), "2..8");
 /// assert!("8..2".parse::<Autoscale>().is_err());
-/// # Ok::<(), cluster_core::ParseError>(())
+/// # Ok::<(), cluster_core::options::ParseError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Autoscale {
