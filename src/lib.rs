@@ -131,8 +131,8 @@ pub mod store {
 /// server's options, and the metrics a worker exports.
 pub mod observe {
     pub use cluster_core::{
-        ClusterStatus, MasterStatus, RestartCount, SlowRequest, StatusOptions, WorkerMetrics,
-        WorkerStatus, prometheus_client,
+        AutoscaleDecision, AutoscaleStatus, ClusterStatus, MasterStatus, RestartCount, SlowRequest,
+        StatusOptions, WorkerMetrics, WorkerStatus, prometheus_client,
     };
 }
 
@@ -144,8 +144,8 @@ pub mod options {
         WEB_CONCURRENCY,
     };
     pub use cluster_core::{
-        Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Runtime,
-        Signal, parse_signal,
+        Autoscale, Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy,
+        Runtime, Signal, parse_signal,
     };
 }
 

@@ -366,3 +366,57 @@ fn list_against_64_workers_median_of_20() {
     );
     assert!(median < Duration::from_millis(500), "{median:?}");
 }
+
+#[test]
+fn status_shows_the_requests_under_way_for_over_a_second() {
+    use support::ops::{self, local};
+    let dir = TempDir::new("ctl-slow");
+    let socket = dir.0.join("ctl.sock");
+    let http = support::free_port();
+    let mut fx = ops::Fixture::start(&[
+        ("OPS_COUNT", "1".into()),
+        ("OPS_HTTP_PORT", http.to_string()),
+        ("OPS_HEARTBEAT_MS", "200".into()),
+        (
+            "CLUSTER_CONTROL_PATH",
+            socket.to_str().expect("a UTF-8 path").to_owned(),
+        ),
+    ]);
+    let pid = fx.wait_ready(1)["worker/0#1"];
+    let human = ctl(&socket, &["status"]);
+    assert!(
+        text(&human.stdout).contains("slow      no request under way for over 1 s\n"),
+        "{}",
+        describe(&human)
+    );
+    let held = std::thread::spawn(move || {
+        ops::get(local(http), "/await-4000", Duration::from_secs(20)).map(|r| r.status)
+    });
+    let slow = poll("the request in `status --json`", WAIT, || {
+        let out = ctl(&socket, &["status", "--json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        match status["slow_requests"].as_array() {
+            Some(slow) if !slow.is_empty() => Ok(slow[0].clone()),
+            _ => Err(status["slow_requests"].to_string()),
+        }
+    });
+    assert_eq!(slow["path"], "/await-4000", "{slow}");
+    assert_eq!(slow["method"], "GET", "{slow}");
+    assert_eq!(slow["group"], "worker", "{slow}");
+    assert_eq!(slow["pid"], pid, "{slow}");
+    assert!(slow["age_ms"].as_u64().unwrap() >= 1000, "{slow}");
+    let human = ctl(&socket, &["status"]);
+    let out = text(&human.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains("GET /await-4000"))
+        .unwrap_or_else(|| panic!("{}", describe(&human)));
+    assert!(
+        line.trim_start()
+            .starts_with(&format!("worker/0#1  pid {pid}  "))
+            && line.contains(" ms "),
+        "{line}"
+    );
+    assert_eq!(held.join().unwrap().unwrap(), 200);
+    fx.stop_cleanly();
+}

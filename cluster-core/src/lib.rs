@@ -43,10 +43,12 @@ pub use model::{ExitKind, Role, SlotKey, WorkerId, WorkerInfo, WorkerState};
 pub use net::listener::{Connection, Listener};
 pub use net::proxy_header;
 pub use observe::metrics::WorkerMetrics;
-pub use observe::status::{ClusterStatus, MasterStatus, RestartCount, WorkerStatus};
+pub use observe::status::{
+    AutoscaleDecision, AutoscaleStatus, ClusterStatus, MasterStatus, RestartCount, WorkerStatus,
+};
 pub use observe::status_server::StatusOptions;
 pub use options::{
-    Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal,
+    Autoscale, Backoff, Balance, Count, GroupOptions, Options, RestartMode, RestartPolicy, Signal,
     parse_signal,
 };
 pub use protocol::SlowRequest;

@@ -91,6 +91,18 @@ pub enum Event<D, U> {
         /// `memory`, `unread_channel`, `max_requests` or `max_lifetime`.
         reason: &'static str,
     },
+    /// The autoscaler changed a group's size (`autoscale`): a scale-down retires the least
+    /// busy worker, gracefully.
+    Autoscaled {
+        /// The group.
+        group: String,
+        /// Its workers before.
+        from: usize,
+        /// Its workers now.
+        to: usize,
+        /// The figures that caused it, such as `cpu 1.93 cores avg over 10s > 0.80 x 2`.
+        reason: String,
+    },
     /// A worker process could not be started (the descriptor or process limit, the binary
     /// missing or being replaced). Its slot tries again after `retry_in`, backing off while
     /// it keeps failing; this is not a restart and never counts toward `max_restarts`.
@@ -375,6 +387,17 @@ where
             RawEvent::ReloadFinished => Event::ReloadFinished,
             RawEvent::ReloadFailed { error } => Event::ReloadFailed { error },
             RawEvent::Recycling { id, reason } => Event::Recycling { id, reason },
+            RawEvent::Autoscaled {
+                group,
+                from,
+                to,
+                reason,
+            } => Event::Autoscaled {
+                group,
+                from,
+                to,
+                reason,
+            },
             RawEvent::Message { from, payload } => match messaging::decode::<U>(&payload) {
                 Ok(msg) => Event::Message { from, msg },
                 Err(e) => Event::BadMessage {

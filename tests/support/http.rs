@@ -622,13 +622,18 @@ impl Tally {
     /// Fails the test, with every failure and the cluster's output, if any request failed
     /// `during` something.
     pub(crate) fn assert_none_failed(&self, during: &str, cluster: &HttpCluster) {
+        self.assert_none_failed_in(during, || cluster.dump());
+    }
+
+    /// As [`Tally::assert_none_failed`], for any server: `dump` describes it.
+    pub(crate) fn assert_none_failed_in(&self, during: &str, dump: impl FnOnce() -> String) {
         let failures = self.failures();
         assert!(
             failures.is_empty(),
             "{} of {} requests failed during {during}: {failures:#?}\n{}",
             failures.len(),
             self.ok() + failures.len() as u64,
-            cluster.dump()
+            dump()
         );
     }
 
@@ -668,14 +673,32 @@ pub(crate) struct Load {
 
 impl Load {
     pub(crate) fn start(addr: SocketAddr, keep_alive: usize, fresh: usize) -> Load {
+        Self::start_on(addr, keep_alive, fresh, "/", Duration::ZERO)
+    }
+
+    /// As [`Load::start`], each loop asking for `path` and waiting `pause` after each
+    /// answer (a light load, for a cluster that should stay quiet).
+    pub(crate) fn start_on(
+        addr: SocketAddr,
+        keep_alive: usize,
+        fresh: usize,
+        path: &'static str,
+        pause: Duration,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let mut threads = Vec::new();
         for lane in 0..keep_alive + fresh {
             let (stop, tally) = (stop.clone(), tally.clone());
             let reuse = lane < keep_alive;
+            let lane = Lane {
+                number: lane,
+                reuse,
+                path,
+                pause,
+            };
             threads.push(std::thread::spawn(move || {
-                lane_loop(addr, lane, reuse, &stop, &tally)
+                lane_loop(addr, &lane, &stop, &tally)
             }));
         }
         Load {
@@ -722,7 +745,23 @@ impl Drop for Load {
     }
 }
 
-fn lane_loop(addr: SocketAddr, lane: usize, reuse: bool, stop: &AtomicBool, tally: &Tally) {
+/// One client loop of a [`Load`].
+struct Lane {
+    number: usize,
+    /// Keeps its connection for as long as the server does.
+    reuse: bool,
+    path: &'static str,
+    /// Waited after each answer.
+    pause: Duration,
+}
+
+fn lane_loop(addr: SocketAddr, lane: &Lane, stop: &AtomicBool, tally: &Tally) {
+    let Lane {
+        number: lane,
+        reuse,
+        path,
+        pause,
+    } = *lane;
     let mut conn: Option<Conn> = None;
     let mut last_pid = None;
     while !stop.load(Ordering::SeqCst) {
@@ -741,7 +780,7 @@ fn lane_loop(addr: SocketAddr, lane: usize, reuse: bool, stop: &AtomicBool, tall
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        match c.get(!reuse) {
+        match c.get_path(path, !reuse) {
             Ok(resp) if resp.status == 200 => {
                 last_pid = tally.success(&resp);
                 if resp.close || !reuse {
@@ -757,7 +796,9 @@ fn lane_loop(addr: SocketAddr, lane: usize, reuse: bool, stop: &AtomicBool, tall
                 conn = None;
             }
         }
-        if reuse {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        } else if reuse {
             // Pacing, not synchronisation: keeps 16 loops from starving the cluster of CPU
             // on a 2-core machine, while far below any idle timeout of the server.
             std::thread::sleep(Duration::from_millis(1));

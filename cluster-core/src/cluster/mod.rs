@@ -500,6 +500,9 @@ impl<D: Message, U: Message> Cluster<D, U> {
         }
         for (i, g) in self.groups.iter().enumerate() {
             g.options.validate()?;
+            if g.options.autoscale().is_some() {
+                self.options.check_autoscale_signals()?;
+            }
             if self.groups[..i]
                 .iter()
                 .any(|h| h.options.name() == g.options.name())

@@ -216,6 +216,9 @@ impl<D: Message, U: Message> Cluster<D, U> {
         for g in &mut self.groups {
             if g.inherits_count {
                 g.options = g.options.clone().with_count(self.options.count());
+                if let (None, Some(range)) = (g.options.autoscale(), self.options.autoscale()) {
+                    g.options = g.options.clone().with_autoscale(range.min(), range.max());
+                }
             }
         }
         // Users, groups and CPUs looked up now, so that a name that does not exist stops the

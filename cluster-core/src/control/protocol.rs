@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 /// version 2 or later gets the failing replacement's last lines, [`Response::Logs`], before
 /// [`Response::ReloadFailed`]); [`Request::Options`] and [`Response::Options`] (each
 /// option's source).
-/// 3: [`Request::Upgrade`], [`Response::Upgraded`], [`Response::UpgradeFailed`].
+///
+/// 3: [`Request::Upgrade`], [`Response::Upgraded`], [`Response::UpgradeFailed`];
+/// [`Request::SlowRequests`] and [`Response::SlowRequests`] (the workers' requests under
+/// way for over a second).
 pub const CONTROL_VERSION: u32 = 3;
 
 /// The first [`CONTROL_VERSION`] with [`Request::Upgrade`].
@@ -24,6 +27,9 @@ pub const UPGRADE_VERSION: u32 = 3;
 
 /// The first [`CONTROL_VERSION`] with [`Request::Logs`] and the lines of a failed replacement.
 pub const LOGS_VERSION: u32 = 2;
+
+/// The first [`CONTROL_VERSION`] with [`Request::SlowRequests`].
+pub const SLOW_REQUESTS_VERSION: u32 = 3;
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +99,10 @@ pub enum Request {
         /// Follow the upgrade to its end.
         wait: bool,
     },
+    /// The workers' requests under way for over a second at their last heartbeat: answered
+    /// by [`Response::SlowRequests`]. Since version 3, asked only of a master whose hello
+    /// said 3 or more.
+    SlowRequests,
 }
 
 /// The size a group is scaled to.
@@ -167,6 +177,28 @@ pub enum Response {
         /// The last output lines of the new master's worker that failed, if one did.
         lines: Vec<String>,
     },
+    /// The answer to [`Request::SlowRequests`]: oldest first.
+    SlowRequests(Vec<SlowRequestRow>),
+}
+
+/// A request under way for over a second, as the worker serving it last reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowRequestRow {
+    /// The worker's group.
+    pub group: String,
+    /// Its slot.
+    pub slot: usize,
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// Its generation.
+    pub generation: u64,
+    /// The request's method (or, for another protocol than HTTP, its kind).
+    pub method: String,
+    /// Its path (or name).
+    pub path: String,
+    /// How long it had been under way at the worker's last report, at least, in
+    /// milliseconds.
+    pub age_ms: u64,
 }
 
 /// Which of a worker's streams a line was written to.
@@ -489,6 +521,20 @@ mod tests {
         );
         assert_eq!(bytes(&Response::LogsDropped(3)), [10, 3]);
         assert_eq!(bytes(&Response::LogsUpToDate), [11]);
+        // Version 3.
+        assert_eq!(bytes(&Request::SlowRequests), [10]);
+        assert_eq!(
+            bytes(&Response::SlowRequests(vec![SlowRequestRow {
+                group: "g".into(),
+                slot: 1,
+                pid: Some(5),
+                generation: 2,
+                method: "M".into(),
+                path: "/p".into(),
+                age_ms: 7,
+            }])),
+            [15, 1, 1, b'g', 1, 1, 5, 2, 1, b'M', 2, b'/', b'p', 7]
+        );
     }
 
     #[test]

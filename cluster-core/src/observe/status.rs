@@ -18,6 +18,8 @@ pub struct ClusterStatus {
     /// `max_lifetime`): workers replaced the reload way while alive, never counted as
     /// restarts.
     pub recycles: Vec<RestartCount>,
+    /// The autoscaled groups (`autoscale`): their range, size and decisions.
+    pub autoscale: Vec<AutoscaleStatus>,
     /// Messages the master sent to workers and received from them.
     pub ipc_messages_sent: u64,
     /// See `ipc_messages_sent`.
@@ -90,4 +92,36 @@ pub struct RestartCount {
     pub reason: &'static str,
     /// How many.
     pub count: u64,
+}
+
+/// One autoscaled group.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoscaleStatus {
+    /// The group.
+    pub group: String,
+    /// The fewest workers the autoscaler runs.
+    pub min: usize,
+    /// The most.
+    pub max: usize,
+    /// Its slots now.
+    pub workers: usize,
+    /// Times it grew.
+    pub decisions_up: u64,
+    /// Times it shrank.
+    pub decisions_down: u64,
+    /// The last decision, if any.
+    pub last_decision: Option<AutoscaleDecision>,
+}
+
+/// A change of an autoscaled group's size.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoscaleDecision {
+    /// Workers before.
+    pub from: usize,
+    /// Workers after.
+    pub to: usize,
+    /// The figures that caused it.
+    pub reason: String,
+    /// Milliseconds since.
+    pub ago_ms: u64,
 }

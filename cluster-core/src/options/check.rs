@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::parse::ParseError;
-use super::{Backoff, Count, signal};
+use super::{Autoscale, Backoff, Count, signal};
 
 /// The result of a rule: the reason when the value is refused.
 pub(super) type Checked = Result<(), String>;
@@ -222,4 +222,60 @@ pub(super) fn store_snapshot_interval(value: &Option<Duration>) -> Checked {
         ),
         None => Ok(()),
     }
+}
+
+pub(super) fn autoscale(range: &Option<Autoscale>) -> Checked {
+    range.as_ref().map_or(Ok(()), Autoscale::check)
+}
+
+pub(super) fn autoscale_up_cpu(percent: &Option<u32>) -> Checked {
+    if *percent == Some(0) {
+        return Err(
+            "0% of a core is exceeded by an idle worker, so the group would always grow; use a percentage such as 80, or `off`"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn autoscale_up_lag(lag: &Option<Duration>) -> Checked {
+    lag.as_ref().map_or(Ok(()), |lag| {
+        positive(
+            lag,
+            "a lag of zero is exceeded by any heartbeat, so the group would always grow; use a duration such as \"100ms\", or `off`",
+        )
+    })
+}
+
+pub(super) fn autoscale_up_connections(connections: &Option<u64>) -> Checked {
+    if *connections == Some(0) {
+        return Err(
+            "0 connections per worker is exceeded by the first client, so the group would always grow; use a number such as 100, or `off`"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn autoscale_window(window: &Duration) -> Checked {
+    positive(
+        window,
+        "a window of zero would decide on a single sample; use a duration such as \"10s\"",
+    )
+}
+
+/// Autoscaling needs a signal to grow on: with every threshold `off`, a group would only
+/// ever shrink.
+pub(super) fn autoscale_signals(
+    cpu: Option<u32>,
+    lag: Option<Duration>,
+    connections: Option<u64>,
+) -> Checked {
+    if cpu.is_none() && lag.is_none() && connections.is_none() {
+        return Err(
+            "autoscale is on but autoscale_up_cpu, autoscale_up_lag and autoscale_up_connections are all off, so the group could never grow; set at least one"
+                .to_owned(),
+        );
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! The options of one group of workers.
 
-use super::{Account, Count, EnvAllow, Options, RestartPolicy, Rlimits, check};
+use super::{Account, Autoscale, Count, EnvAllow, Options, RestartPolicy, Rlimits, check};
 use crate::Error;
 
 /// Options of one group of workers: workers of a group run the same worker function under
@@ -30,6 +30,7 @@ pub struct GroupOptions {
     group: Option<Account>,
     rlimits: Rlimits,
     env_allow: EnvAllow,
+    autoscale: Option<Autoscale>,
 }
 
 impl GroupOptions {
@@ -46,6 +47,7 @@ impl GroupOptions {
             group: None,
             rlimits: Rlimits::new(),
             env_allow: EnvAllow::default(),
+            autoscale: None,
         }
     }
 
@@ -114,6 +116,21 @@ impl GroupOptions {
         self
     }
 
+    /// Autoscales this group between `min` and `max` workers on its load (off by default);
+    /// its `count` is the starting size, brought into the range. The thresholds and windows
+    /// are the cluster's `autoscale_*` options.
+    #[must_use]
+    pub fn with_autoscale(mut self, min: usize, max: usize) -> Self {
+        self.autoscale = Some(Autoscale::new(min, max));
+        self
+    }
+
+    /// See [`GroupOptions::with_autoscale`]; `None`: a fixed size.
+    #[must_use]
+    pub fn autoscale(&self) -> Option<Autoscale> {
+        self.autoscale
+    }
+
     /// See [`GroupOptions::with_user`]; `None` means the cluster's.
     #[must_use]
     pub fn user(&self) -> Option<&Account> {
@@ -175,7 +192,7 @@ impl GroupOptions {
     /// # Errors
     ///
     /// an error of kind [`InvalidOption`](crate::ErrorKind::InvalidOption) with option `name`, `count`, `env`, or one of the restart
-    /// policy's options.
+    /// policy's options, or `autoscale`.
     pub fn validate(&self) -> Result<(), Error> {
         if self.name.is_empty()
             || !self
@@ -193,6 +210,9 @@ impl GroupOptions {
         }
         check::count(&self.count).map_err(|reason| {
             Error::invalid_option("count", format!("group `{}`: {reason}", self.name))
+        })?;
+        check::autoscale(&self.autoscale).map_err(|reason| {
+            Error::invalid_option("autoscale", format!("group `{}`: {reason}", self.name))
         })?;
         for (key, value) in &self.env {
             let reason = if key.is_empty() || key.contains('=') || key.contains('\0') {

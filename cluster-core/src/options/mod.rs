@@ -9,6 +9,7 @@
 //! forked, so that a typo fails at start-up with a message that says what would have been
 //! accepted.
 
+mod autoscale;
 mod check;
 mod config;
 pub mod control_path;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use crate::Error;
 
+pub use autoscale::Autoscale;
 pub use config::{
     CONFIG_VAR, OptionSource, RELOADABLE, Reloaded, Resolved, Source, WEB_CONCURRENCY,
 };
@@ -211,6 +213,9 @@ impl Options {
         }
         check::heartbeat(self.heartbeat_interval, self.heartbeat_timeout)
             .map_err(|reason| Error::invalid_option("heartbeat_timeout", reason))?;
+        if self.autoscale.is_some() {
+            self.check_autoscale_signals()?;
+        }
         if self.balance == Balance::StickyKey
             && self.sticky_cookie.is_none()
             && self.sticky_header.is_none()
@@ -232,5 +237,15 @@ impl Options {
             ));
         }
         Ok(())
+    }
+
+    /// With a group autoscaled: at least one signal to grow on.
+    pub(crate) fn check_autoscale_signals(&self) -> Result<(), Error> {
+        check::autoscale_signals(
+            self.autoscale_up_cpu,
+            self.autoscale_up_lag,
+            self.autoscale_up_connections,
+        )
+        .map_err(|reason| Error::invalid_option("autoscale", reason))
     }
 }

@@ -32,7 +32,7 @@ use super::spec::{Get, OptionSpec, options_table};
 use super::sticky::{self, KeyName};
 use super::token::{self, StatusToken};
 use super::value::{Bytes, OptionValue, StatusAddr};
-use super::{Backoff, Balance, Count, RestartMode, RestartPolicy, check};
+use super::{Autoscale, Backoff, Balance, Count, RestartMode, RestartPolicy, check};
 
 options_table! {
     /// Cluster-wide options.
@@ -365,6 +365,69 @@ options_table! {
     set with_sample_interval(Duration);
     text "1s", accepts "a positive duration";
     check check::sample_interval;
+
+    /// Autoscale the default group between `MIN..MAX` workers on its load (off by default;
+    /// a group's own is `GroupOptions::with_autoscale`); `count` is the starting size,
+    /// brought into the range.
+    ///
+    /// The master grows the group when its workers' average CPU, event-loop lag or open
+    /// connections stay above `autoscale_up_cpu`, `autoscale_up_lag` or
+    /// `autoscale_up_connections` over `autoscale_up_window`, and removes its least busy
+    /// worker, gracefully, after `autoscale_down_window` of quiet; never during a reload or
+    /// a recycle of the group.
+    autoscale: Option<Autoscale> = None;
+    set with_autoscale(Option<Autoscale>);
+    text "off", accepts "`MIN..MAX` such as `2..8` (1 ≤ MIN ≤ MAX), or `off`";
+    check check::autoscale;
+
+    /// Grow an autoscaled group when its workers use more than this percentage of one core
+    /// each, on average over `autoscale_up_window`; `off` ignores CPU.
+    ///
+    /// 80 leaves a worker on a current-thread runtime headroom before it saturates its one
+    /// core. A worker on the default multi-threaded runtime can use more than one core:
+    /// raise it (to 80 × its threads) to scale on saturation rather than on one busy core.
+    autoscale_up_cpu: Option<u32> = Some(80);
+    set with_autoscale_up_cpu(Option<u32>);
+    text "80", accepts "a whole percentage of one core, at least 1, or `off`";
+    check check::autoscale_up_cpu;
+
+    /// Grow an autoscaled group when its workers' event-loop lag (how late their heartbeat
+    /// ran) stays above this on average over `autoscale_up_window`; `off` ignores it. 100 ms
+    /// is far above an idle runtime's lag (under 1 ms) and a wait every request feels.
+    autoscale_up_lag: Option<Duration> = Some(Duration::from_millis(100));
+    set with_autoscale_up_lag(Option<Duration>);
+    text "100ms", accepts "a positive duration, or `off`";
+    check check::autoscale_up_lag;
+
+    /// Grow an autoscaled group when its workers hold more than this many open connections
+    /// each, on average over `autoscale_up_window`; off by default, since what is many
+    /// depends on the app.
+    autoscale_up_connections: Option<u64> = None;
+    set with_autoscale_up_connections(Option<u64>);
+    text "off", accepts "a whole number, at least 1, or `off`";
+    check check::autoscale_up_connections;
+
+    /// How long the load must stay high, on average, before an autoscaled group grows: long
+    /// enough that a burst does not start a worker, short enough to follow a rising load.
+    autoscale_up_window: Duration = Duration::from_secs(10);
+    set with_autoscale_up_window(Duration);
+    text "10s", accepts "a positive duration";
+    check check::autoscale_window;
+
+    /// How long every sample must show a quiet group (one worker less would run at under
+    /// half of each threshold) before its least busy worker is removed; longer than the
+    /// up window, since a worker removed too early is started again a window later.
+    autoscale_down_window: Duration = Duration::from_secs(60);
+    set with_autoscale_down_window(Duration);
+    text "1m", accepts "a positive duration";
+    check check::autoscale_window;
+
+    /// After each change of an autoscaled group's size, how long its figures are ignored:
+    /// the new worker starts and the load moves over before the next window begins.
+    autoscale_cooldown: Duration = Duration::from_secs(15);
+    set with_autoscale_cooldown(Duration);
+    text "15s", accepts "a duration";
+    check check::not_huge;
 
     /// Serve `/status`, `/metrics`, `/healthz` and `/readyz` from the master on this address;
     /// a bare port is on 127.0.0.1.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::parse::{ParseError, bytes_text, duration_text, parse_bytes, parse_duration};
-use super::{Backoff, Balance, Count, RestartMode, signal};
+use super::{Autoscale, Backoff, Balance, Count, RestartMode, signal};
 
 /// A value of an option as text: how the table parses, prints and, for `#[cluster::main]`,
 /// writes it as a Rust expression. Implemented once per value type, so that an option of a
@@ -268,7 +268,7 @@ macro_rules! by_from_str {
     )*};
 }
 
-by_from_str!(Count, Balance, RestartMode, Backoff);
+by_from_str!(Autoscale, Count, Balance, RestartMode, Backoff);
 
 /// `cpus`, or a number of workers.
 ///

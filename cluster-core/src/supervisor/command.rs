@@ -253,6 +253,11 @@ impl<L: Launcher> Supervisor<L> {
             workers,
             restarts,
             recycles: counts(&self.recycles),
+            autoscale: self
+                .groups
+                .iter()
+                .filter_map(|g| Some(g.autoscaler.as_ref()?.status(g, now)))
+                .collect(),
             ipc_messages_sent: protocol::SENT.load(Ordering::Relaxed),
             ipc_messages_received: self.ipc_received,
         }

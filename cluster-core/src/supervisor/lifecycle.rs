@@ -597,6 +597,7 @@ impl<L: Launcher> Supervisor<L> {
             self.sample().await;
             self.replace_unread(now).await;
             self.recycle_due(now).await;
+            self.autoscale(now).await;
         }
         let due: Vec<(usize, usize)> = self
             .groups

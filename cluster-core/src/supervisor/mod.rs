@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 
+mod autoscale;
 mod command;
 mod config;
 pub(crate) mod control;
@@ -100,6 +101,12 @@ pub(crate) enum RawEvent {
         id: WorkerId,
         reason: &'static str,
     },
+    Autoscaled {
+        group: String,
+        from: usize,
+        to: usize,
+        reason: String,
+    },
     Message {
         from: WorkerId,
         payload: Vec<u8>,
@@ -127,6 +134,8 @@ struct Group {
     /// The last generation started in each slot number, kept after a slot is removed so that
     /// a slot added again never reuses the id of a process still leaving.
     generations: BTreeMap<usize, u64>,
+    /// With `autoscale`: its policy and decisions.
+    autoscaler: Option<autoscale::Autoscaler>,
 }
 
 /// A rolling reload in progress.
@@ -183,6 +192,8 @@ pub(crate) struct Supervisor<L = Processes> {
     ipc_received: u64,
     /// When to read every worker's memory and CPU next.
     next_sample: Instant,
+    /// When they were read last: the CPU used since then is each worker's `cpu_cores`.
+    sampled_at: Option<Instant>,
     /// The slots being recycled (memory, unread channel, max_requests, max_lifetime), at most
     /// `reload_parallelism` at once.
     recycling: BTreeMap<SlotKey, recycle::Why>,
@@ -308,6 +319,9 @@ impl<L: Launcher> Supervisor<L> {
                     .unwrap_or_else(|| *options.restart());
                 Group {
                     name: group.name().into(),
+                    autoscaler: group
+                        .autoscale()
+                        .map(|range| autoscale::Autoscaler::new(&options, range)),
                     intensity: Intensity::from_policy(&policy),
                     options: group,
                     policy,
@@ -341,6 +355,7 @@ impl<L: Launcher> Supervisor<L> {
             restart_reasons: BTreeMap::new(),
             ipc_received: 0,
             next_sample: now,
+            sampled_at: None,
             recycling: BTreeMap::new(),
             recycles: BTreeMap::new(),
             spawn_failures_total: 0,
@@ -414,7 +429,12 @@ impl<L: Launcher> Supervisor<L> {
         let names: Vec<Arc<str>> = self.groups.iter().map(|g| g.name.clone()).collect();
         for name in names {
             if let Some(g) = self.group_index(&name) {
-                let count = self.groups[g].options.count().resolve();
+                let options = &self.groups[g].options;
+                let count = options.count().resolve();
+                // The count is where an autoscaled group starts, within its range.
+                let count = options
+                    .autoscale()
+                    .map_or(count, |range| range.clamp(count));
                 self.resize(g, count).await;
             }
         }

@@ -153,11 +153,18 @@ impl<L: Launcher> Supervisor<L> {
         }
     }
 
-    /// Reads every worker's memory and CPU, and recycles a worker that stayed over
+    /// Reads every worker's memory and CPU (and the cores it used since the last sample, for
+    /// the autoscaler), and recycles a worker that stayed over
     /// `max_memory` for `memory_samples` samples in a row.
     pub(super) async fn sample(&mut self) {
         let limit = self.options.max_memory();
         let needed = self.options.memory_samples();
+        let now = Instant::now();
+        let since = self
+            .sampled_at
+            .replace(now)
+            .map(|at| now.saturating_duration_since(at).as_secs_f64())
+            .filter(|&secs| secs > 0.0);
         let Supervisor {
             groups, launcher, ..
         } = self;
@@ -167,6 +174,10 @@ impl<L: Launcher> Supervisor<L> {
                     let Some(usage) = p.pid.and_then(|pid| launcher.usage(pid)) else {
                         continue;
                     };
+                    let before = p.usage.map(|u| u.1);
+                    p.cpu_cores = before
+                        .zip(since)
+                        .map(|(before, secs)| (usage.cpu_seconds - before).max(0.0) / secs);
                     p.usage = Some((usage.rss_bytes, usage.cpu_seconds));
                     match limit {
                         Some(limit) if usage.rss_bytes > limit && !p.is_stopping() => {

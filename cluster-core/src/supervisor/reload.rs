@@ -178,8 +178,9 @@ impl<L: Launcher> Supervisor<L> {
         self.notify.reload_ended();
     }
 
-    /// Grows group `g` to `count` slots (the lowest free slot numbers), or removes its highest
-    /// slots: their workers stop gracefully and are not replaced.
+    /// Grows group `g` to `count` slots (the lowest free slot numbers), or removes its least
+    /// busy slots (fewest slow requests, then connections, then CPU; the highest numbered
+    /// among equals): their workers leave the rotation, drain and stop, and are not replaced.
     pub(super) async fn resize(&mut self, g: usize, count: usize) {
         if self.stopping.is_some() {
             return;
@@ -200,13 +201,7 @@ impl<L: Launcher> Supervisor<L> {
             return;
         }
         let deadline = Instant::now() + self.options.grace();
-        let removed: Vec<usize> = self.groups[g]
-            .slots
-            .keys()
-            .rev()
-            .take(live - count)
-            .copied()
-            .collect();
+        let removed = self.least_busy(g, live - count);
         for number in removed {
             let group = &mut self.groups[g];
             let Some(slot) = group.slots.remove(&number) else {

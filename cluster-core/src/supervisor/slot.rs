@@ -108,6 +108,8 @@ pub(crate) struct Proc {
     pub(crate) held: Vec<ToWorker>,
     /// Resident bytes and CPU seconds at the last sample.
     pub(crate) usage: Option<(u64, f64)>,
+    /// CPU used between the last two samples, in cores.
+    pub(crate) cpu_cores: Option<f64>,
     /// Consecutive samples above `max_memory`.
     pub(crate) over_memory: u32,
     /// Its `max_requests` and `max_lifetime`, jitter drawn.
@@ -134,6 +136,7 @@ impl Proc {
             beat,
             held: Vec::new(),
             usage: None,
+            cpu_cores: None,
             over_memory: 0,
             limits: Limits::default(),
         }

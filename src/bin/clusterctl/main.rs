@@ -14,8 +14,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use cluster::control::client::{Client, ClientError, find};
 use cluster::control::protocol::{
-    LOGS_VERSION, LogLine, LogStream, OptionRow, Progress, Request, Response, ScaleTo,
-    UPGRADE_VERSION,
+    LOGS_VERSION, LogLine, LogStream, OptionRow, Progress, Request, Response,
+    SLOW_REQUESTS_VERSION, ScaleTo, SlowRequestRow, UPGRADE_VERSION,
 };
 use cluster_core::options::parse_duration;
 
@@ -59,9 +59,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show the master: pid, uptime, version and hash of its executable, and every option in
-    /// force with where its value came from (default, code, options file and line, environment
-    /// variable).
+    /// Show the master: pid, uptime, version and hash of its executable, the workers' requests
+    /// under way for over a second, and every option in force with where its value came from
+    /// (default, code, options file and line, environment variable).
     Status {
         /// Print JSON.
         #[arg(long)]
@@ -232,10 +232,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 return Err(Failure(1, "unexpected answer to status".to_owned()));
             };
             let options = options(&mut client).await?;
+            let slow = slow_requests(&mut client).await?;
             if json {
-                print_json(&show::status_json(&info, options.as_deref()))
+                print_json(&show::status_json(
+                    &info,
+                    options.as_deref(),
+                    slow.as_deref(),
+                ))
             } else {
-                print!("{}", show::status_text(&info, options.as_deref()));
+                print!(
+                    "{}",
+                    show::status_text(&info, options.as_deref(), slow.as_deref())
+                );
                 Ok(())
             }
         }
@@ -519,6 +527,20 @@ async fn options(client: &mut Client) -> Result<Option<Vec<OptionRow>>, Failure>
         other => Err(Failure(
             1,
             format!("unexpected answer to the options request: {other:?}"),
+        )),
+    }
+}
+
+/// The workers' slow requests, from a master that can say (protocol version 3 on).
+async fn slow_requests(client: &mut Client) -> Result<Option<Vec<SlowRequestRow>>, Failure> {
+    if client.version() < SLOW_REQUESTS_VERSION {
+        return Ok(None);
+    }
+    match client.request(&Request::SlowRequests).await? {
+        Response::SlowRequests(rows) => Ok(Some(rows)),
+        other => Err(Failure(
+            1,
+            format!("unexpected answer to the slow requests request: {other:?}"),
         )),
     }
 }

@@ -2,7 +2,7 @@
 //! master's lines with the options and their sources, and the JSON forms for scripts. `monit`
 //! uses the same cell texts.
 
-use cluster::control::protocol::{MasterInfo, OptionRow, OptionSource, WorkerRow};
+use cluster::control::protocol::{MasterInfo, OptionRow, OptionSource, SlowRequestRow, WorkerRow};
 use serde_json::{Value, json};
 
 pub(crate) fn uptime(ms: u64) -> String {
@@ -108,11 +108,17 @@ pub(crate) fn table(rows: &[WorkerRow]) -> String {
     out
 }
 
-/// `status`: the master's lines, then every option with its value and source. `options` is
-/// `None` for a master older than the sources (protocol version 1): then the values alone.
-pub(crate) fn status_text(info: &MasterInfo, options: Option<&[OptionRow]>) -> String {
+/// `status`: the master's lines, the requests under way for over a second, then every option
+/// with its value and source. `options` is `None` for a master older than the sources
+/// (protocol version 1): then the values alone; `slow` is `None` for a master older than the
+/// slow requests (before version 3): then they are left out.
+pub(crate) fn status_text(
+    info: &MasterInfo,
+    options: Option<&[OptionRow]>,
+    slow: Option<&[SlowRequestRow]>,
+) -> String {
     let mut out = format!(
-        "cluster   {}\nmaster    pid {}, up {}\nbinary    {} (hash {}), cluster {}\nsocket    {}\nworkers   {} live, {} ready; {} restarts, {} reloads\n\noptions in force:\n",
+        "cluster   {}\nmaster    pid {}, up {}\nbinary    {} (hash {}), cluster {}\nsocket    {}\nworkers   {} live, {} ready; {} restarts, {} reloads\n",
         info.name,
         info.pid,
         uptime(info.uptime_ms),
@@ -125,6 +131,29 @@ pub(crate) fn status_text(info: &MasterInfo, options: Option<&[OptionRow]>) -> S
         info.restarts_total,
         info.reloads_total
     );
+    match slow {
+        Some([]) => out += "slow      no request under way for over 1 s\n",
+        Some(slow) => {
+            out += "slow      requests under way for over 1 s, at the workers' last heartbeat:\n";
+            let rows: Vec<[String; 4]> = slow
+                .iter()
+                .map(|r| {
+                    let pid = r.pid.map_or("-".to_owned(), |p| p.to_string());
+                    [
+                        format!("{}/{}#{}", r.group, r.slot, r.generation),
+                        format!("pid {pid}"),
+                        format!("{} ms", r.age_ms),
+                        format!("{} {}", r.method, r.path),
+                    ]
+                })
+                .collect();
+            for line in columns(["worker", "pid", "age", "request"], &rows) {
+                out += &format!("  {line}\n");
+            }
+        }
+        None => {}
+    }
+    out += "\noptions in force:\n";
     let rows: Vec<[String; 3]> = match options {
         Some(options) => options
             .iter()
@@ -149,8 +178,13 @@ pub(crate) fn status_text(info: &MasterInfo, options: Option<&[OptionRow]>) -> S
 }
 
 /// `status --json`: the master's fields, with `options` as objects that say where each value
-/// came from (`{"name": "grace", "value": "3s", "source": "env", "var": "CLUSTER_GRACE"}`).
-pub(crate) fn status_json(info: &MasterInfo, options: Option<&[OptionRow]>) -> Value {
+/// came from (`{"name": "grace", "value": "3s", "source": "env", "var": "CLUSTER_GRACE"}`), and
+/// `slow_requests` (`null` from a master too old to say).
+pub(crate) fn status_json(
+    info: &MasterInfo,
+    options: Option<&[OptionRow]>,
+    slow: Option<&[SlowRequestRow]>,
+) -> Value {
     let options: Vec<Value> = match options {
         Some(options) => options.iter().map(option_json).collect(),
         None => info
@@ -173,6 +207,23 @@ pub(crate) fn status_json(info: &MasterInfo, options: Option<&[OptionRow]>) -> V
         "reloads_total": info.reloads_total,
     });
     value["options"] = Value::Array(options);
+    value["slow_requests"] = match slow {
+        Some(slow) => slow
+            .iter()
+            .map(|r| {
+                json!({
+                    "group": r.group,
+                    "slot": r.slot,
+                    "pid": r.pid,
+                    "generation": r.generation,
+                    "method": r.method,
+                    "path": r.path,
+                    "age_ms": r.age_ms,
+                })
+            })
+            .collect(),
+        None => Value::Null,
+    };
     value
 }
 

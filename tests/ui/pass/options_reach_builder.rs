@@ -67,6 +67,8 @@ mod stand_in {
     status_token = "s3cr3t-Token_1",
     min_ready = 0,
     worker_prefix_logs = false,
+    autoscale = "2..8",
+    autoscale_up_lag = "50ms",
 )]
 fn every_option() {
     #[worker]
@@ -134,6 +136,8 @@ fn main() {
     );
     assert_eq!(o.min_ready(), 0);
     assert!(!o.worker_prefix_logs());
+    assert_eq!(o.autoscale(), Some(cluster::options::Autoscale::new(2, 8)));
+    assert_eq!(o.autoscale_up_lag(), Some(Duration::from_millis(50)));
     assert!(o.validate().is_ok());
 
     let o = ran_with(other_spellings);

@@ -54,6 +54,12 @@ struct RestartLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AutoscaleLabels {
+    group: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -98,6 +104,25 @@ pub(super) fn cluster_metrics(status: &ClusterStatus) -> String {
         "Workers replaced while alive (the replacement ready first; never counted as restarts), by slot and reason: memory, unread_channel, max_requests, max_lifetime",
         by_slot_and_reason(&status.recycles),
     );
+
+    if !status.autoscale.is_empty() {
+        let decisions = Family::<AutoscaleLabels, Counter>::default();
+        for group in &status.autoscale {
+            for (direction, count) in [("up", group.decisions_up), ("down", group.decisions_down)] {
+                decisions
+                    .get_or_create(&AutoscaleLabels {
+                        group: group.group.clone(),
+                        direction,
+                    })
+                    .inc_by(count);
+            }
+        }
+        registry.register(
+            "cluster_autoscale_decisions",
+            "Changes of an autoscaled group's size, by group and direction: up, down",
+            decisions,
+        );
+    }
 
     let reloads = Counter::<u64>::default();
     reloads.inc_by(status.master.reloads_total);

@@ -91,6 +91,13 @@ fn every_option_round_trips_through_its_text() {
         .with_max_requests_jitter(500)
         .with_max_lifetime(Some(Duration::from_secs(3600)))
         .with_max_lifetime_jitter(Duration::from_secs(300))
+        .with_autoscale(Some(crate::Autoscale::new(2, 8)))
+        .with_autoscale_up_cpu(Some(150))
+        .with_autoscale_up_lag(None)
+        .with_autoscale_up_connections(Some(200))
+        .with_autoscale_up_window(Duration::from_secs(5))
+        .with_autoscale_down_window(Duration::from_secs(120))
+        .with_autoscale_cooldown(Duration::from_secs(30))
         .with_store_max_keys(10)
         .with_store_max_bytes(3 << 30)
         .with_store_subscriptions(2)
@@ -449,6 +456,10 @@ fn rust_expressions_of_values() {
         "::std::option::Option::Some(1024u64)"
     );
     assert_eq!(expr("min_ready", "0"), "0usize");
+    assert_eq!(
+        expr("autoscale", "2..8"),
+        "::std::option::Option::Some($crate::options::Autoscale::new(2usize, 8usize))"
+    );
     assert!(OptionSpec::find("count").unwrap().rust_expr("0").is_err());
 }
 
@@ -484,4 +495,58 @@ fn sticky_key_needs_a_source_and_names_that_are_tokens() {
             .unwrap(),
         "::std::option::Option::Some($crate::options::KeyName::new(\"sid\"))"
     );
+}
+
+#[test]
+fn autoscale_ranges_and_signals() {
+    use crate::{Autoscale, GroupOptions};
+    let mut o = Options::new();
+    o.set_from_str("autoscale", " 2..8 ").unwrap();
+    assert_eq!(o.autoscale(), Some(Autoscale::new(2, 8)));
+    for (text, says) in [
+        (
+            "8..2",
+            "minimum above its maximum; write MIN..MAX, such as 2..8",
+        ),
+        ("0..4", "use a minimum of at least 1"),
+        ("2-8", "expected MIN..MAX such as 2..8"),
+        ("..8", "expected MIN..MAX"),
+    ] {
+        let e = o.set_from_str("autoscale", text).unwrap_err().to_string();
+        assert!(e.contains(says), "{text}: {e}");
+    }
+    // Every signal off: the group could never grow.
+    let silent = Options::new()
+        .with_autoscale(Some(Autoscale::new(1, 4)))
+        .with_autoscale_up_cpu(None)
+        .with_autoscale_up_lag(None);
+    let (option, reason) = option_of(silent.validate());
+    assert_eq!(option, "autoscale");
+    assert!(reason.contains("could never grow"), "{reason}");
+    assert!(
+        silent
+            .clone()
+            .with_autoscale_up_connections(Some(50))
+            .validate()
+            .is_ok()
+    );
+    // Off, the signals' options do not matter.
+    assert!(silent.with_autoscale(None).validate().is_ok());
+    let (option, reason) = option_of(GroupOptions::new("web").with_autoscale(3, 2).validate());
+    assert_eq!(option, "autoscale");
+    assert!(
+        reason.starts_with("group `web`: autoscale 3..2"),
+        "{reason}"
+    );
+    assert_eq!(Autoscale::new(2, 4).clamp(1), 2);
+    assert_eq!(Autoscale::new(2, 4).clamp(9), 4);
+    assert_eq!(Autoscale::new(2, 4).clamp(3), 3);
+    let (option, _) = option_of(Options::new().with_autoscale_up_cpu(Some(0)).validate());
+    assert_eq!(option, "autoscale_up_cpu");
+    let (option, _) = option_of(
+        Options::new()
+            .with_autoscale_up_window(Duration::ZERO)
+            .validate(),
+    );
+    assert_eq!(option, "autoscale_up_window");
 }

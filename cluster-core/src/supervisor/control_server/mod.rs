@@ -29,7 +29,7 @@ use crate::{Error, ErrorKind, Result};
 mod changes;
 mod view;
 use changes::{reload, restart, scale, upgrade};
-use view::{master_info, rows, sample_cpu};
+use view::{master_info, rows, sample_cpu, slow_requests};
 
 /// At most this many control connections at once: one more is refused (see [`refuse_busy`]),
 /// so a client looping on connect cannot make the master hold unbounded tasks and buffers.
@@ -512,6 +512,10 @@ async fn answer(
         },
         Request::Options => match options(shared).await {
             Some(options) => Response::Options(options),
+            None => Response::Refused(GONE.to_owned()),
+        },
+        Request::SlowRequests => match status(shared).await {
+            Some(status) => Response::SlowRequests(slow_requests(&status)),
             None => Response::Refused(GONE.to_owned()),
         },
         Request::Reload { group, wait } => {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, status};
-use crate::control::protocol::{MasterInfo, OptionRow, WorkerRow};
+use crate::control::protocol::{MasterInfo, OptionRow, SlowRequestRow, WorkerRow};
 use crate::observe::status::ClusterStatus;
 
 pub(super) fn rows(status: &ClusterStatus, shared: &Shared) -> Vec<WorkerRow> {
@@ -40,6 +40,27 @@ pub(super) fn rows(status: &ClusterStatus, shared: &Shared) -> Vec<WorkerRow> {
             }
         })
         .collect()
+}
+
+/// Every worker's requests under way for over a second at its last heartbeat, oldest first.
+pub(super) fn slow_requests(status: &ClusterStatus) -> Vec<SlowRequestRow> {
+    let mut rows: Vec<SlowRequestRow> = status
+        .workers
+        .iter()
+        .flat_map(|w| {
+            w.slow_requests.iter().map(|r| SlowRequestRow {
+                group: w.group.clone(),
+                slot: w.slot,
+                pid: w.pid,
+                generation: w.generation,
+                method: r.method.clone(),
+                path: r.path.clone(),
+                age_ms: r.age_ms,
+            })
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
+    rows
 }
 
 fn state_text(state: crate::model::WorkerState) -> String {

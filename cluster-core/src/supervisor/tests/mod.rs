@@ -25,6 +25,7 @@ use crate::options::{GroupOptions, Options, Signal};
 use crate::protocol::{ToMaster, ToWorker};
 use crate::{Error, Result};
 
+mod autoscale;
 mod faults;
 mod notify;
 mod recycle;
@@ -108,6 +109,10 @@ struct World {
     received: BTreeMap<WorkerId, Vec<ToWorker>>,
     /// Resident bytes reported by the sampler, by pid.
     rss: BTreeMap<u32, u64>,
+    /// The cores every fake process uses from now on (`Harness::set_cpu`).
+    cpu_rate: f64,
+    /// Each process's CPU seconds at its last reading, and when: they grow at `cpu_rate`.
+    cpu: BTreeMap<u32, (f64, tokio::time::Instant)>,
     next_pid: u32,
 }
 
@@ -152,10 +157,16 @@ impl Launcher for Fake {
     }
 
     fn usage(&self, pid: u32) -> Option<Usage> {
-        let rss = world(&self.world).rss.get(&pid).copied().unwrap_or(1 << 20);
+        let mut w = world(&self.world);
+        let rss = w.rss.get(&pid).copied().unwrap_or(1 << 20);
+        let now = tokio::time::Instant::now();
+        let rate = w.cpu_rate;
+        let (seconds, at) = w.cpu.get(&pid).copied().unwrap_or((0.0, now));
+        let cpu_seconds = seconds + rate * (now - at).as_secs_f64();
+        w.cpu.insert(pid, (cpu_seconds, now));
         Some(Usage {
             rss_bytes: rss,
-            cpu_seconds: 0.0,
+            cpu_seconds,
         })
     }
 
@@ -282,6 +293,9 @@ fn describe(event: &RawEvent) -> String {
         RawEvent::ReloadFinished => "reload-finished".into(),
         RawEvent::ReloadFailed { .. } => "reload-failed".into(),
         RawEvent::Recycling { id, reason } => format!("recycling {id} {reason}"),
+        RawEvent::Autoscaled {
+            group, from, to, ..
+        } => format!("autoscaled {group} {from} -> {to}"),
         RawEvent::Message { from, .. } => format!("message {from}"),
         RawEvent::Request { from, .. } => format!("request {from}"),
     }
@@ -454,6 +468,18 @@ impl Harness {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Status { reply });
         rx.await.unwrap()
+    }
+
+    /// Every fake process uses `cores` from now on; the CPU used so far stays counted.
+    pub(super) fn set_cpu(&self, cores: f64) {
+        let mut w = world(&self.world);
+        let now = tokio::time::Instant::now();
+        let rate = w.cpu_rate;
+        for (seconds, at) in w.cpu.values_mut() {
+            *seconds += rate * (now - *at).as_secs_f64();
+            *at = now;
+        }
+        w.cpu_rate = cores;
     }
 
     pub(super) fn set_rss(&self, pid: u32, bytes: u64) {
