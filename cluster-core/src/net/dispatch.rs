@@ -165,7 +165,7 @@ impl InFlightTable {
         conn
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         lock(&self.map).len()
     }
 
@@ -259,6 +259,9 @@ pub(super) struct Dispatch {
     /// from now on). Only the loop ends: connections it accepted still go out, and the
     /// socket's queue is left to the new master.
     pub(super) stop: tokio_util::sync::CancellationToken,
+    /// The accept loop has ended: every connection it accepted is in the in-flight table (or
+    /// was handed out).
+    pub(super) stopped: std::sync::atomic::AtomicBool,
 }
 
 /// How the policy ranks the workers for one connection.
@@ -291,6 +294,7 @@ impl Dispatch {
             keys,
             peeking: Arc::new(Semaphore::new(MAX_PEEKING)),
             stop: tokio_util::sync::CancellationToken::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -522,6 +526,14 @@ impl Dispatch {
     /// paid over workers accepting themselves. A connection after a quiet spell goes out at
     /// once; a full round goes on at once too, since the queue is known not to be empty.
     pub(super) async fn accept_loop(self: Arc<Self>, listener: std::net::TcpListener) {
+        /// Says the loop ended however it returns.
+        struct Stopped<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let _stopped = Stopped(&self.stopped);
         let listener = match crate::sys::watch_listener(listener) {
             Ok(listener) => listener,
             Err(e) => {

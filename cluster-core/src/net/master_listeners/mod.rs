@@ -363,6 +363,18 @@ impl MasterListeners {
         }
     }
 
+    /// After [`MasterListeners::stop_accepting`]: whether every accept loop has ended and
+    /// every connection they accepted was taken by a worker (acknowledged), so that workers
+    /// may drain without leaving one behind that no other worker of this master would take.
+    pub(crate) fn quiet(&self) -> bool {
+        let loops_ended = self
+            .bound
+            .iter()
+            .filter_map(|b| b.dispatch.as_ref())
+            .all(|d| d.stopped.load(std::sync::atomic::Ordering::Acquire));
+        loops_ended && self.in_flight.len() == 0
+    }
+
     /// Open connections worker `id` has across all listeners, for status.
     pub(crate) fn open_connections(&self, id: &WorkerId) -> usize {
         self.bound

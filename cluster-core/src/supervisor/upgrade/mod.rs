@@ -99,6 +99,9 @@ pub(crate) struct Upgrades {
     pub(super) total: u64,
     /// The descriptors every child of this master inherits (see `Offer::passed_through`).
     pub(super) passed_through: Vec<i32>,
+    /// A new master took over: until then (at most), this one waits for its accept loops
+    /// to end and its workers to take what they accepted, then drains.
+    pub(super) quiescing: Option<tokio::time::Instant>,
 }
 
 impl Default for Upgrades {
@@ -114,6 +117,7 @@ impl Default for Upgrades {
             events_rx,
             total: 0,
             passed_through: Vec::new(),
+            quiescing: None,
         }
     }
 }
@@ -121,9 +125,12 @@ impl Default for Upgrades {
 impl Upgrades {
     /// Whether an upgrade is under way, on either side.
     pub(in crate::supervisor) fn under_way(&self) -> bool {
-        self.outgoing.is_some() || self.incoming.is_some()
+        self.outgoing.is_some() || self.incoming.is_some() || self.quiescing.is_some()
     }
 }
+
+/// How often the old master looks whether its workers took every connection it accepted.
+const QUIESCE_CHECK: Duration = Duration::from_millis(2);
 
 /// Why a request for an upgrade is refused now, if it is.
 pub(in crate::supervisor) const ONE_AT_A_TIME: &str =
@@ -173,11 +180,17 @@ impl<L: Launcher> Supervisor<L> {
     pub(in crate::supervisor) fn upgrade_deadline(&self) -> Option<tokio::time::Instant> {
         let outgoing = self.upgrade.outgoing.as_ref().map(|o| o.deadline);
         let incoming = self.upgrade.incoming.as_ref().and_then(Incoming::deadline);
-        outgoing.into_iter().chain(incoming).min()
+        // Acknowledgements are settled off the loop: while quiescing, look again soon.
+        let quiescing = self
+            .upgrade
+            .quiescing
+            .map(|until| until.min(tokio::time::Instant::now() + QUIESCE_CHECK));
+        outgoing.into_iter().chain(incoming).chain(quiescing).min()
     }
 
     /// The upgrade's deadline passed: given up, on whichever side this master is.
     pub(in crate::supervisor) async fn on_upgrade_timer(&mut self, now: tokio::time::Instant) {
+        self.quiesce(now);
         let timeout = self.options.upgrade_timeout();
         let min_ready = self.options.min_ready();
         if self

@@ -185,7 +185,25 @@ impl<L: Launcher> Supervisor<L> {
             let _ = waiter.send(Outcome::Done { pid, took });
         }
         self.upgrade.total += 1;
-        self.begin_stop(Stopping::Upgraded);
+        // The workers drain once every connection the accept loops took is theirs: one
+        // still on its way to a worker that drained would have no other worker to go to.
+        self.upgrade.quiescing = Some(Instant::now() + self.options.ack_timeout());
+    }
+
+    /// While the old master waits for its accept loops to end and its workers to take what
+    /// they accepted: stops the cluster once they have (or `ack_timeout` ran out).
+    pub(in crate::supervisor) fn quiesce(&mut self, now: Instant) {
+        let Some(until) = self.upgrade.quiescing else {
+            return;
+        };
+        if self.stopping.is_some() {
+            self.upgrade.quiescing = None;
+            return;
+        }
+        if self.listeners.quiet() || until <= now {
+            self.upgrade.quiescing = None;
+            self.begin_stop(Stopping::Upgraded);
+        }
     }
 
     /// The upgrade was given up (by the new master, its death, or the deadline): the new
