@@ -109,13 +109,19 @@
 mod accept;
 mod connection;
 mod deadline;
+mod detect;
 mod drain;
+mod http1;
+mod http2;
 mod options;
 mod proxy;
 mod readiness;
 mod server;
+mod service;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "tls")]
+mod tls;
 
 /// The HTTP body helpers the examples use (`Full`, `Empty`, ...), re-exported so that
 /// `cluster` is the only dependency an app needs.
@@ -149,8 +155,19 @@ pub use hyper;
 /// ```
 pub use tokio_util::sync::CancellationToken;
 
+/// rustls, whose `ServerConfig` [`TlsOptions::from_config`] takes (feature `tls`).
+///
+/// ```
+/// let provider = cluster::http::rustls::crypto::ring::default_provider();
+/// # let _ = provider;
+/// ```
+#[cfg(feature = "tls")]
+pub use rustls;
+
 pub use accept::Accept;
 pub use options::{DrainOptions, PeerAddr, ServeStats};
 pub use proxy::ProxiedAddr;
 pub use readiness::{Phase, Readiness};
 pub use server::{serve, serve_service, serve_tower};
+#[cfg(feature = "tls")]
+pub use tls::TlsOptions;

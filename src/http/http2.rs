@@ -1,0 +1,115 @@
+//! Serving one HTTP/2 connection and draining it with GOAWAY. Apart from HTTP/1.1's
+//! (`http1.rs`) because HTTP/2 drains differently: the server can tell the client to stop
+//! opening streams at any time, without a response to carry it and without a race.
+//!
+//! Draining calls hyper's `graceful_shutdown`, which does what RFC 9113 (section 6.8)
+//! advises, in the h2 crate (`proto::Connection::go_away_gracefully`, src/proto/connection.rs
+//! of h2 0.4, reached through hyper's `proto/h2/server.rs` `graceful_shutdown`): a GOAWAY with
+//! the largest stream id (2^31-1, NO_ERROR) and a PING; when the PING's acknowledgement comes
+//! back (one round trip, so that streams the client opened before it read the first GOAWAY
+//! have arrived), a second GOAWAY with the last stream id the server took. Streams up to that
+//! id are served to their end; the client retries any later one on a new connection, knowing
+//! the server never saw it. The connection closes by itself once its last stream is done.
+//!
+//! The deadlines of an HTTP/1.1 connection hold with HTTP/2 meanings: the header read
+//! timeout is the idle deadline (no stream opened and none open for that long; the
+//! connection preface itself was read within it before this runs), and ends the connection
+//! with the same graceful GOAWAY; the write timeout ends a connection whose client stopped
+//! reading. The quiet period, once draining, closes a connection that got its GOAWAY, has no
+//! stream open and stays silent that long (a client that never acknowledges the PING would
+//! otherwise keep it to `max_drain`). `max_drain` ends a client that keeps opening streams
+//! regardless. The request timeout is each stream's (`service.rs`), since streams run at once.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::connection::{BoxError, Peer, Shared, sleep_until_some};
+use super::deadline::{Deadlines, Expired};
+use super::drain::{ConnState, Tracked};
+use super::service::DrainService;
+
+/// Serves `io`, an HTTP/2 connection whose preface is still to be read, until it closes.
+pub(super) async fn serve<I, T, S, B>(
+    io: I,
+    conn: Arc<ConnState>,
+    peer: Peer<T>,
+    shared: Arc<Shared<S>>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let service = DrainService {
+        shared: Arc::clone(&shared),
+        conn: Arc::clone(&conn),
+        peer: Arc::new(peer.addr),
+        proxied: peer.proxied,
+        http2: true,
+    };
+    let io = TokioIo::new(Tracked {
+        io,
+        conn: Arc::clone(&conn),
+    });
+    let mut http = shared.http2.serve_connection(io, service);
+    // No request deadline here: each stream keeps its own.
+    let mut deadlines = Deadlines::new(
+        shared.header_read_timeout,
+        shared.write_timeout,
+        None,
+        Instant::now(),
+    );
+    let mut draining = false;
+    // The GOAWAY went out for idleness; the next expiry closes without waiting further.
+    let mut idle_goaway = false;
+    loop {
+        let quiet_until = draining.then(|| conn.quiet_until(shared.quiet));
+        let next_check = deadlines.next();
+        tokio::select! {
+            // Ends once the GOAWAY's last stream is done (or the client closed, or failed).
+            _ = &mut http => return,
+            () = shared.drain.cancelled(), if !draining => {
+                conn.start_draining();
+                draining = true;
+                std::pin::Pin::new(&mut http).graceful_shutdown();
+            }
+            () = sleep_until_some(quiet_until), if draining => {
+                if conn.is_quiet(shared.quiet) {
+                    // The GOAWAY is out and nothing is under way: dropping the connection
+                    // loses nothing.
+                    shared.closed_idle.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            () = sleep_until_some(next_check), if next_check.is_some() => {
+                let now = Instant::now();
+                match deadlines.check(&conn, now) {
+                    None | Some(Expired::Request) => {}
+                    Some(Expired::Header) if !idle_goaway => {
+                        shared.closed_header_timeout.fetch_add(1, Ordering::Relaxed);
+                        idle_goaway = true;
+                        std::pin::Pin::new(&mut http).graceful_shutdown();
+                        deadlines.postpone(now);
+                    }
+                    // Still there a period after its GOAWAY: its client does not answer.
+                    Some(Expired::Header) => return,
+                    Some(Expired::Write) => {
+                        shared.closed_write_timeout.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
