@@ -2,7 +2,9 @@
 //! (`http1.rs`) because HTTP/2 drains differently: the server can tell the client to stop
 //! opening streams at any time, without a response to carry it and without a race.
 //!
-//! Draining calls hyper's `graceful_shutdown`, which does what RFC 9113 (section 6.8)
+//! Draining calls hyper's `graceful_shutdown` (at once on a connection that has had a
+//! stream; at its first stream, or after a quiet period without one, on a connection that
+//! had none), which does what RFC 9113 (section 6.8)
 //! advises, in the h2 crate (`proto::Connection::go_away_gracefully`, src/proto/connection.rs
 //! of h2 0.4, reached through hyper's `proto/h2/server.rs` `graceful_shutdown`): a GOAWAY with
 //! the largest stream id (2^31-1, NO_ERROR) and a PING; when the PING's acknowledgement comes
@@ -20,8 +22,9 @@
 //! otherwise keep it to `max_drain`). `max_drain` ends a client that keeps opening streams
 //! regardless. The request timeout is each stream's (`service.rs`), since streams run at once.
 
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
@@ -71,6 +74,13 @@ pub(super) async fn serve<I, T, S, B>(
         Instant::now(),
     );
     let mut draining = false;
+    // Draining began before the client opened its first stream (a connection taken from the
+    // queue when draining started, or one that just connected): its GOAWAY waits for that
+    // stream, as an HTTP/1.1 connection's `Connection: close` waits for its first response,
+    // so that a client which sent nothing yet is served once rather than refused. Checked
+    // after each poll of the connection: a flag load, nothing per stream. (An atomic only
+    // because the task must be `Send`; one task uses it.)
+    let goaway_at_first_stream = AtomicBool::new(false);
     // The GOAWAY went out for idleness; the next expiry closes without waiting further.
     let mut idle_goaway = false;
     loop {
@@ -78,14 +88,34 @@ pub(super) async fn serve<I, T, S, B>(
         let next_check = deadlines.next();
         tokio::select! {
             // Ends once the GOAWAY's last stream is done (or the client closed, or failed).
-            _ = &mut http => return,
+            _ = poll_fn(|cx| {
+                let polled = std::pin::Pin::new(&mut http).poll(cx);
+                if goaway_at_first_stream.load(Ordering::Relaxed) && conn.heads.load(Ordering::Relaxed) > 0 {
+                    goaway_at_first_stream.store(false, Ordering::Relaxed);
+                    std::pin::Pin::new(&mut http).graceful_shutdown();
+                    // Polled again at once, to write the GOAWAY.
+                    cx.waker().wake_by_ref();
+                }
+                polled
+            }) => return,
             () = shared.drain.cancelled(), if !draining => {
                 conn.start_draining();
                 draining = true;
-                std::pin::Pin::new(&mut http).graceful_shutdown();
+                if conn.heads.load(Ordering::Relaxed) > 0 {
+                    std::pin::Pin::new(&mut http).graceful_shutdown();
+                } else {
+                    goaway_at_first_stream.store(true, Ordering::Relaxed);
+                }
             }
             () = sleep_until_some(quiet_until), if draining => {
                 if conn.is_quiet(shared.quiet) {
+                    if goaway_at_first_stream.swap(false, Ordering::Relaxed) {
+                        // Not one stream in a whole quiet period: the GOAWAY goes now, and
+                        // the connection gets another period to close by itself.
+                        std::pin::Pin::new(&mut http).graceful_shutdown();
+                        conn.start_draining();
+                        continue;
+                    }
                     // The GOAWAY is out and nothing is under way: dropping the connection
                     // loses nothing.
                     shared.closed_idle.fetch_add(1, Ordering::Relaxed);
@@ -99,6 +129,7 @@ pub(super) async fn serve<I, T, S, B>(
                     Some(Expired::Header) if !idle_goaway => {
                         shared.closed_header_timeout.fetch_add(1, Ordering::Relaxed);
                         idle_goaway = true;
+                        goaway_at_first_stream.store(false, Ordering::Relaxed);
                         std::pin::Pin::new(&mut http).graceful_shutdown();
                         deadlines.postpone(now);
                     }
