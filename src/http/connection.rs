@@ -1,79 +1,25 @@
 //! One connection's task, up to the protocol's server: the PROXY header, the TLS handshake
 //! (feature `tls`), which HTTP it speaks (ALPN under TLS, the preface otherwise), then
-//! `http1.rs` or `http2.rs` serves it. Also the state that the accept loop shares with
-//! every connection. Apart from the accept loop (`server.rs`) because everything here runs
-//! once per connection, in that connection's task.
+//! `http1.rs` or `http2.rs` serves it. Apart from the accept loop (`server.rs`) because
+//! everything here runs once per connection, in that connection's task.
 
-use std::error::Error as StdError;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
-use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::detect::{Protocol, Rewind, sniff};
 use super::drain::ConnState;
 use super::proxy::{ProxiedAddr, read_header};
-
-pub(super) type BoxError = Box<dyn StdError + Send + Sync>;
+use super::shared::{BoxError, Peer, Shared, close_now};
 
 /// The bound on a PROXY header's arrival when `header_read_timeout` is off, and on the first
 /// bytes that tell the protocol.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The bound on shutting a connection closed by a deadline.
-const CLOSE_NOW: Duration = Duration::from_secs(1);
-
-/// State that the accept loop shares with every connection task.
-pub(super) struct Shared<S> {
-    pub(super) service: S,
-    pub(super) http1: http1::Builder,
-    pub(super) http2: http2::Builder<TokioExecutor>,
-    /// With [`DrainOptions::tls`](crate::http::DrainOptions::tls): the handshake's acceptor.
-    #[cfg(feature = "tls")]
-    pub(super) tls: Option<super::tls::Acceptor>,
-    /// Cancelled when draining starts (after the shutdown delay).
-    pub(super) drain: CancellationToken,
-    /// Set with `drain`, for the per-response check: the token's own `is_cancelled` takes
-    /// a lock.
-    pub(super) draining: AtomicBool,
-    pub(super) quiet: Duration,
-    /// See [`DrainOptions::header_read_timeout`](crate::http::DrainOptions::header_read_timeout).
-    pub(super) header_read_timeout: Option<Duration>,
-    /// See [`DrainOptions::write_timeout`](crate::http::DrainOptions::write_timeout).
-    pub(super) write_timeout: Option<Duration>,
-    /// See [`DrainOptions::request_timeout`](crate::http::DrainOptions::request_timeout).
-    pub(super) request_timeout: Option<Duration>,
-    /// See [`DrainOptions::peer_addr`](crate::http::DrainOptions::peer_addr).
-    pub(super) peer_addr: bool,
-    /// See [`DrainOptions::proxy_protocol`](crate::http::DrainOptions::proxy_protocol).
-    pub(super) proxy_protocol: bool,
-    /// Origin of [`ConnState::last_io`].
-    pub(super) epoch: Instant,
-    pub(super) requests: AtomicU64,
-    pub(super) http2_connections: AtomicU64,
-    pub(super) closed_idle: AtomicU64,
-    pub(super) closed_after_response: AtomicU64,
-    pub(super) closed_header_timeout: AtomicU64,
-    pub(super) refused_proxy_header: AtomicU64,
-    pub(super) closed_write_timeout: AtomicU64,
-    pub(super) requests_timed_out: AtomicU64,
-    pub(super) tls_handshake_timeouts: AtomicU64,
-    pub(super) tls_handshake_errors: AtomicU64,
-}
-
-/// What one connection's task needs from the connection besides its bytes.
-pub(super) struct Peer<T> {
-    pub(super) addr: T,
-    pub(super) proxied: Option<ProxiedAddr>,
-}
 
 /// Serves one connection until it closes: normally, then draining once `shared.drain`
 /// fires.
@@ -177,21 +123,5 @@ where
             shared.closed_idle.fetch_add(1, Ordering::Relaxed);
             None
         }
-    }
-}
-
-/// Shuts the write side and returns, dropping the socket. Bounded, since an `Io` that has
-/// something to send on shutdown (a TLS close notification) would wait on the very client
-/// that stopped reading.
-pub(super) async fn close_now<I: AsyncWrite + Unpin>(mut io: I) {
-    let _ = tokio::time::timeout(CLOSE_NOW, io.shutdown()).await;
-}
-
-/// Sleeps until `deadline`; never returns without one (its `select!` branch is disabled
-/// then).
-pub(super) async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

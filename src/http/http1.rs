@@ -15,10 +15,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::connection::{BoxError, Peer, Shared, close_now, sleep_until_some};
 use super::deadline::{Deadlines, Expired};
 use super::drain::{ConnState, Tracked, linger};
 use super::service::{DrainService, log_timeout};
+use super::shared::{BoxError, Peer, Shared, close_now, sleep_until_some};
 
 /// Serves `io`, an HTTP/1.1 connection, until it closes.
 pub(super) async fn serve<I, T, S, B>(

@@ -3,8 +3,8 @@
 //! opening streams at any time, without a response to carry it and without a race.
 //!
 //! Draining calls hyper's `graceful_shutdown` (at once on a connection that has had a
-//! stream; at its first stream, or after a quiet period without one, on a connection that
-//! had none), which does what RFC 9113 (section 6.8)
+//! stream; once its first streams are answered, or after a quiet period without one, on a
+//! connection that had none), which does what RFC 9113 (section 6.8)
 //! advises, in the h2 crate (`proto::Connection::go_away_gracefully`, src/proto/connection.rs
 //! of h2 0.4, reached through hyper's `proto/h2/server.rs` `graceful_shutdown`): a GOAWAY with
 //! the largest stream id (2^31-1, NO_ERROR) and a PING; when the PING's acknowledgement comes
@@ -33,10 +33,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::connection::{BoxError, Peer, Shared, sleep_until_some};
 use super::deadline::{Deadlines, Expired};
 use super::drain::{ConnState, Tracked};
 use super::service::DrainService;
+use super::shared::{BoxError, Peer, Shared, sleep_until_some};
 
 /// Serves `io`, an HTTP/2 connection whose preface is still to be read, until it closes.
 pub(super) async fn serve<I, T, S, B>(
@@ -75,9 +75,11 @@ pub(super) async fn serve<I, T, S, B>(
     );
     let mut draining = false;
     // Draining began before the client opened its first stream (a connection taken from the
-    // queue when draining started, or one that just connected): its GOAWAY waits for that
-    // stream, as an HTTP/1.1 connection's `Connection: close` waits for its first response,
-    // so that a client which sent nothing yet is served once rather than refused. Checked
+    // queue when draining started, or one that just connected): its GOAWAY waits until its
+    // first streams are answered, as an HTTP/1.1 connection's `Connection: close` waits for
+    // its first response, so that a client which sent nothing yet is served once rather
+    // than refused. (A client may have queued its first streams without writing them all
+    // yet; a GOAWAY then would make it drop those it had not sent.) Checked
     // after each poll of the connection: a flag load, nothing per stream. (An atomic only
     // because the task must be `Send`; one task uses it.)
     let goaway_at_first_stream = AtomicBool::new(false);
@@ -90,7 +92,10 @@ pub(super) async fn serve<I, T, S, B>(
             // Ends once the GOAWAY's last stream is done (or the client closed, or failed).
             _ = poll_fn(|cx| {
                 let polled = std::pin::Pin::new(&mut http).poll(cx);
-                if goaway_at_first_stream.load(Ordering::Relaxed) && conn.heads.load(Ordering::Relaxed) > 0 {
+                if goaway_at_first_stream.load(Ordering::Relaxed)
+                    && conn.heads.load(Ordering::Relaxed) > 0
+                    && conn.busy.load(Ordering::Relaxed) == 0
+                {
                     goaway_at_first_stream.store(false, Ordering::Relaxed);
                     std::pin::Pin::new(&mut http).graceful_shutdown();
                     // Polled again at once, to write the GOAWAY.

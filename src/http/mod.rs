@@ -1,4 +1,13 @@
-//! HTTP/1.1 serving (hyper 1) that drains without losing requests.
+//! HTTP/1.1 and HTTP/2 serving (hyper 1), over TLS with the feature `tls`, that drains
+//! without losing requests.
+//!
+//! Every connection speaks either: HTTP/2 with prior knowledge in plain text (told by its
+//! preface), or what ALPN chose under TLS (`TlsOptions`, whose handshake runs in the
+//! connection's task within its timeout). The steps below are HTTP/1.1's; an HTTP/2
+//! connection drains with a graceful GOAWAY instead of `Connection: close` (a GOAWAY with
+//! the largest stream id and a PING, then the real last stream id one round trip later; see
+//! the README's "HTTP/2 and TLS"), under the same shutdown delay, quiet period, deadlines and
+//! `max_drain`.
 //!
 //! A worker told to stop must not close a keep-alive connection on which the client has
 //! already sent its next request: that request is lost (Node and PM2 lose dozens per rolling
@@ -104,8 +113,12 @@
 
 // The parts, bottom to top; each uses only those above it in this list: where connections
 // come from (`accept`), what a server reports (`readiness`), what a caller gives and gets
-// (`options`), the PROXY header a connection may start with (`proxy`), how one connection drains (`drain`), its deadlines (`deadline`), one
-// connection's task (`connection`), and the accept loop that runs them (`server`).
+// (`options`), the PROXY header a connection may start with (`proxy`), how one connection
+// drains (`drain`), its deadlines (`deadline`), which HTTP it speaks (`detect`), the app's
+// service as a connection serves it (`service`), HTTP/1.1's and HTTP/2's serving loops
+// (`http1`, `http2`), TLS (`tls`), all over what the accept loop shares with them
+// (`shared`); one connection's task (`connection`, which picks a loop), and the accept loop
+// that runs them (`server`).
 mod accept;
 mod connection;
 mod deadline;
@@ -118,6 +131,7 @@ mod proxy;
 mod readiness;
 mod server;
 mod service;
+mod shared;
 #[cfg(test)]
 mod tests;
 #[cfg(feature = "tls")]

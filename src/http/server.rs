@@ -20,9 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::accept::{Accept, AcceptFailure};
-use super::connection::{BoxError, Shared, serve_connection};
+use super::connection::serve_connection;
 use super::options::{DrainOptions, ServeStats};
 use super::readiness::Phase;
+use super::shared::{BoxError, Shared};
 
 /// Pause after an accept error that means the process is out of something (descriptors,
 /// memory): retrying at once would spin.

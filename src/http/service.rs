@@ -23,10 +23,10 @@ use hyper::service::Service;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use tokio::time::{Instant, Sleep};
 
-use super::connection::{BoxError, Shared};
 use super::drain::{ConnState, is_clients_last};
 use super::options::PeerAddr;
 use super::proxy::ProxiedAddr;
+use super::shared::{BoxError, Shared};
 
 /// The app's service, wrapped to count requests, mark the connection busy until each
 /// response is sent, and close HTTP/1.1 connections through their next response once
