@@ -71,6 +71,8 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// `TLS_CERT` and `TLS_KEY`, and the handshake timeout: the files are read by each worker.
 #[derive(Clone)]
+// Without the `tls` feature only its presence is checked (main refuses to start).
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 struct Tls {
     cert: String,
     key: String,
