@@ -15,6 +15,9 @@
 #                          product's reference: a ratio but no goal. In the default TARGETS only
 #                          when `node` is installed; asked for without it, they are n/a.
 # Modes: keep-alive, and connection-per-request (`Connection: close` on every request).
+# Then bench/http2.sh (H2_TLS=1, the default; 0 skips it) adds its HTTP/2 and TLS sections with
+# h2load against baselines of their own (bench/baseline_h2.rs, bench/baseline_tls.rs), with the
+# same ROUNDS, DURATION, CONNS, THREADS, WORKERS, START_TIMEOUT and SESSION.
 #
 # Each round starts every target in turn (rotating the order), runs both modes with wrk against
 # it and stops it, so that drift of the machine (thermal, noisy neighbours) hits every target
@@ -477,3 +480,11 @@ for t in "${TARGET_LIST[@]}"; do
 done
 echo "took $((SECONDS - START)) s of runs (load average now $(cut -d' ' -f1-3 /proc/loadavg));" \
     "raw wrk output and server logs in $OUT"
+
+# ---- the HTTP/2 and TLS sections ----------------------------------------------------------
+if [[ ${H2_TLS:-1} == 1 ]]; then
+    echo
+    ROUNDS=$ROUNDS DURATION=$DURATION CONNS=$CONNS THREADS=$THREADS WORKERS=$WORKERS \
+        START_TIMEOUT=$START_TIMEOUT SESSION=$SESSION CARGO_TARGET_DIR=$TARGET_DIR \
+        bash bench/http2.sh
+fi

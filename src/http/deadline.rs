@@ -100,6 +100,12 @@ impl Deadlines {
         self.next
     }
 
+    /// Checks again one period after `now`, after an expiry that did not close the
+    /// connection at once (HTTP/2's idle GOAWAY, which waits for its client).
+    pub(super) fn postpone(&mut self, now: Instant) {
+        self.next = self.period.map(|p| now + p);
+    }
+
     /// The timer fired at `now`: whether a deadline has passed. Re-arms the timer otherwise.
     pub(super) fn check(&mut self, conn: &ConnState, now: Instant) -> Option<Expired> {
         if let Some(timeout) = self.write_timeout {

@@ -1,4 +1,13 @@
-//! HTTP/1.1 serving (hyper 1) that drains without losing requests.
+//! HTTP/1.1 and HTTP/2 serving (hyper 1), over TLS with the feature `tls`, that drains
+//! without losing requests.
+//!
+//! Every connection speaks either: HTTP/2 with prior knowledge in plain text (told by its
+//! preface), or what ALPN chose under TLS (`TlsOptions`, whose handshake runs in the
+//! connection's task within its timeout). The steps below are HTTP/1.1's; an HTTP/2
+//! connection drains with a graceful GOAWAY instead of `Connection: close` (a GOAWAY with
+//! the largest stream id and a PING, then the real last stream id one round trip later; see
+//! the README's "HTTP/2 and TLS"), under the same shutdown delay, quiet period, deadlines and
+//! `max_drain`.
 //!
 //! A worker told to stop must not close a keep-alive connection on which the client has
 //! already sent its next request: that request is lost (Node and PM2 lose dozens per rolling
@@ -104,19 +113,29 @@
 
 // The parts, bottom to top; each uses only those above it in this list: where connections
 // come from (`accept`), what a server reports (`readiness`), what a caller gives and gets
-// (`options`), the PROXY header a connection may start with (`proxy`), how one connection drains (`drain`), its deadlines (`deadline`), a
-// future polled only once it woke (`woken`), one
-// connection's task (`connection`), and the accept loop that runs them (`server`).
+// (`options`), the PROXY header a connection may start with (`proxy`), how one connection
+// drains (`drain`), its deadlines (`deadline`), which HTTP it speaks (`detect`), the app's
+// service as a connection serves it (`service`), HTTP/1.1's and HTTP/2's serving loops
+// (`http1`, `http2`), TLS (`tls`), all over what the accept loop shares with them
+// (`shared`); a future polled only once it woke (`woken`); one connection's task
+// (`connection`, which picks a loop), and the accept loop that runs them (`server`).
 mod accept;
 mod connection;
 mod deadline;
+mod detect;
 mod drain;
+mod http1;
+mod http2;
 mod options;
 mod proxy;
 mod readiness;
 mod server;
+mod service;
+mod shared;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "tls")]
+mod tls;
 mod woken;
 
 /// The HTTP body helpers the examples use (`Full`, `Empty`, ...), re-exported so that
@@ -151,8 +170,19 @@ pub use hyper;
 /// ```
 pub use tokio_util::sync::CancellationToken;
 
+/// rustls, whose `ServerConfig` [`TlsOptions::from_config`] takes (feature `tls`).
+///
+/// ```
+/// let provider = cluster::http::rustls::crypto::ring::default_provider();
+/// # let _ = provider;
+/// ```
+#[cfg(feature = "tls")]
+pub use rustls;
+
 pub use accept::Accept;
 pub use options::{DrainOptions, PeerAddr, ServeStats};
 pub use proxy::ProxiedAddr;
 pub use readiness::{Phase, Readiness};
 pub use server::{serve, serve_service, serve_tower};
+#[cfg(feature = "tls")]
+pub use tls::TlsOptions;

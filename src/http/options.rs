@@ -63,6 +63,8 @@ pub struct DrainOptions {
     pub(super) max_connections: Option<usize>,
     pub(super) peer_addr: bool,
     pub(super) proxy_protocol: bool,
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<super::tls::TlsOptions>,
 }
 
 impl Default for DrainOptions {
@@ -78,6 +80,8 @@ impl Default for DrainOptions {
             max_connections: None,
             peer_addr: true,
             proxy_protocol: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -259,6 +263,25 @@ impl DrainOptions {
         self
     }
 
+    /// Serve TLS (feature `tls`): every connection's handshake runs in its own task, after
+    /// the hand-over and the PROXY header if any, within
+    /// [`TlsOptions::handshake_timeout`](crate::http::TlsOptions::handshake_timeout); ALPN
+    /// then chooses HTTP/2 or HTTP/1.1. Default `None`: plain text (HTTP/1.1, and HTTP/2
+    /// with prior knowledge).
+    ///
+    /// ```no_run
+    /// use cluster::http::{DrainOptions, TlsOptions};
+    ///
+    /// let options = DrainOptions::new().tls(TlsOptions::from_pem("cert.pem", "key.pem")?);
+    /// # let _ = options;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: impl Into<Option<super::tls::TlsOptions>>) -> Self {
+        self.tls = tls.into();
+        self
+    }
+
     /// The handle on which [`serve`] reports its [`Phase`].
     ///
     /// ```
@@ -290,24 +313,34 @@ impl DrainOptions {
 pub struct ServeStats {
     /// Connections accepted, including `queued`.
     pub connections: u64,
-    /// Requests handed to the service.
+    /// Requests handed to the service (HTTP/2 streams included).
     pub requests: u64,
+    /// Connections that spoke HTTP/2 (prior knowledge, or ALPN `h2` under TLS).
+    pub http2_connections: u64,
     /// Connections taken from the listener's queue after accepting stopped.
     pub queued: u64,
-    /// Connections the drain closed after their quiet period.
+    /// Connections the drain closed after their quiet period (HTTP/2: after their GOAWAY,
+    /// with no stream open).
     pub closed_idle: u64,
     /// Responses given `Connection: close` because of the drain (each ends its connection).
     pub closed_after_response: u64,
     /// Connections dropped still open when `max_drain` elapsed.
     pub aborted: u64,
     /// Connections closed by `header_read_timeout`: an unfinished request head, or idle
-    /// between requests.
+    /// between requests (HTTP/2: no stream opened, sent a GOAWAY).
     pub closed_header_timeout: u64,
     /// With [`DrainOptions::proxy_protocol`]: connections closed unserved because they did
     /// not start with a valid PROXY header within `header_read_timeout`.
     pub refused_proxy_header: u64,
     /// Connections closed by `write_timeout`: their client stopped reading a response.
     pub closed_write_timeout: u64,
-    /// Requests ended by `request_timeout` (answered 503, or their connection closed).
+    /// Requests ended by `request_timeout` (answered 503, or their connection closed; an
+    /// HTTP/2 stream reset).
     pub requests_timed_out: u64,
+    /// With TLS: connections closed because their handshake did not finish within
+    /// [`TlsOptions::handshake_timeout`](crate::http::TlsOptions::handshake_timeout).
+    pub tls_handshake_timeouts: u64,
+    /// With TLS: connections whose handshake failed (no common protocol version or cipher,
+    /// not TLS at all, an unknown certificate authority to the client).
+    pub tls_handshake_errors: u64,
 }

@@ -10,18 +10,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
 use hyper::{Request, Response};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::service::TowerToHyperService;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::accept::{Accept, AcceptFailure};
-use super::connection::{BoxError, Shared, serve_connection};
+use super::connection::serve_connection;
 use super::options::{DrainOptions, ServeStats};
 use super::readiness::Phase;
+use super::shared::{BoxError, Shared};
 
 /// Pause after an accept error that means the process is out of something (descriptors,
 /// memory): retrying at once would spin.
@@ -30,7 +32,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// new connections cannot keep a draining server accepting forever.
 const MAX_QUEUED: usize = 4096;
 
-/// Serves HTTP/1.1 on `listener` with a handler function until `shutdown` fires, then drains
+/// Serves HTTP/1.1 and HTTP/2 on `listener` with a handler function until `shutdown` fires, then drains
 /// (see the [module documentation](crate::http)) and returns what it did.
 ///
 /// The handler gets each request with its connection's [`PeerAddr`] in the extensions.
@@ -202,14 +204,23 @@ where
         max_connections,
         peer_addr,
         proxy_protocol,
+        #[cfg(feature = "tls")]
+        tls,
     } = options;
     // No timer for hyper: its header read timeout arms (and boxes, and cancels) a timer for
     // every request, which cost keep-alive serving about a tenth of its CPU per request.
     // `serve_connection` keeps one timer per connection instead.
-    let builder = http1::Builder::new();
+    let http1 = http1::Builder::new();
+    // hyper's HTTP/2 defaults (200 concurrent streams per connection, flow control windows,
+    // the h2 crate's limits on resets); each stream's service future runs in a task of its
+    // own, spawned on this runtime.
+    let http2 = http2::Builder::new(TokioExecutor::new());
     let shared = Arc::new(Shared {
         service,
-        builder,
+        http1,
+        http2,
+        #[cfg(feature = "tls")]
+        tls: tls.map(|tls| tls.acceptor()),
         drain: CancellationToken::new(),
         draining: AtomicBool::new(false),
         quiet: quiet_period,
@@ -220,12 +231,15 @@ where
         proxy_protocol,
         epoch: Instant::now(),
         requests: AtomicU64::new(0),
+        http2_connections: AtomicU64::new(0),
         closed_idle: AtomicU64::new(0),
         closed_after_response: AtomicU64::new(0),
         closed_header_timeout: AtomicU64::new(0),
         refused_proxy_header: AtomicU64::new(0),
         closed_write_timeout: AtomicU64::new(0),
         requests_timed_out: AtomicU64::new(0),
+        tls_handshake_timeouts: AtomicU64::new(0),
+        tls_handshake_errors: AtomicU64::new(0),
     });
     let max_connections = max_connections.unwrap_or(usize::MAX);
     let mut stats = ServeStats::default();
@@ -322,6 +336,9 @@ where
     stats.refused_proxy_header = shared.refused_proxy_header.load(Ordering::Relaxed);
     stats.closed_write_timeout = shared.closed_write_timeout.load(Ordering::Relaxed);
     stats.requests_timed_out = shared.requests_timed_out.load(Ordering::Relaxed);
+    stats.http2_connections = shared.http2_connections.load(Ordering::Relaxed);
+    stats.tls_handshake_timeouts = shared.tls_handshake_timeouts.load(Ordering::Relaxed);
+    stats.tls_handshake_errors = shared.tls_handshake_errors.load(Ordering::Relaxed);
     match failure {
         Some(e) => Err(e),
         None => Ok(stats),

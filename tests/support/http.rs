@@ -69,6 +69,18 @@ impl HttpCluster {
         Self::start_on(program, workers, policy, true, &[])
     }
 
+    /// Starts `program` like [`HttpCluster::start_with_env`] but does not wait for it: for a
+    /// cluster that the plain HTTP/1.1 probes cannot reach (TLS), which the test then waits
+    /// for with a client of its own.
+    pub(crate) fn spawn_unprobed(
+        program: &Path,
+        workers: usize,
+        policy: &str,
+        env: &[(&str, &str)],
+    ) -> HttpCluster {
+        Self::spawn(program, workers, policy, (free_port(), None), env)
+    }
+
     fn start_on(
         program: &Path,
         workers: usize,

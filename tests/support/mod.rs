@@ -203,6 +203,9 @@ pub(crate) fn example(name: &str) -> PathBuf {
         if cfg!(feature = "postcard") {
             features.push("postcard");
         }
+        if cfg!(feature = "tls") {
+            features.push("tls");
+        }
         let mut build = Command::new(env!("CARGO"));
         build
             .args([

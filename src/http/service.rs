@@ -1,0 +1,327 @@
+//! The app's service as a connection serves it ([`DrainService`]): each request counted,
+//! its connection marked busy until the response is sent, `Connection: close` on HTTP/1.1
+//! responses once draining, and the request timeout. Apart from the connection's task
+//! because this runs once per request (per stream with HTTP/2, in the stream's own task).
+//!
+//! HTTP/1.1 serves one request at a time per connection, so its request timeout and its
+//! entry in the worker's slow-request reports are the connection's (`ConnState`, checked by
+//! the connection's one timer). HTTP/2 streams run at once, each in a task of its own, so
+//! each stream has its own: a timer when `request_timeout` is set, and a registration in the
+//! worker's reports.
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use cluster_core::in_flight::{InFlightRegistration, InFlightSource};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{CONNECTION, HeaderValue};
+use hyper::service::Service;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use tokio::time::{Instant, Sleep};
+
+use super::drain::{ConnState, is_clients_last};
+use super::options::PeerAddr;
+use super::proxy::ProxiedAddr;
+use super::shared::{BoxError, Shared};
+
+/// The app's service, wrapped to count requests, mark the connection busy until each
+/// response is sent, and close HTTP/1.1 connections through their next response once
+/// draining.
+pub(super) struct DrainService<S, T> {
+    pub(super) shared: Arc<Shared<S>>,
+    pub(super) conn: Arc<ConnState>,
+    // In an `Arc` because hyper's `poll_without_shutdown` wants an `Unpin` service.
+    pub(super) peer: Arc<T>,
+    /// The client's address from the PROXY header, with `proxy_protocol`.
+    pub(super) proxied: Option<ProxiedAddr>,
+    /// Serving HTTP/2 streams rather than HTTP/1.1 requests.
+    pub(super) http2: bool,
+}
+
+impl<S, T, B> Service<Request<Incoming>> for DrainService<S, T>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    T: Clone + Send + Sync + 'static,
+    B: Body + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<DrainBody<B>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let number = self.conn.heads.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.requests.fetch_add(1, Ordering::Relaxed);
+        // The worker's count, for the master's `max_requests` recycling.
+        cluster_core::count_request();
+        let stream = self.http2.then(|| Stream::register(number, &req));
+        let busy = Busy::new(Arc::clone(&self.conn), stream);
+        let expires = self.shared.request_timeout.is_some();
+        if !self.http2 {
+            if expires {
+                self.conn.responded.store(false, Ordering::Relaxed);
+                self.conn.timed_out.store(false, Ordering::Relaxed);
+            }
+            if let Ok(mut current) = self.conn.request.lock() {
+                *current = Some((req.method().clone(), req.uri().clone()));
+            }
+            self.conn
+                .client_done
+                .store(is_clients_last(&req), Ordering::Relaxed);
+        }
+        if self.shared.peer_addr {
+            req.extensions_mut().insert(PeerAddr(T::clone(&self.peer)));
+        }
+        if let Some(proxied) = self.proxied {
+            req.extensions_mut().insert(proxied);
+        }
+        let response = self.shared.service.call(req);
+        let shared = Arc::clone(&self.shared);
+        if self.http2 {
+            return Box::pin(stream_response(response, busy, shared));
+        }
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            let response = if expires {
+                let mut response = pin!(response);
+                // The flag is set by the connection's task, which polls this future next.
+                let answered = poll_fn(|cx| {
+                    if conn.timed_out.swap(false, Ordering::Relaxed) {
+                        return Poll::Ready(None);
+                    }
+                    response.as_mut().poll(cx).map(Some)
+                })
+                .await;
+                let Some(answered) = answered else {
+                    // The handler's future is dropped here, with whatever it held.
+                    return Ok(unavailable(busy));
+                };
+                conn.responded.store(true, Ordering::Relaxed);
+                answered
+            } else {
+                response.await
+            };
+            let mut response = response.map_err(Into::into)?;
+            // Decided when the response is ready, not when the request came: a request that
+            // was under way when draining started still closes its connection, so the
+            // client learns it from this response instead of from a close that races its
+            // next request.
+            if shared.draining.load(Ordering::Relaxed) {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                shared.closed_after_response.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(response.map(|body| DrainBody::new(body, busy, None)))
+        })
+    }
+}
+
+/// An HTTP/2 stream's response: no `Connection` header (HTTP/2 forbids it; the drain's
+/// GOAWAY does its work), and with `request_timeout` a timer of the stream's own, which
+/// answers 503 in place of a handler that passed it, or resets the stream whose body is
+/// still being produced then.
+async fn stream_response<S, F, B, E>(
+    response: F,
+    busy: Busy,
+    shared: Arc<Shared<S>>,
+) -> Result<Response<DrainBody<B>>, BoxError>
+where
+    S: Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body + Send + 'static,
+{
+    let Some(timeout) = shared.request_timeout else {
+        let response = response.await.map_err(Into::into)?;
+        return Ok(response.map(|body| DrainBody::new(body, busy, None)));
+    };
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let response = match tokio::time::timeout_at(deadline, response).await {
+        Ok(response) => response.map_err(Into::into)?,
+        Err(_) => {
+            shared.requests_timed_out.fetch_add(1, Ordering::Relaxed);
+            log_timeout(busy.request(), started.elapsed(), true);
+            return Ok(unavailable(busy));
+        }
+    };
+    let expiry = Expiry {
+        sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        started,
+        expired: Box::new(move || {
+            shared.requests_timed_out.fetch_add(1, Ordering::Relaxed);
+        }),
+    };
+    Ok(response.map(|body| DrainBody::new(body, busy, Some(expiry))))
+}
+
+/// The empty 503 given in place of a handler that passed its request timeout.
+fn unavailable<B>(busy: Busy) -> Response<DrainBody<B>> {
+    let mut unavailable = Response::new(DrainBody {
+        body: None,
+        busy,
+        expiry: None,
+    });
+    *unavailable.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    unavailable
+}
+
+/// Logs a request ended by its timeout, with its method, path and (lower bound of) age.
+pub(super) fn log_timeout(request: Option<(Method, Uri)>, age: Duration, answered: bool) {
+    let (method, path) = request.map_or_else(
+        || ("?".to_owned(), "?".to_owned()),
+        |(method, uri)| (method.to_string(), uri.path().to_owned()),
+    );
+    let what = if answered {
+        "answered 503 in place of its handler"
+    } else {
+        "its response had started: connection closed (HTTP/1.1) or stream reset (HTTP/2)"
+    };
+    let line = format!(
+        "request {method} {path} still under way after {} ms (request_timeout): {what}",
+        age.as_millis()
+    );
+    // Like the master's notices: a worker without a tracing subscriber still shows it.
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{line}");
+    } else {
+        eprintln!("cluster::http: {line}");
+    }
+}
+
+/// One HTTP/2 stream under way, for the worker's report of slow requests: registered while
+/// its [`Busy`] lives.
+struct Stream {
+    number: u64,
+    method: Method,
+    uri: Uri,
+}
+
+impl Stream {
+    fn register(number: u64, req: &Request<Incoming>) -> (Arc<Stream>, InFlightRegistration) {
+        let stream = Arc::new(Stream {
+            number,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+        });
+        let source: Arc<dyn InFlightSource> = stream.clone();
+        let registration = cluster_core::in_flight::register(Arc::downgrade(&source));
+        (stream, registration)
+    }
+}
+
+impl InFlightSource for Stream {
+    fn current(&self) -> Option<(u64, String, String)> {
+        Some((
+            self.number,
+            self.method.to_string(),
+            self.uri.path().to_owned(),
+        ))
+    }
+}
+
+/// Marks its connection busy while alive; dropped with the response body (or with the
+/// request's future, if the service fails or the connection dies first). An HTTP/2 stream's
+/// also keeps the stream in the worker's slow-request reports.
+pub(super) struct Busy {
+    conn: Arc<ConnState>,
+    stream: Option<(Arc<Stream>, InFlightRegistration)>,
+}
+
+impl Busy {
+    fn new(conn: Arc<ConnState>, stream: Option<(Arc<Stream>, InFlightRegistration)>) -> Self {
+        conn.busy.fetch_add(1, Ordering::Relaxed);
+        Busy { conn, stream }
+    }
+
+    /// The HTTP/2 stream's method and path, for a log line.
+    fn request(&self) -> Option<(Method, Uri)> {
+        let (stream, _) = self.stream.as_ref()?;
+        Some((stream.method.clone(), stream.uri.clone()))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // The silence after a response counts from its end.
+        self.conn.touch();
+        self.conn.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An HTTP/2 stream's request timeout while its response body is produced.
+struct Expiry {
+    sleep: Pin<Box<Sleep>>,
+    started: Instant,
+    /// Counts the timeout in the server's stats.
+    expired: Box<dyn FnOnce() + Send>,
+}
+
+/// A response body that keeps its connection marked busy until hyper drops it, which it
+/// does once the body is sent.
+pub(super) struct DrainBody<B> {
+    // Boxed so that bodies which are not `Unpin` work without unsafe pin projection. `None`:
+    // the empty body of a 503 given in place of a handler that passed its request timeout.
+    body: Option<Pin<Box<B>>>,
+    busy: Busy,
+    expiry: Option<Expiry>,
+}
+
+impl<B> DrainBody<B> {
+    fn new(body: B, busy: Busy, expiry: Option<Expiry>) -> Self {
+        DrainBody {
+            body: Some(Box::pin(body)),
+            busy,
+            expiry,
+        }
+    }
+}
+
+impl<B> Body for DrainBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if let Some(expiry) = self.expiry.as_mut() {
+            if expiry.sleep.as_mut().poll(cx).is_ready() {
+                let started = expiry.started;
+                if let Some(expiry) = self.expiry.take() {
+                    (expiry.expired)();
+                }
+                log_timeout(self.busy.request(), started.elapsed(), false);
+                // An error from the body makes hyper reset the stream: its client learns
+                // the response is incomplete, and the connection's other streams go on.
+                self.body = None;
+                return Poll::Ready(Some(Err("request_timeout passed".into())));
+            }
+        }
+        match self.body.as_mut() {
+            Some(body) => body.as_mut().poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(|body| body.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |body| body.size_hint())
+    }
+}
