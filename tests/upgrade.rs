@@ -293,21 +293,42 @@ fn ops_cluster(dir: &TempDir, env: &[(&str, String)]) -> (support::ops::Fixture,
 #[test]
 fn an_upgrade_whose_workers_never_become_ready_rolls_back_and_loses_nothing() {
     let dir = TempDir::new("upgrade-unready");
-    let (fx, socket, port) = ops_cluster(
+    let (mut fx, socket, port) = ops_cluster(
         &dir,
         &[
             ("OPS_UNREADY_FROM", "2".into()),
-            ("CLUSTER_READY_TIMEOUT", "1s".into()),
+            ("CLUSTER_READY_TIMEOUT", "3s".into()),
         ],
     );
     let before = workers(&socket);
     let load = Load::start(support::ops::local(port), 2, 2);
     load.wait_more_ok(100);
-    let out = upgrade(&socket).expect_err("the upgrade should fail");
+    let first = {
+        let socket = socket.clone();
+        std::thread::spawn(move || upgrade(&socket))
+    };
+    // While the new master waits for workers that never become ready, one upgrade at a
+    // time: a second one, a reload and a scale are refused, saying why.
+    fx.wait_for("the new master's workers", WAIT, |lines| {
+        (lines.iter().filter(|l| l.is("UNREADY", &[])).count() == 2).then_some(())
+    });
+    for args in [&["upgrade"][..], &["reload"], &["scale", "worker", "3"]] {
+        let out = ctl(&socket, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        assert!(
+            text(&out.stderr).contains("an upgrade of the master is under way"),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+    let out = first
+        .join()
+        .expect("the upgrade's thread")
+        .expect_err("the upgrade should fail");
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("of the new master was not ready within ready_timeout (1s)"),
+        stderr.contains("of the new master was not ready within ready_timeout (3s)"),
         "{}",
         describe(&out)
     );
