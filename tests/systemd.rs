@@ -17,8 +17,8 @@ use nix::unistd::Pid;
 use support::http::{Load, get_once};
 use support::process::{Captured, Group, group_command};
 use support::{
-    Exit, FIXTURE, Fixture, TempDir, WAIT, example, free_port, id, parent_of, poll, proc_state,
-    wait_until,
+    Exit, FIXTURE, Fixture, TempDir, WAIT, example, free_port, id, listening_inodes, parent_of,
+    poll, proc_state, socket_inodes, wait_until,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -297,40 +297,6 @@ fn children(pid: u32) -> Vec<u32> {
             text.split_whitespace()
                 .filter_map(|p| p.parse().ok())
                 .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
-/// The inodes of the TCP sockets listening on `port` (IPv4, this network namespace).
-fn listening_inodes(port: u16) -> Vec<u64> {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let local_port = f.get(1)?.rsplit(':').next()?;
-            let listening = *f.get(3)? == "0A";
-            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
-                .then(|| f.get(9)?.parse().ok())
-                .flatten()
-        })
-        .collect()
-}
-
-/// The socket inodes among `pid`'s descriptors.
-fn socket_inodes(pid: u32) -> BTreeSet<u64> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return BTreeSet::new();
-    };
-    fds.flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            link.strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
         })
         .collect()
 }

@@ -20,7 +20,10 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, socko
 use nix::unistd::Pid;
 use support::ctl::{ctl, describe, text};
 use support::http::{HttpCluster, Load};
-use support::{TempDir, WAIT, copy_executable, deploy_modified_copy, example, file_hash, poll};
+use support::{
+    TempDir, WAIT, copy_executable, deploy_modified_copy, example, file_hash, listening_inodes,
+    poll, socket_inodes,
+};
 
 /// `clusterctl -s socket upgrade --wait`: the new master's pid and the milliseconds from the
 /// request to it serving, or the whole output when it failed.
@@ -50,41 +53,6 @@ fn upgrade(socket: &Path) -> Result<(u32, u64), std::process::Output> {
 /// Whether `pid` has exited (gone, or a zombie left for its parent).
 fn exited(pid: u32) -> bool {
     support::proc_state(pid as i32).is_none_or(|s| s == 'Z')
-}
-
-/// The inodes of the TCP sockets listening on `port` (read before the load starts: under load
-/// a read of `/proc/net/tcp` can miss rows).
-fn listening_inodes(port: u16) -> BTreeSet<u64> {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let local_port = f.get(1)?.rsplit(':').next()?;
-            let listening = *f.get(3)? == "0A";
-            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
-                .then(|| f.get(9)?.parse().ok())
-                .flatten()
-        })
-        .collect()
-}
-
-/// The socket inodes among `pid`'s descriptors.
-fn socket_inodes(pid: u32) -> BTreeSet<u64> {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return BTreeSet::new();
-    };
-    fds.flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            link.strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect()
 }
 
 /// The workers `socket`'s master lists: pid → its parent.
@@ -169,7 +137,7 @@ fn five_upgrades_under_load(policy: &str) {
     );
     let port = cluster.addr().port();
     let first_master = cluster.pid() as u32;
-    let listening = listening_inodes(port);
+    let listening: BTreeSet<u64> = listening_inodes(port).into_iter().collect();
     assert_eq!(listening.len(), 1, "{}", cluster.dump());
     let before: BTreeSet<u32> = workers(&socket).into_iter().map(|(p, _)| p).collect();
     assert_eq!(before.len(), 2, "{}", cluster.dump());

@@ -378,3 +378,38 @@ pub(crate) fn deploy_modified_copy(path: &std::path::Path, extra: &[u8]) -> Stri
     std::fs::rename(&tmp, path).expect("rename the new build over the old one");
     file_hash(path)
 }
+
+/// The inodes of the TCP sockets listening on `port` (IPv4, this network namespace). Read while
+/// connections come and go, `/proc/net/tcp` can miss rows: read it before a load starts.
+pub(crate) fn listening_inodes(port: u16) -> Vec<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            let listening = *f.get(3)? == "0A";
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| f.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The socket inodes among `pid`'s descriptors.
+pub(crate) fn socket_inodes(pid: u32) -> std::collections::BTreeSet<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return std::collections::BTreeSet::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            link.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
