@@ -253,6 +253,7 @@ impl<D: Message, U: Message> Cluster<D, U> {
             commands: commands_tx.clone(),
             stop: status_stop.clone(),
             logs: logs.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
         };
         // The new master of an upgrade listens on what the old one handed over, and serves
         // the control socket and status port only once it has taken over.

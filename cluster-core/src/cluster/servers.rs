@@ -5,35 +5,21 @@
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-use crate::observe::logs::RecentLogs;
 use crate::options::Options;
 use crate::supervisor::control_server;
 use crate::supervisor::upgrade::{HandedServers, Servers};
-use crate::supervisor::{Command, CommandSource, notice};
+use crate::supervisor::{CommandSource, notice};
 use crate::{Error, ErrorKind, Result};
 
 /// What the servers answer from.
-#[derive(Clone)]
-pub(super) struct Parts {
-    pub(super) commands: mpsc::UnboundedSender<Command>,
-    pub(super) stop: CancellationToken,
-    pub(super) logs: Option<Arc<RecentLogs>>,
-}
+pub(super) use control_server::Parts;
 
 /// Binds the control socket (first thing: a second master of the same name stops here).
 pub(super) async fn bind_control(options: &Options, parts: &Parts) -> Result<Servers> {
-    let control = control_server::start(
-        options,
-        parts.commands.clone(),
-        parts.stop.clone(),
-        parts.logs.clone(),
-    )
-    .await?;
+    let control = control_server::start(options, parts).await?;
     Ok(Servers {
         stop: parts.stop.clone(),
+        tasks: parts.tasks.clone(),
         control,
         status: None,
     })
@@ -63,14 +49,7 @@ pub(super) async fn start_handed(
     let name = options.name().resolve();
     let control = match (handed.control, options.control_path().resolve(&name)) {
         (Some((listener, path)), Some(want)) if path == want => Some(control_server::start_handed(
-            listener,
-            path,
-            options,
-            (
-                parts.commands.clone(),
-                parts.stop.clone(),
-                parts.logs.clone(),
-            ),
+            listener, path, options, parts,
         )?),
         (_, Some(_)) => bind_control(options, parts).await?.control,
         (_, None) => None,
@@ -92,6 +71,7 @@ pub(super) async fn start_handed(
     };
     Ok(Servers {
         stop: parts.stop.clone(),
+        tasks: parts.tasks.clone(),
         control,
         status,
     })
@@ -130,11 +110,13 @@ fn serve_status(
         token,
         ..Default::default()
     };
-    tokio::spawn(crate::observe::status_server::serve_status(
-        listener,
-        source,
-        status_options,
-        parts.stop.clone(),
-    ));
+    parts
+        .tasks
+        .spawn(crate::observe::status_server::serve_status(
+            listener,
+            source,
+            status_options,
+            parts.stop.clone(),
+        ));
     Ok(std::net::TcpListener::from(copy))
 }

@@ -440,9 +440,14 @@ impl<L: Launcher> Supervisor<L> {
         }
         let mut master_running = true;
         loop {
-            if self.stopping.is_some() && self.live_count() == 0 {
-                break;
-            }
+            let serving = if self.stopping.is_some() && self.live_count() == 0 {
+                match self.still_serving(Instant::now()) {
+                    Some(serving) => Some(serving),
+                    None => break,
+                }
+            } else {
+                None
+            };
             self.reload_onto_waiting_build().await;
             self.finish_incoming_failure().await;
             self.after_turn();
@@ -467,6 +472,7 @@ impl<L: Launcher> Supervisor<L> {
                 () = sleep_until(notify_at.unwrap_or_else(Instant::now)), if notify_at.is_some() => {
                     self.notify.on_timer(Instant::now(), self.stop_deadline)
                 }
+                () = served(serving.as_ref()), if serving.is_some() => {}
             }
         }
         self.launcher.finish().await;
@@ -597,6 +603,17 @@ impl<L: Launcher> Supervisor<L> {
 async fn next_build(watch: &mut Option<watch::ExeWatch>) -> watch::NewBuild {
     match watch {
         Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When the clients the servers still serve have been (see [`Supervisor::still_serving`]),
+/// or `until`; never, with nothing to wait for.
+async fn served(serving: Option<&(tokio_util::task::TaskTracker, Instant)>) {
+    match serving {
+        Some((tasks, until)) => {
+            let _ = tokio::time::timeout_at(*until, tasks.wait()).await;
+        }
         None => std::future::pending().await,
     }
 }

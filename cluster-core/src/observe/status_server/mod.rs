@@ -173,9 +173,13 @@ async fn serve_connection<S: StatusSource>(
     let pool = slot.pool();
     let marker = slot.marker();
     let bound = options.request_bound();
+    // Fired by the connection's first request.
+    let asked = CancellationToken::new();
+    let first = asked.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let source = Arc::clone(&source);
         let options = options.clone();
+        first.cancel();
         let busy = marker.busy();
         async move {
             let response = respond(&*source, &options, pool, &request).await;
@@ -197,10 +201,25 @@ async fn serve_connection<S: StatusSource>(
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = shutdown.cancelled() => {
-            // Finish the request in flight, if any, then close; an idle connection closes
-            // at once.
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            // A client accepted a moment ago has sent, or is sending, its first request:
+            // closing now would fail it (after an upgrade's hand-over, the new master serves
+            // the port, but not this connection). So that one request is read (bounded as a
+            // probe's) and answered.
+            let read = async {
+                tokio::select! {
+                    () = asked.cancelled() => {}
+                    () = tokio::time::sleep(PROBE_HEADER_READ_TIMEOUT) => {}
+                }
+            };
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = read => {
+                    // Finish the request in flight, if any, then close; an idle connection
+                    // closes at once.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         }
         () = slot.closed() => {
             if !slot.is_busy() {

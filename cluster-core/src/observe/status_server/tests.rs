@@ -356,6 +356,44 @@ async fn connections_are_served_concurrently_and_shutdown_closes_idle_ones() {
     assert_eq!(read, 0);
 }
 
+/// The client of an upgrade's probe loop: it connected just before the hand-over (the old
+/// master accepted it) and its request arrives just after (the old master's server is
+/// shutting down). Closing it would fail a request nobody else can answer: it is answered,
+/// then closed. One that never sends anything is closed within the probe's head timeout.
+#[tokio::test]
+async fn a_request_on_a_connection_accepted_before_shutdown_is_answered() {
+    let server = start(fake(), StatusOptions::default()).await;
+    let mut late = TcpStream::connect(server.addr).await.unwrap();
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    // Accepted in order: once a later connection is answered, both of these were accepted.
+    assert_eq!(get(server.addr, "/healthz").await.code, 200);
+    let started = std::time::Instant::now();
+    server.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(BOUND, late.read_to_end(&mut response))
+        .await
+        .expect("the late request was neither answered nor closed")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+    assert!(response.ends_with("\r\n\r\nok"), "{response:?}");
+    tokio::time::timeout(BOUND, server.task)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= PROBE_HEADER_READ_TIMEOUT - Duration::from_millis(100)
+            && took < PROBE_HEADER_READ_TIMEOUT + Duration::from_secs(1),
+        "the silent connection should hold the stop for about {PROBE_HEADER_READ_TIMEOUT:?}, not {took:?}"
+    );
+    drop(silent);
+}
+
 /// An idle keep-alive connection from `from`: it has been answered once (`with_request`) or
 /// has sent nothing at all, and stays open.
 async fn idle_connection(from: IpAddr, addr: SocketAddr, with_request: bool) -> TcpStream {

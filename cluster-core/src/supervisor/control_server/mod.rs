@@ -14,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::control::protocol::{CONTROL_VERSION, OptionRow, Request, Response};
 use crate::control::{client, config};
@@ -59,6 +60,18 @@ impl Drop for SocketFile {
     }
 }
 
+/// What the master's servers (this one and the status server) answer from and stop by.
+#[derive(Clone)]
+pub(crate) struct Parts {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    /// Ends the accept loops; connections already open are served to their end.
+    pub(crate) stop: CancellationToken,
+    pub(crate) logs: Option<Arc<RecentLogs>>,
+    /// Every task serving a client. The old master of an upgrade waits for them before it
+    /// exits: a client it accepted just before the hand-over is answered, not cut off.
+    pub(crate) tasks: TaskTracker,
+}
+
 /// What every connection reads.
 struct Shared {
     commands: mpsc::UnboundedSender<Command>,
@@ -93,18 +106,13 @@ impl ControlSocket {
 ///
 /// [`ErrorKind::Listen`] when the socket's directory is not this user's, a live master
 /// already serves the path, or the socket cannot be bound.
-pub(crate) async fn start(
-    options: &Options,
-    commands: mpsc::UnboundedSender<Command>,
-    stop: CancellationToken,
-    logs: Option<Arc<RecentLogs>>,
-) -> Result<Option<ControlSocket>> {
+pub(crate) async fn start(options: &Options, parts: &Parts) -> Result<Option<ControlSocket>> {
     let name = options.name().resolve();
     let Some(path) = options.control_path().resolve(&name) else {
         return Ok(None);
     };
     let (listener, file) = bind(&path, &name).await?;
-    serve(listener, file, name, options, (commands, stop, logs)).map(Some)
+    serve(listener, file, name, options, parts).map(Some)
 }
 
 /// Serves the control socket an old master handed over at `path`, until `stop`.
@@ -116,11 +124,7 @@ pub(crate) fn start_handed(
     listener: std::os::unix::net::UnixListener,
     path: PathBuf,
     options: &Options,
-    (commands, stop, logs): (
-        mpsc::UnboundedSender<Command>,
-        CancellationToken,
-        Option<Arc<RecentLogs>>,
-    ),
+    parts: &Parts,
 ) -> Result<ControlSocket> {
     let listener = listener
         .set_nonblocking(true)
@@ -133,13 +137,7 @@ pub(crate) fn start_handed(
         path: path.clone(),
         ino,
     };
-    serve(
-        listener,
-        file,
-        options.name().resolve(),
-        options,
-        (commands, stop, logs),
-    )
+    serve(listener, file, options.name().resolve(), options, parts)
 }
 
 fn serve(
@@ -147,11 +145,7 @@ fn serve(
     file: SocketFile,
     name: String,
     options: &Options,
-    (commands, stop, logs): (
-        mpsc::UnboundedSender<Command>,
-        CancellationToken,
-        Option<Arc<RecentLogs>>,
-    ),
+    parts: &Parts,
 ) -> Result<ControlSocket> {
     use std::os::fd::AsFd;
     let path = file.path.clone();
@@ -160,20 +154,25 @@ fn serve(
         .try_clone_to_owned()
         .map_err(|e| listen_error(&path, format!("cannot copy its descriptor: {e}")))?;
     let shared = Arc::new(Shared {
-        commands,
+        commands: parts.commands.clone(),
         name,
         path: path.clone(),
         started: Instant::now(),
         exe_hash: tokio::sync::OnceCell::new(),
         cpu: Mutex::new(HashMap::new()),
-        logs,
+        logs: parts.logs.clone(),
     });
     tokio::spawn(sample_cpu(
         shared.clone(),
         options.sample_interval(),
-        stop.clone(),
+        parts.stop.clone(),
     ));
-    tokio::spawn(accept_loop(listener, shared, stop));
+    tokio::spawn(accept_loop(
+        listener,
+        shared,
+        parts.stop.clone(),
+        parts.tasks.clone(),
+    ));
     Ok(ControlSocket {
         listener: copy,
         path,
@@ -276,7 +275,12 @@ async fn replace_stale(path: &Path, name: &str) -> Result<()> {
     }
 }
 
-async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: CancellationToken) {
+async fn accept_loop(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let uid = nix::unistd::geteuid().as_raw();
@@ -295,7 +299,7 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Cancella
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             if let Ok(refusal) = refusals.clone().try_acquire_owned() {
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let _refusal = refusal;
                     let _ = timeout(HELLO_TIMEOUT, refuse_busy(stream)).await;
                 });
@@ -306,9 +310,11 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>, stop: Cancella
         let peer = stream.peer_cred().ok().map(|c| c.uid());
         let allowed = peer.is_some_and(|p| p == uid || p == 0);
         let shared = shared.clone();
+        let (stop, serving) = (stop.clone(), tasks.token());
         tokio::spawn(async move {
             let _permit = permit;
-            connection(stream, shared, allowed.then_some(()).ok_or(peer)).await;
+            let allowed = allowed.then_some(()).ok_or(peer);
+            connection(stream, shared, allowed, (stop, serving)).await;
         });
     }
 }
@@ -377,8 +383,15 @@ async fn refuse_busy(stream: UnixStream) {
 
 /// One connection: its hello, then requests one at a time until it closes, idles out or sends
 /// something that does not decode (which ends this connection only, with a refusal saying
-/// why).
-async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(), Option<u32>>) {
+/// why). Once `stop` fired (a new master serves the socket now) it ends after its next
+/// answer: a client that connected before is answered, and asks the new master next time.
+/// `serving` counts it among the tasks the master waits for before it exits.
+async fn connection(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    allowed: Result<(), Option<u32>>,
+    (stop, serving): (CancellationToken, TaskTrackerToken),
+) {
     let Some((tx, mut rx, version)) = hello(stream).await else {
         return;
     };
@@ -400,8 +413,20 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(),
     if tx.send(&hello).await.is_err() {
         return;
     }
+    let mut answered = false;
     loop {
-        let request = match timeout(IDLE_TIMEOUT, rx.recv()).await {
+        let next = async {
+            tokio::select! {
+                // A request already sent is read first: the client is owed its answer.
+                biased;
+                received = timeout(IDLE_TIMEOUT, rx.recv()) => Some(received),
+                () = stop.cancelled(), if answered => None,
+            }
+        };
+        let Some(received) = next.await else {
+            return;
+        };
+        let request = match received {
             Ok(Ok(Some(request))) => request,
             Ok(Err(e)) => {
                 refuse_garbled(&tx, &e).await;
@@ -410,7 +435,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(),
             // Closed, or idle too long.
             Ok(Ok(None)) | Err(_) => return,
         };
-        let answered = match request {
+        let result = match request {
             Request::Logs {
                 group,
                 slot,
@@ -418,18 +443,22 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, allowed: Result<(),
                 follow,
             } => {
                 let filter = Filter { group, slot };
-                let served = logs(filter, lines, follow, &tx, &mut rx, &shared).await;
-                // A follow ends only when the client has closed or spoken.
                 if follow {
+                    // A follow lasts as long as the client likes: this master does not wait
+                    // for it to exit, and the client sees the follow end when it does.
+                    drop(serving);
+                    // It ends only when the client has closed or spoken.
+                    let _ = logs(filter, lines, follow, &tx, &mut rx, &shared).await;
                     return;
                 }
-                served
+                logs(filter, lines, follow, &tx, &mut rx, &shared).await
             }
             request => answer(request, &tx, &shared, version).await,
         };
-        if answered.is_err() {
+        if result.is_err() {
             return;
         }
+        answered = true;
     }
 }
 
@@ -544,3 +573,6 @@ async fn answer(
     };
     tx.send(&response).await
 }
+
+#[cfg(test)]
+mod tests;

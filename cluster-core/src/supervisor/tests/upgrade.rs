@@ -29,6 +29,7 @@ async fn incoming(state: State) -> (Channel<ToNew, ToOld>, Arc<AtomicBool>, Prep
             flag.store(true, Ordering::SeqCst);
             Ok(Servers {
                 stop: tokio_util::sync::CancellationToken::new(),
+                tasks: tokio_util::task::TaskTracker::new(),
                 control: None,
                 status: None,
             })

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::process::Launcher;
 use super::reaper::LivePids;
@@ -43,6 +44,9 @@ pub(crate) enum Outcome {
 pub(crate) struct Servers {
     /// Ends both accept loops (connections already open go on).
     pub(crate) stop: CancellationToken,
+    /// The tasks serving their clients, which an old master waits for (at most
+    /// [`SERVE_TO_THE_END`]) once its workers are gone.
+    pub(crate) tasks: TaskTracker,
     pub(crate) control: Option<ControlSocket>,
     /// A copy of the status server's listening socket.
     pub(crate) status: Option<std::net::TcpListener>,
@@ -102,6 +106,9 @@ pub(crate) struct Upgrades {
     /// A new master took over: until then (at most), this one waits for its accept loops
     /// to end and its workers to take what they accepted, then drains.
     pub(super) quiescing: Option<tokio::time::Instant>,
+    /// Until when, at most, the old master of an upgrade, its workers gone, waits for the
+    /// clients its servers accepted before the hand-over to be answered.
+    pub(super) serving_until: Option<tokio::time::Instant>,
 }
 
 impl Default for Upgrades {
@@ -118,6 +125,7 @@ impl Default for Upgrades {
             total: 0,
             passed_through: Vec::new(),
             quiescing: None,
+            serving_until: None,
         }
     }
 }
@@ -131,6 +139,11 @@ impl Upgrades {
 
 /// How often the old master looks whether its workers took every connection it accepted.
 const QUIESCE_CHECK: Duration = Duration::from_millis(2);
+
+/// The most an old master waits, its workers gone, for its control socket and status server
+/// to answer the clients they accepted before the hand-over: each of those is bounded (a
+/// hello, one request, a status request's scrape timeout), this bounds them all.
+const SERVE_TO_THE_END: Duration = Duration::from_secs(5);
 
 /// Why a request for an upgrade is refused now, if it is.
 pub(in crate::supervisor) const ONE_AT_A_TIME: &str =

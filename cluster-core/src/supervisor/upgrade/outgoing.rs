@@ -10,8 +10,9 @@ use cluster_ipc::{Channel, Config};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
-use super::{Event, ONE_AT_A_TIME, Outcome};
+use super::{Event, ONE_AT_A_TIME, Outcome, SERVE_TO_THE_END};
 use crate::handover::{ENV_UPGRADE_FD, HANDOVER_VERSION, Handed, MAX_HANDED, Offer, ToNew, ToOld};
 use crate::supervisor::process::Launcher;
 use crate::supervisor::{Stopping, Supervisor, notice};
@@ -168,6 +169,8 @@ impl<L: Launcher> Supervisor<L> {
         }
         if let Some(servers) = &mut self.upgrade.servers {
             servers.stop.cancel();
+            // Nothing new to serve: `tasks` ends once the clients already accepted have been.
+            servers.tasks.close();
             if let Some(control) = &mut servers.control {
                 control.keep_file();
             }
@@ -204,6 +207,37 @@ impl<L: Launcher> Supervisor<L> {
             self.upgrade.quiescing = None;
             self.begin_stop(Stopping::Upgraded);
         }
+    }
+
+    /// The old master of an upgrade, its workers gone: the tasks still serving clients its
+    /// control socket and status server accepted before the hand-over, and until when it
+    /// waits for them; `None` when it may exit.
+    pub(in crate::supervisor) fn still_serving(
+        &mut self,
+        now: Instant,
+    ) -> Option<(TaskTracker, Instant)> {
+        if !matches!(self.stopping, Some(Stopping::Upgraded)) {
+            return None;
+        }
+        let tasks = self.upgrade.servers.as_ref()?.tasks.clone();
+        if tasks.is_empty() {
+            return None;
+        }
+        let until = *self
+            .upgrade
+            .serving_until
+            .get_or_insert(now + SERVE_TO_THE_END);
+        if until <= now {
+            notice!(
+                warn,
+                "upgrade: {} client{} of the control socket or status port still open {} ms after the workers were gone; this master exits, closing them",
+                tasks.len(),
+                if tasks.len() == 1 { "" } else { "s" },
+                SERVE_TO_THE_END.as_millis()
+            );
+            return None;
+        }
+        Some((tasks, until))
     }
 
     /// The upgrade was given up (by the new master, its death, or the deadline): the new
