@@ -50,6 +50,18 @@ fn upgrade(socket: &Path) -> Result<(u32, u64), std::process::Output> {
     }
 }
 
+/// The build the master on `socket` says it runs (`clusterctl status`: its executable's hash)
+/// and its pid.
+fn reported_build(socket: &Path) -> (String, u64) {
+    let out = ctl(socket, &["status", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    (
+        status["exe_hash"].as_str().expect("exe_hash").to_owned(),
+        status["pid"].as_u64().expect("pid"),
+    )
+}
+
 /// Whether `pid` has exited (gone, or a zombie left for its parent).
 fn exited(pid: u32) -> bool {
     support::proc_state(pid as i32).is_none_or(|s| s == 'Z')
@@ -142,6 +154,7 @@ fn five_upgrades_under_load(policy: &str) {
     let before: BTreeSet<u32> = workers(&socket).into_iter().map(|(p, _)| p).collect();
     assert_eq!(before.len(), 2, "{}", cluster.dump());
 
+    let (build_before, _) = reported_build(&socket);
     // A new build on disk: the masters after the first run it.
     let v2 = deploy_modified_copy(&app, b"\n-- build 2 --\n");
     assert_ne!(v1, v2);
@@ -213,6 +226,13 @@ fn five_upgrades_under_load(policy: &str) {
         file_hash(Path::new(&format!("/proc/{last}/exe"))),
         v2,
         "the last master does not run the new build"
+    );
+    // And the master itself says so.
+    let (build_after, reporter) = reported_build(&socket);
+    assert_eq!(reporter, u64::from(last));
+    assert_ne!(
+        build_after, build_before,
+        "the master reports the old build"
     );
     let stderr = cluster.stderr();
     assert!(!stderr.contains("leaked"), "{stderr}");
