@@ -177,6 +177,11 @@ pub(super) async fn linger<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
 pub(super) struct Tracked<I> {
     pub(super) io: I,
     pub(super) conn: Arc<ConnState>,
+    /// Leave the shutdown that hyper asks for at the end of the connection to the
+    /// connection's task, which takes the socket back for it (HTTP/1.1: a plain shutdown or a
+    /// lingering close). hyper's `poll_without_shutdown` would do the same, but it wants an
+    /// `Unpin` response future, which would cost every request an allocation.
+    pub(super) keep_open: bool,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
@@ -224,6 +229,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.keep_open {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
