@@ -80,6 +80,9 @@ pub(super) async fn serve<I, T, S, B>(
         let check = pin!(sleep_until_some(next_check));
         let mut check = Woken::new(check);
         tokio::select! {
+            // In this order, rather than a random one: no random number per request, and
+            // hyper's connection, the one woken by every request, comes first.
+            biased;
             finished = &mut http => break finished,
             () = &mut drain_started, if !draining => {
                 // The quiet period counts from the drain's start: a connection idle for an

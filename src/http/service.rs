@@ -57,6 +57,9 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, S, B>;
 
+    // Inlined into hyper's dispatcher, so that the request and the response future are built
+    // in place rather than copied through this frame.
+    #[inline]
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let number = self.conn.heads.fetch_add(1, Ordering::Relaxed) + 1;
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
