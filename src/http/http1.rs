@@ -4,7 +4,6 @@
 //! differently: HTTP/1.1 has no way to tell a client to stop but `Connection: close` on a
 //! response, and hyper's connection gives its socket back for the lingering close.
 
-use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -49,12 +48,13 @@ pub(super) async fn serve<I, T, S, B>(
         proxied: peer.proxied,
         http2: false,
     };
+    // hyper's shutdown at the end is left to this task (`keep_open`), so that the socket
+    // comes back (`into_parts`) for a lingering close, which hyper's own does not do.
     let io = TokioIo::new(Tracked {
         io,
         conn: Arc::clone(&conn),
+        keep_open: true,
     });
-    // Driven with `poll_without_shutdown` so that the socket comes back at the end for a
-    // lingering close, which hyper's own shutdown does not do.
     let mut http = shared.http1.serve_connection(io, service);
 
     // One timer per connection for both deadlines, re-armed once per period (see
@@ -80,7 +80,10 @@ pub(super) async fn serve<I, T, S, B>(
         let check = pin!(sleep_until_some(next_check));
         let mut check = Woken::new(check);
         tokio::select! {
-            finished = poll_fn(|cx| http.poll_without_shutdown(cx)) => break finished,
+            // In this order, rather than a random one: no random number per request, and
+            // hyper's connection, the one woken by every request, comes first.
+            biased;
+            finished = &mut http => break finished,
             () = &mut drain_started, if !draining => {
                 // The quiet period counts from the drain's start: a connection idle for an
                 // hour still gets the whole period for a request its client may be sending

@@ -64,6 +64,7 @@ pub(super) async fn serve<I, T, S, B>(
     let io = TokioIo::new(Tracked {
         io,
         conn: Arc::clone(&conn),
+        keep_open: false,
     });
     let mut http = shared.http2.serve_connection(io, service);
     // No request deadline here: each stream keeps its own.

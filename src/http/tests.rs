@@ -15,7 +15,15 @@ use super::options::DrainOptions;
 
 /// Whether a bodiless request with these `Connection` headers ends the client's input.
 fn last(version: hyper::Version, connection: &[&str]) -> bool {
+    last_among(version, connection, 0)
+}
+
+/// The same, the `Connection` headers coming after `others` other headers.
+fn last_among(version: hyper::Version, connection: &[&str], others: usize) -> bool {
     let mut builder = Request::builder().version(version).uri("/");
+    for i in 0..others {
+        builder = builder.header(format!("x-other-{i}"), "close");
+    }
     for value in connection {
         builder = builder.header(CONNECTION, *value);
     }
@@ -40,6 +48,22 @@ fn a_close_asked_by_the_client_ends_its_input() {
         .body(Full::new(Bytes::from_static(b"data")))
         .unwrap_or_default();
     assert!(!is_clients_last(&upload));
+}
+
+#[test]
+fn the_close_is_found_among_other_headers() {
+    const HTTP_10: hyper::Version = hyper::Version::HTTP_10;
+    const HTTP_11: hyper::Version = hyper::Version::HTTP_11;
+    // Wherever the `Connection` header is among the others.
+    for others in [1, 7, 30] {
+        assert!(last_among(HTTP_11, &["close"], others), "{others}");
+        assert!(last_among(HTTP_11, &["te", "close"], others), "{others}");
+        assert!(last_among(HTTP_10, &[], others), "{others}");
+        assert!(!last_among(HTTP_10, &["keep-alive"], others), "{others}");
+        // Other headers that say `close` are not `Connection`.
+        assert!(!last_among(HTTP_11, &[], others), "{others}");
+        assert!(!last_among(HTTP_11, &["keep-alive"], others), "{others}");
+    }
 }
 
 const SEC: Duration = Duration::from_secs(1);
