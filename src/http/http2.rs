@@ -83,9 +83,11 @@ pub(super) async fn serve<I, T, S, B>(
     // others queue new streams there, which the GOAWAY then makes them drop unsent
     // (REFUSED_STREAM, on their side only). Sent with the first streams' arrival, the
     // GOAWAY is buffered ahead of their responses (h2 writes pending GOAWAY frames before
-    // stream frames), so such a client has read it before any slot frees. Checked after
-    // each poll of the connection: a flag load, nothing per stream. (An atomic only because
-    // the task must be `Send`; one task uses it.)
+    // stream frames), so such a client has read it before any slot frees. (A client that
+    // writes its first streams in pieces may still hold some unsent when it comes: those are
+    // refused unprocessed, which it may retry, as any stream opened after a GOAWAY.) Checked
+    // after each poll of the connection: a flag load, nothing per stream. (An atomic only
+    // because the task must be `Send`; one task uses it.)
     let goaway_at_first_stream = AtomicBool::new(false);
     // The GOAWAY went out for idleness; the next expiry closes without waiting further.
     let mut idle_goaway = false;
