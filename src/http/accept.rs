@@ -14,7 +14,10 @@ const EBADF: i32 = 9;
 
 /// Anything that yields connections: a tokio `TcpListener` or `UnixListener`, an
 /// `Arc` of one (so that two servers can take turns on one socket, as an old and a new
-/// worker do during a rolling reload), or cluster's worker `Listener`.
+/// worker do during a rolling reload), or cluster's worker `Listener`. The TCP ones turn
+/// Nagle's algorithm off (`TCP_NODELAY`) on each connection they yield; a listener of an
+/// app's own should do the same, or HTTP/2 responses can wait up to 40 ms for the client's
+/// delayed acknowledgement.
 ///
 /// `accept` must be cancel-safe (a connection is never lost when its future is dropped
 /// unfinished), as tokio's listeners are: [`serve`] races it against the shutdown token.
@@ -99,6 +102,18 @@ pub trait Accept: Send + Sync + 'static {
     }
 }
 
+/// Turns Nagle's algorithm off on an accepted TCP connection, as Go's `net/http` and most
+/// HTTP servers do. With it on, a write made while earlier bytes are unacknowledged waits in
+/// the kernel for the client's ACK, which a client delays by up to 40 ms: an HTTP/2
+/// connection's first responses, written after its SETTINGS, sat there that long, and a
+/// drain's GOAWAY written meanwhile left in the same segment, behind them. A client that
+/// reads both at once reuses the stream slots the responses freed before it parses the
+/// GOAWAY, and then drops the streams it just queued (h2load counts them as failed). An
+/// error is ignored: it concerns a connection already reset, whose next read reports it.
+fn no_delay(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+}
+
 /// Maps a non-blocking accept's outcome to `try_accept_queued`'s.
 fn queued<T>(accepted: io::Result<T>) -> Option<io::Result<T>> {
     match accepted {
@@ -111,8 +126,10 @@ impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
     type Addr = SocketAddr;
 
-    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send {
-        tokio::net::TcpListener::accept(self)
+    async fn accept(&self) -> io::Result<(Self::Io, Self::Addr)> {
+        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
+        no_delay(&stream);
+        Ok((stream, peer))
     }
 
     fn try_accept_queued(&self) -> Option<io::Result<(Self::Io, Self::Addr)>> {
@@ -126,7 +143,9 @@ impl Accept for tokio::net::TcpListener {
                         io::Error::other("a TCP listener accepted a peer without an IP address")
                     })?;
                     socket.set_nonblocking(true)?;
-                    Ok((tokio::net::TcpStream::from_std(socket.into())?, peer))
+                    let stream = tokio::net::TcpStream::from_std(socket.into())?;
+                    no_delay(&stream);
+                    Ok((stream, peer))
                 }),
         )
     }
@@ -160,12 +179,15 @@ impl Accept for cluster_core::Listener {
     type Io = cluster_core::Connection;
     type Addr = SocketAddr;
 
-    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Self::Addr)>> + Send {
-        cluster_core::Listener::accept(self)
+    async fn accept(&self) -> io::Result<(Self::Io, Self::Addr)> {
+        let (conn, peer) = cluster_core::Listener::accept(self).await?;
+        no_delay(conn.stream());
+        Ok((conn, peer))
     }
 
     fn try_accept_queued(&self) -> Option<io::Result<(Self::Io, Self::Addr)>> {
         self.try_accept()
+            .map(|accepted| accepted.inspect(|(conn, _)| no_delay(conn.stream())))
     }
 }
 

@@ -3,7 +3,7 @@
 //! opening streams at any time, without a response to carry it and without a race.
 //!
 //! Draining calls hyper's `graceful_shutdown` (at once on a connection that has had a
-//! stream; once its first streams are answered, or after a quiet period without one, on a
+//! stream; once its first streams have arrived, or after a quiet period without one, on a
 //! connection that had none), which does what RFC 9113 (section 6.8)
 //! advises, in the h2 crate (`proto::Connection::go_away_gracefully`, src/proto/connection.rs
 //! of h2 0.4, reached through hyper's `proto/h2/server.rs` `graceful_shutdown`): a GOAWAY with
@@ -77,10 +77,16 @@ pub(super) async fn serve<I, T, S, B>(
     let mut draining = false;
     // Draining began before the client opened its first stream (a connection taken from the
     // queue when draining started, or one that just connected): its GOAWAY waits until its
-    // first streams are answered, as an HTTP/1.1 connection's `Connection: close` waits for
-    // its first response, so that a client which sent nothing yet is served once rather
-    // than refused. (A client may have queued its first streams without writing them all
-    // yet; a GOAWAY then would make it drop those it had not sent.) Checked
+    // first streams have arrived, so that a client which sent nothing yet is served once
+    // rather than refused, and goes before their responses, not after them. A client that
+    // reads responses and a GOAWAY together (one segment, or one read of a busy client)
+    // reuses the slots the responses freed before it parses the GOAWAY: h2load, nghttp2 and
+    // others queue new streams there, which the GOAWAY then makes them drop unsent
+    // (REFUSED_STREAM, on their side only). Sent with the first streams' arrival, the
+    // GOAWAY is buffered ahead of their responses (h2 writes pending GOAWAY frames before
+    // stream frames), so such a client has read it before any slot frees. (A client that
+    // writes its first streams in pieces may still hold some unsent when it comes: those are
+    // refused unprocessed, which it may retry, as any stream opened after a GOAWAY.) Checked
     // after each poll of the connection: a flag load, nothing per stream. (An atomic only
     // because the task must be `Send`; one task uses it.)
     let goaway_at_first_stream = AtomicBool::new(false);
@@ -95,7 +101,6 @@ pub(super) async fn serve<I, T, S, B>(
                 let polled = std::pin::Pin::new(&mut http).poll(cx);
                 if goaway_at_first_stream.load(Ordering::Relaxed)
                     && conn.heads.load(Ordering::Relaxed) > 0
-                    && conn.busy.load(Ordering::Relaxed) == 0
                 {
                     goaway_at_first_stream.store(false, Ordering::Relaxed);
                     std::pin::Pin::new(&mut http).graceful_shutdown();
