@@ -17,6 +17,8 @@ use hyper::header::{CONNECTION, HeaderValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use super::record::RequestRecord;
+
 /// How long a closed connection's remaining input is read and discarded before the socket is
 /// dropped (see the module documentation on lingering close).
 const LINGER: Duration = Duration::from_secs(2);
@@ -50,9 +52,8 @@ pub(super) struct ConnState {
     /// service wrapper answers 503 at its next poll instead of waiting for the handler.
     pub(super) timed_out: AtomicBool,
     /// The method and path of the latest request: for the request timeout's log line and the
-    /// worker's report of slow requests (`InFlightSource`). Cheap clones (the path shares the
-    /// request's bytes); the lock is this connection's alone.
-    pub(super) request: std::sync::Mutex<Option<(hyper::Method, hyper::Uri)>>,
+    /// worker's report of slow requests (`InFlightSource`), without a lock per request.
+    pub(super) request: RequestRecord,
 }
 
 impl ConnState {
@@ -68,7 +69,7 @@ impl ConnState {
             write_blocked: AtomicBool::new(false),
             responded: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
-            request: std::sync::Mutex::new(None),
+            request: RequestRecord::new(),
         }
     }
 
@@ -126,12 +127,8 @@ impl cluster_core::in_flight::InFlightSource for ConnState {
         if self.busy.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let (method, uri) = self.request.lock().ok()?.clone()?;
-        Some((
-            self.heads.load(Ordering::Relaxed),
-            method.to_string(),
-            uri.path().to_owned(),
-        ))
+        let (method, path) = self.request.get()?;
+        Some((self.heads.load(Ordering::Relaxed), method, path))
     }
 }
 

@@ -112,7 +112,7 @@ pub(super) async fn serve<I, T, S, B>(
                     Expired::Request => {
                         shared.requests_timed_out.fetch_add(1, Ordering::Relaxed);
                         let answered = !conn.responded.load(Ordering::Relaxed);
-                        let request = conn.request.lock().ok().and_then(|r| r.clone());
+                        let request = conn.request.get();
                         log_timeout(request, deadlines.request_age(now), answered);
                         if answered {
                             // The next poll of the connection polls the service wrapper,
