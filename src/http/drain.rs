@@ -17,6 +17,7 @@ use hyper::header::{CONNECTION, HeaderValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use super::detect::Rewound;
 use super::record::RequestRecord;
 
 /// How long a closed connection's remaining input is read and discarded before the socket is
@@ -193,6 +194,8 @@ pub(super) struct Tracked<I> {
     /// lingering close). hyper's `poll_without_shutdown` would do the same, but it wants an
     /// `Unpin` response future, which would cost every request an allocation.
     pub(super) keep_open: bool,
+    /// The bytes protocol detection read, handed out before any read of `io`.
+    pub(super) rewound: Option<Rewound>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
@@ -201,6 +204,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(rewound) = self.rewound.as_mut() {
+            if rewound.fill(buf) {
+                // Freed as soon as it is handed out: the connection may live for hours.
+                self.rewound = None;
+            }
+            self.conn.touch();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
