@@ -51,6 +51,7 @@ impl RequestRecord {
     }
 
     /// Records a request. Called only by the connection's task.
+    #[inline]
     pub(super) fn set(&self, method: &str, path: &str) {
         let seq = self.seq.load(Ordering::Relaxed);
         self.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
@@ -62,8 +63,13 @@ impl RequestRecord {
             // few instructions, where a copy through a buffer cost a hundred.
             self.method
                 .store(pack(method.as_bytes()), Ordering::Relaxed);
-            for (slot, word) in self.text.iter().zip(path.as_bytes().chunks(8)) {
-                slot.store(pack(word), Ordering::Relaxed);
+            if p <= 8 {
+                // The usual path, `/` or a short one: no loop.
+                self.text[0].store(pack(path.as_bytes()), Ordering::Relaxed);
+            } else {
+                for (slot, word) in self.text.iter().zip(path.as_bytes().chunks(8)) {
+                    slot.store(pack(word), Ordering::Relaxed);
+                }
             }
             // Both lengths are at most INLINE.
             self.lens
@@ -161,6 +167,10 @@ mod tests {
         assert_eq!(record.get(), Some(("PUT".into(), fits)));
         record.set("DELETE", "/a?b");
         assert_eq!(record.get(), Some(("DELETE".into(), "/a?b".into())));
+        record.set("GET", "/1234567");
+        assert_eq!(record.get(), Some(("GET".into(), "/1234567".into())));
+        record.set("GET", "/12345678");
+        assert_eq!(record.get(), Some(("GET".into(), "/12345678".into())));
     }
 
     #[test]
