@@ -12,7 +12,7 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::detect::{Protocol, Rewind, sniff};
+use super::detect::{Protocol, Rewound, sniff};
 use super::drain::ConnState;
 use super::proxy::{ProxiedAddr, read_header};
 use super::shared::{BoxError, Peer, Shared, close_now};
@@ -77,10 +77,10 @@ async fn serve_http<I, T, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let (protocol, io) = match protocol {
-        Some(protocol) => (protocol, Rewind::new(io, Vec::new())),
+    let (protocol, rewound) = match protocol {
+        Some(protocol) => (protocol, None),
         None => match first_bytes(&mut io, &shared).await {
-            Some((protocol, prefix)) => (protocol, Rewind::new(io, prefix)),
+            Some((protocol, prefix)) => (protocol, Rewound::new(prefix)),
             None => {
                 close_now(io).await;
                 return;
@@ -89,10 +89,10 @@ async fn serve_http<I, T, S, B>(
     };
     let conn = Arc::new(ConnState::new(shared.epoch));
     match protocol {
-        Protocol::Http1 => super::http1::serve(io, conn, peer, shared).await,
+        Protocol::Http1 => super::http1::serve(io, rewound, conn, peer, shared).await,
         Protocol::Http2 => {
             shared.http2_connections.fetch_add(1, Ordering::Relaxed);
-            super::http2::serve(io, conn, peer, shared).await;
+            super::http2::serve(io, rewound, conn, peer, shared).await;
         }
     }
 }

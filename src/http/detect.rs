@@ -1,6 +1,6 @@
 //! Which HTTP a plain-text connection speaks: HTTP/2 with prior knowledge (h2c) starts with
 //! the client's connection preface (RFC 9113, section 3.4), anything else is HTTP/1.1. The
-//! bytes read to tell are handed back in front of the connection ([`Rewind`]), so that hyper
+//! bytes read to tell are handed back in front of the connection ([`Rewound`]), so that hyper
 //! reads them as if nothing had. Apart from the connection's task because this runs before
 //! either protocol's server exists, once per connection.
 //!
@@ -10,13 +10,11 @@
 //! which costs an HTTP/1.1 connection a second read before its head is parsed. Here the first
 //! read takes what the kernel has (up to [`FIRST_READ`]), so a connection-per-request client
 //! pays one read as before, and a keep-alive one pays nothing per request but a branch in
-//! [`Rewind::poll_read`].
+//! the connection's I/O wrapper.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// The client connection preface of HTTP/2.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -53,68 +51,27 @@ pub(super) async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(Proto
     }
 }
 
-/// A connection with bytes already read from it put back in front.
-pub(super) struct Rewind<I> {
-    io: I,
-    /// What is left of the bytes read before, and how far it has been handed out.
-    prefix: Option<(Vec<u8>, usize)>,
+/// Bytes read from a connection to tell its protocol, to be read again first. Handed out by
+/// the connection's one I/O wrapper (`Tracked`), rather than by a wrapper of its own: every
+/// read of a keep-alive connection would go through both (about 45 instructions a request).
+pub(super) struct Rewound {
+    bytes: Vec<u8>,
+    /// How far `bytes` has been handed out.
+    at: usize,
 }
 
-impl<I> Rewind<I> {
-    /// `io` with `prefix` to be read first (nothing when it is empty).
-    pub(super) fn new(io: I, prefix: Vec<u8>) -> Self {
-        let prefix = (!prefix.is_empty()).then_some((prefix, 0));
-        Rewind { io, prefix }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if let Some((prefix, at)) = self.prefix.as_mut() {
-            let n = buf.remaining().min(prefix.len() - *at);
-            buf.put_slice(&prefix[*at..*at + n]);
-            *at += n;
-            if *at == prefix.len() {
-                // Freed as soon as it is handed out: the connection may live for hours.
-                self.prefix = None;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+impl Rewound {
+    /// `bytes` to be read first; `None` when there are none.
+    pub(super) fn new(bytes: Vec<u8>) -> Option<Self> {
+        (!bytes.is_empty()).then_some(Rewound { bytes, at: 0 })
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    /// Hands out as much as `buf` takes; whether all is now handed out.
+    pub(super) fn fill(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        let n = buf.remaining().min(self.bytes.len() - self.at);
+        buf.put_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        self.at == self.bytes.len()
     }
 }
 
@@ -137,9 +94,18 @@ mod tests {
         let (protocol, prefix) = sniff(&mut server).await.unwrap();
         drop(writer.await.unwrap());
         // What was read comes back first, then the rest of the stream.
-        let mut rewound = Rewind::new(server, prefix);
-        let mut all = Vec::new();
-        rewound.read_to_end(&mut all).await.unwrap();
+        let mut all = vec![0u8; prefix.len()];
+        if let Some(mut rewound) = Rewound::new(prefix) {
+            // In two pieces, as a small read buffer takes it.
+            let half = all.len() / 2;
+            let (first, second) = all.split_at_mut(half);
+            assert_eq!(
+                rewound.fill(&mut ReadBuf::new(first)),
+                half == 0 || second.is_empty()
+            );
+            assert!(rewound.fill(&mut ReadBuf::new(second)));
+        }
+        server.read_to_end(&mut all).await.unwrap();
         (protocol, all)
     }
 

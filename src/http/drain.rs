@@ -17,6 +17,9 @@ use hyper::header::{CONNECTION, HeaderValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use super::detect::Rewound;
+use super::record::RequestRecord;
+
 /// How long a closed connection's remaining input is read and discarded before the socket is
 /// dropped (see the module documentation on lingering close).
 const LINGER: Duration = Duration::from_secs(2);
@@ -50,9 +53,8 @@ pub(super) struct ConnState {
     /// service wrapper answers 503 at its next poll instead of waiting for the handler.
     pub(super) timed_out: AtomicBool,
     /// The method and path of the latest request: for the request timeout's log line and the
-    /// worker's report of slow requests (`InFlightSource`). Cheap clones (the path shares the
-    /// request's bytes); the lock is this connection's alone.
-    pub(super) request: std::sync::Mutex<Option<(hyper::Method, hyper::Uri)>>,
+    /// worker's report of slow requests (`InFlightSource`), without a lock per request.
+    pub(super) request: RequestRecord,
 }
 
 impl ConnState {
@@ -68,7 +70,7 @@ impl ConnState {
             write_blocked: AtomicBool::new(false),
             responded: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
-            request: std::sync::Mutex::new(None),
+            request: RequestRecord::new(),
         }
     }
 
@@ -126,12 +128,8 @@ impl cluster_core::in_flight::InFlightSource for ConnState {
         if self.busy.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let (method, uri) = self.request.lock().ok()?.clone()?;
-        Some((
-            self.heads.load(Ordering::Relaxed),
-            method.to_string(),
-            uri.path().to_owned(),
-        ))
+        let (method, path) = self.request.get()?;
+        Some((self.heads.load(Ordering::Relaxed), method, path))
     }
 }
 
@@ -196,6 +194,8 @@ pub(super) struct Tracked<I> {
     /// lingering close). hyper's `poll_without_shutdown` would do the same, but it wants an
     /// `Unpin` response future, which would cost every request an allocation.
     pub(super) keep_open: bool,
+    /// The bytes protocol detection read, handed out before any read of `io`.
+    pub(super) rewound: Option<Rewound>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
@@ -204,6 +204,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(rewound) = self.rewound.as_mut() {
+            if rewound.fill(buf) {
+                // Freed as soon as it is handed out: the connection may live for hours.
+                self.rewound = None;
+            }
+            self.conn.touch();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {

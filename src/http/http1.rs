@@ -16,14 +16,17 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::deadline::{Deadlines, Expired};
+use super::detect::Rewound;
 use super::drain::{ConnState, Tracked, linger};
 use super::service::{DrainService, log_timeout};
 use super::shared::{BoxError, Peer, Shared, close_now, sleep_until_some};
 use super::woken::Woken;
 
-/// Serves `io`, an HTTP/1.1 connection, until it closes.
+/// Serves `io`, an HTTP/1.1 connection whose first bytes may be in `rewound`, until it
+/// closes.
 pub(super) async fn serve<I, T, S, B>(
     io: I,
+    rewound: Option<Rewound>,
     conn: Arc<ConnState>,
     peer: Peer<T>,
     shared: Arc<Shared<S>>,
@@ -53,6 +56,7 @@ pub(super) async fn serve<I, T, S, B>(
     let io = TokioIo::new(Tracked {
         io,
         conn: Arc::clone(&conn),
+        rewound,
         keep_open: true,
     });
     let mut http = shared.http1.serve_connection(io, service);
@@ -112,7 +116,7 @@ pub(super) async fn serve<I, T, S, B>(
                     Expired::Request => {
                         shared.requests_timed_out.fetch_add(1, Ordering::Relaxed);
                         let answered = !conn.responded.load(Ordering::Relaxed);
-                        let request = conn.request.lock().ok().and_then(|r| r.clone());
+                        let request = conn.request.get();
                         log_timeout(request, deadlines.request_age(now), answered);
                         if answered {
                             // The next poll of the connection polls the service wrapper,

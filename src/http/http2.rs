@@ -34,13 +34,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::deadline::{Deadlines, Expired};
+use super::detect::Rewound;
 use super::drain::{ConnState, Tracked};
 use super::service::DrainService;
 use super::shared::{BoxError, Peer, Shared, sleep_until_some};
 
-/// Serves `io`, an HTTP/2 connection whose preface is still to be read, until it closes.
+/// Serves `io`, an HTTP/2 connection whose preface is still to be read (from `rewound`
+/// first), until it closes.
 pub(super) async fn serve<I, T, S, B>(
     io: I,
+    rewound: Option<Rewound>,
     conn: Arc<ConnState>,
     peer: Peer<T>,
     shared: Arc<Shared<S>>,
@@ -64,6 +67,7 @@ pub(super) async fn serve<I, T, S, B>(
     let io = TokioIo::new(Tracked {
         io,
         conn: Arc::clone(&conn),
+        rewound,
         keep_open: false,
     });
     let mut http = shared.http2.serve_connection(io, service);

@@ -129,6 +129,7 @@ mod http2;
 mod options;
 mod proxy;
 mod readiness;
+mod record;
 mod server;
 mod service;
 mod shared;

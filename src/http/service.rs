@@ -73,9 +73,9 @@ where
                 self.conn.responded.store(false, Ordering::Relaxed);
                 self.conn.timed_out.store(false, Ordering::Relaxed);
             }
-            if let Ok(mut current) = self.conn.request.lock() {
-                *current = Some((req.method().clone(), req.uri().clone()));
-            }
+            self.conn
+                .request
+                .set(req.method().as_str(), req.uri().path());
             self.conn
                 .client_done
                 .store(is_clients_last(&req), Ordering::Relaxed);
@@ -237,11 +237,8 @@ fn unavailable<B>(busy: Busy) -> Response<DrainBody<B>> {
 }
 
 /// Logs a request ended by its timeout, with its method, path and (lower bound of) age.
-pub(super) fn log_timeout(request: Option<(Method, Uri)>, age: Duration, answered: bool) {
-    let (method, path) = request.map_or_else(
-        || ("?".to_owned(), "?".to_owned()),
-        |(method, uri)| (method.to_string(), uri.path().to_owned()),
-    );
+pub(super) fn log_timeout(request: Option<(String, String)>, age: Duration, answered: bool) {
+    let (method, path) = request.unwrap_or_else(|| ("?".to_owned(), "?".to_owned()));
     let what = if answered {
         "answered 503 in place of its handler"
     } else {
@@ -305,9 +302,9 @@ impl Busy {
     }
 
     /// The HTTP/2 stream's method and path, for a log line.
-    fn request(&self) -> Option<(Method, Uri)> {
+    fn request(&self) -> Option<(String, String)> {
         let (stream, _) = self.stream.as_ref()?;
-        Some((stream.method.clone(), stream.uri.clone()))
+        Some((stream.method.to_string(), stream.uri.path().to_owned()))
     }
 }
 
