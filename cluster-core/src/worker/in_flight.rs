@@ -8,7 +8,6 @@
 //! is as old as the first scan that saw it under way (at most one scan late), so serving pays
 //! no clock read per request.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -32,37 +31,75 @@ pub trait InFlightSource: Send + Sync {
 #[derive(Debug)]
 #[must_use = "the source is unregistered when this is dropped"]
 pub struct InFlightRegistration {
-    key: u64,
+    /// The source's slot, its own until this is dropped.
+    slot: usize,
 }
 
 impl Drop for InFlightRegistration {
     fn drop(&mut self) {
         if let Ok(mut registry) = REGISTRY.lock() {
-            registry.sources.remove(&self.key);
-            registry.seen.remove(&self.key);
+            registry.release(self.slot);
         }
     }
 }
 
+/// One registered source.
+struct Entry {
+    source: Weak<dyn InFlightSource>,
+    /// The request number seen under way and when it was first seen.
+    seen: Option<(u64, Instant)>,
+}
+
+/// The registered sources, in slots that registrations own: `cluster::http` registers every
+/// HTTP/2 stream, so a registration and its drop are a lock, an index and a store, where two
+/// SipHash maps cost about 750 instructions a stream (a tenth of a stream's serving cost).
 #[derive(Default)]
 struct Registry {
-    sources: HashMap<u64, Weak<dyn InFlightSource>>,
-    /// Per source: the request number seen under way and when it was first seen.
-    seen: HashMap<u64, (u64, Instant)>,
+    slots: Vec<Option<Entry>>,
+    /// Slots whose registration was dropped, for reuse.
+    free: Vec<usize>,
+}
+
+impl Registry {
+    fn take(&mut self, source: Weak<dyn InFlightSource>) -> usize {
+        let entry = Some(Entry { source, seen: None });
+        match self.free.pop() {
+            Some(slot) => {
+                if let Some(free) = self.slots.get_mut(slot) {
+                    *free = entry;
+                }
+                slot
+            }
+            None => {
+                self.slots.push(entry);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn release(&mut self, slot: usize) {
+        if let Some(entry) = self.slots.get_mut(slot).and_then(Option::take) {
+            self.free.push(slot);
+            // The source's memory may go with its last weak count: after the push, so that
+            // nothing here can fail between the two.
+            drop(entry);
+        }
+    }
 }
 
 static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new(Mutex::default);
-static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
 /// Registers `source` for the reports of this worker's slow requests, until the returned
-/// registration is dropped (`cluster::http` does this for each connection). A lock per
-/// call: register once per connection, not per request.
+/// registration is dropped (`cluster::http` does this for each HTTP/1.1 connection and each
+/// HTTP/2 stream). An uncontended lock and a slot per call.
 pub fn register(source: Weak<dyn InFlightSource>) -> InFlightRegistration {
-    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut registry) = REGISTRY.lock() {
-        registry.sources.insert(key, source);
-    }
-    InFlightRegistration { key }
+    let slot = match REGISTRY.lock() {
+        Ok(mut registry) => registry.take(source),
+        // Poisoned only by a panic under the lock, which nothing here can cause: the source
+        // goes unreported, and its drop finds no slot of this number to release.
+        Err(_) => usize::MAX,
+    };
+    InFlightRegistration { slot }
 }
 
 /// The requests under way for at least `min_age`, oldest first, at most `n`; also ages every
@@ -71,37 +108,32 @@ pub(crate) fn slowest(now: Instant, min_age: Duration, n: usize) -> Vec<SlowRequ
     let Ok(mut registry) = REGISTRY.lock() else {
         return Vec::new();
     };
-    let Registry { sources, seen } = &mut *registry;
     let mut found = Vec::new();
-    sources.retain(|key, source| {
-        let Some(source) = source.upgrade() else {
-            seen.remove(key);
-            return false;
+    for entry in registry.slots.iter_mut().flatten() {
+        // A source dropped before its registration keeps its slot until the registration
+        // goes: only that frees it, so that no slot is ever freed twice.
+        let current = entry.source.upgrade().and_then(|source| source.current());
+        let Some((number, method, path)) = current else {
+            entry.seen = None;
+            continue;
         };
-        match source.current() {
-            Some((number, method, path)) => {
-                let since = match seen.get(key) {
-                    Some(&(seen_number, since)) if seen_number == number => since,
-                    _ => {
-                        seen.insert(*key, (number, now));
-                        now
-                    }
-                };
-                let age = now.saturating_duration_since(since);
-                if age >= min_age {
-                    found.push(SlowRequest {
-                        method,
-                        path,
-                        age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
-                    });
-                }
+        let since = match entry.seen {
+            Some((seen_number, since)) if seen_number == number => since,
+            _ => {
+                entry.seen = Some((number, now));
+                now
             }
-            None => {
-                seen.remove(key);
-            }
+        };
+        let age = now.saturating_duration_since(since);
+        if age >= min_age {
+            found.push(SlowRequest {
+                method,
+                path,
+                age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            });
         }
-        true
-    });
+    }
+    drop(registry);
     found.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
     found.truncate(n);
     found
@@ -214,6 +246,44 @@ mod tests {
             mine(slowest(t0 + Duration::from_secs(6), Duration::ZERO, 5)),
             [("/a-slow-one".to_owned(), 0)]
         );
+    }
+
+    #[test]
+    fn a_slot_freed_by_one_registration_serves_the_next_and_no_other_is_touched() {
+        let paths = |found: Vec<SlowRequest>| -> Vec<String> {
+            let mut paths: Vec<String> = found
+                .into_iter()
+                .map(|r| r.path)
+                .filter(|p| p.starts_with("/slot-"))
+                .collect();
+            paths.sort();
+            paths
+        };
+        let a: Arc<dyn InFlightSource> = fake(1, "/slot-a");
+        let b: Arc<dyn InFlightSource> = fake(1, "/slot-b");
+        let ra = register(Arc::downgrade(&a));
+        let rb = register(Arc::downgrade(&b));
+        drop(ra);
+        let c: Arc<dyn InFlightSource> = fake(1, "/slot-c");
+        let rc = register(Arc::downgrade(&c));
+        // A source gone before its registration: its slot stays taken until that is dropped.
+        let d: Arc<dyn InFlightSource> = fake(1, "/slot-d");
+        let rd = register(Arc::downgrade(&d));
+        drop(d);
+        let e: Arc<dyn InFlightSource> = fake(1, "/slot-e");
+        let re = register(Arc::downgrade(&e));
+        assert_eq!(
+            paths(slowest(Instant::now(), Duration::ZERO, 1000)),
+            ["/slot-b", "/slot-c", "/slot-e"]
+        );
+        drop(rd);
+        drop(rb);
+        assert_eq!(
+            paths(slowest(Instant::now(), Duration::ZERO, 1000)),
+            ["/slot-c", "/slot-e"]
+        );
+        drop((rc, re));
+        assert!(paths(slowest(Instant::now(), Duration::ZERO, 1000)).is_empty());
     }
 
     #[test]
