@@ -88,38 +88,40 @@ where
         }
         let response = self.shared.service.call(req);
         let shared = Arc::clone(&self.shared);
-        if self.http2 {
-            return ResponseFuture::Http2 {
-                future: Box::pin(stream_response(response, busy, shared)),
+        if let Some(timeout) = self.shared.request_timeout.filter(|_| self.http2) {
+            return ResponseFuture::Timed {
+                future: Box::pin(stream_response(response, busy, shared, timeout)),
             };
         }
-        ResponseFuture::Http1 {
+        ResponseFuture::Direct {
             handler: response,
             call: Some(Call {
                 busy,
                 shared,
                 expires,
+                http2: self.http2,
             }),
         }
     }
 }
 
 pin_project! {
-    /// The response to one request. An HTTP/1.1 request's is the handler's future itself,
-    /// unboxed, with what its answer needs: hyper keeps it in place, so a request costs no
-    /// allocation. (Boxed in an `async` block, with its body boxed too, it cost two
-    /// allocations and frees and two more copies of the handler's future per request:
-    /// about 250 of a keep-alive request's 10,000 instructions.) An HTTP/2 stream's is
-    /// boxed: it carries its own timer.
+    /// The response to one request: the handler's future itself, unboxed, with what its
+    /// answer needs; hyper keeps it in place, so a request costs no allocation. (Boxed in an
+    /// `async` block, with its body boxed too, it cost two allocations and frees and two more
+    /// copies of the handler's future per request: about 250 of a keep-alive request's
+    /// 10,000 instructions; for an HTTP/2 stream, whose future is big enough to take malloc's
+    /// slow path, more.) An HTTP/2 stream with `request_timeout` is boxed instead: it
+    /// carries a timer of its own.
     #[project = ResponseProjection]
     pub(super) enum ResponseFuture<F, S, B> {
-        Http1 {
+        Direct {
             #[pin]
             handler: F,
             // Taken when the response is ready.
             call: Option<Call<S>>,
         },
-        Http2 {
+        Timed {
             future: BoxedResponse<B>,
         },
     }
@@ -129,12 +131,15 @@ pin_project! {
 type BoxedResponse<B> =
     Pin<Box<dyn Future<Output = Result<Response<DrainBody<B>>, BoxError>> + Send>>;
 
-/// What an HTTP/1.1 response needs besides the handler's answer.
+/// What a response needs besides the handler's answer.
 pub(super) struct Call<S> {
     busy: Busy,
     shared: Arc<Shared<S>>,
-    /// `request_timeout` is set: the connection's task may ask for a 503.
+    /// HTTP/1.1 with `request_timeout` set: the connection's task may ask for a 503.
     expires: bool,
+    /// An HTTP/2 stream's: no `Connection` header (HTTP/2 forbids it; the drain's GOAWAY
+    /// does its work).
+    http2: bool,
 }
 
 impl<F, S, B, E> Future for ResponseFuture<F, S, B>
@@ -146,8 +151,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (handler, call) = match self.project() {
-            ResponseProjection::Http1 { handler, call } => (handler, call),
-            ResponseProjection::Http2 { future } => return future.as_mut().poll(cx),
+            ResponseProjection::Direct { handler, call } => (handler, call),
+            ResponseProjection::Timed { future } => return future.as_mut().poll(cx),
         };
         let Some(answer) = call.take() else {
             return Poll::Ready(Err("response polled after it was given".into()));
@@ -168,6 +173,7 @@ where
             busy,
             shared,
             expires,
+            http2,
         } = answer;
         if expires {
             busy.conn.responded.store(true, Ordering::Relaxed);
@@ -176,7 +182,7 @@ where
         // Decided when the response is ready, not when the request came: a request that was
         // under way when draining started still closes its connection, so the client learns
         // it from this response instead of from a close that races its next request.
-        if shared.draining.load(Ordering::Relaxed) {
+        if !http2 && shared.draining.load(Ordering::Relaxed) {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -186,14 +192,14 @@ where
     }
 }
 
-/// An HTTP/2 stream's response: no `Connection` header (HTTP/2 forbids it; the drain's
-/// GOAWAY does its work), and with `request_timeout` a timer of the stream's own, which
+/// An HTTP/2 stream's response with `request_timeout`: a timer of the stream's own, which
 /// answers 503 in place of a handler that passed it, or resets the stream whose body is
-/// still being produced then.
+/// still being produced then. No `Connection` header, as for every HTTP/2 stream.
 async fn stream_response<S, F, B, E>(
     response: F,
     busy: Busy,
     shared: Arc<Shared<S>>,
+    timeout: Duration,
 ) -> Result<Response<DrainBody<B>>, BoxError>
 where
     S: Send + Sync + 'static,
@@ -201,10 +207,6 @@ where
     E: Into<BoxError>,
     B: Body + Send + 'static,
 {
-    let Some(timeout) = shared.request_timeout else {
-        let response = response.await.map_err(Into::into)?;
-        return Ok(response.map(|body| DrainBody::new(body, busy, None)));
-    };
     let started = Instant::now();
     let deadline = started + timeout;
     let response = match tokio::time::timeout_at(deadline, response).await {

@@ -358,3 +358,85 @@ fn one_chunk_then_stall(
         None => std::task::Poll::Pending,
     })
 }
+
+/// The same over HTTP/2, where each stream keeps its own timer (its response future is then
+/// boxed, unlike a stream's without `request_timeout`): a stuck handler's stream gets 503 at
+/// the timeout while the connection's other streams are served, and a stream whose body
+/// stalls is reset, not its connection.
+#[tokio::test]
+async fn a_stuck_http2_stream_is_answered_503_at_its_timeout_and_its_connection_serves_on()
+-> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/stuck", get(std::future::pending::<&'static str>))
+        .route(
+            "/stream",
+            get(|| async {
+                let first = one_chunk_then_stall(Bytes::from_static(b"first chunk"));
+                Body::from_stream(first)
+            }),
+        );
+    let shutdown = super::CancellationToken::new();
+    let timeout = Duration::from_millis(400);
+    let server = tokio::spawn(super::serve_tower(
+        listener,
+        app,
+        shutdown.clone(),
+        DrainOptions::new().request_timeout(timeout),
+    ));
+
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await?);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+    let connection = tokio::spawn(connection);
+    let get = |path: &str| Request::get(format!("http://{addr}{path}")).body(Empty::<Bytes>::new());
+
+    let asked = Instant::now();
+    let stuck = sender.send_request(get("/stuck")?);
+    // Another stream on the same connection, served while the first one hangs.
+    let ok = tokio::time::timeout(10 * SEC, sender.clone().send_request(get("/")?)).await??;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.into_body().collect().await?.to_bytes(), "ok");
+    let stuck = tokio::time::timeout(10 * SEC, stuck).await??;
+    let took = asked.elapsed();
+    assert_eq!(stuck.status(), 503);
+    assert!(
+        took >= timeout && took < 3 * timeout,
+        "answered after {took:?}"
+    );
+
+    // Its head and first chunk out, the body stalls: the stream is reset, the connection
+    // serves on.
+    let stream =
+        tokio::time::timeout(10 * SEC, sender.clone().send_request(get("/stream")?)).await??;
+    assert_eq!(stream.status(), 200);
+    let mut body = stream.into_body();
+    let first = tokio::time::timeout(10 * SEC, body.frame()).await?;
+    let first = first
+        .ok_or("no first chunk")??
+        .into_data()
+        .map_err(|_| "not data")?;
+    assert_eq!(first, "first chunk");
+    let rest = tokio::time::timeout(10 * SEC, body.frame()).await?;
+    assert!(
+        matches!(rest, Some(Err(_))),
+        "the stalled body ended with {rest:?}, not a reset"
+    );
+    let again = tokio::time::timeout(10 * SEC, sender.send_request(get("/")?)).await??;
+    assert_eq!(again.status(), 200);
+
+    shutdown.cancel();
+    let stats = tokio::time::timeout(10 * SEC, server).await???;
+    assert_eq!(stats.requests_timed_out, 2, "{stats:?}");
+    assert_eq!(stats.http2_connections, 1, "{stats:?}");
+    connection.abort();
+    Ok(())
+}
