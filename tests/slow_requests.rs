@@ -175,3 +175,81 @@ fn a_request_that_freezes_the_runtime_at_once_is_named_by_the_workers_stall_watc
     assert!(stall_at < kill, "{}", output(&fx));
     fx.stop_cleanly();
 }
+
+/// HTTP/2 streams under way at once on one connection each show in `/status` with its own
+/// path and age, and leave it when their client goes (each stream's slot in its connection's
+/// table is freed with the stream).
+#[test]
+fn http2_streams_under_way_show_each_in_status_and_leave_with_their_client() {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (http, status) = (free_port(), free_port());
+    let mut fx = Fixture::start(&[
+        ("OPS_COUNT", "1".to_string()),
+        ("OPS_HTTP_PORT", http.to_string()),
+        ("OPS_STATUS_PORT", status.to_string()),
+        ("OPS_HEARTBEAT_MS", "200".into()),
+    ]);
+    fx.wait_ready(1);
+    let (http, status) = (local(http), local(status));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    // Two streams that wait a minute, on one h2c connection driven by a thread of its own;
+    // dropping `stop` ends that thread and closes the connection with its streams.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (opened, streams_open) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let io = TokioIo::new(tokio::net::TcpStream::connect(http).await?);
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            let connection = tokio::spawn(connection);
+            let mut requests = Vec::new();
+            for path in ["/await-60000", "/await-60001"] {
+                let request = hyper::Request::get(format!("http://{http}{path}"))
+                    .body(Empty::<Bytes>::new())?;
+                requests.push(tokio::spawn(sender.clone().send_request(request)));
+            }
+            let _ = opened.send(());
+            let _ = stopped.await;
+            for request in requests {
+                request.abort();
+            }
+            connection.abort();
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+    });
+    streams_open
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the HTTP/2 client connected");
+    let seen = poll("both streams in /status", Duration::from_secs(10), || {
+        let mut slow = slow_requests(&ops::status(status));
+        slow.retain(|(path, age)| path.starts_with("/await-6000") && *age >= 1000);
+        slow.sort();
+        if slow.len() == 2 && slow[0].0 == "/await-60000" && slow[1].0 == "/await-60001" {
+            Ok(slow)
+        } else {
+            Err(format!("{slow:?}"))
+        }
+    });
+    drop(stop);
+    client
+        .join()
+        .expect("the client thread")
+        .expect("the HTTP/2 client");
+    poll("no slow request left", Duration::from_secs(10), || {
+        let slow = slow_requests(&ops::status(status));
+        if slow.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{slow:?}"))
+        }
+    });
+    eprintln!("seen in /status as {seen:?}");
+    fx.stop_cleanly();
+}

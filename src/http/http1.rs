@@ -49,7 +49,7 @@ pub(super) async fn serve<I, T, S, B>(
         conn: Arc::clone(&conn),
         peer: Arc::new(peer.addr),
         proxied: peer.proxied,
-        http2: false,
+        streams: None,
     };
     // hyper's shutdown at the end is left to this task (`keep_open`), so that the socket
     // comes back (`into_parts`) for a lingering close, which hyper's own does not do.

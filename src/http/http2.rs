@@ -38,6 +38,7 @@ use super::detect::Rewound;
 use super::drain::{ConnState, Tracked};
 use super::service::DrainService;
 use super::shared::{BoxError, Peer, Shared, sleep_until_some};
+use super::streams::Streams;
 
 /// Serves `io`, an HTTP/2 connection whose preface is still to be read (from `rewound`
 /// first), until it closes.
@@ -57,12 +58,18 @@ pub(super) async fn serve<I, T, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    // Once per connection, as for HTTP/1.1: its streams under way show in the worker's
+    // slow-request reports.
+    let streams = Arc::new(Streams::default());
+    let source: Arc<dyn cluster_core::in_flight::InFlightSource> = streams.clone();
+    let _in_flight = cluster_core::in_flight::register(Arc::downgrade(&source));
+    drop(source);
     let service = DrainService {
         shared: Arc::clone(&shared),
         conn: Arc::clone(&conn),
         peer: Arc::new(peer.addr),
         proxied: peer.proxied,
-        http2: true,
+        streams: Some(streams),
     };
     let io = TokioIo::new(Tracked {
         io,

@@ -113,10 +113,12 @@
 
 // The parts, bottom to top; each uses only those above it in this list: where connections
 // come from (`accept`), what a server reports (`readiness`), what a caller gives and gets
-// (`options`), the PROXY header a connection may start with (`proxy`), how one connection
-// drains (`drain`), its deadlines (`deadline`), which HTTP it speaks (`detect`), the app's
-// service as a connection serves it (`service`), HTTP/1.1's and HTTP/2's serving loops
-// (`http1`, `http2`), TLS (`tls`), all over what the accept loop shares with them
+// (`options`), the PROXY header a connection may start with (`proxy`), what an HTTP/1.1
+// connection's request under way is (`record`), how one connection drains (`drain`), its
+// deadlines (`deadline`), which HTTP it speaks (`detect`), an HTTP/2 connection's streams
+// under way (`streams`), the app's service as a connection serves it (`service`), HTTP/1.1's
+// and HTTP/2's serving loops (`http1`, `http2`), TLS (`tls`), all over what the accept loop
+// shares with them
 // (`shared`); a future polled only once it woke (`woken`); one connection's task
 // (`connection`, which picks a loop), and the accept loop that runs them (`server`).
 mod accept;
@@ -133,6 +135,7 @@ mod record;
 mod server;
 mod service;
 mod shared;
+mod streams;
 #[cfg(test)]
 mod tests;
 #[cfg(feature = "tls")]

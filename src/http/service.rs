@@ -16,11 +16,10 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use cluster_core::in_flight::{InFlightRegistration, InFlightSource};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{CONNECTION, HeaderValue};
 use hyper::service::Service;
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
@@ -28,6 +27,7 @@ use super::drain::{ConnState, is_clients_last};
 use super::options::PeerAddr;
 use super::proxy::ProxiedAddr;
 use super::shared::{BoxError, Shared};
+use super::streams::{StreamSlot, Streams};
 
 /// The app's service, wrapped to count requests, mark the connection busy until each
 /// response is sent, and close HTTP/1.1 connections through their next response once
@@ -40,8 +40,9 @@ pub(super) struct DrainService<S, T> {
     pub(super) peer: Arc<T>,
     /// The client's address from the PROXY header, with `proxy_protocol`.
     pub(super) proxied: Option<ProxiedAddr>,
-    /// Serving HTTP/2 streams rather than HTTP/1.1 requests.
-    pub(super) http2: bool,
+    /// Serving HTTP/2 streams rather than HTTP/1.1 requests: the connection's streams under
+    /// way.
+    pub(super) streams: Option<Arc<Streams>>,
 }
 
 impl<S, T, B> Service<Request<Incoming>> for DrainService<S, T>
@@ -65,10 +66,14 @@ where
         self.shared.requests.fetch_add(1, Ordering::Relaxed);
         // The worker's count, for the master's `max_requests` recycling.
         cluster_core::count_request();
-        let stream = self.http2.then(|| Stream::register(number, &req));
+        let http2 = self.streams.is_some();
+        let stream = self
+            .streams
+            .as_ref()
+            .map(|streams| streams.begin(number, req.method(), req.uri()));
         let busy = Busy::new(Arc::clone(&self.conn), stream);
         let expires = self.shared.request_timeout.is_some();
-        if !self.http2 {
+        if !http2 {
             if expires {
                 self.conn.responded.store(false, Ordering::Relaxed);
                 self.conn.timed_out.store(false, Ordering::Relaxed);
@@ -88,7 +93,7 @@ where
         }
         let response = self.shared.service.call(req);
         let shared = Arc::clone(&self.shared);
-        if let Some(timeout) = self.shared.request_timeout.filter(|_| self.http2) {
+        if let Some(timeout) = self.shared.request_timeout.filter(|_| http2) {
             return ResponseFuture::Timed {
                 future: Box::pin(stream_response(response, busy, shared, timeout)),
             };
@@ -99,7 +104,7 @@ where
                 busy,
                 shared,
                 expires,
-                http2: self.http2,
+                http2,
             }),
         }
     }
@@ -258,55 +263,23 @@ pub(super) fn log_timeout(request: Option<(String, String)>, age: Duration, answ
     }
 }
 
-/// One HTTP/2 stream under way, for the worker's report of slow requests: registered while
-/// its [`Busy`] lives.
-struct Stream {
-    number: u64,
-    method: Method,
-    uri: Uri,
-}
-
-impl Stream {
-    fn register(number: u64, req: &Request<Incoming>) -> (Arc<Stream>, InFlightRegistration) {
-        let stream = Arc::new(Stream {
-            number,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-        });
-        let source: Arc<dyn InFlightSource> = stream.clone();
-        let registration = cluster_core::in_flight::register(Arc::downgrade(&source));
-        (stream, registration)
-    }
-}
-
-impl InFlightSource for Stream {
-    fn current(&self) -> Option<(u64, String, String)> {
-        Some((
-            self.number,
-            self.method.to_string(),
-            self.uri.path().to_owned(),
-        ))
-    }
-}
-
 /// Marks its connection busy while alive; dropped with the response body (or with the
 /// request's future, if the service fails or the connection dies first). An HTTP/2 stream's
 /// also keeps the stream in the worker's slow-request reports.
 pub(super) struct Busy {
     conn: Arc<ConnState>,
-    stream: Option<(Arc<Stream>, InFlightRegistration)>,
+    stream: Option<StreamSlot>,
 }
 
 impl Busy {
-    fn new(conn: Arc<ConnState>, stream: Option<(Arc<Stream>, InFlightRegistration)>) -> Self {
+    fn new(conn: Arc<ConnState>, stream: Option<StreamSlot>) -> Self {
         conn.busy.fetch_add(1, Ordering::Relaxed);
         Busy { conn, stream }
     }
 
     /// The HTTP/2 stream's method and path, for a log line.
     fn request(&self) -> Option<(String, String)> {
-        let (stream, _) = self.stream.as_ref()?;
-        Some((stream.method.to_string(), stream.uri.path().to_owned()))
+        self.stream.as_ref()?.request()
     }
 }
 

@@ -23,8 +23,18 @@ pub(crate) const SLOW: Duration = Duration::from_secs(1);
 /// What one connection (or any unit of work a server tracks) has under way.
 pub trait InFlightSource: Send + Sync {
     /// The request under way, if any: a number that changes with each new request on this
-    /// source (a count of requests begun), its method (or kind) and its path (or name).
+    /// source (a count of requests begun), its method (or kind) and its path (or name). A
+    /// source with several requests at once (an HTTP/2 connection's streams) gives its
+    /// oldest here, and all of them by [`each_current`](Self::each_current).
     fn current(&self) -> Option<(u64, String, String)>;
+
+    /// Every request under way, as [`current`](Self::current) gives one, each with a number
+    /// of its own that no later request on this source reuses. By default, `current`'s.
+    fn each_current(&self, report: &mut dyn FnMut(u64, String, String)) {
+        if let Some((number, method, path)) = self.current() {
+            report(number, method, path);
+        }
+    }
 }
 
 /// Keeps a source registered; dropping it removes the source.
@@ -46,8 +56,8 @@ impl Drop for InFlightRegistration {
 /// One registered source.
 struct Entry {
     source: Weak<dyn InFlightSource>,
-    /// The request number seen under way and when it was first seen.
-    seen: Option<(u64, Instant)>,
+    /// The request numbers seen under way at the latest scan and when each was first seen.
+    seen: Vec<(u64, Instant)>,
 }
 
 /// The registered sources, in slots that registrations own: `cluster::http` registers every
@@ -62,7 +72,10 @@ struct Registry {
 
 impl Registry {
     fn take(&mut self, source: Weak<dyn InFlightSource>) -> usize {
-        let entry = Some(Entry { source, seen: None });
+        let entry = Some(Entry {
+            source,
+            seen: Vec::new(),
+        });
         match self.free.pop() {
             Some(slot) => {
                 if let Some(free) = self.slots.get_mut(slot) {
@@ -109,29 +122,32 @@ pub(crate) fn slowest(now: Instant, min_age: Duration, n: usize) -> Vec<SlowRequ
         return Vec::new();
     };
     let mut found = Vec::new();
+    // The numbers under way in this scan, swapped with each entry's in turn, so that scans
+    // allocate only while the sources' counts grow.
+    let mut seen = Vec::new();
     for entry in registry.slots.iter_mut().flatten() {
+        seen.clear();
         // A source dropped before its registration keeps its slot until the registration
         // goes: only that frees it, so that no slot is ever freed twice.
-        let current = entry.source.upgrade().and_then(|source| source.current());
-        let Some((number, method, path)) = current else {
-            entry.seen = None;
-            continue;
-        };
-        let since = match entry.seen {
-            Some((seen_number, since)) if seen_number == number => since,
-            _ => {
-                entry.seen = Some((number, now));
-                now
-            }
-        };
-        let age = now.saturating_duration_since(since);
-        if age >= min_age {
-            found.push(SlowRequest {
-                method,
-                path,
-                age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+        if let Some(source) = entry.source.upgrade() {
+            source.each_current(&mut |number, method, path| {
+                let since = entry
+                    .seen
+                    .iter()
+                    .find(|&&(seen_number, _)| seen_number == number)
+                    .map_or(now, |&(_, since)| since);
+                seen.push((number, since));
+                let age = now.saturating_duration_since(since);
+                if age >= min_age {
+                    found.push(SlowRequest {
+                        method,
+                        path,
+                        age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                    });
+                }
             });
         }
+        std::mem::swap(&mut entry.seen, &mut seen);
     }
     drop(registry);
     found.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
@@ -245,6 +261,67 @@ mod tests {
         assert_eq!(
             mine(slowest(t0 + Duration::from_secs(6), Duration::ZERO, 5)),
             [("/a-slow-one".to_owned(), 0)]
+        );
+    }
+
+    /// A source with several requests at once, each aged on its own.
+    struct Many(Mutex<Vec<(u64, String)>>);
+
+    impl InFlightSource for Many {
+        fn current(&self) -> Option<(u64, String, String)> {
+            let streams = self.0.lock().unwrap();
+            streams
+                .first()
+                .map(|(n, path)| (*n, "GET".to_owned(), path.clone()))
+        }
+
+        fn each_current(&self, report: &mut dyn FnMut(u64, String, String)) {
+            for (n, path) in self.0.lock().unwrap().iter() {
+                report(*n, "GET".to_owned(), path.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn each_request_of_a_source_with_several_is_aged_on_its_own() {
+        let many = Arc::new(Many(Mutex::new(vec![
+            (1, "/many-1".to_owned()),
+            (2, "/many-2".to_owned()),
+        ])));
+        let source: Arc<dyn InFlightSource> = many.clone();
+        let _r = register(Arc::downgrade(&source));
+        let t0 = Instant::now();
+        let mine = |found: Vec<SlowRequest>| -> Vec<(String, u64)> {
+            let mut found: Vec<(String, u64)> = found
+                .into_iter()
+                .filter(|r| r.path.starts_with("/many-"))
+                .map(|r| (r.path, r.age_ms))
+                .collect();
+            found.sort();
+            found
+        };
+        assert_eq!(
+            mine(slowest(t0, Duration::ZERO, 100)),
+            [("/many-1".to_owned(), 0), ("/many-2".to_owned(), 0)]
+        );
+        // The first ends and a third begins: the second keeps its age, the third starts at 0.
+        *many.0.lock().unwrap() = vec![(2, "/many-2".to_owned()), (3, "/many-3".to_owned())];
+        assert_eq!(
+            mine(slowest(t0 + Duration::from_secs(2), Duration::ZERO, 100)),
+            [("/many-2".to_owned(), 2000), ("/many-3".to_owned(), 0)]
+        );
+        // Only the slow one passes the bar.
+        assert_eq!(
+            mine(slowest(t0 + Duration::from_secs(3), SLOW, 100)),
+            [("/many-2".to_owned(), 3000), ("/many-3".to_owned(), 1000)]
+        );
+        assert_eq!(
+            mine(slowest(
+                t0 + Duration::from_millis(3500),
+                Duration::from_millis(1600),
+                100
+            )),
+            [("/many-2".to_owned(), 3500)]
         );
     }
 
