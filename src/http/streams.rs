@@ -15,19 +15,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cluster_core::in_flight::InFlightSource;
 use hyper::{Method, Uri};
+use slab::Slab;
 
 /// One HTTP/2 connection's streams under way. Written by the connection's streams, read by
 /// the worker's slow-request scans (another thread).
 #[derive(Default)]
 pub(super) struct Streams {
-    table: Mutex<Table>,
-}
-
-#[derive(Default)]
-struct Table {
-    slots: Vec<Option<Entry>>,
-    /// Slots whose stream ended, for reuse.
-    free: Vec<usize>,
+    table: Mutex<Slab<Entry>>,
 }
 
 struct Entry {
@@ -44,32 +38,19 @@ impl Entry {
 }
 
 impl Streams {
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Slab<Entry>> {
         // Nothing under this lock can panic but an allocation failure, which aborts.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Enters stream `number` into the table until the returned slot is dropped.
     pub(super) fn begin(self: &Arc<Self>, number: u64, method: &Method, uri: &Uri) -> StreamSlot {
-        let entry = Some(Entry {
+        let entry = Entry {
             number,
             method: method.clone(),
             uri: uri.clone(),
-        });
-        let mut table = self.table();
-        let slot = match table.free.pop() {
-            Some(slot) => {
-                if let Some(free) = table.slots.get_mut(slot) {
-                    *free = entry;
-                }
-                slot
-            }
-            None => {
-                table.slots.push(entry);
-                table.slots.len() - 1
-            }
         };
-        drop(table);
+        let slot = self.table().insert(entry);
         StreamSlot {
             streams: Arc::clone(self),
             slot,
@@ -77,12 +58,7 @@ impl Streams {
     }
 
     fn end(&self, slot: usize) {
-        let mut table = self.table();
-        let ended = table.slots.get_mut(slot).and_then(Option::take);
-        if ended.is_some() {
-            table.free.push(slot);
-        }
-        drop(table);
+        let ended = self.table().try_remove(slot);
         // The method and URI are dropped outside the lock.
         drop(ended);
     }
@@ -91,7 +67,7 @@ impl Streams {
 impl InFlightSource for Streams {
     fn current(&self) -> Option<(u64, String, String)> {
         let table = self.table();
-        let oldest = table.slots.iter().flatten().min_by_key(|e| e.number)?;
+        let (_, oldest) = table.iter().min_by_key(|(_, e)| e.number)?;
         let (method, path) = oldest.request();
         Some((oldest.number, method, path))
     }
@@ -101,10 +77,8 @@ impl InFlightSource for Streams {
         // is better not held across anything but the copy.
         let under_way: Vec<(u64, (String, String))> = self
             .table()
-            .slots
             .iter()
-            .flatten()
-            .map(|e| (e.number, e.request()))
+            .map(|(_, e)| (e.number, e.request()))
             .collect();
         for (number, (method, path)) in under_way {
             report(number, method, path);
@@ -122,11 +96,7 @@ impl StreamSlot {
     /// The stream's method and path, for a log line.
     pub(super) fn request(&self) -> Option<(String, String)> {
         let table = self.streams.table();
-        table
-            .slots
-            .get(self.slot)
-            .and_then(Option::as_ref)
-            .map(Entry::request)
+        table.get(self.slot).map(Entry::request)
     }
 }
 
@@ -167,11 +137,12 @@ mod tests {
         assert_eq!(two.request(), Some(("POST".to_owned(), "/two".to_owned())));
         // The oldest is the connection's current request.
         assert_eq!(streams.current().map(|c| c.0), Some(1));
+        let freed = one.slot;
         drop(one);
         assert_eq!(streams.current().map(|c| c.0), Some(2));
         // The freed slot serves the next stream; the other slot is untouched.
         let three = streams.begin(3, &Method::GET, &uri("/three"));
-        assert_eq!(streams.table().slots.len(), 2);
+        assert_eq!(three.slot, freed);
         assert_eq!(
             all(&streams),
             [

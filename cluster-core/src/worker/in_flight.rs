@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use slab::Slab;
+
 use crate::protocol::SlowRequest;
 
 /// How many of the oldest requests a report carries.
@@ -48,7 +50,9 @@ pub struct InFlightRegistration {
 impl Drop for InFlightRegistration {
     fn drop(&mut self) {
         if let Ok(mut registry) = REGISTRY.lock() {
-            registry.release(self.slot);
+            // The source may go with its last weak count, under the lock: nothing it drops
+            // takes the registry.
+            registry.slots.try_remove(self.slot);
         }
     }
 }
@@ -61,43 +65,11 @@ struct Entry {
 }
 
 /// The registered sources, in slots that registrations own: `cluster::http` registers every
-/// HTTP/2 stream, so a registration and its drop are a lock, an index and a store, where two
-/// SipHash maps cost about 750 instructions a stream (a tenth of a stream's serving cost).
+/// connection, so a registration and its drop are a lock and a slot, where two SipHash maps
+/// cost about 750 instructions (when every HTTP/2 stream registered, a tenth of its cost).
 #[derive(Default)]
 struct Registry {
-    slots: Vec<Option<Entry>>,
-    /// Slots whose registration was dropped, for reuse.
-    free: Vec<usize>,
-}
-
-impl Registry {
-    fn take(&mut self, source: Weak<dyn InFlightSource>) -> usize {
-        let entry = Some(Entry {
-            source,
-            seen: Vec::new(),
-        });
-        match self.free.pop() {
-            Some(slot) => {
-                if let Some(free) = self.slots.get_mut(slot) {
-                    *free = entry;
-                }
-                slot
-            }
-            None => {
-                self.slots.push(entry);
-                self.slots.len() - 1
-            }
-        }
-    }
-
-    fn release(&mut self, slot: usize) {
-        if let Some(entry) = self.slots.get_mut(slot).and_then(Option::take) {
-            self.free.push(slot);
-            // The source's memory may go with its last weak count: after the push, so that
-            // nothing here can fail between the two.
-            drop(entry);
-        }
-    }
+    slots: Slab<Entry>,
 }
 
 static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new(Mutex::default);
@@ -107,7 +79,10 @@ static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new
 /// HTTP/2 stream). An uncontended lock and a slot per call.
 pub fn register(source: Weak<dyn InFlightSource>) -> InFlightRegistration {
     let slot = match REGISTRY.lock() {
-        Ok(mut registry) => registry.take(source),
+        Ok(mut registry) => registry.slots.insert(Entry {
+            source,
+            seen: Vec::new(),
+        }),
         // Poisoned only by a panic under the lock, which nothing here can cause: the source
         // goes unreported, and its drop finds no slot of this number to release.
         Err(_) => usize::MAX,
@@ -125,7 +100,7 @@ pub(crate) fn slowest(now: Instant, min_age: Duration, n: usize) -> Vec<SlowRequ
     // The numbers under way in this scan, swapped with each entry's in turn, so that scans
     // allocate only while the sources' counts grow.
     let mut seen = Vec::new();
-    for entry in registry.slots.iter_mut().flatten() {
+    for (_, entry) in registry.slots.iter_mut() {
         seen.clear();
         // A source dropped before its registration keeps its slot until the registration
         // goes: only that frees it, so that no slot is ever freed twice.
