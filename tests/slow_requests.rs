@@ -40,6 +40,34 @@ fn slow_requests(status: &serde_json::Value) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Waits until `/status` shows no slow request (at most 10 s).
+fn wait_no_slow_request(status: SocketAddr) {
+    poll("no slow request left", Duration::from_secs(10), || {
+        let slow = slow_requests(&ops::status(status));
+        if slow.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{slow:?}"))
+        }
+    });
+}
+
+/// One worker serving HTTP, beating every 200 ms, with the master's status port; `more`
+/// options besides. Returns the fixture, the HTTP address and the status address.
+fn start_with_status(more: &[(&str, String)]) -> (Fixture, SocketAddr, SocketAddr) {
+    let (http, status) = (free_port(), free_port());
+    let mut options = vec![
+        ("OPS_COUNT", "1".to_string()),
+        ("OPS_HTTP_PORT", http.to_string()),
+        ("OPS_STATUS_PORT", status.to_string()),
+        ("OPS_HEARTBEAT_MS", "200".into()),
+    ];
+    options.extend(more.iter().cloned());
+    let mut fx = Fixture::start(&options);
+    fx.wait_ready(1);
+    (fx, local(http), local(status))
+}
+
 /// One worker on the current-thread runtime serving HTTP on `http`, beating every 200 ms,
 /// killed after `timeout_ms` without a beat.
 fn start_hanging(http: u16, timeout_ms: u64) -> Fixture {
@@ -64,16 +92,7 @@ fn output(fx: &Fixture) -> String {
 
 #[test]
 fn a_slow_request_shows_in_status_and_a_stuck_one_gets_503_at_its_timeout() {
-    let (http, status) = (free_port(), free_port());
-    let mut fx = Fixture::start(&[
-        ("OPS_COUNT", "1".to_string()),
-        ("OPS_HTTP_PORT", http.to_string()),
-        ("OPS_STATUS_PORT", status.to_string()),
-        ("OPS_HEARTBEAT_MS", "200".into()),
-        ("OPS_REQUEST_TIMEOUT_MS", "2500".into()),
-    ]);
-    fx.wait_ready(1);
-    let (http, status) = (local(http), local(status));
+    let (mut fx, http, status) = start_with_status(&[("OPS_REQUEST_TIMEOUT_MS", "2500".into())]);
 
     let stuck = request_in_background(http, "/await-600000");
     // Seen under way for over a second, with its path, while it waits.
@@ -104,14 +123,7 @@ fn a_slow_request_shows_in_status_and_a_stuck_one_gets_503_at_its_timeout() {
     });
     assert!(log.text.contains("request_timeout"), "{}", log.text);
     // Done: the report empties, and the worker serves on.
-    poll("no slow request left", Duration::from_secs(10), || {
-        let slow = slow_requests(&ops::status(status));
-        if slow.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{slow:?}"))
-        }
-    });
+    wait_no_slow_request(status);
     let after = ops::get(http, "/", Duration::from_secs(10)).expect("served after");
     assert_eq!(after.status, 200);
     eprintln!("seen in /status as {seen:?}; 503 after {took:?}");
@@ -185,15 +197,7 @@ fn http2_streams_under_way_show_each_in_status_and_leave_with_their_client() {
     use hyper::body::Bytes;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let (http, status) = (free_port(), free_port());
-    let mut fx = Fixture::start(&[
-        ("OPS_COUNT", "1".to_string()),
-        ("OPS_HTTP_PORT", http.to_string()),
-        ("OPS_STATUS_PORT", status.to_string()),
-        ("OPS_HEARTBEAT_MS", "200".into()),
-    ]);
-    fx.wait_ready(1);
-    let (http, status) = (local(http), local(status));
+    let (mut fx, http, status) = start_with_status(&[]);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -242,14 +246,7 @@ fn http2_streams_under_way_show_each_in_status_and_leave_with_their_client() {
         .join()
         .expect("the client thread")
         .expect("the HTTP/2 client");
-    poll("no slow request left", Duration::from_secs(10), || {
-        let slow = slow_requests(&ops::status(status));
-        if slow.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{slow:?}"))
-        }
-    });
+    wait_no_slow_request(status);
     eprintln!("seen in /status as {seen:?}");
     fx.stop_cleanly();
 }

@@ -272,14 +272,18 @@ async fn read_until(
     }
 }
 
-/// A stuck handler gets 503 at its request timeout and its connection goes on serving; a
-/// response whose body stalls has its connection closed. Both are counted.
-#[tokio::test]
-async fn a_stuck_request_is_answered_503_at_its_timeout() -> std::io::Result<()> {
+/// A server with `request_timeout` whose `/` answers "ok", `/stuck` never answers, and
+/// `/stream` sends one chunk of its body and then stalls.
+async fn stuck_server(
+    timeout: Duration,
+) -> std::io::Result<(
+    std::net::SocketAddr,
+    super::CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<super::ServeStats>>,
+)> {
     use axum::Router;
     use axum::body::Body;
     use axum::routing::get;
-    use tokio::io::AsyncWriteExt;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -294,13 +298,23 @@ async fn a_stuck_request_is_answered_503_at_its_timeout() -> std::io::Result<()>
             }),
         );
     let shutdown = super::CancellationToken::new();
-    let timeout = Duration::from_millis(400);
     let server = tokio::spawn(super::serve_tower(
         listener,
         app,
         shutdown.clone(),
         DrainOptions::new().request_timeout(timeout),
     ));
+    Ok((addr, shutdown, server))
+}
+
+/// A stuck handler gets 503 at its request timeout and its connection goes on serving; a
+/// response whose body stalls has its connection closed. Both are counted.
+#[tokio::test]
+async fn a_stuck_request_is_answered_503_at_its_timeout() -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+
+    let timeout = Duration::from_millis(400);
+    let (addr, shutdown, server) = stuck_server(timeout).await?;
 
     let mut client = tokio::net::TcpStream::connect(addr).await?;
     let asked = Instant::now();
@@ -366,32 +380,11 @@ fn one_chunk_then_stall(
 #[tokio::test]
 async fn a_stuck_http2_stream_is_answered_503_at_its_timeout_and_its_connection_serves_on()
 -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use axum::Router;
-    use axum::body::Body;
-    use axum::routing::get;
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = Router::new()
-        .route("/", get(|| async { "ok" }))
-        .route("/stuck", get(std::future::pending::<&'static str>))
-        .route(
-            "/stream",
-            get(|| async {
-                let first = one_chunk_then_stall(Bytes::from_static(b"first chunk"));
-                Body::from_stream(first)
-            }),
-        );
-    let shutdown = super::CancellationToken::new();
     let timeout = Duration::from_millis(400);
-    let server = tokio::spawn(super::serve_tower(
-        listener,
-        app,
-        shutdown.clone(),
-        DrainOptions::new().request_timeout(timeout),
-    ));
+    let (addr, shutdown, server) = stuck_server(timeout).await?;
 
     let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await?);
     let (mut sender, connection) =
