@@ -2,7 +2,8 @@
 # against it, and the server's CPU per request. Sourced, not run; the caller sets, before it
 # calls these: HOST, WORKERS, SESSION, START_TIMEOUT, EXAMPLES (the release examples' folder),
 # RUNTIME_DIR (a private directory), HAVE_NODE (0 or 1), THREADS, CONNS, DURATION,
-# DURATION_S, and a `die` function. They set SERVER_PID, PORT, SAMPLE and WRK_PID.
+# DURATION_S, and a `die` function; HTTP_BIN, if set, is the examples/http binary to start
+# for http/* targets. They set SERVER_PID, PORT, SAMPLE and WRK_PID.
 
 # ---- stopping the server -------------------------------------------------------------------
 SERVER_PID=
@@ -54,7 +55,7 @@ start_server() {
     local target=$1 log=$2 cmd policy='' node_policy='' i resp
     case $target in
         baseline_*) cmd=("$EXAMPLES/$target") ;;
-        http/*) cmd=("$EXAMPLES/http") policy=${target#http/} ;;
+        http/*) cmd=("${HTTP_BIN:-$EXAMPLES/http}") policy=${target#http/} ;;
         node/*) cmd=(node bench/node_http.js) node_policy=${target#node/} ;;
     esac
     if [[ $target == node/* ]]; then

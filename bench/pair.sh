@@ -4,6 +4,7 @@
 #
 #   bash bench/pair.sh                      # baseline_reuseport against http/shared
 #   A=baseline_reuseport B=http/round-robin PAIRS=30 bash bench/pair.sh
+#   A=http/shared A_BIN=/tmp/http-before B=http/shared bash bench/pair.sh   # two builds
 #
 # Why: on this kind of machine (2 shared cores) the speed of every target moves by 20-25%
 # between two modes that last some tens of seconds and have nothing to do with the target
@@ -15,7 +16,9 @@
 # it: /proc/<pid>/stat of the server's processes before and after each slice), with the
 # quartiles so that the spread is seen, and each slice's figures in $OUT/pairs.tsv.
 #
-# Settings (environment): A (baseline_reuseport), B (http/shared), PAIRS (20), SLICE (2s),
+# Settings (environment): A (baseline_reuseport), B (http/shared), A_BIN and B_BIN (for an
+# http/* side: an examples/http binary to run instead of this tree's release build, such as a
+# copy of an earlier build, to measure what a change moved), PAIRS (20), SLICE (2s),
 # MODE (keep-alive or close), CONNS (64), THREADS (2), WORKERS (one per CPU), SESSION (own;
 # see bench/http.sh), START_TIMEOUT (10), CARGO_TARGET_DIR (target). About PAIRS x 2 x SLICE
 # of load: 80 s by default.
@@ -50,7 +53,12 @@ for t in "$A" "$B"; do
         *) die "unknown target $t (want one of bench/http.sh's)" ;;
     esac
 done
-[[ $A != "$B" ]] || die "A and B are both $A"
+A_BIN=${A_BIN:-}
+B_BIN=${B_BIN:-}
+for bin in "$A_BIN" "$B_BIN"; do
+    [[ -z $bin || -x $bin ]] || die "$bin is not an executable file"
+done
+[[ $A != "$B" || $A_BIN != "$B_BIN" ]] || die "A and B are both $A${A_BIN:+ ($A_BIN)}"
 [[ $PAIRS =~ ^[1-9][0-9]*$ ]] || die "PAIRS=$PAIRS: want a positive integer"
 [[ $SLICE =~ ^([1-9][0-9]*)s$ ]] || die "SLICE=$SLICE: want seconds, like 2s"
 DURATION=$SLICE
@@ -72,7 +80,7 @@ mkdir -p "$OUT"
 source bench/lib.sh
 
 # Both servers run for the whole benchmark: their pids and ports, by target.
-declare -A PID_OF=() PORT_OF=()
+declare -A PID_OF=() PORT_OF=() BIN_OF=([A]=$A_BIN [B]=$B_BIN)
 cleanup() {
     if [[ -n $WRK_PID ]]; then
         kill -TERM "$WRK_PID" 2>/dev/null || true
@@ -80,8 +88,8 @@ cleanup() {
         WRK_PID=
     fi
     local t
-    for t in "${!PID_OF[@]}"; do
-        SERVER_PID=${PID_OF[$t]}
+    for side in "${!PID_OF[@]}"; do
+        SERVER_PID=${PID_OF[$side]}
         stop_server
     done
     [[ -z ${RUNTIME_DIR:-} ]] || rm -rf "$RUNTIME_DIR"
@@ -96,7 +104,7 @@ build=()
 for t in "$A" "$B"; do
     case $t in
         baseline_*) build+=(--example "$t") ;;
-        http/*) build+=(--features http --example http) ;;
+        http/*) [[ " ${build[*]} " == *" --example http "* ]] || build+=(--features http --example http) ;;
     esac
 done
 if ((${#build[@]} > 0)); then
@@ -105,13 +113,17 @@ if ((${#build[@]} > 0)); then
         { tail -n 20 "$OUT/build.log" >&2; die "the build failed (see $OUT/build.log)"; }
 fi
 
-for t in "$A" "$B"; do
-    log="$OUT/${t//\//_}.server.log"
+# The two sides by name (A, B), since both may be the same target with two binaries.
+declare -A TARGET_OF=([A]=$A [B]=$B)
+for side in A B; do
+    t=${TARGET_OF[$side]}
+    log="$OUT/$side.${t//\//_}.server.log"
+    HTTP_BIN=${BIN_OF[$side]}
     start_server "$t" "$log" || { tail -n 5 "$log" >&2; die "$t did not start or answer (see $log)"; }
-    PID_OF[$t]=$SERVER_PID
-    PORT_OF[$t]=$PORT
+    PID_OF[$side]=$SERVER_PID
+    PORT_OF[$side]=$PORT
     SERVER_PID=
-    printf '   %-24s answers "%s"\n' "$t" "$SAMPLE"
+    printf '   %s: %-24s %s answers "%s"\n' "$side" "$t" "${BIN_OF[$side]}" "$SAMPLE"
 done
 
 LOAD=$(cut -d' ' -f1 /proc/loadavg)
@@ -121,12 +133,13 @@ fi
 echo "== $PAIRS pairs of wrk -t$THREADS -c$CONNS -d$SLICE ($MODE), A=$A B=$B, WORKERS=$WORKERS," \
     "SESSION=$SESSION, $(nproc) CPUs shared with wrk"
 
-# One slice against target $1: prints "req/s workers_us", or fails.
+# One slice against side $1 (A or B): prints "req/s workers_us", or fails.
 slice() {
-    local t=$1 out=$2 before figures rps p99 errors requests master_us workers_us
-    SERVER_PID=${PID_OF[$t]}
+    local side=$1 out=$2 t=${TARGET_OF[$1]} before figures rps p99 errors requests
+    local master_us workers_us
+    SERVER_PID=${PID_OF[$side]}
     before=$(cpu_snapshot "$t")
-    run_wrk "${PORT_OF[$t]}" "$MODE" "$out" || return 1
+    run_wrk "${PORT_OF[$side]}" "$MODE" "$out" || return 1
     figures=$(parse_wrk "$out") || return 1
     read -r rps p99 errors requests <<<"$figures"
     ((errors == 0)) || { echo "   $t: $errors errors in $out" >&2; return 1; }
@@ -140,13 +153,14 @@ PAIRS_TSV="$OUT/pairs.tsv"
 : >"$PAIRS_TSV"
 for ((i = 1; i <= PAIRS; i++)); do
     # A B, then B A: whichever runs second in a pair is not always the same one.
-    if ((i % 2)); then order=("$A" "$B"); else order=("$B" "$A"); fi
+    if ((i % 2)); then order=(A B); else order=(B A); fi
     declare -A got=()
-    for t in "${order[@]}"; do
-        got[$t]=$(slice "$t" "$OUT/${t//\//_}.$i.wrk") || die "wrk against $t failed in pair $i"
+    for side in "${order[@]}"; do
+        got[$side]=$(slice "$side" "$OUT/$side.$i.wrk") ||
+            die "wrk against $side (${TARGET_OF[$side]}) failed in pair $i"
     done
-    read -r a_rps a_us <<<"${got[$A]}"
-    read -r b_rps b_us <<<"${got[$B]}"
+    read -r a_rps a_us <<<"${got[A]}"
+    read -r b_rps b_us <<<"${got[B]}"
     printf '%d\t%s\t%s\t%s\t%s\n' "$i" "$a_rps" "$a_us" "$b_rps" "$b_us" >>"$PAIRS_TSV"
     awk -v i="$i" -v ar="$a_rps" -v au="$a_us" -v br="$b_rps" -v bu="$b_us" 'BEGIN {
         printf "   pair %2d  A %9.0f req/s %6s us  B %9.0f req/s %6s us  B/A req/s %.3f  CPU %s\n",
@@ -154,7 +168,8 @@ for ((i = 1; i <= PAIRS; i++)); do
 done
 
 echo
-echo "paired benchmark: $PAIRS pairs of $SLICE slices, $MODE; A=$A, B=$B;" \
+echo "paired benchmark: $PAIRS pairs of $SLICE slices, $MODE; A=$A${A_BIN:+ ($A_BIN)}," \
+    "B=$B${B_BIN:+ ($B_BIN)};" \
     "ratio = B / A within each pair; workers us = the serving processes' CPU microseconds per request"
 awk -F'\t' '
     function sort(a, n,    i, j, t) {
