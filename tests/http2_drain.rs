@@ -174,6 +174,11 @@ async fn a_client_that_ignores_goaway_is_closed_at_max_drain() {
     );
     assert_eq!(stats.aborted, 1, "{stats:?}");
     assert_eq!(stats.http2_connections, 1, "{stats:?}");
+    // The aborted connection's streams are counted too, each one answered at least.
+    assert!(
+        stats.requests >= seen.responses.load(Ordering::SeqCst) as u64,
+        "{stats:?}"
+    );
 }
 
 #[cfg(feature = "tls")]

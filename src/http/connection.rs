@@ -87,13 +87,38 @@ async fn serve_http<I, T, S, B>(
             }
         },
     };
-    let conn = Arc::new(ConnState::new(shared.epoch));
+    let conn = Arc::new(ConnState::new(shared.epoch, Arc::clone(&shared.draining)));
+    // Dropped with this task however it ends (closed, or aborted at `max_drain`), which is
+    // before the server reads its counts.
+    let _counted = AddOnEnd {
+        conn: Arc::clone(&conn),
+        shared: Arc::clone(&shared),
+    };
     match protocol {
         Protocol::Http1 => super::http1::serve(io, rewound, conn, peer, shared).await,
         Protocol::Http2 => {
             shared.http2_connections.fetch_add(1, Ordering::Relaxed);
             super::http2::serve(io, rewound, conn, peer, shared).await;
         }
+    }
+}
+
+/// Adds a connection's own counts to the server's when the connection ends, so that serving
+/// a request touches no counter shared by every connection.
+struct AddOnEnd<S> {
+    conn: Arc<ConnState>,
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Drop for AddOnEnd<S> {
+    fn drop(&mut self) {
+        let own = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        self.shared
+            .requests
+            .fetch_add(own(&self.conn.heads), Ordering::Relaxed);
+        self.shared
+            .closed_after_response
+            .fetch_add(own(&self.conn.closed_after_response), Ordering::Relaxed);
     }
 }
 

@@ -26,8 +26,16 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// One connection's activity, shared by its I/O wrapper, its service and its task (all
 /// running in that one task, so relaxed atomics suffice).
+///
+/// The counters that only the connection's task writes (`heads`, `closed_after_response`,
+/// and `busy` on HTTP/1.1) are counted with a load and a store rather than a locked
+/// read-modify-write: they cost a keep-alive request nothing but the two moves, and other
+/// threads (the worker's stall watch, an HTTP/2 stream's task) only read them.
 pub(super) struct ConnState {
     pub(super) epoch: Instant,
+    /// The server's `draining` flag (`Shared::draining`), for each response's check: here
+    /// so that a response needs no reference to the server of its own.
+    pub(super) server_draining: Arc<AtomicBool>,
     /// When bytes last moved either way or a response finished, in nanoseconds from
     /// `epoch`: the start of the current silence. Kept only once draining has started, the
     /// one time it is read, so that serving does not pay a clock read for every read and
@@ -40,8 +48,12 @@ pub(super) struct ConnState {
     /// The latest request said it is the client's last and carried no body: once it is
     /// answered, the client sends nothing more, so the close need not linger.
     pub(super) client_done: AtomicBool,
-    /// Request heads completed on this connection, for the header read timeout.
+    /// Request heads completed on this connection, for the header read timeout; added to
+    /// the server's request count when the connection ends. Written by its task only.
     pub(super) heads: AtomicU64,
+    /// Responses given `Connection: close` because the server was draining; added to the
+    /// server's count when the connection ends. Written by its task only.
+    pub(super) closed_after_response: AtomicU64,
     /// A write made progress since the write deadline's last check (which clears it).
     pub(super) wrote: AtomicBool,
     /// The latest write found the socket full: a response is waiting for the client to read.
@@ -58,14 +70,16 @@ pub(super) struct ConnState {
 }
 
 impl ConnState {
-    pub(super) fn new(epoch: Instant) -> Self {
+    pub(super) fn new(epoch: Instant, server_draining: Arc<AtomicBool>) -> Self {
         ConnState {
             epoch,
+            server_draining,
             last_io: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
             client_done: AtomicBool::new(false),
             heads: AtomicU64::new(0),
+            closed_after_response: AtomicU64::new(0),
             wrote: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
             responded: AtomicBool::new(false),
@@ -119,6 +133,14 @@ impl ConnState {
     pub(super) fn is_quiet(&self, quiet: Duration) -> bool {
         self.busy.load(Ordering::Relaxed) == 0 && self.quiet_until(quiet) <= Instant::now()
     }
+}
+
+/// Adds one to a counter that only the calling task writes (see [`ConnState`]): a load and a
+/// store, no locked instruction.
+pub(super) fn count_own(counter: &AtomicU64) -> u64 {
+    let n = counter.load(Ordering::Relaxed) + 1;
+    counter.store(n, Ordering::Relaxed);
+    n
 }
 
 /// What the connection has under way, for the worker's report of slow requests: the request

@@ -222,7 +222,7 @@ where
         #[cfg(feature = "tls")]
         tls: tls.map(|tls| tls.acceptor()),
         drain: CancellationToken::new(),
-        draining: AtomicBool::new(false),
+        draining: Arc::new(AtomicBool::new(false)),
         quiet: quiet_period,
         header_read_timeout,
         write_timeout,

@@ -5,6 +5,7 @@
 //! the service wrapper (`service.rs`) and TLS (`tls.rs`) all point down to it.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
@@ -32,8 +33,8 @@ pub(super) struct Shared<S> {
     /// Cancelled when draining starts (after the shutdown delay).
     pub(super) drain: CancellationToken,
     /// Set with `drain`, for the per-response check: the token's own `is_cancelled` takes
-    /// a lock.
-    pub(super) draining: AtomicBool,
+    /// a lock. Each connection holds it too (`ConnState::server_draining`).
+    pub(super) draining: Arc<AtomicBool>,
     pub(super) quiet: Duration,
     /// See [`DrainOptions::header_read_timeout`](crate::http::DrainOptions::header_read_timeout).
     pub(super) header_read_timeout: Option<Duration>,
@@ -47,6 +48,7 @@ pub(super) struct Shared<S> {
     pub(super) proxy_protocol: bool,
     /// Origin of `ConnState::last_io`.
     pub(super) epoch: Instant,
+    /// Requests of the connections that ended: each adds its own when it ends.
     pub(super) requests: AtomicU64,
     pub(super) http2_connections: AtomicU64,
     pub(super) closed_idle: AtomicU64,

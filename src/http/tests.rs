@@ -1,5 +1,6 @@
 //! Unit tests of the parts of the drain that need no socket.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -82,7 +83,7 @@ fn progressed(conn: &ConnState) {
 #[test]
 fn a_stuck_write_expires_only_after_a_whole_timeout_without_progress() {
     let t0 = Instant::now();
-    let conn = ConnState::new(t0);
+    let conn = ConnState::new(t0, Arc::default());
     let mut deadlines = Deadlines::new(None, Some(2 * SEC), None, t0);
     assert_eq!(deadlines.next(), Some(t0 + 2 * SEC));
     progressed(&conn);
@@ -96,7 +97,7 @@ fn a_stuck_write_expires_only_after_a_whole_timeout_without_progress() {
 #[test]
 fn progress_or_no_waiting_write_restarts_the_write_deadline() {
     let t0 = Instant::now();
-    let conn = ConnState::new(t0);
+    let conn = ConnState::new(t0, Arc::default());
     let mut deadlines = Deadlines::new(None, Some(SEC), None, t0);
     // Slow but moving: every period some bytes went out.
     for tick in 1..=5 {
@@ -114,7 +115,7 @@ fn progress_or_no_waiting_write_restarts_the_write_deadline() {
 #[test]
 fn one_timer_serves_both_deadlines_at_the_shorter_period() {
     let t0 = Instant::now();
-    let conn = ConnState::new(t0);
+    let conn = ConnState::new(t0, Arc::default());
     let mut deadlines = Deadlines::new(Some(3 * SEC), Some(SEC), None, t0);
     assert_eq!(deadlines.next(), Some(t0 + SEC));
     // No head and no write: the header deadline is the one that passes, at 3 s, not 1 s.
@@ -123,7 +124,7 @@ fn one_timer_serves_both_deadlines_at_the_shorter_period() {
     assert_eq!(deadlines.check(&conn, t0 + 3 * SEC), Some(Expired::Header));
 
     // A request under way keeps the header deadline away.
-    let conn = ConnState::new(t0);
+    let conn = ConnState::new(t0, Arc::default());
     let mut deadlines = Deadlines::new(Some(SEC), None, None, t0);
     conn.busy.store(1, Ordering::Relaxed);
     assert_eq!(deadlines.check(&conn, t0 + SEC), None);
@@ -225,7 +226,7 @@ async fn serve_tower_serves_an_axum_router() -> std::io::Result<()> {
 #[test]
 fn a_request_expires_after_a_whole_timeout_under_way() {
     let t0 = Instant::now();
-    let conn = ConnState::new(t0);
+    let conn = ConnState::new(t0, Arc::default());
     let mut deadlines = Deadlines::new(None, None, Some(2 * SEC), t0);
     // Half the timeout: a stuck request ends within one and a half timeouts.
     assert_eq!(deadlines.next(), Some(t0 + SEC));
