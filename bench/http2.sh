@@ -75,21 +75,10 @@ mkdir -p "$OUT"
 RESULTS="$OUT/results.tsv" # section, target, load, round, req/s, mean ms, failed
 : >"$RESULTS"
 
-SERVER_PID=
+# stop_server and free_port, as bench/http.sh's (start_server here is this script's own).
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 LOAD_PID=
-stop_server() {
-    local pid=$SERVER_PID i
-    [[ -n $pid ]] || return 0
-    SERVER_PID=
-    # As bench/http.sh: SIGTERM to the leader, up to 3 s, then SIGKILL to its process group.
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 30; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     if [[ -n $LOAD_PID ]]; then
         kill -TERM "$LOAD_PID" 2>/dev/null || true
@@ -115,18 +104,6 @@ echo "== cargo build --release --features tls (examples http, baseline_h2, basel
 cargo build --release --features tls --example http --example baseline_h2 \
     --example baseline_tls >"$OUT/build.log" 2>&1 ||
     { tail -n 20 "$OUT/build.log" >&2; die "the build failed (see $OUT/build.log)"; }
-
-free_port() {
-    local p i
-    for ((i = 0; i < 200; i++)); do
-        p=$((20000 + RANDOM % 12000))
-        if [[ -z $(ss -Htan "sport = :$p") ]]; then
-            echo "$p"
-            return 0
-        fi
-    done
-    return 1
-}
 
 # start_server SECTION TARGET LOG: sets SERVER_PID, PORT and URL, or returns 1.
 PORT=
