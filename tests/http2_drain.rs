@@ -176,7 +176,7 @@ async fn a_client_that_ignores_goaway_is_closed_at_max_drain() {
     assert_eq!(stats.http2_connections, 1, "{stats:?}");
     // The aborted connection's streams are counted too, each one answered at least.
     assert!(
-        stats.requests >= seen.responses.load(Ordering::SeqCst) as u64,
+        stats.requests >= seen.responses.load(Ordering::SeqCst),
         "{stats:?}"
     );
 }
