@@ -184,6 +184,9 @@ fn a_second_master_of_the_same_name_is_refused_with_the_first_ones_pid() {
     wait_ready(&socket, 1);
     let (mut second, _) = start(&dir, &[("FIXTURE_COUNT", "1")]);
     let code = second.wait_exit_code(WAIT);
+    // Its stderr is read by a thread that may not have drained the pipe yet when the exit is
+    // seen: wait for the pipe's end, as the other tests of a master's last words do.
+    second.finish(WAIT);
     assert_ne!(code, 0);
     let stderr = second.stderr();
     assert!(
