@@ -94,11 +94,17 @@ async fn serve_http<I, T, S, B>(
         conn: Arc::clone(&conn),
         shared: Arc::clone(&shared),
     };
+    // Each protocol's server boxed: in place, either made this task's future 6,272 bytes
+    // (an HTTP/1.1 one 2,872, an HTTP/2 one 2,480, and the states around them), which tokio
+    // copies when it spawns the task, again when the task ends (its output written over the
+    // future) and once more when the accept loop reaps it: 3,400 instructions of `memcpy` a
+    // connection, more than a connection-per-request client's whole request costs in hyper.
+    // Boxed, the task is 880 bytes and the server is copied once, into its box.
     match protocol {
-        Protocol::Http1 => super::http1::serve(io, rewound, conn, peer, shared).await,
+        Protocol::Http1 => Box::pin(super::http1::serve(io, rewound, conn, peer, shared)).await,
         Protocol::Http2 => {
             shared.http2_connections.fetch_add(1, Ordering::Relaxed);
-            super::http2::serve(io, rewound, conn, peer, shared).await;
+            Box::pin(super::http2::serve(io, rewound, conn, peer, shared)).await;
         }
     }
 }
