@@ -181,13 +181,22 @@ impl Accept for cluster_core::Listener {
 
     async fn accept(&self) -> io::Result<(Self::Io, Self::Addr)> {
         let (conn, peer) = cluster_core::Listener::accept(self).await?;
-        no_delay(conn.stream());
+        // A socket cluster bound has it already: a system call a connection fewer.
+        if !self.accepted_nodelay() {
+            no_delay(conn.stream());
+        }
         Ok((conn, peer))
     }
 
     fn try_accept_queued(&self) -> Option<io::Result<(Self::Io, Self::Addr)>> {
-        self.try_accept()
-            .map(|accepted| accepted.inspect(|(conn, _)| no_delay(conn.stream())))
+        let nodelay = self.accepted_nodelay();
+        self.try_accept().map(|accepted| {
+            accepted.inspect(|(conn, _)| {
+                if !nodelay {
+                    no_delay(conn.stream());
+                }
+            })
+        })
     }
 }
 

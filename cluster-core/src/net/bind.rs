@@ -6,7 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 
 /// Binds a TCP listening socket the way servers expect: SO_REUSEADDR (a restarted master can
-/// rebind at once), a deep backlog, non-blocking, CLOEXEC.
+/// rebind at once), a deep backlog, non-blocking, CLOEXEC, and TCP_NODELAY, which Linux's
+/// accepted sockets inherit from their listener: set here, before `listen`, every connection
+/// has it without a `setsockopt` of its own (see `Listener::accepted_nodelay`).
 pub(crate) fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -18,6 +20,7 @@ pub(crate) fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::ne
         socket.set_reuse_port(true)?;
     }
     socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
@@ -98,6 +101,24 @@ pub(crate) fn bind_unix(path: &std::path::Path) -> io::Result<UnixSocketFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `bind_tcp` counts on to spare each connection its `setsockopt`: an accepted
+    /// socket has TCP_NODELAY when, and only when, its listener had it.
+    #[test]
+    fn accepted_connections_inherit_tcp_nodelay_from_the_listener() {
+        let accepted_nodelay = |listener: std::net::TcpListener| {
+            listener.set_nonblocking(false).unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            drop(client);
+            accepted.nodelay().unwrap()
+        };
+        let ours = bind_tcp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        assert!(socket2::SockRef::from(&ours).tcp_nodelay().unwrap());
+        assert!(accepted_nodelay(ours));
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!accepted_nodelay(plain));
+    }
 
     #[test]
     fn a_unix_socket_file_is_removed_with_its_socket_and_a_stale_one_is_replaced() {

@@ -52,6 +52,8 @@ pub struct Listener {
     live: Arc<AtomicUsize>,
     /// With `Shared`: this worker's entry in the master's load table, once it has come.
     load: Option<Arc<OnceLock<LoadShare>>>,
+    /// The listening socket has TCP_NODELAY, so every connection accepted from it does.
+    accepted_nodelay: bool,
 }
 
 impl std::fmt::Debug for Listener {
@@ -72,6 +74,12 @@ impl Listener {
         live: Arc<AtomicUsize>,
         load: Option<Arc<OnceLock<LoadShare>>>,
     ) -> Self {
+        // Asked once, of the listening socket: cluster binds its sockets with it, but one
+        // inherited from systemd or an older master may not have it (and is not given it
+        // here: connections queued before would not inherit it, unknown to the server).
+        let accepted_nodelay = socket2::SockRef::from(&socket)
+            .tcp_nodelay()
+            .unwrap_or(false);
         Listener {
             id,
             local,
@@ -79,6 +87,7 @@ impl Listener {
             source: Source::Socket(socket),
             live,
             load,
+            accepted_nodelay,
         }
     }
 
@@ -100,6 +109,7 @@ impl Listener {
             },
             live,
             load: None,
+            accepted_nodelay: false,
         }
     }
 
@@ -116,6 +126,15 @@ impl Listener {
     /// The load-balancing policy in force.
     pub fn balance(&self) -> Balance {
         self.balance
+    }
+
+    /// Whether every connection this listener yields already has TCP_NODELAY (Nagle's
+    /// algorithm off): true when it accepts from a listening socket that has it, as cluster
+    /// binds them, since Linux's accepted sockets inherit it from their listener. A server
+    /// that wants TCP_NODELAY can then skip its own `setsockopt` per connection. False for
+    /// connections handed over by the master, and for a socket inherited without it.
+    pub fn accepted_nodelay(&self) -> bool {
+        self.accepted_nodelay
     }
 
     /// This worker's entry in the load table, once the master has sent it (`Shared`).
