@@ -36,6 +36,7 @@ fn a_close_asked_by_the_client_ends_its_input() {
     const HTTP_10: hyper::Version = hyper::Version::HTTP_10;
     const HTTP_11: hyper::Version = hyper::Version::HTTP_11;
     assert!(last(HTTP_11, &["close"]));
+    assert!(last(HTTP_11, &["Close"]));
     assert!(last(HTTP_11, &["Upgrade, CLOSE"]));
     assert!(last(HTTP_11, &["te", "close"]));
     assert!(last(HTTP_10, &[]));
