@@ -118,13 +118,13 @@ struct AddOnEnd<S> {
 
 impl<S> Drop for AddOnEnd<S> {
     fn drop(&mut self) {
-        let own = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-        self.shared
-            .requests
-            .fetch_add(own(&self.conn.heads), Ordering::Relaxed);
-        self.shared
+        let (shared, conn) = (&self.shared, &self.conn);
+        let requests = conn.heads.load(Ordering::Relaxed);
+        shared.requests.fetch_add(requests, Ordering::Relaxed);
+        let closed = conn.closed_after_response.load(Ordering::Relaxed);
+        shared
             .closed_after_response
-            .fetch_add(own(&self.conn.closed_after_response), Ordering::Relaxed);
+            .fetch_add(closed, Ordering::Relaxed);
     }
 }
 

@@ -75,8 +75,8 @@ struct Registry {
 static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new(Mutex::default);
 
 /// Registers `source` for the reports of this worker's slow requests, until the returned
-/// registration is dropped (`cluster::http` does this for each HTTP/1.1 connection and each
-/// HTTP/2 stream). An uncontended lock and a slot per call.
+/// registration is dropped (`cluster::http` does this once for each connection: an HTTP/2
+/// one is a source of all its streams). An uncontended lock and a slot per call.
 pub fn register(source: Weak<dyn InFlightSource>) -> InFlightRegistration {
     let slot = match REGISTRY.lock() {
         Ok(mut registry) => registry.slots.insert(Entry {

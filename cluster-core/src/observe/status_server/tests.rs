@@ -369,7 +369,18 @@ async fn a_request_on_a_connection_accepted_before_shutdown_is_answered() {
     assert_eq!(get(server.addr, "/healthz").await.code, 200);
     let started = std::time::Instant::now();
     server.shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The request is to come after the server has seen the stop: it closes its listening
+    // socket once its accept loop has (and its connections, woken by the same token, have
+    // run by then), so new connections are refused from that moment.
+    let deadline = std::time::Instant::now() + BOUND;
+    while let Ok(probe) = TcpStream::connect(server.addr).await {
+        drop(probe);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server kept its socket open {BOUND:?} after the stop"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     late.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
         .await
         .unwrap();
