@@ -253,8 +253,22 @@ pub(crate) fn parent_of(pid: u32) -> Option<u32> {
 /// it binds it again at once (the small race with another process taking it meanwhile is the
 /// price of not being told the port by the program).
 pub(crate) fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
-    listener.local_addr().expect("its address").port()
+    // The kernel may give the same port to two binds in a row once the first is closed: two
+    // ports of one cluster, or of two tests running at once, were then the same (a load
+    // answered 404 by a status server on its HTTP port). Never hand out a port twice.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..100 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a free port");
+        let port = listener.local_addr().expect("its address").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no port not handed out before in 100 binds");
 }
 
 /// Polls `cond` every `every` until it gives a value, failing the test after `timeout` with
